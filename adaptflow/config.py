@@ -1,0 +1,221 @@
+"""One typed, validated configuration per run.
+
+`RunConfig` is the single source of truth: `params.yaml` is its serialized form (read by DVC),
+the Prefect flows take it as their parameter (the UI renders it as a form), and the CLI loads
+it from a file plus `key=value` overrides. Each stage receives only its own sub-model.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Arch = Literal[
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+]
+Strategy = Literal["linear_probe", "finetune", "lp_ft"]
+Precision = Literal["auto", "bf16", "fp16", "off"]
+
+
+class ConfigError(ValueError):
+    """A configuration the user wrote cannot be used; the message names the field and the fix."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    """Where the domains live and how images are prepared."""
+
+    root: Path = Field(Path("data"), description="Folder tracked by data.dvc holding <domain>/<split>/<class>/*.png")
+    source: str = Field("mnist", description="Source domain folder under root (what the pretrained model saw)")
+    target: str = Field("uci_digits", description="Target domain folder under root (where the model must work)")
+    image_size: int = Field(32, ge=8, le=1024, description="Images are resized to image_size x image_size")
+    labeled_per_class: int | None = Field(
+        None, ge=0, description="Labeled target images per class to train on; empty uses the whole labeled split"
+    )
+    remote: str | None = Field(None, description="DVC remote to push to; empty uses the default remote")
+
+
+class TrainConfig(Section):
+    """Settings shared by every training stage."""
+
+    arch: Arch = Field("resnet18", description="torchvision architecture")
+    epochs: int = Field(10, ge=1, le=10_000, description="Passes over the training images")
+    batch_size: int = Field(64, ge=1, le=65_536)
+    lr: float = Field(1e-3, gt=0, le=10, description="Learning rate of the head (and of everything when training from scratch)")
+    weight_decay: float = Field(1e-4, ge=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    augment: bool = Field(False, description="Random affine augmentation on the batch (on the device)")
+    seed: int = Field(0, ge=0)
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    precision: Precision = Field("auto", description="Mixed precision on CUDA: auto picks bf16 where supported")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        head, _, index = value.partition(":")
+        if head not in {"auto", "cpu", "cuda", "mps"} or (index and not index.isdigit()):
+            raise ValueError(f"'{value}' is not a device: use auto, cpu, cuda or cuda:N")
+        return value
+
+
+class PretrainConfig(TrainConfig):
+    """Train a model on the source domain and publish it as a file with its sha256."""
+
+    epochs: int = Field(4, ge=1, le=10_000)
+    augment: bool = True
+    output: Path = Field(Path("models/source"), description="Folder the source model is published to")
+
+
+class PretrainedConfig(Section):
+    """The model to transfer from."""
+
+    uri: str = Field(
+        "models/source/model.pt",
+        description="torchvision:<arch>[:<weights>], https://... , models:/<name>@<alias> or a local path",
+    )
+    sha256: str | None = Field(None, description="Expected sha256 of the file; downloads are verified against it")
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) != 64 or any(c not in "0123456789abcdef" for c in value.lower())):
+            raise ValueError("sha256 must be 64 hexadecimal characters")
+        return value.lower() if value else value
+
+
+class FinetuneConfig(TrainConfig):
+    """Adapt the pretrained model to the labeled target images."""
+
+    strategy: Strategy = Field("lp_ft", description="linear_probe trains the head only; finetune trains all; lp_ft does both in turn")
+    lp_epochs: int = Field(5, ge=0, description="Head-only epochs before full fine-tuning (lp_ft)")
+    backbone_lr_scale: float = Field(0.1, gt=0, le=1, description="Backbone learning rate = lr x this")
+    epochs: int = Field(15, ge=1, le=10_000)
+    batch_size: int = Field(32, ge=1, le=65_536)
+
+
+class EvaluateConfig(Section):
+    """How the adapted model is measured."""
+
+    batch_size: int = Field(512, ge=1)
+
+
+class RegistryConfig(Section):
+    """The registry gate: a new version takes the alias `champion` only if it is better."""
+
+    model_name: str = Field("adaptflow-classifier", min_length=1, description="Registered model name")
+    metric: str = Field("target_accuracy", description="Metric (higher is better) that decides the champion")
+    min_delta: float = Field(0.0, ge=0, description="How much better the challenger must be")
+
+
+class TrackingConfig(Section):
+    """Where runs are recorded; empty uri uses $MLFLOW_TRACKING_URI or SQLite in the project."""
+
+    uri: str | None = None
+    experiment: str = Field("adaptflow", min_length=1)
+
+
+class RunConfig(Section):
+    """Everything one run of the pipeline needs."""
+
+    task: Literal["classification"] = "classification"
+    data: DataConfig = DataConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    pretrained: PretrainedConfig = PretrainedConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    registry: RegistryConfig = RegistryConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    def digest(self) -> str:
+        """A short content hash of the config, for lineage and cache keys."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML config (or the defaults) and apply `section.key=value` overrides.
+
+    Raises ConfigError naming the file, the field and what is wrong with it.
+    """
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections (data, finetune, ...)")
+    for item in overrides:
+        _apply_override(raw, item)
+        source = f"{source} + overrides"
+    return parse_config(raw, source)
+
+
+def parse_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a plain dict into a RunConfig, with errors a person can act on."""
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: invalid configuration\n" + _explain(exc)) from None
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{item}' must look like section.key=value, e.g. finetune.epochs=5")
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{item}': '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            hint = _suggest(err["loc"])
+            lines.append(f"  {where}: unknown field{hint}; remove it or fix its name")
+        else:
+            lines.append(f"  {where}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _suggest(loc: tuple[Any, ...]) -> str:
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return ""
+        model = field.annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(model.model_fields)})"
+
+
+def dump_params(config: RunConfig, path: str | Path) -> None:
+    """Write a config as YAML (the format of params.yaml)."""
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

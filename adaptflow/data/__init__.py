@@ -1,0 +1,21 @@
+"""Domains on disk: building the demo domains and loading image folders into tensors."""
+
+from __future__ import annotations
+
+from adaptflow import env
+from adaptflow.config import DataConfig
+from adaptflow.data.folders import ImageSet, list_classes, load_image_folder
+
+
+def split_dir(cfg: DataConfig, domain: str, split: str):
+    """`<root>/<domain>/<split>`, with a relative root taken from the project folder."""
+    root = cfg.root if cfg.root.is_absolute() else env.project_root() / cfg.root
+    return root / domain / split
+
+
+def load_split(cfg: DataConfig, domain: str, split: str, classes: tuple[str, ...] | None = None) -> ImageSet:
+    """Decode one split of a domain at the configured image size."""
+    return load_image_folder(split_dir(cfg, domain, split), cfg.image_size, classes)
+
+
+__all__ = ["ImageSet", "list_classes", "load_image_folder", "load_split", "split_dir"]

@@ -1,0 +1,132 @@
+"""Image folders (`<split>/<class>/*.png`) loaded once into uint8 tensors.
+
+Small datasets are decoded a single time and kept as one tensor; training then indexes batches
+from it (on the device when it fits), so decoding is never in the training loop. Decoded
+tensors are cached on disk by the content hash of the files and the image size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from adaptflow import env
+from adaptflow.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+_CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Decoded images (uint8, N x 3 x H x W), their labels (int64, N) and the class names."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def per_class(self, k: int | None, seed: int = 0) -> ImageSet:
+        """A seeded subset with at most k images per class (all of them when k is None)."""
+        if k is None:
+            return self
+        g = torch.Generator().manual_seed(seed)
+        keep = []
+        for cls in range(len(self.classes)):
+            idx = torch.nonzero(self.labels == cls).flatten()
+            keep.append(idx[torch.randperm(len(idx), generator=g)[:k]])
+        index = torch.cat(keep).sort().values
+        return ImageSet(self.images[index], self.labels[index], self.classes)
+
+    def concat(self, other: ImageSet) -> ImageSet:
+        """Both sets in one (same classes)."""
+        if other.classes != self.classes:
+            raise ValueError(f"cannot join image sets with classes {self.classes} and {other.classes}")
+        return ImageSet(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]), self.classes)
+
+
+def natural_key(name: str) -> tuple[int, int | str]:
+    """Sort class folders so that '10' follows '9'."""
+    return (0, int(name)) if name.isdigit() else (1, name)
+
+
+def list_classes(folder: Path) -> tuple[str, ...]:
+    """Class names of a split: its sub-folders, in natural order."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such image folder (expected <split>/<class>/*.png)")
+    return tuple(sorted((p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=natural_key))
+
+
+def scan_folder(folder: Path, classes: tuple[str, ...]) -> tuple[list[Path], list[int]]:
+    """All image files of a split and their class indices, in a stable order."""
+    present = list_classes(folder)
+    unknown = [c for c in present if c not in classes]
+    if unknown:
+        raise ValueError(
+            f"{folder}: classes {unknown} are not among the model's classes {list(classes)}; "
+            "remove those folders or train on a split that has them"
+        )
+    paths: list[Path] = []
+    labels: list[int] = []
+    for index, name in enumerate(classes):
+        class_dir = folder / name
+        if not class_dir.is_dir():
+            continue
+        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths += files
+        labels += [index] * len(files)
+    if not paths:
+        raise ValueError(f"{folder}: no images found (expected {folder}/<class>/*.png)")
+    return paths, labels
+
+
+def _decode(path: Path, size: int) -> np.ndarray:
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(img, dtype=np.uint8)
+
+
+def _content_key(folder: Path, paths: list[Path], labels: list[int], size: int) -> str:
+    digest = hashlib.sha256(f"{_CACHE_FORMAT}:{size}".encode())
+    for path, label in zip(paths, labels, strict=True):
+        digest.update(f"{path.relative_to(folder)}:{label}:".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def load_image_folder(folder: str | Path, image_size: int, classes: tuple[str, ...] | None = None) -> ImageSet:
+    """Decode every image of `folder/<class>/` into one tensor, using the on-disk cache when it can.
+
+    `classes` fixes the class order (take it from the training split); by default the
+    folder's own sub-folders are the classes.
+    """
+    folder = Path(folder)
+    classes = classes if classes is not None else list_classes(folder)
+    paths, labels = scan_folder(folder, classes)
+    key = _content_key(folder, paths, labels, image_size)
+    cached = env.cache_dir() / "images" / f"{key}.pt"
+    if cached.exists():
+        blob = torch.load(cached, weights_only=True)
+        return ImageSet(blob["images"], blob["labels"], tuple(blob["classes"]))
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        arrays = list(pool.map(lambda p: _decode(p, image_size), paths))
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    result = ImageSet(images, torch.tensor(labels, dtype=torch.int64), tuple(classes))
+    with atomic_write(cached) as tmp:
+        torch.save({"images": result.images, "labels": result.labels, "classes": list(classes)}, tmp)
+    log.info("decoded %d images from %s", len(paths), folder)
+    return result

@@ -1,0 +1,55 @@
+"""The one place that decides where local state lives and that keeps every tool offline.
+
+Each tool in the stack reaches for the network on its own (telemetry, update checks, font
+downloads). `apply()` switches all of that off through environment variables, before the
+tools are imported. It only sets what the user has not set, so a shared stack (a Prefect
+server, an MLflow server, S3) is chosen by exporting its variables as usual.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: Variables that stop telemetry and update checks. Values are the "off" settings.
+OFFLINE_DEFAULTS: dict[str, str] = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "YOLO_OFFLINE": "1",
+    "DO_NOT_TRACK": "1",
+    "GIT_PYTHON_REFRESH": "quiet",
+    # The ephemeral Prefect API needs more than the default 20 s on a loaded 2-core machine.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+}
+
+
+def project_root() -> Path:
+    """The project folder: `$ADAPTFLOW_ROOT`, else the current directory."""
+    return Path(os.environ.get("ADAPTFLOW_ROOT") or Path.cwd()).resolve()
+
+
+def cache_dir() -> Path:
+    """Content-addressed cache for downloads and decoded datasets."""
+    return Path(os.environ.get("ADAPTFLOW_CACHE") or project_root() / ".cache").resolve()
+
+
+def default_tracking_uri() -> str:
+    """MLflow's store when none is configured: SQLite inside the project."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def default_artifact_location() -> str:
+    """Where local runs keep their artifacts when the store does not say."""
+    return (project_root() / "mlartifacts").as_uri()
+
+
+def apply() -> None:
+    """Set the offline defaults and local homes for every tool; values the user set win."""
+    for key, value in OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    root = project_root()
+    os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
+    os.environ.setdefault("TORCH_HOME", str(cache_dir() / "torch"))
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(cache_dir() / "ultralytics"))
+    os.environ.setdefault("MPLBACKEND", "Agg")

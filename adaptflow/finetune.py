@@ -1,0 +1,73 @@
+"""The fine-tune stage: adapt a pretrained model to the labeled target images."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from adaptflow.config import DataConfig, FinetuneConfig
+from adaptflow.data import ImageSet, load_split
+from adaptflow.io import sha256_file, write_json
+from adaptflow.models import Classifier, load_source_model, replace_head, save_checkpoint
+from adaptflow.pretrained import PretrainedRef
+from adaptflow.train import EpochCallback, FitSettings, fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """The fine-tuned model file, its hash, and its classes."""
+
+    path: str
+    sha256: str
+    arch: str
+    classes: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def prepare_model(pretrained: PretrainedRef, arch: str, classes: tuple[str, ...]) -> tuple[Classifier, str]:
+    """The pretrained model with a head for `classes`: its own head when the label sets match, else a new one."""
+    model, meta = load_source_model(pretrained.path, pretrained.arch or arch)
+    if tuple(meta["classes"]) != tuple(classes):
+        replace_head(model, len(classes))
+        log.info("new %d-class head (pretrained classes: %s)", len(classes), list(meta["classes"])[:10] or "none")
+    return model, meta["arch"]
+
+
+def content_digest(data: ImageSet) -> str:
+    """A hash of the decoded training images and labels (for resume fingerprints)."""
+    digest = hashlib.sha256(data.images.numpy().tobytes())
+    digest.update(data.labels.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def finetune(
+    cfg: FinetuneConfig,
+    data: DataConfig,
+    pretrained: PretrainedRef,
+    work_dir: Path,
+    on_epoch: EpochCallback | None = None,
+) -> TrainedModel:
+    """Train on the labeled target split (k per class when `data.labeled_per_class` is set)."""
+    train = load_split(data, data.target, "train").per_class(data.labeled_per_class, seed=cfg.seed)
+    model, arch = prepare_model(pretrained, cfg.arch, train.classes)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = f"finetune:{cfg.model_dump_json()}:{pretrained.sha256}:{content_digest(train)}"
+    history = fit(
+        model,
+        train,
+        FitSettings.from_config(cfg),
+        state_path=work_dir / "train_state.pt",
+        fingerprint=fingerprint,
+        on_epoch=on_epoch,
+    )
+    path = work_dir / "model.pt"
+    save_checkpoint(path, model, arch=arch, classes=train.classes, image_size=data.image_size,
+                    extra={"pretrained_sha256": pretrained.sha256, "strategy": cfg.strategy})
+    write_json(work_dir / "history.json", history)
+    return TrainedModel(str(path), sha256_file(path), arch, train.classes)

@@ -1,0 +1,122 @@
+"""Classifiers built from torchvision architectures, and the checkpoint format that carries them.
+
+A `Classifier` is a backbone (the torchvision network with its last linear layer removed) and a
+head (a linear layer over the backbone's features). Splitting them lets strategies give the
+backbone its own learning rate, freeze it, or read its features for domain adaptation.
+
+Checkpoints are plain dicts of tensors, strings and numbers, so they load with
+`torch.load(weights_only=True)`: no pickled code ever runs from a model file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+CHECKPOINT_FORMAT = "adaptflow.classifier/1"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Classifier(nn.Module):
+    """backbone -> features -> head -> logits."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Linear) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def _last_linear(net: nn.Module) -> tuple[str, nn.Linear]:
+    found = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not found:
+        raise ValueError(f"{type(net).__name__} has no linear classification layer to replace")
+    return found[-1]
+
+
+def build_classifier(arch: str, num_classes: int) -> Classifier:
+    """A freshly initialised torchvision `arch` with a head of `num_classes` outputs."""
+    import torchvision
+
+    net = torchvision.models.get_model(arch, weights=None)
+    name, last = _last_linear(net)
+    parent_name, _, attr = name.rpartition(".")
+    parent = net.get_submodule(parent_name) if parent_name else net
+    setattr(parent, attr, nn.Identity())
+    return Classifier(net, nn.Linear(last.in_features, num_classes))
+
+
+def torchvision_state_to_backbone(arch: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a torchvision state dict onto a Classifier's backbone, dropping its original head."""
+    import torchvision
+
+    head_name, _ = _last_linear(torchvision.models.get_model(arch, weights=None))
+    return {f"backbone.{k}": v for k, v in state.items() if not k.startswith(head_name + ".")}
+
+
+def replace_head(model: Classifier, num_classes: int) -> Classifier:
+    """Give `model` a new, freshly initialised head of `num_classes` outputs."""
+    model.head = nn.Linear(model.head.in_features, num_classes)
+    return model
+
+
+def save_checkpoint(
+    path: str | Path, model: Classifier, *, arch: str, classes: tuple[str, ...], image_size: int, extra: dict[str, Any] | None = None
+) -> None:
+    """Write a weights-only model file (atomically)."""
+    from adaptflow.io import atomic_write
+
+    blob = {
+        "format": CHECKPOINT_FORMAT,
+        "arch": arch,
+        "classes": list(classes),
+        "image_size": image_size,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": extra or {},
+    }
+    with atomic_write(path) as tmp:
+        torch.save(blob, tmp)
+
+
+def load_checkpoint(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
+    """Rebuild a Classifier from a file written by `save_checkpoint`; returns (model, metadata)."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not an adaptflow classifier checkpoint (expected format {CHECKPOINT_FORMAT})")
+    model = build_classifier(blob["arch"], len(blob["classes"]))
+    model.load_state_dict(blob.pop("state_dict"))
+    blob["classes"] = tuple(blob["classes"])
+    return model, blob
+
+
+def load_source_model(path: str | Path, arch: str | None) -> tuple[Classifier, dict[str, Any]]:
+    """Load a pretrained model to transfer from: an adaptflow checkpoint, or a torchvision state dict.
+
+    A torchvision state dict has no classes of ours: its head is dropped (`classes` is empty)
+    and `arch` names the architecture it belongs to.
+    """
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(blob, dict) and blob.get("format") == CHECKPOINT_FORMAT:
+        return load_checkpoint(path)
+    if arch is None:
+        raise ValueError(f"{path}: a plain state dict; say which architecture it belongs to (finetune.arch)")
+    model = build_classifier(arch, 1)
+    missing, unexpected = model.load_state_dict(torchvision_state_to_backbone(arch, blob), strict=False)
+    missing = [k for k in missing if not k.startswith("head.")]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: weights do not fit {arch} ({len(missing)} missing, {len(unexpected)} unexpected keys, "
+            f"e.g. {(missing + unexpected)[:3]}); set finetune.arch to the architecture they were trained for"
+        )
+    return model, {"arch": arch, "classes": (), "image_size": None}

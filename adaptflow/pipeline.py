@@ -1,0 +1,100 @@
+"""The transfer pipeline as plain function calls, and the pieces the flow and DVC share.
+
+A run folder holds each stage's outputs in a sub-folder named after the stage:
+
+    <run_dir>/finetune/{model.pt, history.json, train_state.pt}
+    <run_dir>/evaluate/{metrics.json, report.json, confusion_matrix.png}
+    <run_dir>/register/registration.json
+    <run_dir>/run.json            (config, data version, pretrained model, MLflow run id)
+
+Prefect (`flows/transfer.py`) and DVC (`dvc.yaml`, through the CLI) call the same stage
+functions; `run_transfer` is the same sequence with no orchestrator, used by tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from adaptflow import tracking
+from adaptflow.config import RunConfig, dump_params
+from adaptflow.evaluate import evaluate
+from adaptflow.finetune import finetune
+from adaptflow.io import read_json, write_json
+from adaptflow.pretrained import PretrainedRef, fetch_pretrained
+from adaptflow.tracking import Registration
+from adaptflow.versioning import DataVersion, version_data
+
+log = logging.getLogger(__name__)
+
+
+def lineage(config: RunConfig, data: DataVersion, pretrained: PretrainedRef, origin: str) -> dict[str, str]:
+    """What makes a model reproducible: code commit, data version, pretrained model, config, origin run."""
+    return {
+        "git_commit": tracking.git_commit(),
+        "data_version": data.md5,
+        "data_path": data.path,
+        "pretrained_uri": pretrained.uri,
+        "pretrained_sha256": pretrained.sha256,
+        "config_digest": config.digest(),
+        "origin": origin,
+        "task": config.task,
+        "arch": config.finetune.arch,
+        "target_domain": config.data.target,
+    }
+
+
+def open_run(config: RunConfig, data: DataVersion, pretrained: PretrainedRef, run_dir: Path, origin: str, run_name: str) -> str:
+    """Open the MLflow run for this pipeline run and record it in `<run_dir>/run.json`."""
+    run_id = tracking.start_run(config.tracking, run_name, lineage(config, data, pretrained, origin), config.model_dump(mode="json"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "run.json", {
+        "config": config.model_dump(mode="json"),
+        "data": data.to_dict(),
+        "pretrained": pretrained.to_dict(),
+        "mlflow_run_id": run_id,
+        "origin": origin,
+    })
+    return run_id
+
+
+def register_run(config: RunConfig, run_dir: Path, log_epochs: bool = False) -> Registration:
+    """Register the model of a finished run folder: artifacts, model version, champion gate.
+
+    `log_epochs` replays the recorded training history into the MLflow run (for runs whose
+    epochs were not logged live).
+    """
+    record = read_json(run_dir / "run.json")
+    run_id = record["mlflow_run_id"]
+    if log_epochs:
+        tracking.log_history(config.tracking, run_id, read_json(run_dir / "finetune" / "history.json"))
+    dump_params(config, run_dir / "config.yaml")
+    metrics = read_json(run_dir / "evaluate" / "metrics.json")
+    artifacts = [run_dir / "config.yaml", *(run_dir / "evaluate" / name for name in ("metrics.json", "report.json", "confusion_matrix.png"))]
+    data = DataVersion(**record["data"])
+    pretrained = PretrainedRef(**record["pretrained"])
+    registration = tracking.register_model(
+        config.registry,
+        config.tracking,
+        run_id,
+        run_dir / "finetune" / "model.pt",
+        metrics,
+        lineage(config, data, pretrained, record["origin"]),
+        artifacts,
+    )
+    write_json(run_dir / "register" / "registration.json", registration.to_dict())
+    tracking.finish_run(config.tracking, run_id)
+    return registration
+
+
+def run_transfer(config: RunConfig, run_dir: Path, origin: str = "local", version: bool = True) -> dict:
+    """version data -> fetch pretrained -> fine-tune -> evaluate -> register, with no orchestrator."""
+    from adaptflow.versioning import read_version
+
+    data = version_data(config.data) if version else read_version(config.data)
+    pretrained = fetch_pretrained(config.pretrained.uri, config.pretrained.sha256, tracking_uri=tracking.tracking_uri(config.tracking))
+    run_id = open_run(config, data, pretrained, run_dir, origin, run_dir.name)
+    model = finetune(config.finetune, config.data, pretrained, run_dir / "finetune", tracking.epoch_logger(config.tracking, run_id))
+    metrics = evaluate(config.evaluate, config.data, model.path, pretrained, run_dir / "evaluate", config.finetune.device)
+    registration = register_run(config, run_dir)
+    return {"metrics": metrics, "registration": registration.to_dict(), "data_version": data.md5}

@@ -1,0 +1,69 @@
+"""The pretrain stage: train a torchvision architecture on the source domain and publish it.
+
+Offline there are no published weights to download, so the demo makes its own source model.
+It is published as a folder holding `model.pt` (weights-only), `model.pt.sha256`, and the
+source metrics; the transfer stages then fetch it through the same resolver as any other
+pretrained model.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from adaptflow import env
+from adaptflow.config import DataConfig, PretrainConfig
+from adaptflow.data import load_split
+from adaptflow.io import replace_dir, sha256_file, write_json
+from adaptflow.metrics import classification_report
+from adaptflow.models import build_classifier, save_checkpoint
+from adaptflow.train import EpochCallback, FitSettings, fit, predict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    """Where the source model was published, its hash, and how well it does on the source."""
+
+    path: str
+    sha256: str
+    source_accuracy: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def published_dir(cfg: PretrainConfig) -> Path:
+    return cfg.output if cfg.output.is_absolute() else env.project_root() / cfg.output
+
+
+def pretrain(cfg: PretrainConfig, data: DataConfig, work_dir: Path, on_epoch: EpochCallback | None = None) -> PublishedModel:
+    """Train on `<source>/train`, measure on `<source>/test`, publish to `cfg.output`."""
+    train = load_split(data, data.source, "train")
+    test = load_split(data, data.source, "test", train.classes)
+    model = build_classifier(cfg.arch, len(train.classes))
+    settings = FitSettings.from_config(cfg)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = f"pretrain:{cfg.model_dump_json()}:{data.model_dump_json()}"
+    history = fit(model, train, settings, state_path=work_dir / "train_state.pt", fingerprint=fingerprint, on_epoch=on_epoch)
+    report = classification_report(test.labels, predict(model, test.images, device=cfg.device), test.classes)
+
+    final = published_dir(cfg)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        save_checkpoint(staging / "model.pt", model, arch=cfg.arch, classes=train.classes, image_size=data.image_size,
+                        extra={"domain": data.source})
+        digest = sha256_file(staging / "model.pt")
+        (staging / "model.pt.sha256").write_text(f"{digest}  model.pt\n")
+        write_json(staging / "metrics.json", {"source_accuracy": report["accuracy"], "source_macro_f1": report["macro_f1"]})
+        write_json(staging / "history.json", history)
+        replace_dir(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("published source model %s (source accuracy %.4f)", final / "model.pt", report["accuracy"])
+    return PublishedModel(str(final / "model.pt"), digest, report["accuracy"])

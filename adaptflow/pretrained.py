@@ -1,0 +1,230 @@
+"""Resolve a `pretrained` URI to a verified local file.
+
+Supported forms:
+- `torchvision:<arch>[:<weights>]` - torchvision's published weights (default `DEFAULT`), kept in
+  torchvision's own cache (`$TORCH_HOME/hub/checkpoints`) and checked against the hash prefix
+  in their file name, since torchvision itself checks only fresh downloads.
+- `https://...` / `http://...` - streamed to a temporary file, verified against `sha256` when
+  given, renamed into a content-addressed cache. Without a hash the file is cached by URL and
+  its hash is recorded.
+- `models:/<name>@<alias>` or `models:/<name>/<version>` - a model in the MLflow registry.
+- a local path (`file://` allowed); a `<path>.sha256` file beside it is checked when present.
+
+A resolved file is reused without touching the network, so a warm cache works offline.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+import random
+import re
+import shutil
+import socket
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from hashlib import sha256 as sha256_hasher
+from pathlib import Path
+from urllib.parse import urlparse
+
+from filelock import FileLock
+
+from adaptflow import env
+from adaptflow.io import CHUNK, atomic_write, sha256_file
+
+log = logging.getLogger(__name__)
+
+_TORCH_HUB_HASH = re.compile(r"-([a-f0-9]{8,64})\.")
+
+
+class FetchError(RuntimeError):
+    """A pretrained model could not be resolved; the message says what to do."""
+
+
+class TransientFetchError(FetchError):
+    """A failure that may pass on its own (timeouts, resets, 5xx): worth retrying."""
+
+
+@dataclass(frozen=True)
+class PretrainedRef:
+    """A resolved pretrained model: where it came from, where it is, and what it is."""
+
+    uri: str
+    path: str
+    sha256: str
+    arch: str | None = None
+
+    def to_dict(self) -> dict[str, str | None]:
+        return asdict(self)
+
+
+def fetch_pretrained(
+    uri: str,
+    sha256: str | None = None,
+    *,
+    tracking_uri: str | None = None,
+    attempts: int = 4,
+    timeout: float = 30.0,
+) -> PretrainedRef:
+    """Resolve `uri` to a local, verified file (see the module docstring for the forms)."""
+    uri = uri.strip()
+    if not uri:
+        raise FetchError("pretrained.uri is empty: name a model, e.g. torchvision:resnet18 or models/source/model.pt")
+    if uri.startswith("torchvision:"):
+        return _fetch_torchvision(uri, sha256, attempts, timeout)
+    if uri.startswith(("http://", "https://")):
+        path = _fetch_url(uri, sha256, attempts, timeout)
+        return PretrainedRef(uri, str(path), sha256_file(path))
+    if uri.startswith("models:/"):
+        return _fetch_registered(uri, sha256, tracking_uri)
+    if "://" in uri and not uri.startswith("file://"):
+        raise FetchError(
+            f"pretrained.uri '{uri}': unknown scheme; use torchvision:<arch>, https://..., models:/<name>@<alias> or a path"
+        )
+    return _fetch_local(uri, sha256)
+
+
+def _fetch_local(uri: str, expected: str | None) -> PretrainedRef:
+    path = Path(uri.removeprefix("file://")).expanduser()
+    if not path.is_absolute():
+        path = env.project_root() / path
+    if not path.is_file():
+        raise FetchError(f"pretrained.uri '{uri}': no such file ({path}); run the pretrain step or fix the path")
+    sidecar = path.with_name(path.name + ".sha256")
+    if expected is None and sidecar.exists():
+        expected = sidecar.read_text().split()[0]
+    actual = sha256_file(path)
+    if expected is not None and actual != expected:
+        raise FetchError(f"{path}: sha256 is {actual}, expected {expected}; the file changed since it was published")
+    return PretrainedRef(uri, str(path), actual)
+
+
+def _fetch_torchvision(uri: str, expected: str | None, attempts: int, timeout: float) -> PretrainedRef:
+    import torchvision
+
+    _, arch, *rest = uri.split(":")
+    weights_name = rest[0] if rest else "DEFAULT"
+    try:
+        enum = torchvision.models.get_model_weights(arch)
+        weights = enum[weights_name] if weights_name != "DEFAULT" else enum.DEFAULT
+    except (ValueError, KeyError):
+        raise FetchError(f"pretrained.uri '{uri}': torchvision has no weights '{weights_name}' for '{arch}'") from None
+    filename = Path(urlparse(weights.url).path).name
+    dest = Path(os.environ.get("TORCH_HOME") or env.cache_dir() / "torch") / "hub" / "checkpoints" / filename
+    match = _TORCH_HUB_HASH.search(filename)
+    prefix = match.group(1) if match else None
+    with FileLock(str(dest) + ".lock"):
+        if not dest.exists():
+            _download(weights.url, dest, expected, attempts, timeout)
+        actual = sha256_file(dest)
+    if (expected and actual != expected) or (prefix and not actual.startswith(prefix)):
+        raise FetchError(
+            f"{dest}: sha256 {actual} does not match {expected or prefix + '...'} published for {uri}; "
+            "delete the file and fetch again"
+        )
+    return PretrainedRef(uri, str(dest), actual, arch=arch)
+
+
+def _fetch_url(url: str, expected: str | None, attempts: int, timeout: float) -> Path:
+    root = env.cache_dir() / "downloads"
+    name = Path(urlparse(url).path).name or "download"
+    key = f"sha256-{expected}" if expected else f"url-{sha256_hasher(url.encode()).hexdigest()[:24]}"
+    dest = root / key / name
+    with FileLock(str(dest) + ".lock"):
+        if dest.exists() and (expected is None or sha256_file(dest) == expected):
+            return dest
+        _download(url, dest, expected, attempts, timeout)
+    return dest
+
+
+def _download(url: str, dest: Path, expected: str | None, attempts: int, timeout: float) -> str:
+    """Stream `url` to `dest` (atomically) and return its sha256; retry transient failures."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    last: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            digest = _download_once(url, dest, expected, timeout)
+            log.info("downloaded %s (sha256 %s)", url, digest)
+            return digest
+        except TransientFetchError as exc:
+            last = exc
+            delay = min(30.0, 0.5 * 2**attempt) * (0.5 + random.random())
+            log.warning("download of %s failed (%s); retry %d/%d in %.1fs", url, exc, attempt + 1, attempts - 1, delay)
+            if attempt + 1 < attempts:
+                time.sleep(delay)
+    raise FetchError(f"{url}: download failed after {attempts} attempts: {last}")
+
+
+def _download_once(url: str, dest: Path, expected: str | None, timeout: float) -> str:
+    request = urllib.request.Request(url, headers={"User-Agent": "adaptflow"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response, atomic_write(dest) as tmp:
+            size = response.headers.get("Content-Length")
+            digest = sha256_hasher()
+            received = 0
+            with open(tmp, "wb") as out:
+                while chunk := response.read(CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    received += len(chunk)
+            if size is not None and received != int(size):
+                raise TransientFetchError(f"truncated: received {received} of {size} bytes")
+            actual = digest.hexdigest()
+            if expected is not None and actual != expected:
+                raise TransientFetchError(f"sha256 mismatch: got {actual}, expected {expected}")
+            return actual  # leaving the block renames tmp onto dest
+    except urllib.error.HTTPError as exc:
+        if exc.code >= 500 or exc.code in (408, 429):
+            raise TransientFetchError(f"HTTP {exc.code} {exc.reason}") from None
+        raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}; check the address") from None
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, socket.gaierror):
+            raise FetchError(
+                f"{url}: cannot resolve the host ({exc.reason}); offline? place the file in the cache or use a local path"
+            ) from None
+        raise TransientFetchError(f"connection failed: {exc.reason}") from None
+    except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+        raise TransientFetchError(f"{type(exc).__name__}: {exc}") from None
+
+
+def _fetch_registered(uri: str, expected: str | None, tracking_uri: str | None) -> PretrainedRef:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    spec = uri.removeprefix("models:/")
+    client = MlflowClient(tracking_uri or env.default_tracking_uri())
+    try:
+        if "@" in spec:
+            name, alias = spec.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias).version
+        else:
+            name, version = spec.rsplit("/", 1)
+            client.get_model_version(name, version)
+    except (MlflowException, ValueError) as exc:
+        raise FetchError(f"pretrained.uri '{uri}': not in the registry at {client.tracking_uri} ({exc})") from None
+    folder = env.cache_dir() / "registry" / name / str(version)
+    with FileLock(str(folder) + ".lock"):
+        if not folder.exists():
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".download-", dir=folder.parent))
+            try:
+                import mlflow.artifacts
+
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=client.get_model_version_download_uri(name, version), dst_path=str(staging), tracking_uri=client.tracking_uri
+                )
+                staging.rename(folder)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    found = sorted(folder.rglob("artifacts/*.pt"))
+    if not found:
+        raise FetchError(f"{uri}: version {version} holds no adaptflow model file (artifacts/*.pt)")
+    path = found[0]
+    actual = sha256_file(path)
+    if expected is not None and actual != expected:
+        raise FetchError(f"{uri}: sha256 {actual} does not match pretrained.sha256 {expected}")
+    return PretrainedRef(f"models:/{name}/{version}", str(path), actual)

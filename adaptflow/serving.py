@@ -1,0 +1,39 @@
+"""The registered model's serving interface: an MLflow pyfunc around an adaptflow checkpoint.
+
+`mlflow.pyfunc.load_model("models:/<name>@champion").predict(images)` takes uint8 images
+(N x H x W x 3, any N and size) and returns a table of the predicted class and its score.
+"""
+
+from __future__ import annotations
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+
+class ClassifierModel(mlflow.pyfunc.PythonModel):
+    """Wraps `artifacts/model.pt`; resizes inputs to the size the model was trained at."""
+
+    def load_context(self, context) -> None:  # noqa: ANN001 - MLflow's context type
+        from adaptflow.models import load_checkpoint
+
+        self.model, self.meta = load_checkpoint(context.artifacts["checkpoint"])
+        self.model.eval()
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001 - untyped keeps MLflow's tensor signature
+        import torch
+        import torch.nn.functional as F
+
+        from adaptflow.train import predict
+
+        images = torch.as_tensor(np.asarray(model_input, dtype=np.uint8))
+        if images.ndim == 3:
+            images = images.unsqueeze(-1).expand(-1, -1, -1, 3)
+        images = images.permute(0, 3, 1, 2)
+        size = self.meta["image_size"]
+        if tuple(images.shape[-2:]) != (size, size):
+            images = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False).round().clamp(0, 255).to(torch.uint8)
+        probs = predict(self.model, images.contiguous(), device="cpu").softmax(1)
+        score, index = probs.max(1)
+        classes = np.asarray(self.meta["classes"])
+        return pd.DataFrame({"index": index.numpy(), "class": classes[index.numpy()], "score": score.numpy()})

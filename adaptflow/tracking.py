@@ -1,0 +1,253 @@
+"""MLflow: the only module that talks to the tracking server and the model registry.
+
+One MLflow run per pipeline run: it is opened first (so epochs are logged live), receives the
+evaluation and the model, and the model version it registers passes a champion/challenger gate.
+Every call names its tracking URI explicitly, so concurrent runs never share hidden state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from adaptflow import env
+from adaptflow.config import RegistryConfig, TrackingConfig
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+TAG = "adaptflow."
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What the registry gate decided for one model version."""
+
+    name: str
+    version: str
+    alias: str
+    decision: str
+    reason: str
+    run_id: str
+    model_uri: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def tracking_uri(cfg: TrackingConfig) -> str:
+    return cfg.uri or env.default_tracking_uri()
+
+
+def client(cfg: TrackingConfig):  # noqa: ANN201 - MlflowClient, imported lazily
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri(cfg))
+
+
+def _local_store(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
+
+
+def experiment_id(cfg: TrackingConfig) -> str:
+    """The experiment's id, creating it (with artifacts inside the project for local stores)."""
+    c = client(cfg)
+    found = c.get_experiment_by_name(cfg.experiment)
+    if found is not None:
+        return found.experiment_id
+    location = env.default_artifact_location() if _local_store(tracking_uri(cfg)) else None
+    try:
+        return c.create_experiment(cfg.experiment, artifact_location=location)
+    except Exception:  # another run created it first
+        found = c.get_experiment_by_name(cfg.experiment)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def git_commit(root: Path | None = None) -> str:
+    """The project's commit, with `-dirty` when tracked files have changed; `unknown` outside git."""
+    root = root or env.project_root()
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def start_run(cfg: TrackingConfig, run_name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
+    """Open the pipeline's MLflow run, with its lineage tags and flattened config as params."""
+    from mlflow.entities import Param, RunTag
+
+    c = client(cfg)
+    run = c.create_run(experiment_id(cfg), run_name=run_name, tags={f"{TAG}{k}": str(v) for k, v in tags.items()})
+    items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+    for start in range(0, len(items), 100):
+        c.log_batch(run.info.run_id, params=items[start : start + 100])
+    c.log_batch(run.info.run_id, tags=[RunTag("mlflow.source.name", "adaptflow")])
+    return run.info.run_id
+
+
+def set_tags(cfg: TrackingConfig, run_id: str, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    client(cfg).log_batch(run_id, tags=[RunTag(f"{TAG}{k}", str(v)) for k, v in tags.items()])
+
+
+def log_metrics(cfg: TrackingConfig, run_id: str, metrics: dict[str, float], step: int = 0, prefix: str = "") -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client(cfg).log_batch(run_id, metrics=[Metric(f"{prefix}{k}", float(v), now, step) for k, v in metrics.items() if isinstance(v, int | float)])
+
+
+def epoch_logger(cfg: TrackingConfig, run_id: str, prefix: str = ""):  # noqa: ANN201 - EpochCallback
+    """A training callback that logs each epoch's metrics to the run as it finishes."""
+
+    def on_epoch(epoch: int, record: dict[str, float]) -> None:
+        log_metrics(cfg, run_id, {k: v for k, v in record.items() if k != "epoch"}, step=epoch, prefix=prefix)
+
+    return on_epoch
+
+
+def log_history(cfg: TrackingConfig, run_id: str, history: Iterable[dict[str, float]], prefix: str = "") -> None:
+    """Log recorded epochs after the fact (the DVC path, and replays)."""
+    logger = epoch_logger(cfg, run_id, prefix)
+    for record in history:
+        logger(int(record["epoch"]), record)
+
+
+def finish_run(cfg: TrackingConfig, run_id: str, status: str = "FINISHED") -> None:
+    client(cfg).set_terminated(run_id, status=status)
+
+
+def run_url(cfg: TrackingConfig, run_id: str) -> str:
+    """Where a person opens the run: the server's page, or `mlflow ui`'s default address locally."""
+    uri = tracking_uri(cfg)
+    exp = client(cfg).get_run(run_id).info.experiment_id
+    base = uri if uri.startswith("http") else "http://127.0.0.1:5000"
+    return f"{base.rstrip('/')}/#/experiments/{exp}/runs/{run_id}"
+
+
+def register_model(
+    cfg: RegistryConfig,
+    tracking: TrackingConfig,
+    run_id: str,
+    checkpoint: str | Path,
+    metrics: dict[str, float],
+    lineage: dict[str, str],
+    artifacts: Iterable[str | Path] = (),
+) -> Registration:
+    """Log the model to the run, register it, and move aliases through the champion gate.
+
+    Keyed by (run, model hash): calling it again for the same run and model returns the
+    version registered the first time, and moves no alias.
+    """
+    import mlflow
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    from adaptflow.io import sha256_file
+    from adaptflow.models import load_checkpoint
+    from adaptflow.serving import ClassifierModel
+
+    c = client(tracking)
+    model_sha = sha256_file(checkpoint)
+    run_key = hashlib.sha256(f"{run_id}:{model_sha}".encode()).hexdigest()[:24]
+    existing = c.search_model_versions(f"name='{cfg.model_name}' and tags.`{TAG}run_key`='{run_key}'")
+    if existing:
+        mv = existing[0]
+        log.info("model already registered as %s version %s", cfg.model_name, mv.version)
+        return Registration(cfg.model_name, mv.version, mv.tags.get(f"{TAG}alias", ""), mv.tags.get(f"{TAG}decision", ""),
+                            mv.tags.get(f"{TAG}reason", ""), run_id, f"models:/{cfg.model_name}/{mv.version}")
+
+    log_metrics(tracking, run_id, metrics)
+    for path in artifacts:
+        c.log_artifact(run_id, str(path))
+    probe = ClassifierModel()
+    probe.model, probe.meta = load_checkpoint(checkpoint)
+    size = probe.meta["image_size"]
+    example = np.zeros((2, size, size, 3), dtype=np.uint8)  # batch of 2: the batch dimension stays free
+    signature = infer_signature(example, probe.predict(None, example))
+    mlflow.set_tracking_uri(tracking_uri(tracking))
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=ClassifierModel(),
+            artifacts={"checkpoint": str(checkpoint)},
+            signature=signature,
+            input_example=example,
+            pip_requirements=_requirements(),
+        )
+    tags = {f"{TAG}{k}": str(v) for k, v in lineage.items()}
+    tags |= {f"{TAG}run_key": run_key, f"{TAG}model_sha256": model_sha}
+    tags |= {f"{TAG}metric.{k}": repr(float(v)) for k, v in metrics.items()}
+    version = mlflow.register_model(info.model_uri, cfg.model_name, tags=tags).version
+    alias, decision, reason = gate(cfg, tracking, version, metrics)
+    for key, value in {"alias": alias, "decision": decision, "reason": reason}.items():
+        c.set_model_version_tag(cfg.model_name, version, f"{TAG}{key}", value)
+    set_tags(tracking, run_id, {"registered_model": f"{cfg.model_name}/{version}", "decision": decision, "reason": reason})
+    log.info("%s version %s: %s (%s)", cfg.model_name, version, decision, reason)
+    return Registration(cfg.model_name, str(version), alias, decision, reason, run_id, f"models:/{cfg.model_name}/{version}")
+
+
+def champion_metric(cfg: RegistryConfig, tracking: TrackingConfig) -> tuple[str, float] | None:
+    """(version, metric value) of the current champion, or None when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(tracking)
+    try:
+        mv = c.get_model_version_by_alias(cfg.model_name, CHAMPION)
+    except MlflowException:
+        return None
+    value = mv.tags.get(f"{TAG}metric.{cfg.metric}")
+    if value is None and mv.run_id:
+        value = c.get_run(mv.run_id).data.metrics.get(cfg.metric)
+    return (mv.version, float(value)) if value is not None else (mv.version, float("-inf"))
+
+
+def gate(cfg: RegistryConfig, tracking: TrackingConfig, version: str, metrics: dict[str, float]) -> tuple[str, str, str]:
+    """Give `version` the champion alias if it beats the champion by `min_delta`, else challenger."""
+    if cfg.metric not in metrics:
+        raise KeyError(f"registry.metric '{cfg.metric}' is not among the evaluated metrics {sorted(metrics)}")
+    new = float(metrics[cfg.metric])
+    current = champion_metric(cfg, tracking)
+    c = client(tracking)
+    if current is None or new > current[1] + cfg.min_delta:
+        reason = "no champion yet" if current is None else (
+            f"{cfg.metric} {new:.4f} beats champion v{current[0]} ({current[1]:.4f}) by more than {cfg.min_delta}")
+        c.set_registered_model_alias(cfg.model_name, CHAMPION, version)
+        return CHAMPION, "promoted", reason
+    reason = f"{cfg.metric} {new:.4f} does not beat champion v{current[0]} ({current[1]:.4f}) by more than {cfg.min_delta}"
+    c.set_registered_model_alias(cfg.model_name, CHALLENGER, version)
+    return CHALLENGER, "kept champion", reason
+
+
+def _requirements() -> list[str]:
+    import importlib.metadata as md
+
+    pins = []
+    for dist in ("torch", "torchvision", "numpy", "pandas", "mlflow"):
+        pins.append(f"{dist}=={md.version(dist).split('+')[0]}")
+    return pins

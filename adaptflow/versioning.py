@@ -1,0 +1,81 @@
+"""Dataset versioning with DVC: the only module that runs DVC.
+
+`version_data` records the data folder in its `.dvc` file (`dvc add`), pushes it to the remote
+(`dvc push`) and returns its md5: the data version every model records.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from adaptflow import env
+from adaptflow.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+
+class VersioningError(RuntimeError):
+    """DVC refused; the message carries its output and the fix."""
+
+
+@dataclass(frozen=True)
+class DataVersion:
+    """The data folder, its DVC md5, and how big it is."""
+
+    path: str
+    md5: str
+    files: int
+    size: int
+    pushed_to: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def dvc(*args: str, cwd: Path | None = None) -> str:
+    """Run a DVC command in the project and return its output; raise with DVC's message on failure."""
+    cwd = cwd or env.project_root()
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise VersioningError(f"`dvc {' '.join(args)}` failed in {cwd}:\n{(result.stderr or result.stdout).strip()}")
+    return result.stdout
+
+
+def _dvc_file(cfg: DataConfig) -> Path:
+    """`dvc add <root>` records the folder in `<root>.dvc` beside it."""
+    root = cfg.root if cfg.root.is_absolute() else env.project_root() / cfg.root
+    return root.with_name(root.name + ".dvc")
+
+
+def read_version(cfg: DataConfig) -> DataVersion:
+    """The data version recorded in the `.dvc` file, without touching the data."""
+    path = _dvc_file(cfg)
+    if not path.exists():
+        raise VersioningError(f"{path}: missing; version the data first with `dvc add {cfg.root}`")
+    out = (yaml.safe_load(path.read_text()) or {}).get("outs", [{}])[0]
+    if "md5" not in out:
+        raise VersioningError(f"{path}: no md5 in its outs; re-create it with `dvc add {cfg.root}`")
+    return DataVersion(path=out.get("path", str(cfg.root)), md5=out["md5"], files=int(out.get("nfiles", 0)), size=int(out.get("size", 0)))
+
+
+def version_data(cfg: DataConfig, push: bool = True) -> DataVersion:
+    """`dvc add` the data folder, `dvc push` it, and return its version."""
+    root = env.project_root()
+    if not (root / ".dvc").is_dir():
+        raise VersioningError(f"{root}: not a DVC project (no .dvc folder); run `dvc init` there or set ADAPTFLOW_ROOT")
+    data_path = cfg.root if cfg.root.is_absolute() else root / cfg.root
+    if not data_path.is_dir():
+        raise VersioningError(f"{data_path}: no data folder; build it (`adaptflow data build`) or `dvc pull`")
+    dvc("add", str(cfg.root), cwd=root)
+    version = read_version(cfg)
+    if push:
+        dvc("push", str(_dvc_file(cfg)), *(["--remote", cfg.remote] if cfg.remote else []), cwd=root)
+        version = DataVersion(**{**version.to_dict(), "pushed_to": cfg.remote or "default"})
+    log.info("data %s at version %s (%d files)", cfg.root, version.md5, version.files)
+    return version
