@@ -70,4 +70,5 @@ def finetune(
     save_checkpoint(path, model, arch=arch, classes=train.classes, image_size=data.image_size,
                     extra={"pretrained_sha256": pretrained.sha256, "strategy": cfg.strategy})
     write_json(work_dir / "history.json", history)
+    (work_dir / "train_state.pt").unlink(missing_ok=True)  # only an unfinished run needs it
     return TrainedModel(str(path), sha256_file(path), arch, train.classes)

@@ -21,6 +21,7 @@ from adaptflow.config import RunConfig, dump_params
 from adaptflow.evaluate import evaluate
 from adaptflow.finetune import finetune
 from adaptflow.io import read_json, write_json
+from adaptflow.pretrain import PublishedModel, pretrain
 from adaptflow.pretrained import PretrainedRef, fetch_pretrained
 from adaptflow.tracking import Registration
 from adaptflow.versioning import DataVersion, version_data
@@ -44,35 +45,43 @@ def lineage(config: RunConfig, data: DataVersion, pretrained: PretrainedRef, ori
     }
 
 
-def open_run(config: RunConfig, data: DataVersion, pretrained: PretrainedRef, run_dir: Path, origin: str, run_name: str) -> str:
-    """Open the MLflow run for this pipeline run and record it in `<run_dir>/run.json`."""
-    run_id = tracking.start_run(config.tracking, run_name, lineage(config, data, pretrained, origin), config.model_dump(mode="json"))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "run.json", {
+def write_run_record(
+    config: RunConfig, data: DataVersion, pretrained: PretrainedRef, run_dir: Path, origin: str, mlflow_run_id: str | None = None
+) -> Path:
+    """`<run_dir>/run.json`: what this run was made from, read back by the register stage."""
+    return write_json(run_dir / "run.json", {
         "config": config.model_dump(mode="json"),
         "data": data.to_dict(),
         "pretrained": pretrained.to_dict(),
-        "mlflow_run_id": run_id,
+        "mlflow_run_id": mlflow_run_id,
         "origin": origin,
     })
+
+
+def open_run(config: RunConfig, data: DataVersion, pretrained: PretrainedRef, run_dir: Path, origin: str, run_name: str) -> str:
+    """Open the MLflow run for this pipeline run (so epochs log live) and record it in run.json."""
+    run_id = tracking.start_run(config.tracking, run_name, lineage(config, data, pretrained, origin), config.model_dump(mode="json"))
+    write_run_record(config, data, pretrained, run_dir, origin, run_id)
     return run_id
 
 
-def register_run(config: RunConfig, run_dir: Path, log_epochs: bool = False) -> Registration:
+def register_run(config: RunConfig, run_dir: Path) -> Registration:
     """Register the model of a finished run folder: artifacts, model version, champion gate.
 
-    `log_epochs` replays the recorded training history into the MLflow run (for runs whose
-    epochs were not logged live).
+    A run folder made without tracking (the DVC stages, or a run whose tracking server was
+    down) gets its MLflow run here, with the recorded epochs replayed into it.
     """
     record = read_json(run_dir / "run.json")
+    data = DataVersion(**record["data"])
+    pretrained = PretrainedRef(**record["pretrained"])
     run_id = record["mlflow_run_id"]
-    if log_epochs:
+    if run_id is None:
+        run_id = tracking.start_run(config.tracking, run_dir.name, lineage(config, data, pretrained, record["origin"]),
+                                    config.model_dump(mode="json"))
         tracking.log_history(config.tracking, run_id, read_json(run_dir / "finetune" / "history.json"))
     dump_params(config, run_dir / "config.yaml")
     metrics = read_json(run_dir / "evaluate" / "metrics.json")
     artifacts = [run_dir / "config.yaml", *(run_dir / "evaluate" / name for name in ("metrics.json", "report.json", "confusion_matrix.png"))]
-    data = DataVersion(**record["data"])
-    pretrained = PretrainedRef(**record["pretrained"])
     registration = tracking.register_model(
         config.registry,
         config.tracking,
@@ -85,6 +94,19 @@ def register_run(config: RunConfig, run_dir: Path, log_epochs: bool = False) -> 
     write_json(run_dir / "register" / "registration.json", registration.to_dict())
     tracking.finish_run(config.tracking, run_id)
     return registration
+
+
+def run_pretrain(config: RunConfig, run_dir: Path, data: DataVersion, origin: str = "local") -> PublishedModel:
+    """Train and publish the source model, recorded as an MLflow run of its own."""
+    tags = {"git_commit": tracking.git_commit(), "data_version": data.md5, "origin": origin, "stage": "pretrain",
+            "arch": config.pretrain.arch, "source_domain": config.data.source}
+    params = {"pretrain": config.pretrain.model_dump(mode="json"), "data": config.data.model_dump(mode="json")}
+    run_id = tracking.start_run(config.tracking, f"pretrain-{run_dir.name}", tags, params)
+    published = pretrain(config.pretrain, config.data, run_dir / "pretrain", tracking.epoch_logger(config.tracking, run_id))
+    tracking.log_metrics(config.tracking, run_id, {"source_accuracy": published.source_accuracy})
+    tracking.set_tags(config.tracking, run_id, {"published_path": published.path, "published_sha256": published.sha256})
+    tracking.finish_run(config.tracking, run_id)
+    return published
 
 
 def run_transfer(config: RunConfig, run_dir: Path, origin: str = "local", version: bool = True) -> dict:

@@ -1,11 +1,15 @@
 """The registered model's serving interface: an MLflow pyfunc around an adaptflow checkpoint.
 
+The model is logged "from code" (this file), so loading it unpickles nothing: the weights load
+with `torch.load(weights_only=True)`. It needs adaptflow installed where it is served.
+
 `mlflow.pyfunc.load_model("models:/<name>@champion").predict(images)` takes uint8 images
 (N x H x W x 3, any N and size) and returns a table of the predicted class and its score.
 """
 
 from __future__ import annotations
 
+import mlflow.models
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
@@ -37,3 +41,6 @@ class ClassifierModel(mlflow.pyfunc.PythonModel):
         score, index = probs.max(1)
         classes = np.asarray(self.meta["classes"])
         return pd.DataFrame({"index": index.numpy(), "class": classes[index.numpy()], "score": score.numpy()})
+
+
+mlflow.models.set_model(ClassifierModel())

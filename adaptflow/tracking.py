@@ -167,9 +167,11 @@ def register_model(
     import mlflow
     import numpy as np
     from mlflow.models import infer_signature
+    from mlflow.types import Schema, TensorSpec
 
     from adaptflow.io import sha256_file
     from adaptflow.models import load_checkpoint
+    from adaptflow import serving
     from adaptflow.serving import ClassifierModel
 
     c = client(tracking)
@@ -190,11 +192,13 @@ def register_model(
     size = probe.meta["image_size"]
     example = np.zeros((2, size, size, 3), dtype=np.uint8)  # batch of 2: the batch dimension stays free
     signature = infer_signature(example, probe.predict(None, example))
+    # Any batch size and any image size: the model resizes to the size it was trained at.
+    signature.inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))])
     mlflow.set_tracking_uri(tracking_uri(tracking))
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=ClassifierModel(),
+            python_model=str(Path(serving.__file__)),
             artifacts={"checkpoint": str(checkpoint)},
             signature=signature,
             input_example=example,

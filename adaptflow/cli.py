@@ -1,0 +1,210 @@
+"""The `adaptflow` command: stages for DVC (no orchestrator), flows for Prefect, and the demo.
+
+Every command that takes a config reads `params.yaml` (or `--config FILE`) and then applies
+`section.key=value` overrides, e.g. `adaptflow run transfer finetune.epochs=5`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from adaptflow import env
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+data_app = typer.Typer(no_args_is_help=True, help="Build and version the data.")
+app.add_typer(data_app, name="data")
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config (params.yaml format)")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="section.key=value overrides", show_default=False)]
+RunDir = Annotated[Path, typer.Option("--run-dir", help="Run folder the stage reads and writes")]
+
+DEFAULT_CONFIG = Path("params.yaml")
+
+
+def _config(path: Path, overrides: list[str] | None):  # noqa: ANN202 - RunConfig, imported lazily
+    from adaptflow.config import load_config
+
+    return load_config(path if path.exists() or path != DEFAULT_CONFIG else None, overrides or [])
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@data_app.command("build")
+def data_build(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> None:
+    """Build the demo domains (MNIST -> UCI digits) under data.root, byte-identical every time."""
+    from adaptflow.data.demo import build_demo_data
+
+    cfg = _config(config, overrides)
+    root = cfg.data.root if cfg.data.root.is_absolute() else env.project_root() / cfg.data.root
+    build_demo_data(root)
+    typer.echo(f"built {root}")
+
+
+@data_app.command("version")
+def data_version(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None, push: bool = True) -> None:
+    """`dvc add` and `dvc push` the data folder; print its version."""
+    from adaptflow.versioning import version_data
+
+    typer.echo(json.dumps(version_data(_config(config, overrides).data, push=push).to_dict(), indent=2))
+
+
+@app.command()
+def fetch(uri: str, sha256: Annotated[str | None, typer.Option(help="expected sha256")] = None) -> None:
+    """Resolve a pretrained URI to a verified local file and print where it is."""
+    from adaptflow.pretrained import fetch_pretrained
+
+    typer.echo(json.dumps(fetch_pretrained(uri, sha256).to_dict(), indent=2))
+
+
+@app.command()
+def pretrain(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None, run_dir: RunDir = Path("outputs")) -> None:
+    """Stage: train the source model and publish it to pretrain.output (no orchestrator)."""
+    from adaptflow.pipeline import run_pretrain
+    from adaptflow.versioning import read_version
+
+    cfg = _config(config, overrides)
+    published = run_pretrain(cfg, run_dir, read_version(cfg.data), origin="cli")
+    typer.echo(json.dumps(published.to_dict(), indent=2))
+
+
+@app.command()
+def finetune(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None, run_dir: RunDir = Path("outputs")) -> None:
+    """Stage: fetch the pretrained model and fine-tune it on the target (no orchestrator)."""
+    from adaptflow.finetune import finetune as run_finetune
+    from adaptflow.pipeline import write_run_record
+    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.tracking import tracking_uri
+    from adaptflow.versioning import read_version
+
+    cfg = _config(config, overrides)
+    pretrained = fetch_pretrained(cfg.pretrained.uri, cfg.pretrained.sha256, tracking_uri=tracking_uri(cfg.tracking))
+    write_run_record(cfg, read_version(cfg.data), pretrained, run_dir, origin="cli")
+    model = run_finetune(cfg.finetune, cfg.data, pretrained, run_dir / "finetune")
+    typer.echo(json.dumps(model.to_dict(), indent=2))
+
+
+@app.command()
+def evaluate(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None, run_dir: RunDir = Path("outputs")) -> None:
+    """Stage: measure the fine-tuned model of a run folder (no orchestrator)."""
+    from adaptflow.evaluate import evaluate as run_evaluate
+    from adaptflow.io import read_json
+    from adaptflow.pretrained import PretrainedRef
+
+    cfg = _config(config, overrides)
+    pretrained = PretrainedRef(**read_json(run_dir / "run.json")["pretrained"])
+    metrics = run_evaluate(cfg.evaluate, cfg.data, run_dir / "finetune" / "model.pt", pretrained, run_dir / "evaluate", cfg.finetune.device)
+    typer.echo(json.dumps(metrics, indent=2))
+
+
+@app.command()
+def register(
+    config: ConfigOption = DEFAULT_CONFIG,
+    overrides: Overrides = None,
+    run_dir: Annotated[Path, typer.Option("--run-dir", "--from-run-dir", help="Finished run folder to register")] = Path("outputs"),
+) -> None:
+    """Stage: register a run folder's model in MLflow through the champion gate (safe to repeat)."""
+    from adaptflow.pipeline import register_run
+
+    cfg = _config(config, overrides)
+    typer.echo(json.dumps(register_run(cfg, run_dir).to_dict(), indent=2))
+
+
+@app.command()
+def run(
+    flow: Annotated[str, typer.Argument(help="pretrain or transfer")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    overrides: Overrides = None,
+) -> None:
+    """Run a Prefect flow (ephemeral local API unless PREFECT_API_URL is set)."""
+    cfg = _config(config, overrides)
+    result = _run_flow(flow, cfg)
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+def _run_flow(name: str, cfg) -> dict:  # noqa: ANN001 - RunConfig
+    if name == "transfer":
+        from flows.transfer import transfer as flow_fn
+    elif name == "pretrain":
+        from flows.pretrain import pretrain as flow_fn
+    else:
+        _fail(f"unknown flow '{name}': use pretrain or transfer")
+    return flow_fn(config=cfg)
+
+
+@app.command()
+def demo(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> None:
+    """The whole demo: build the data, pretrain the source model, run the transfer flow, show results."""
+    from adaptflow.data.demo import build_demo_data
+
+    cfg = _config(config, overrides)
+    started = time.perf_counter()
+    root = cfg.data.root if cfg.data.root.is_absolute() else env.project_root() / cfg.data.root
+    typer.secho("1/3 building the demo domains (MNIST -> UCI digits)", bold=True)
+    build_demo_data(root)
+    typer.secho("2/3 pretrain flow: source model on MNIST", bold=True)
+    source = _run_flow("pretrain", cfg)
+    typer.secho("3/3 transfer flow: version data -> fetch -> fine-tune -> evaluate -> register", bold=True)
+    result = _run_flow("transfer", cfg)
+    _print_results(cfg, source, result, time.perf_counter() - started)
+
+
+def _print_results(cfg, source: dict, result: dict, seconds: float) -> None:  # noqa: ANN001 - RunConfig
+    from adaptflow.tracking import tracking_uri
+
+    m, reg = result["metrics"], result["registration"]
+    rows = [
+        ("source model on source test", source["published"]["source_accuracy"]),
+        ("source-only on target test", m.get("baseline_target_accuracy")),
+        ("fine-tuned on target test", m["target_accuracy"]),
+        ("fine-tuned on source test", m.get("source_accuracy")),
+    ]
+    labeled = f"{cfg.data.labeled_per_class} labels per class" if cfg.data.labeled_per_class is not None else "the labeled split"
+    typer.echo(f"\nResults ({cfg.finetune.arch}, {cfg.finetune.strategy}, {labeled}, data {result['data_version']})")
+    for label, value in rows:
+        typer.echo(f"  {label:<30} {'n/a' if value is None else f'{value:.4f}'}")
+    typer.echo(f"  registered {reg['model_uri']} -> alias '{reg['alias']}' ({reg['reason']})")
+    typer.echo(f"  run folder {result['run_dir']}   total {seconds:.0f}s")
+    uri = tracking_uri(cfg.tracking)
+    typer.echo("\nOpen the UIs:")
+    typer.echo(f"  MLflow:  .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1   -> http://127.0.0.1:5000")
+    typer.echo(f"  Prefect: PREFECT_HOME={os.environ.get('PREFECT_HOME')} .venv/bin/prefect server start --host 127.0.0.1   -> http://127.0.0.1:4200")
+
+
+@app.command("config")
+def show_config(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> None:
+    """Print the resolved configuration (after overrides) as YAML."""
+    import yaml
+
+    typer.echo(yaml.safe_dump(_config(config, overrides).model_dump(mode="json"), sort_keys=False))
+
+
+def main() -> None:
+    """Entry point: offline defaults, logging, and user errors shown as one clear line."""
+    env.apply()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "alembic", "mlflow.store.db.utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from adaptflow.config import ConfigError
+    from adaptflow.pretrained import FetchError
+    from adaptflow.versioning import VersioningError
+
+    try:
+        app()
+    except (ConfigError, FetchError, VersioningError, FileNotFoundError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

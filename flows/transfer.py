@@ -1,0 +1,31 @@
+"""The transfer flow: version data -> fetch pretrained -> fine-tune -> evaluate -> register."""
+
+from __future__ import annotations
+
+import tasks  # noqa: F401 - applies the offline defaults before Prefect starts
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from adaptflow.config import RunConfig
+from flows.naming import run_dir, transfer_run_name
+from tasks.data import version_data_task
+from tasks.evaluation import evaluate_task
+from tasks.pretrained import fetch_pretrained_task
+from tasks.registry import open_run_task, register_task, summarize_task
+from tasks.training import finetune_task
+
+
+@flow(name="transfer", flow_run_name=transfer_run_name, log_prints=True)
+def transfer(config: RunConfig = RunConfig()) -> dict:
+    """Adapt a pretrained model to the target domain and register it if it beats the champion."""
+    folder = run_dir()
+    data_future = version_data_task.submit(config.data)
+    pretrained_future = fetch_pretrained_task.submit(config.pretrained, config.tracking)
+    data, pretrained = data_future.result(), pretrained_future.result()
+    mlflow_run_id = open_run_task(config, data, pretrained, folder, str(flow_run.id), flow_run.name)
+    model = finetune_task(config, pretrained, folder, mlflow_run_id)
+    metrics = evaluate_task(config, model, pretrained, folder)
+    registration = register_task(config, folder)
+    summarize_task(config, metrics, registration, data)
+    return {"metrics": metrics, "registration": registration.to_dict(), "data_version": data.md5, "run_dir": str(folder)}

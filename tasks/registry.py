@@ -1,0 +1,43 @@
+"""Tracking and registration tasks (they talk to the MLflow server: retried)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from adaptflow import tracking
+from adaptflow.config import RunConfig
+from adaptflow.pipeline import open_run, register_run
+from adaptflow.pretrained import PretrainedRef
+from adaptflow.tracking import Registration
+from adaptflow.versioning import DataVersion
+from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE
+
+
+@task(name="open-mlflow-run", **NETWORK_RETRIES, **NO_RESULT_CACHE)
+def open_run_task(config: RunConfig, data: DataVersion, pretrained: PretrainedRef, run_dir: Path, origin: str, run_name: str) -> str:
+    """Open the pipeline's MLflow run with its lineage tags; returns the run id."""
+    return open_run(config, data, pretrained, run_dir, origin, run_name)
+
+
+@task(name="register", **NETWORK_RETRIES, **NO_RESULT_CACHE)
+def register_task(config: RunConfig, run_dir: Path) -> Registration:
+    """Log and register the model; the champion gate decides its alias. Safe to retry."""
+    return register_run(config, run_dir)
+
+
+@task(name="summarize", **NO_RESULT_CACHE)
+def summarize_task(config: RunConfig, metrics: dict[str, float], registration: Registration, data: DataVersion) -> str:
+    """A markdown artifact in the Prefect UI: the metrics and where the MLflow run is."""
+    rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in metrics.items())
+    url = tracking.run_url(config.tracking, registration.run_id)
+    markdown = (
+        f"# {config.task}: {config.finetune.arch} on {config.data.target}\n\n"
+        f"| metric | value |\n|---|---|\n{rows}\n\n"
+        f"**Model** `{registration.model_uri}` alias `{registration.alias}`: {registration.decision} ({registration.reason})\n\n"
+        f"**Data version** `{data.md5}`  \n**MLflow run** [{registration.run_id}]({url})\n"
+    )
+    create_markdown_artifact(markdown, key="transfer-summary", description="Transfer run summary")
+    return markdown

@@ -1,0 +1,29 @@
+"""Training tasks. A retry resumes from the last epoch checkpoint in the run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from adaptflow import tracking
+from adaptflow.config import RunConfig
+from adaptflow.finetune import TrainedModel, finetune
+from adaptflow.pipeline import run_pretrain
+from adaptflow.pretrain import PublishedModel
+from adaptflow.pretrained import PretrainedRef
+from adaptflow.versioning import DataVersion
+from tasks.common import NO_RESULT_CACHE
+
+
+@task(name="pretrain", task_run_name="pretrain {config.pretrain.arch} on {config.data.source}", retries=1, **NO_RESULT_CACHE)
+def pretrain_task(config: RunConfig, run_dir: Path, data: DataVersion, origin: str) -> PublishedModel:
+    """Train the source model and publish it with its sha256."""
+    return run_pretrain(config, run_dir, data, origin)
+
+
+@task(name="finetune", task_run_name="finetune {config.finetune.strategy}", retries=1, **NO_RESULT_CACHE)
+def finetune_task(config: RunConfig, pretrained: PretrainedRef, run_dir: Path, mlflow_run_id: str) -> TrainedModel:
+    """Fine-tune on the labeled target split, logging each epoch to the MLflow run."""
+    on_epoch = tracking.epoch_logger(config.tracking, mlflow_run_id)
+    return finetune(config.finetune, config.data, pretrained, run_dir / "finetune", on_epoch)
