@@ -67,13 +67,25 @@ def fetch(uri: str, sha256: Annotated[str | None, typer.Option(help="expected sh
     typer.echo(json.dumps(fetch_pretrained(uri, sha256).to_dict(), indent=2))
 
 
+@app.command("validate")
+def validate_data(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> None:
+    """Check the data and config before spending compute; exit 2 listing each problem and its fix."""
+    from adaptflow.validate import validate
+
+    report = validate(_config(config, overrides))
+    typer.echo(f"ok: {report.checked_files} images checked, {len(report.warnings)} warnings")
+
+
 @app.command()
 def pretrain(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None, run_dir: RunDir = Path("outputs")) -> None:
     """Stage: train the source model and publish it to pretrain.output (no orchestrator)."""
     from adaptflow.pipeline import run_pretrain
     from adaptflow.versioning import read_version
 
+    from adaptflow.validate import validate
+
     cfg = _config(config, overrides)
+    validate(cfg, "pretrain")
     published = run_pretrain(cfg, run_dir, read_version(cfg.data), origin="cli")
     typer.echo(json.dumps(published.to_dict(), indent=2))
 
@@ -87,8 +99,11 @@ def finetune(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None,
     from adaptflow.tracking import tracking_uri
     from adaptflow.versioning import read_version
 
+    from adaptflow.validate import validate
+
     cfg = _config(config, overrides)
-    pretrained = fetch_pretrained(cfg.pretrained.uri, cfg.pretrained.sha256, tracking_uri=tracking_uri(cfg.tracking))
+    validate(cfg)
+    pretrained = fetch_pretrained(cfg.pretrained.uri, cfg.pretrained.sha256, allow_pickle=cfg.pretrained.allow_pickle, tracking_uri=tracking_uri(cfg.tracking))
     write_run_record(cfg, read_version(cfg.data), pretrained, run_dir, origin="cli")
     model = run_finetune(cfg.finetune, cfg.data, pretrained, run_dir / "finetune")
     typer.echo(json.dumps(model.to_dict(), indent=2))
@@ -197,11 +212,12 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from adaptflow.config import ConfigError
     from adaptflow.pretrained import FetchError
+    from adaptflow.validate import DataValidationError
     from adaptflow.versioning import VersioningError
 
     try:
         app()
-    except (ConfigError, FetchError, VersioningError, FileNotFoundError) as exc:
+    except (ConfigError, FetchError, VersioningError, DataValidationError, FileNotFoundError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
 

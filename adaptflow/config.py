@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Arch = Literal[
     "resnet18",
@@ -64,6 +64,9 @@ class TrainConfig(Section):
     seed: int = Field(0, ge=0)
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     precision: Precision = Field("auto", description="Mixed precision on CUDA: auto picks bf16 where supported")
+    checkpoint_every_steps: int = Field(
+        0, ge=0, description="Also checkpoint every N optimizer steps (0: at the end of each epoch only)"
+    )
 
     @field_validator("device")
     @classmethod
@@ -90,6 +93,9 @@ class PretrainedConfig(Section):
         description="torchvision:<arch>[:<weights>], https://... , models:/<name>@<alias> or a local path",
     )
     sha256: str | None = Field(None, description="Expected sha256 of the file; downloads are verified against it")
+    allow_pickle: bool = Field(
+        False, description="Load files holding pickled Python objects (they can run code): only for sources you trust"
+    )
 
     @field_validator("sha256")
     @classmethod
@@ -107,6 +113,12 @@ class FinetuneConfig(TrainConfig):
     backbone_lr_scale: float = Field(0.1, gt=0, le=1, description="Backbone learning rate = lr x this")
     epochs: int = Field(15, ge=1, le=10_000)
     batch_size: int = Field(32, ge=1, le=65_536)
+
+    @model_validator(mode="after")
+    def _phases(self) -> FinetuneConfig:
+        if self.strategy == "lp_ft" and not 0 < self.lp_epochs < self.epochs:
+            raise ValueError(f"lp_ft needs 0 < lp_epochs < epochs (got lp_epochs={self.lp_epochs}, epochs={self.epochs}); lower finetune.lp_epochs or raise finetune.epochs")
+        return self
 
 
 class EvaluateConfig(Section):

@@ -49,7 +49,7 @@ def evaluate(
         report["source"] = _report(model, source, cfg, device)
         metrics["source_accuracy"] = report["source"]["accuracy"]
 
-    baseline, base_meta = load_source_model(pretrained.path, pretrained.arch or meta["arch"])
+    baseline, base_meta = load_source_model(pretrained.path, pretrained.arch or meta["arch"], pretrained.allow_pickle)
     if tuple(base_meta["classes"]) == tuple(classes):
         report["baseline"] = {"name": "source_only", "target": _report(baseline, target_test, cfg, device)}
         metrics["baseline_target_accuracy"] = report["baseline"]["target"]["accuracy"]

@@ -32,11 +32,18 @@ class TrainedModel:
 
 def prepare_model(pretrained: PretrainedRef, arch: str, classes: tuple[str, ...]) -> tuple[Classifier, str]:
     """The pretrained model with a head for `classes`: its own head when the label sets match, else a new one."""
-    model, meta = load_source_model(pretrained.path, pretrained.arch or arch)
+    model, meta = load_source_model(pretrained.path, pretrained.arch or arch, pretrained.allow_pickle)
     if tuple(meta["classes"]) != tuple(classes):
         replace_head(model, len(classes))
         log.info("new %d-class head (pretrained classes: %s)", len(classes), list(meta["classes"])[:10] or "none")
     return model, meta["arch"]
+
+
+def check_pretrained(pretrained: PretrainedRef, cfg: FinetuneConfig, data: DataConfig) -> None:
+    """Load the pretrained model and fit it a head for the target classes, before any compute is spent."""
+    from adaptflow.data import list_classes, split_dir
+
+    prepare_model(pretrained, cfg.arch, list_classes(split_dir(data, data.target, "train")))
 
 
 def content_digest(data: ImageSet) -> str:
@@ -70,5 +77,6 @@ def finetune(
     save_checkpoint(path, model, arch=arch, classes=train.classes, image_size=data.image_size,
                     extra={"pretrained_sha256": pretrained.sha256, "strategy": cfg.strategy})
     write_json(work_dir / "history.json", history)
-    (work_dir / "train_state.pt").unlink(missing_ok=True)  # only an unfinished run needs it
+    for leftover in ("train_state.pt", "train_state.json"):  # only an unfinished run needs them
+        (work_dir / leftover).unlink(missing_ok=True)
     return TrainedModel(str(path), sha256_file(path), arch, train.classes)

@@ -10,6 +10,7 @@ Checkpoints are plain dicts of tensors, strings and numbers, so they load with
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -95,18 +96,39 @@ def load_checkpoint(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not an adaptflow classifier checkpoint (expected format {CHECKPOINT_FORMAT})")
     model = build_classifier(blob["arch"], len(blob["classes"]))
-    model.load_state_dict(blob.pop("state_dict"))
+    state = blob.pop("state_dict")
+    head = state.get("head.weight")
+    if head is not None and head.shape[0] != len(blob["classes"]):
+        raise ValueError(
+            f"{path}: its head has {head.shape[0]} outputs but it lists {len(blob['classes'])} classes; "
+            "the file is inconsistent: re-export it from the run that trained it"
+        )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit {blob['arch']} ({str(exc).splitlines()[0]}); re-export the model") from None
     blob["classes"] = tuple(blob["classes"])
     return model, blob
 
 
-def load_source_model(path: str | Path, arch: str | None) -> tuple[Classifier, dict[str, Any]]:
+def load_source_model(path: str | Path, arch: str | None, allow_pickle: bool = False) -> tuple[Classifier, dict[str, Any]]:
     """Load a pretrained model to transfer from: an adaptflow checkpoint, or a torchvision state dict.
 
     A torchvision state dict has no classes of ours: its head is dropped (`classes` is empty)
-    and `arch` names the architecture it belongs to.
+    and `arch` names the architecture it belongs to. Files holding pickled objects (a whole
+    saved module, say) are refused unless `allow_pickle`: unpickling can run arbitrary code.
     """
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not allow_pickle:
+            raise ValueError(
+                f"{path}: holds pickled Python objects, which can run code when loaded; refused. "
+                "Re-save it as a state dict, or set pretrained.allow_pickle=true if you trust its source"
+            ) from None
+        blob = torch.load(path, map_location="cpu", weights_only=False)  # noqa: S614 - explicitly allowed by the user
+        if isinstance(blob, nn.Module):
+            blob = blob.state_dict()
     if isinstance(blob, dict) and blob.get("format") == CHECKPOINT_FORMAT:
         return load_checkpoint(path)
     if arch is None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from adaptflow import tracking
 from adaptflow.config import RunConfig, dump_params
 from adaptflow.evaluate import evaluate
-from adaptflow.finetune import finetune
+from adaptflow.finetune import check_pretrained, finetune
 from adaptflow.io import read_json, write_json
 from adaptflow.pretrain import PublishedModel, pretrain
 from adaptflow.pretrained import PretrainedRef, fetch_pretrained
@@ -111,10 +111,13 @@ def run_pretrain(config: RunConfig, run_dir: Path, data: DataVersion, origin: st
 
 def run_transfer(config: RunConfig, run_dir: Path, origin: str = "local", version: bool = True) -> dict:
     """version data -> fetch pretrained -> fine-tune -> evaluate -> register, with no orchestrator."""
+    from adaptflow.validate import validate
     from adaptflow.versioning import read_version
 
+    validate(config)
     data = version_data(config.data) if version else read_version(config.data)
-    pretrained = fetch_pretrained(config.pretrained.uri, config.pretrained.sha256, tracking_uri=tracking.tracking_uri(config.tracking))
+    pretrained = fetch_pretrained(config.pretrained.uri, config.pretrained.sha256, allow_pickle=config.pretrained.allow_pickle, tracking_uri=tracking.tracking_uri(config.tracking))
+    check_pretrained(pretrained, config.finetune, config.data)
     run_id = open_run(config, data, pretrained, run_dir, origin, run_dir.name)
     model = finetune(config.finetune, config.data, pretrained, run_dir / "finetune", tracking.epoch_logger(config.tracking, run_id))
     metrics = evaluate(config.evaluate, config.data, model.path, pretrained, run_dir / "evaluate", config.finetune.device)

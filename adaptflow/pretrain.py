@@ -63,7 +63,8 @@ def pretrain(cfg: PretrainConfig, data: DataConfig, work_dir: Path, on_epoch: Ep
         write_json(staging / "metrics.json", {"source_accuracy": report["accuracy"], "source_macro_f1": report["macro_f1"]})
         write_json(staging / "history.json", history)
         replace_dir(staging, final)
-        (work_dir / "train_state.pt").unlink(missing_ok=True)  # only an unfinished run needs it
+        for leftover in ("train_state.pt", "train_state.json"):  # only an unfinished run needs them
+            (work_dir / leftover).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("published source model %s (source accuracy %.4f)", final / "model.pt", report["accuracy"])

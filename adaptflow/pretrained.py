@@ -26,7 +26,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from hashlib import sha256 as sha256_hasher
 from pathlib import Path
 from urllib.parse import urlparse
@@ -57,43 +57,74 @@ class PretrainedRef:
     path: str
     sha256: str
     arch: str | None = None
+    allow_pickle: bool = False
 
     def to_dict(self) -> dict[str, str | None]:
         return asdict(self)
+
+
+FORMS = "torchvision:<arch>[:<weights>], https://..., models:/<name>@<alias> or a local path"
+
+
+def check_uri(uri: str) -> tuple[str, str] | None:
+    """(what is wrong, how to fix it) for a pretrained URI, checked without the network; None if usable."""
+    uri = uri.strip()
+    if not uri:
+        return "is empty", f"name a model: {FORMS}"
+    if uri.startswith("torchvision:"):
+        _, arch, *rest = uri.split(":")
+        try:
+            import torchvision
+
+            enum = torchvision.models.get_model_weights(arch)
+            if rest and rest[0] != "DEFAULT":
+                enum[rest[0]]
+        except (ValueError, KeyError):
+            return f"'{uri}': torchvision has no weights '{rest[0] if rest else 'DEFAULT'}' for '{arch}'", "check the names in torchvision's model docs"
+        return None
+    if uri.startswith(("http://", "https://")):
+        return None if urlparse(uri).netloc else (f"'{uri}': no host in the address", "write https://<host>/<path>")
+    if uri.startswith("models:/"):
+        spec = uri.removeprefix("models:/")
+        ok = ("@" in spec and all(spec.split("@", 1))) or ("/" in spec and spec.rsplit("/", 1)[1].isdigit())
+        return None if ok else (f"'{uri}': not a registry address", "write models:/<name>@<alias> or models:/<name>/<version>")
+    if "://" in uri and not uri.startswith("file://"):
+        return f"'{uri}': unknown scheme", f"use {FORMS}"
+    path = Path(uri.removeprefix("file://")).expanduser()
+    path = path if path.is_absolute() else env.project_root() / path
+    return None if path.is_file() else (f"'{uri}': no such file ({path})", "run the pretrain step or fix the path")
 
 
 def fetch_pretrained(
     uri: str,
     sha256: str | None = None,
     *,
+    allow_pickle: bool = False,
     tracking_uri: str | None = None,
     attempts: int = 4,
     timeout: float = 30.0,
 ) -> PretrainedRef:
     """Resolve `uri` to a local, verified file (see the module docstring for the forms)."""
     uri = uri.strip()
-    if not uri:
-        raise FetchError("pretrained.uri is empty: name a model, e.g. torchvision:resnet18 or models/source/model.pt")
+    problem = check_uri(uri)
+    if problem is not None:
+        raise FetchError(f"pretrained.uri {problem[0]}; {problem[1]}")
     if uri.startswith("torchvision:"):
-        return _fetch_torchvision(uri, sha256, attempts, timeout)
-    if uri.startswith(("http://", "https://")):
+        ref = _fetch_torchvision(uri, sha256, attempts, timeout)
+    elif uri.startswith(("http://", "https://")):
         path = _fetch_url(uri, sha256, attempts, timeout)
-        return PretrainedRef(uri, str(path), sha256_file(path))
-    if uri.startswith("models:/"):
-        return _fetch_registered(uri, sha256, tracking_uri)
-    if "://" in uri and not uri.startswith("file://"):
-        raise FetchError(
-            f"pretrained.uri '{uri}': unknown scheme; use torchvision:<arch>, https://..., models:/<name>@<alias> or a path"
-        )
-    return _fetch_local(uri, sha256)
+        ref = PretrainedRef(uri, str(path), sha256_file(path))
+    elif uri.startswith("models:/"):
+        ref = _fetch_registered(uri, sha256, tracking_uri)
+    else:
+        ref = _fetch_local(uri, sha256)
+    return replace(ref, allow_pickle=allow_pickle)
 
 
 def _fetch_local(uri: str, expected: str | None) -> PretrainedRef:
     path = Path(uri.removeprefix("file://")).expanduser()
     if not path.is_absolute():
         path = env.project_root() / path
-    if not path.is_file():
-        raise FetchError(f"pretrained.uri '{uri}': no such file ({path}); run the pretrain step or fix the path")
     sidecar = path.with_name(path.name + ".sha256")
     if expected is None and sidecar.exists():
         expected = sidecar.read_text().split()[0]
@@ -108,11 +139,8 @@ def _fetch_torchvision(uri: str, expected: str | None, attempts: int, timeout: f
 
     _, arch, *rest = uri.split(":")
     weights_name = rest[0] if rest else "DEFAULT"
-    try:
-        enum = torchvision.models.get_model_weights(arch)
-        weights = enum[weights_name] if weights_name != "DEFAULT" else enum.DEFAULT
-    except (ValueError, KeyError):
-        raise FetchError(f"pretrained.uri '{uri}': torchvision has no weights '{weights_name}' for '{arch}'") from None
+    enum = torchvision.models.get_model_weights(arch)
+    weights = enum[weights_name] if weights_name != "DEFAULT" else enum.DEFAULT
     filename = Path(urlparse(weights.url).path).name
     dest = Path(os.environ.get("TORCH_HOME") or env.cache_dir() / "torch") / "hub" / "checkpoints" / filename
     match = _TORCH_HUB_HASH.search(filename)

@@ -174,6 +174,8 @@ def register_model(
     from adaptflow import serving
     from adaptflow.serving import ClassifierModel
 
+    if cfg.metric not in metrics:
+        raise KeyError(f"registry.metric '{cfg.metric}' is not among the evaluated metrics {sorted(metrics)}; fix registry.metric")
     c = client(tracking)
     model_sha = sha256_file(checkpoint)
     run_key = hashlib.sha256(f"{run_id}:{model_sha}".encode()).hexdigest()[:24]
@@ -233,8 +235,6 @@ def champion_metric(cfg: RegistryConfig, tracking: TrackingConfig) -> tuple[str,
 
 def gate(cfg: RegistryConfig, tracking: TrackingConfig, version: str, metrics: dict[str, float]) -> tuple[str, str, str]:
     """Give `version` the champion alias if it beats the champion by `min_delta`, else challenger."""
-    if cfg.metric not in metrics:
-        raise KeyError(f"registry.metric '{cfg.metric}' is not among the evaluated metrics {sorted(metrics)}")
     new = float(metrics[cfg.metric])
     current = champion_metric(cfg, tracking)
     c = client(tracking)

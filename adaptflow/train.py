@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from adaptflow.data.folders import ImageSet
-from adaptflow.io import atomic_write
+from adaptflow.io import atomic_write, write_json
 from adaptflow.models import IMAGENET_MEAN, IMAGENET_STD, Classifier
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class FitSettings:
     strategy: str = "finetune"
     lp_epochs: int = 0
     backbone_lr_scale: float = 1.0
+    checkpoint_every_steps: int = 0
 
     @classmethod
     def from_config(cls, cfg: object, **overrides: object) -> FitSettings:
@@ -209,17 +210,27 @@ def fit(
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
     history: list[dict[str, float]] = []
-    start_epoch = 0
+    start_epoch, start_step = 0, 0
     resumed = _load_state(state_path, fingerprint)
     if resumed is not None:
-        start_epoch = resumed["epoch"]
-        history = resumed["history"]
-        log.info("resuming from %s at epoch %d", state_path, start_epoch)
+        start_epoch, start_step, history = resumed["epoch"], resumed["step"], resumed["history"]
+        log.info("resuming from %s at epoch %d step %d", state_path, start_epoch, start_step)
         model.load_state_dict(resumed["model"])
         generator.set_state(resumed["generator"])
         torch.set_rng_state(resumed["torch_rng"])
 
-    bar = tqdm(total=settings.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, disable=not progress or None, unit="step", leave=False)
+    def save(epoch: int, step: int, order: torch.Tensor, loss_sum: torch.Tensor, correct: torch.Tensor) -> None:
+        if state_path is not None:
+            _save_state(state_path, {
+                "fingerprint": fingerprint, "epoch": epoch, "step": step, "order": order.cpu(),
+                "loss_sum": loss_sum.cpu(), "correct": correct.cpu(), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else {},
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
+            })
+
+    total = settings.epochs * steps_per_epoch
+    bar = tqdm(total=total, initial=start_epoch * steps_per_epoch + start_step, disable=not progress or None, unit="step", leave=False)
     epoch = 0
     for phase in phases:
         phase_start, phase_end = epoch, epoch + phase.epochs
@@ -232,7 +243,7 @@ def fit(
             settings.weight_decay,
         )
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=phase.epochs * steps_per_epoch)
-        if resumed is not None and phase_start < start_epoch:  # resuming inside this phase
+        if resumed is not None and (phase_start, 0) < (start_epoch, start_step):  # resuming inside this phase
             optimizer.load_state_dict(resumed["optimizer"])
             scheduler.load_state_dict(resumed["scheduler"])
             if scaler is not None and resumed["scaler"]:
@@ -243,10 +254,15 @@ def fit(
             model.train()
             if not phase.train_backbone:
                 model.backbone.eval()  # a frozen backbone keeps its batch-norm statistics
-            order = torch.randperm(n, generator=generator).to(labels.device)
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            for step in range(steps_per_epoch):
+            if resumed is not None and epoch == start_epoch and start_step > 0:  # resuming mid-epoch
+                order = resumed["order"].to(labels.device)
+                loss_sum, correct, first = resumed["loss_sum"].to(device), resumed["correct"].to(device), start_step
+            else:
+                order = torch.randperm(n, generator=generator).to(labels.device)
+                loss_sum = torch.zeros((), device=device)
+                correct = torch.zeros((), device=device, dtype=torch.long)
+                first = 0
+            for step in range(first, steps_per_epoch):
                 idx = order[step * settings.batch_size : (step + 1) * settings.batch_size]
                 x = normalize(images[idx].to(device, non_blocking=True), generator if settings.augment else None)
                 y = labels[idx].to(device, non_blocking=True)
@@ -255,6 +271,9 @@ def fit(
                 loss_sum += loss * len(idx)
                 correct += (logits.argmax(1) == y).sum()
                 bar.update()
+                every = settings.checkpoint_every_steps
+                if every and (step + 1) % every == 0 and step + 1 < steps_per_epoch:
+                    save(epoch, step + 1, order, loss_sum, correct)
             epoch += 1
             record = {
                 "epoch": epoch,
@@ -265,8 +284,7 @@ def fit(
             }
             history.append(record)
             bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=f"{record['train_accuracy']:.3f}")
-            if state_path is not None:
-                _save_state(state_path, fingerprint, epoch, model, optimizer, scheduler, scaler, generator, history)
+            save(epoch, 0, order, loss_sum, correct)
             if on_epoch is not None:
                 on_epoch(epoch, record)
     bar.close()
@@ -274,20 +292,11 @@ def fit(
     return history
 
 
-def _save_state(path: Path, fingerprint: str, epoch: int, model, optimizer, scheduler, scaler, generator, history) -> None:
-    state = {
-        "fingerprint": fingerprint,
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else {},
-        "generator": generator.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "history": history,
-    }
+def _save_state(path: Path, state: dict) -> None:
+    """Write the training state atomically, then a small `<name>.json` saying where training stands."""
     with atomic_write(path) as tmp:
         torch.save(state, tmp)
+    write_json(path.with_suffix(".json"), {"epoch": state["epoch"], "step": state["step"]})
 
 
 def _load_state(path: Path | None, fingerprint: str) -> dict | None:

@@ -11,11 +11,13 @@ from adaptflow.config import RunConfig
 from flows.naming import pretrain_run_name, run_dir
 from tasks.data import version_data_task
 from tasks.training import pretrain_task
+from tasks.validation import validate_task
 
 
 @flow(name="pretrain", flow_run_name=pretrain_run_name, log_prints=True)
 def pretrain(config: RunConfig = RunConfig()) -> dict:
     """Train a source model on the source domain; transfer runs then fetch it like any pretrained model."""
+    validate_task(config, "pretrain")
     data = version_data_task(config.data)
     published = pretrain_task(config, run_dir(), data, str(flow_run.id))
     return {"published": published.to_dict(), "data_version": data.md5}

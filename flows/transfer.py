@@ -1,4 +1,4 @@
-"""The transfer flow: version data -> fetch pretrained -> fine-tune -> evaluate -> register."""
+"""The transfer flow: validate -> version data -> fetch pretrained -> fine-tune -> evaluate -> register."""
 
 from __future__ import annotations
 
@@ -14,14 +14,16 @@ from tasks.evaluation import evaluate_task
 from tasks.pretrained import fetch_pretrained_task
 from tasks.registry import open_run_task, register_task, summarize_task
 from tasks.training import finetune_task
+from tasks.validation import validate_task
 
 
 @flow(name="transfer", flow_run_name=transfer_run_name, log_prints=True)
 def transfer(config: RunConfig = RunConfig()) -> dict:
     """Adapt a pretrained model to the target domain and register it if it beats the champion."""
     folder = run_dir()
+    validate_task(config)
     data_future = version_data_task.submit(config.data)
-    pretrained_future = fetch_pretrained_task.submit(config.pretrained, config.tracking)
+    pretrained_future = fetch_pretrained_task.submit(config)
     data, pretrained = data_future.result(), pretrained_future.result()
     mlflow_run_id = open_run_task(config, data, pretrained, folder, str(flow_run.id), flow_run.name)
     model = finetune_task(config, pretrained, folder, mlflow_run_id)

@@ -6,7 +6,8 @@ from prefect import Task, task
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
-from adaptflow.config import PretrainedConfig, TrackingConfig
+from adaptflow.config import RunConfig
+from adaptflow.finetune import check_pretrained
 from adaptflow.pretrained import PretrainedRef, TransientFetchError, fetch_pretrained
 from adaptflow.tracking import tracking_uri
 from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE
@@ -23,7 +24,10 @@ def _transient(task: Task, task_run: TaskRun, state: State) -> bool:
     return False
 
 
-@task(name="fetch-pretrained", task_run_name="fetch {cfg.uri}", retry_condition_fn=_transient, **NETWORK_RETRIES, **NO_RESULT_CACHE)
-def fetch_pretrained_task(cfg: PretrainedConfig, tracking: TrackingConfig) -> PretrainedRef:
-    """Resolve the pretrained URI to a verified local file."""
-    return fetch_pretrained(cfg.uri, cfg.sha256, tracking_uri=tracking_uri(tracking))
+@task(name="fetch-pretrained", task_run_name="fetch {config.pretrained.uri}", retry_condition_fn=_transient, **NETWORK_RETRIES, **NO_RESULT_CACHE)
+def fetch_pretrained_task(config: RunConfig) -> PretrainedRef:
+    """Resolve the pretrained URI to a verified local file that loads and fits the target classes."""
+    cfg = config.pretrained
+    ref = fetch_pretrained(cfg.uri, cfg.sha256, allow_pickle=cfg.allow_pickle, tracking_uri=tracking_uri(config.tracking))
+    check_pretrained(ref, config.finetune, config.data)
+    return ref

@@ -1,0 +1,44 @@
+# adaptflow: `make demo` runs the pipeline end to end, `make test` runs the tests.
+# Both create the virtual environment on first use.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: install demo test test-all bench data repro clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "adaptflow needs Python >= 3.11"'
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed  ## create the venv and install adaptflow with its test tools
+
+demo: install  ## build data, pretrain the source model, run the transfer flow, print results
+	$(BIN)/adaptflow demo
+
+test: install  ## the test suite (CPU, offline; about 10 minutes on 2 cores)
+	$(BIN)/python -m pytest
+
+test-all: install  ## the test suite including slow end-to-end runs
+	$(BIN)/python -m pytest -m 'not gpu'
+
+bench: install  ## flow overhead and training-loop throughput, as measured ratios
+	$(BIN)/python -m benchmarks.bench
+
+data: install  ## build the demo domains under data/ (matches data.dvc)
+	$(BIN)/adaptflow data build
+
+repro: install  ## reproduce the pipeline with DVC (dvc.yaml), then show its metrics
+	$(BIN)/dvc repro
+	$(BIN)/dvc metrics show
+
+clean:  ## remove run outputs, the tracking store and caches (keeps the venv and data)
+	rm -rf runs outputs models mlflow.db mlartifacts .prefect .cache reports

@@ -1,0 +1,5 @@
+"""`python -m adaptflow ...` is the `adaptflow` command."""
+
+from adaptflow.cli import main
+
+main()

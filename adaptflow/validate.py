@@ -1,0 +1,217 @@
+"""Check data and config before any compute is spent.
+
+Every problem names the file (and line, for label files) and says how to fix it. Errors stop
+the run before anything is trained or registered; warnings (a few duplicate images, a labeled
+split smaller than asked for) are reported and the run goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from adaptflow.config import RunConfig
+from adaptflow.data import split_dir
+from adaptflow.data.folders import IMAGE_SUFFIXES, natural_key
+
+log = logging.getLogger(__name__)
+
+#: Larger images are refused: decoding them would exhaust memory long before training starts.
+MAX_PIXELS = 40_000_000
+SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+IGNORED_NAMES = {".gitignore", ".dvcignore", "Thumbs.db", ".DS_Store"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding: where, what, and what to do about it."""
+
+    path: str
+    message: str
+    fix: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        return f"{where}: {self.message}; {self.fix}"
+
+
+@dataclass
+class Report:
+    """Everything validation found; `ok` when there is no error."""
+
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    checked_files: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def error(self, path: Path | str, message: str, fix: str, line: int | None = None) -> None:
+        self.errors.append(Problem(str(path), message, fix, line))
+
+    def warn(self, path: Path | str, message: str, fix: str, line: int | None = None) -> None:
+        self.warnings.append(Problem(str(path), message, fix, line))
+
+    def to_dict(self) -> dict:
+        return {"errors": [asdict(p) for p in self.errors], "warnings": [asdict(p) for p in self.warnings], "checked_files": self.checked_files}
+
+
+class DataValidationError(ValueError):
+    """The data or config cannot be used; the message lists each problem with its fix."""
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+        lines = "\n".join(f"  - {p}" for p in report.errors)
+        super().__init__(f"{len(report.errors)} problem(s) found before training; nothing was trained or registered:\n{lines}")
+
+
+def _inspect(path: Path) -> tuple[str | None, tuple[int, int] | None, str | None, str | None]:
+    """(mode, size, sha256, error) of one image file; decodes it fully to catch truncation."""
+    try:
+        raw = path.read_bytes()
+        with Image.open(path) as img:
+            mode, size = img.mode, img.size
+            if size[0] * size[1] > MAX_PIXELS:
+                return mode, size, None, None
+            img.verify()
+        with Image.open(path) as img:
+            img.load()
+    except Image.DecompressionBombError as exc:
+        return None, None, None, f"huge image ({exc})"
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means the file is unusable
+        return None, None, None, f"{type(exc).__name__}: {exc}"
+    return mode, size, hashlib.sha256(raw).hexdigest(), None
+
+
+def check_image_split(folder: Path, report: Report, train_classes: tuple[str, ...] | None = None) -> dict[str, str]:
+    """Check one `<split>/<class>/` folder; returns {sha256: path} of its images for duplicate checks."""
+    if not folder.is_dir():
+        report.error(folder, "no such split folder", "build the data (adaptflow data build), `dvc pull`, or fix data.root")
+        return {}
+    classes = sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: natural_key(p.name))
+    if not classes:
+        report.error(folder, "no class folders", f"put images in {folder}/<class>/<image>.png")
+    for stray in (p for p in folder.iterdir() if p.is_file() and p.name not in IGNORED_NAMES and not p.name.startswith(".")):
+        report.error(stray, "file outside any class folder", f"move it into {folder}/<class>/ or delete it")
+    if train_classes is not None:
+        for cls in classes:
+            if cls.name not in train_classes:
+                report.error(cls, f"class '{cls.name}' is not in the training split", "add training images for it or remove this folder")
+    images: list[Path] = []
+    for cls in classes:
+        files = [p for p in cls.iterdir() if p.name not in IGNORED_NAMES and not p.name.startswith(".")]
+        for p in files:
+            if p.is_dir():
+                report.error(p, "nested folder inside a class folder", "flatten it: images go directly in <split>/<class>/")
+            elif p.suffix.lower() not in IMAGE_SUFFIXES:
+                report.error(p, f"not an image file ({p.suffix or 'no extension'})", "remove it or move it out of the data folder")
+            else:
+                images.append(p)
+        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
+            report.error(cls, "empty class (no images)", "add images or delete the folder")
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(_inspect, images))
+    report.checked_files += len(images)
+    modes: Counter[str] = Counter()
+    seen: dict[str, str] = {}
+    for path, (mode, size, digest, error) in zip(images, results, strict=True):
+        if error is not None:
+            report.error(path, f"corrupt or truncated image ({error})", "re-export the image or delete it")
+            continue
+        if size is not None and size[0] * size[1] > MAX_PIXELS:
+            report.error(path, f"huge image ({size[0]}x{size[1]} pixels, limit {MAX_PIXELS})", "downscale it before training")
+            continue
+        if mode in SIXTEEN_BIT_MODES:
+            report.error(path, f"{mode} image (16-bit or float): converting to 8 bits would clip it", "convert it to 8-bit L or RGB")
+            continue
+        modes[mode] += 1
+        if digest in seen:
+            report.warn(path, f"duplicate of {seen[digest]}", "delete one copy")
+        else:
+            seen[digest] = str(path)
+    if len(modes) > 1:
+        rare = min(modes, key=modes.__getitem__)
+        report.error(folder, f"mixed image modes {dict(modes)} (e.g. {rare})", "convert all images of the dataset to one mode, e.g. RGB")
+    return seen
+
+
+def check_yolo_labels(images_dir: Path, labels_dir: Path, num_classes: int, report: Report) -> None:
+    """YOLO format: a `<stem>.txt` per image, lines `class cx cy w h`, ids < num_classes, coordinates in [0, 1]."""
+    for image in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        label = labels_dir / f"{image.stem}.txt"
+        if not label.exists():
+            report.error(label, f"missing label file for {image.name}", "add it (an empty file marks an image with no objects)")
+            continue
+        for number, line in enumerate(label.read_text().splitlines(), start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 5:
+                report.error(label, f"malformed line '{line}' ({len(fields)} fields)", "write 'class cx cy w h'", number)
+                continue
+            try:
+                cls, *box = int(fields[0]), *map(float, fields[1:])
+            except ValueError:
+                report.error(label, f"malformed line '{line}' (not numbers)", "write 'class cx cy w h' as numbers", number)
+                continue
+            if not 0 <= cls < num_classes:
+                report.error(label, f"class id {cls} out of range 0..{num_classes - 1}", "fix the id or the class list", number)
+            if not all(0.0 <= v <= 1.0 for v in box) or box[2] <= 0 or box[3] <= 0:
+                report.error(label, f"box {box} outside [0, 1] or empty", "normalise coordinates by the image size", number)
+
+
+def check_config(config: RunConfig, report: Report) -> None:
+    """Config values that are valid types but cannot work here."""
+    from adaptflow.pretrained import check_uri
+
+    problem = check_uri(config.pretrained.uri)
+    if problem:
+        report.error("pretrained.uri", *problem)
+
+
+def validate(config: RunConfig, stage: str = "transfer") -> Report:
+    """Check the config and every split `stage` will read; raise DataValidationError on errors.
+
+    `pretrain` reads only the source domain; `transfer` reads both and the pretrained URI.
+    """
+    report = Report()
+    data = config.data
+    for split in ("train", "test"):
+        check_image_split(split_dir(data, data.source, split), report)
+    if stage == "transfer":
+        check_config(config, report)
+        _check_target(config, report)
+    for p in report.warnings:
+        log.warning("%s", p)
+    if not report.ok:
+        raise DataValidationError(report)
+    log.info("validated %d images: %d warnings", report.checked_files, len(report.warnings))
+    return report
+
+
+def _check_target(config: RunConfig, report: Report) -> None:
+    data = config.data
+    train = split_dir(data, data.target, "train")
+    train_hashes = check_image_split(train, report)
+    train_classes = tuple(p.name for p in train.iterdir() if p.is_dir()) if train.is_dir() else None
+    test_hashes = check_image_split(split_dir(data, data.target, "test"), report, train_classes)
+    unlabeled = split_dir(data, data.target, "unlabeled")
+    if unlabeled.exists():
+        check_image_split(unlabeled, report, train_classes)
+    for digest in sorted(set(train_hashes) & set(test_hashes)):
+        report.warn(test_hashes[digest], f"also in the training split ({train_hashes[digest]})",
+                    "remove it from one split: test images must be unseen")
+    if data.labeled_per_class is not None and train.is_dir():
+        counts = {cls.name: sum(1 for p in cls.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) for cls in train.iterdir() if cls.is_dir()}
+        short = {c: n for c, n in counts.items() if n < data.labeled_per_class}
+        if short:
+            report.warn(train, f"fewer than {data.labeled_per_class} labeled images in classes {short}", "those classes train on what there is")

@@ -1,0 +1,185 @@
+"""Shared fixtures: an isolated project per test, tiny real data, and a network guard.
+
+Every test runs against real components (Prefect in-process, MLflow on SQLite, DVC in a temp
+repo, HTTP on loopback). The guard fails any test that tries to reach beyond 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# Isolate every tool's home before anything imports them.
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("PREFECT_API_URL", None)
+os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
+
+from adaptflow import env  # noqa: E402
+
+env.apply()
+
+#: Settings that make the real pipeline run in seconds on tiny data.
+TINY = [
+    "data.image_size=16",
+    "pretrain.epochs=1",
+    "pretrain.batch_size=32",
+    "finetune.epochs=3",
+    "finetune.lp_epochs=1",
+    "finetune.batch_size=16",
+    "evaluate.batch_size=64",
+]
+
+
+def tiny_config(*overrides: str):
+    from adaptflow.config import load_config
+
+    return load_config(None, [*TINY, *overrides])
+
+
+# --- network guard ---------------------------------------------------------------------------
+
+_real_connect = socket.socket.connect
+_attempts: list[str] = []
+
+
+def _is_local(address: object) -> bool:
+    if isinstance(address, str | bytes):  # AF_UNIX
+        return True
+    host = address[0] if isinstance(address, tuple) else address
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _guarded_connect(self: socket.socket, address: object) -> None:
+    if not _is_local(address):
+        _attempts.append(repr(address))
+        raise ConnectionRefusedError(f"test network guard: connection to {address!r} refused (only loopback is allowed)")
+    return _real_connect(self, address)
+
+
+@pytest.fixture(autouse=True)
+def network_guard():
+    """Fail the test if anything tried to connect outside loopback, even if the error was swallowed."""
+    _attempts.clear()
+    socket.socket.connect = _guarded_connect
+    yield
+    socket.socket.connect = _real_connect
+    assert not _attempts, f"network access outside 127.0.0.1 attempted: {_attempts}"
+
+
+# --- projects ----------------------------------------------------------------------------------
+
+
+def run(cmd: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, **kw)
+    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def init_dvc_repo(root: Path) -> None:
+    """A git + DVC repository with a local remote, as a fresh clone of the project has."""
+    run(["git", "init", "-q"], root)
+    run(["git", "config", "user.email", "test@example.com"], root)
+    run(["git", "config", "user.name", "test"], root)
+    run([sys.executable, "-m", "dvc", "init", "-q"], root)
+    run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], root)
+    run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(root / "remote")], root)
+
+
+@pytest.fixture(scope="session")
+def template_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project with tiny real data (MNIST -> UCI digits, a few images per class) versioned by DVC,
+    and a source model published at models/source; built once per session."""
+    from adaptflow.data.demo import build_demo_data
+
+    from adaptflow.pretrain import pretrain
+
+    root = tmp_path_factory.mktemp("template")
+    init_dvc_repo(root)
+    build_demo_data(root / "data", source_test_per_class=6, target_test_per_class=6, labeled_per_class=4, limit_per_class=16)
+    run([sys.executable, "-m", "dvc", "add", "-q", "data"], root)
+    cfg = tiny_config()
+    previous = os.environ.get("ADAPTFLOW_ROOT")
+    os.environ["ADAPTFLOW_ROOT"] = str(root)
+    try:
+        pretrain(cfg.pretrain, cfg.data, root / "work")  # publishes models/source, as the pretrain step does
+    finally:
+        os.environ.pop("ADAPTFLOW_ROOT") if previous is None else os.environ.update(ADAPTFLOW_ROOT=previous)
+    return root
+
+
+@pytest.fixture
+def project(template_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh copy of the template project, made the current project (ADAPTFLOW_ROOT)."""
+    root = tmp_path / "project"
+    shutil.copytree(template_project, root, symlinks=True)
+    monkeypatch.setenv("ADAPTFLOW_ROOT", str(root))
+    monkeypatch.setenv("ADAPTFLOW_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "cache" / "torch"))
+    monkeypatch.chdir(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A Prefect API for the session (a temporary local server, offline)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+# --- reliability counters ------------------------------------------------------------------------
+
+#: name -> [tried, handled]; reliability tests count what they inject and what was survived.
+TALLY: dict[str, list[int]] = {"faults": [0, 0], "bad inputs": [0, 0]}
+
+
+class Tally:
+    """`with tally.attempt():` counts one try; it counts as handled only if the block finishes."""
+
+    def __init__(self, name: str) -> None:
+        self.counts = TALLY[name]
+
+    def attempt(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def counting():
+            self.counts[0] += 1
+            yield
+            self.counts[1] += 1
+
+        return counting()
+
+
+@pytest.fixture
+def faults() -> Tally:
+    return Tally("faults")
+
+
+@pytest.fixture
+def bad_inputs() -> Tally:
+    return Tally("bad inputs")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest's reporter
+    faults, bad = TALLY["faults"], TALLY["bad inputs"]
+    if faults[0]:
+        terminalreporter.write_line(f"faults injected: {faults[0]}, survived: {faults[1]}")
+    if bad[0]:
+        terminalreporter.write_line(f"bad inputs tried: {bad[0]}, rejected cleanly: {bad[1]}")

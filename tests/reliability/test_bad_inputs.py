@@ -1,0 +1,261 @@
+"""A corpus of bad inputs: each is stopped before any compute, named with its file and fix,
+and leaves nothing trained or registered."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from adaptflow.config import ConfigError, load_config
+from adaptflow.validate import Report, check_yolo_labels
+from conftest import TINY
+
+TARGET = Path("data/uci_digits")
+SOURCE = Path("data/mnist")
+
+
+def _first(folder: Path) -> Path:
+    return sorted(p for p in folder.rglob("*.png"))[0]
+
+
+def _png(mode: str, size: tuple[int, int] = (8, 8), value: int = 0) -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, value).save(buf, format="PNG" if mode != "CMYK" else "JPEG")
+    return buf.getvalue()
+
+
+def _publish_pretrained(root: Path, obj: object) -> str:
+    path = root / "weird.pt"
+    torch.save(obj, path)
+    return "weird.pt"
+
+
+# Each case: (id, make(root) -> list of overrides, expected fragments of the message)
+Case = tuple[str, Callable[[Path], list[str]], list[str]]
+
+
+def _corrupt(root: Path) -> list[str]:
+    _first(root / TARGET / "train").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    return []
+
+
+def _truncated(root: Path) -> list[str]:
+    path = _first(root / TARGET / "test")
+    path.write_bytes(path.read_bytes()[:40])
+    return []
+
+
+def _empty_file(root: Path) -> list[str]:
+    _first(root / SOURCE / "train").write_bytes(b"")
+    return []
+
+
+def _non_image(root: Path) -> list[str]:
+    (root / TARGET / "train" / "3" / "notes.txt").write_text("labels were checked by Bob")
+    return []
+
+
+def _empty_class(root: Path) -> list[str]:
+    for p in (root / TARGET / "train" / "5").iterdir():
+        p.unlink()
+    return []
+
+
+def _unknown_test_class(root: Path) -> list[str]:
+    (root / TARGET / "test" / "cat").mkdir()
+    shutil.copy(_first(root / TARGET / "test"), root / TARGET / "test" / "cat" / "a.png")
+    return []
+
+
+def _rgba(root: Path) -> list[str]:
+    (root / TARGET / "train" / "2" / "rgba.png").write_bytes(_png("RGBA"))
+    return []
+
+
+def _cmyk(root: Path) -> list[str]:
+    (root / TARGET / "test" / "2" / "cmyk.jpg").write_bytes(_png("CMYK"))
+    return []
+
+
+def _sixteen_bit(root: Path) -> list[str]:
+    (root / SOURCE / "test" / "1" / "deep.png").write_bytes(_png("I;16", value=40000))
+    return []
+
+
+def _huge(root: Path) -> list[str]:
+    Image.new("L", (7000, 7000)).save(root / TARGET / "train" / "4" / "huge.png")
+    return []
+
+
+def _stray_file(root: Path) -> list[str]:
+    shutil.copy(_first(root / TARGET / "train"), root / TARGET / "train" / "loose.png")
+    return []
+
+
+def _nested(root: Path) -> list[str]:
+    (root / TARGET / "train" / "6" / "more").mkdir()
+    return []
+
+
+def _missing_split(root: Path) -> list[str]:
+    shutil.rmtree(root / TARGET / "test")
+    return []
+
+
+def _no_classes(root: Path) -> list[str]:
+    shutil.rmtree(root / SOURCE / "train")
+    (root / SOURCE / "train").mkdir()
+    return []
+
+
+def _missing_domain(root: Path) -> list[str]:
+    return ["data.target=uci_digitz"]
+
+
+def _overrides(*items: str) -> Callable[[Path], list[str]]:
+    return lambda root: list(items)
+
+
+def _pickled_module(root: Path) -> list[str]:
+    return [f"pretrained.uri={_publish_pretrained(root, torch.nn.Linear(3, 3))}"]
+
+
+def _wrong_arch_weights(root: Path) -> list[str]:
+    import torchvision
+
+    return [f"pretrained.uri={_publish_pretrained(root, torchvision.models.mobilenet_v3_small().state_dict())}", "finetune.arch=resnet18"]
+
+
+def _inconsistent_head(root: Path) -> list[str]:
+    from adaptflow.models import build_classifier, save_checkpoint
+
+    save_checkpoint(root / "bad_head.pt", build_classifier("resnet18", 4), arch="resnet18", classes=tuple("0123456789"), image_size=16)
+    return ["pretrained.uri=bad_head.pt"]
+
+
+def _tampered(root: Path) -> list[str]:
+    model = root / "models" / "source" / "model.pt"
+    model.write_bytes(model.read_bytes() + b"x")
+    return []
+
+
+CASES: list[Case] = [
+    ("corrupt image", _corrupt, ["corrupt or truncated image", "re-export the image or delete it"]),
+    ("truncated image", _truncated, ["corrupt or truncated image", "uci_digits/test"]),
+    ("empty image file", _empty_file, ["corrupt or truncated image", "mnist/train"]),
+    ("non-image file", _non_image, ["notes.txt", "not an image file (.txt)"]),
+    ("empty class", _empty_class, ["train/5", "empty class"]),
+    ("class only in test", _unknown_test_class, ["class 'cat' is not in the training split"]),
+    ("RGBA among grayscale", _rgba, ["mixed image modes", "'RGBA': 1"]),
+    ("CMYK among grayscale", _cmyk, ["mixed image modes", "'CMYK': 1"]),
+    ("16-bit image", _sixteen_bit, ["deep.png", "I;16 image (16-bit or float)", "convert it to 8-bit"]),
+    ("huge image", _huge, ["huge.png", "huge image", "downscale it"]),
+    ("file outside class folders", _stray_file, ["loose.png", "file outside any class folder"]),
+    ("nested folder", _nested, ["train/6/more", "nested folder"]),
+    ("missing split", _missing_split, ["uci_digits/test", "no such split folder"]),
+    ("split without classes", _no_classes, ["mnist/train", "no class folders"]),
+    ("missing domain", _missing_domain, ["uci_digitz/train", "no such split folder"]),
+    ("unknown scheme", _overrides("pretrained.uri=s3://bucket/m.pt"), ["pretrained.uri", "unknown scheme"]),
+    ("missing pretrained file", _overrides("pretrained.uri=models/none.pt"), ["models/none.pt", "no such file", "run the pretrain step"]),
+    ("malformed registry uri", _overrides("pretrained.uri=models:/onlyname"), ["not a registry address", "models:/<name>@<alias>"]),
+    ("unknown torchvision weights", _overrides("pretrained.uri=torchvision:resnet18:V9"), ["torchvision has no weights 'V9'"]),
+    ("empty uri", _overrides("pretrained.uri=''"), ["pretrained.uri", "is empty"]),
+    ("pickled module", _pickled_module, ["weird.pt", "holds pickled Python objects", "pretrained.allow_pickle=true"]),
+    ("weights of another architecture", _wrong_arch_weights, ["weird.pt", "do not fit resnet18"]),
+    ("head does not fit its classes", _inconsistent_head, ["bad_head.pt", "head has 4 outputs but it lists 10 classes"]),
+    ("tampered source model", _tampered, ["model.pt", "the file changed since it was published"]),
+]
+
+CONFIG_CASES = [
+    ("unknown key", ["finetune.epoch=3"], "finetune.epoch: unknown field (did you mean 'epochs'?)"),
+    ("unknown section", ["trainer.lr=1"], "trainer: unknown field"),
+    ("negative learning rate", ["finetune.lr=-1"], "finetune.lr: Input should be greater than 0"),
+    ("probe longer than training", ["finetune.lp_epochs=20"], "lower finetune.lp_epochs or raise finetune.epochs"),
+    ("unknown device", ["finetune.device=tpu"], "finetune.device: Value error, 'tpu' is not a device"),
+    ("unknown strategy", ["finetune.strategy=guess"], "finetune.strategy: Input should be 'linear_probe', 'finetune' or 'lp_ft'"),
+    ("bad sha256", ["pretrained.sha256=xyz"], "pretrained.sha256: Value error, sha256 must be 64 hexadecimal"),
+    ("text where a number goes", ["data.image_size=big"], "data.image_size: Input should be a valid integer"),
+]
+
+YOLO_CASES = [
+    ("missing label file", None, "missing label file for 0.png"),
+    ("malformed line", "3 0.5 0.5 0.2\n", "0.txt:1: malformed line"),
+    ("non-numeric field", "3 0.5 x 0.2 0.2\n", "(not numbers)"),
+    ("class id out of range", "12 0.5 0.5 0.2 0.2\n", "class id 12 out of range 0..9"),
+    ("coordinates outside the image", "1 1.5 0.5 0.2 0.2\n", "outside [0, 1]"),
+    ("empty box", "1 0.5 0.5 0.0 0.2\n", "outside [0, 1] or empty"),
+]
+
+
+def _assert_nothing_trained_or_registered(root: Path) -> None:
+    from mlflow import MlflowClient
+
+    from adaptflow import env
+
+    assert not list((root / "runs").rglob("model.pt")) if (root / "runs").exists() else True
+    if (root / "mlflow.db").exists():
+        assert MlflowClient(env.default_tracking_uri()).search_registered_models() == []
+
+
+@pytest.mark.parametrize(("name", "make", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_rejected_before_compute(project: Path, bad_inputs, name: str, make, expected: list[str]) -> None:
+    from adaptflow.pipeline import run_transfer
+
+    with bad_inputs.attempt():
+        overrides = make(project)
+        with pytest.raises(Exception) as err:  # noqa: PT011 - the message is what is checked
+            run_transfer(load_config(None, [*TINY, *overrides]), project / "runs" / "bad", version=False)
+        message = str(err.value)
+        for fragment in expected:
+            assert fragment in message, f"{name}: '{fragment}' not in:\n{message}"
+        _assert_nothing_trained_or_registered(project)
+
+
+@pytest.mark.parametrize(("name", "overrides", "expected"), CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
+def test_bad_config_names_the_field(bad_inputs, name: str, overrides: list[str], expected: str) -> None:
+    with bad_inputs.attempt():
+        with pytest.raises(ConfigError) as err:
+            load_config(None, overrides)
+        assert expected in str(err.value)
+
+
+@pytest.mark.parametrize(("name", "content", "expected"), YOLO_CASES, ids=[c[0] for c in YOLO_CASES])
+def test_bad_yolo_labels_are_named_with_their_line(tmp_path: Path, bad_inputs, name: str, content: str | None, expected: str) -> None:
+    with bad_inputs.attempt():
+        images, labels = tmp_path / "images", tmp_path / "labels"
+        images.mkdir()
+        labels.mkdir()
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(images / "0.png")
+        if content is not None:
+            (labels / "0.txt").write_text(content)
+        report = Report()
+        check_yolo_labels(images, labels, 10, report)
+        assert not report.ok
+        assert any(expected in str(p) for p in report.errors), [str(p) for p in report.errors]
+
+
+def test_a_clean_yolo_folder_passes(tmp_path: Path) -> None:
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(images / "0.png")
+    (labels / "0.txt").write_text("3 0.5 0.5 0.2 0.2\n\n9 0.1 0.1 0.05 0.05\n")
+    report = Report()
+    check_yolo_labels(images, labels, 10, report)
+    assert report.ok
+
+
+def test_duplicates_warn_but_do_not_stop(project: Path) -> None:
+    from adaptflow.validate import validate
+
+    first = _first(project / TARGET / "train")
+    shutil.copy(first, first.with_name("copy.png"))
+    report = validate(load_config(None, [*TINY, "pretrained.uri=torchvision:resnet18"]))
+    assert report.ok and any("duplicate of" in str(w) for w in report.warnings)

@@ -1,0 +1,73 @@
+"""The run config: params.yaml is its serialized form, and bad input names the field and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from adaptflow.config import ConfigError, RunConfig, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_params_yaml_is_the_serialized_default_config() -> None:
+    on_disk = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert RunConfig.model_validate(on_disk).model_dump(mode="json") == on_disk
+
+
+def test_overrides_are_typed_and_nested(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("finetune:\n  epochs: 7\n")
+    cfg = load_config(path, ["finetune.lr=0.01", "data.labeled_per_class=5", "finetune.augment=true", "pretrained.sha256="])
+    assert cfg.finetune.epochs == 7
+    assert cfg.finetune.lr == pytest.approx(0.01)
+    assert cfg.data.labeled_per_class == 5
+    assert cfg.finetune.augment is True
+    assert cfg.pretrained.sha256 is None
+
+
+def test_unknown_key_names_the_field_and_suggests_the_fix() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["finetune.epoch=3"])
+    assert "finetune.epoch: unknown field (did you mean 'epochs'?)" in str(err.value)
+
+
+def test_unknown_section_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="trainer: unknown field"):
+        load_config(None, ["trainer.epochs=3"])
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("finetune.epochs=0", "finetune.epochs"),
+        ("finetune.strategy=magic", "finetune.strategy"),
+        ("finetune.arch=vgg_nonexistent", "finetune.arch"),
+        ("finetune.device=gpu0", "finetune.device"),
+        ("pretrained.sha256=abc", "pretrained.sha256"),
+        ("data.image_size=2", "data.image_size"),
+        ("finetune.lp_epochs=20", "finetune"),
+    ],
+)
+def test_bad_values_name_their_field(override: str, field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert f"  {field}:" in str(err.value)
+
+
+def test_file_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nope.yaml: no such config file"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="bad.yaml: the top level must be a mapping"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        load_config(None, ["finetune.epochs"])
+
+
+def test_digest_changes_with_the_config() -> None:
+    assert RunConfig().digest() == RunConfig().digest()
+    assert RunConfig().digest() != load_config(None, ["finetune.epochs=30"]).digest()

@@ -1,0 +1,67 @@
+"""Architecture contracts: layering, and dvc.yaml / CLI / config / flow agreeing with each other."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from adaptflow.config import RunConfig
+from conftest import REPO
+
+ORCHESTRATION = ("prefect", "tasks", "flows")
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_core_library_never_imports_the_orchestrator() -> None:
+    offenders = {
+        str(p.relative_to(REPO)): sorted(_imports(p) & set(ORCHESTRATION))
+        for p in (REPO / "adaptflow").rglob("*.py")
+        if p.name != "cli.py" and _imports(p) & set(ORCHESTRATION)
+    }
+    assert offenders == {}
+
+
+def test_cli_starts_without_importing_prefect() -> None:
+    code = "import sys, adaptflow.cli; assert 'prefect' not in sys.modules, 'prefect imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tasks_only_wrap_and_flows_only_compose() -> None:
+    for path in (REPO / "flows").glob("*.py"):
+        assert not (_imports(path) & {"torch", "mlflow", "dvc"}), f"{path.name} does work a task should do"
+
+
+def test_dvc_stages_match_cli_commands_and_config_sections() -> None:
+    from typer.main import get_command
+
+    from adaptflow.cli import app
+
+    commands = set(get_command(app).commands)
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    sections = set(RunConfig.model_fields)
+    for name, stage in stages.items():
+        assert stage["cmd"].split()[:2] == ["adaptflow", name] and name in commands
+        for param in stage.get("params", []):
+            section, *rest = param.split(".")
+            assert section in sections, f"{name}: unknown params section {section}"
+            if rest:
+                assert rest[0] in RunConfig.model_fields[section].annotation.model_fields, f"{name}: {param}"
+
+
+def test_transfer_flow_runs_each_stage_task() -> None:
+    source = (REPO / "flows" / "transfer.py").read_text()
+    for task in ("version_data_task", "fetch_pretrained_task", "finetune_task", "evaluate_task", "register_task"):
+        assert f"{task}(" in source or f"{task}.submit(" in source

@@ -1,0 +1,72 @@
+"""The demo domains: real data, the documented splits, and byte-identical rebuilds."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from adaptflow.data.demo import build_demo_data
+from adaptflow.data.folders import load_image_folder
+from conftest import REPO, init_dvc_repo, run
+
+
+def _dvc_md5(root: Path) -> str:
+    run([sys.executable, "-m", "dvc", "add", "data"], root)
+    return yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
+
+
+def test_full_build_is_deterministic_and_matches_committed_data_dvc(tmp_path: Path) -> None:
+    hashes = []
+    for name in ("a", "b"):
+        root = tmp_path / name
+        root.mkdir()
+        init_dvc_repo(root)
+        build_demo_data(root / "data")
+        hashes.append(_dvc_md5(root))
+    committed = yaml.safe_load((REPO / "data.dvc").read_text())["outs"][0]["md5"]
+    assert hashes[0] == hashes[1] == committed
+
+    data = tmp_path / "a" / "data"
+    assert len(list((data / "mnist" / "train").rglob("*.png"))) == 4000
+    assert len(list((data / "mnist" / "test").rglob("*.png"))) == 1000
+    assert len(list((data / "uci_digits" / "train").rglob("*.png"))) == 100  # 10 labeled per class
+    assert len(list((data / "uci_digits" / "test").rglob("*.png"))) == 800
+    assert len(list((data / "uci_digits" / "unlabeled").rglob("*.png"))) == 1797 - 900
+
+
+def test_target_splits_are_disjoint_and_class_balanced(tmp_path: Path) -> None:
+    build_demo_data(tmp_path, labeled_per_class=3, target_test_per_class=5, limit_per_class=8)
+    names = {split: {p.name for p in (tmp_path / "uci_digits" / split).rglob("*.png")} for split in ("train", "unlabeled", "test")}
+    assert not names["train"] & names["unlabeled"]
+    assert not names["train"] & names["test"]
+    assert not names["unlabeled"] & names["test"]
+    per_class = {c.name: len(list(c.iterdir())) for c in (tmp_path / "uci_digits" / "train").iterdir()}
+    assert per_class == {str(i): 3 for i in range(10)}
+
+
+def test_folder_loads_once_into_tensors_and_caches_by_content(project: Path) -> None:
+    folder = project / "data" / "uci_digits" / "train"
+    first = load_image_folder(folder, 16)
+    assert first.images.dtype == torch.uint8 and first.images.shape == (40, 3, 16, 16)
+    assert first.classes == tuple(str(i) for i in range(10))
+    cached = list((project.parent / "cache" / "images").glob("*.pt"))
+    assert len(cached) == 1
+    again = load_image_folder(folder, 16)
+    assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
+    # Changing one file's content changes the key: a new entry, never a stale hit.
+    victim = next((folder / "3").iterdir())
+    victim.write_bytes((folder / "4" / next((folder / "4").iterdir()).name).read_bytes())
+    changed = load_image_folder(folder, 16)
+    assert len(list((project.parent / "cache" / "images").glob("*.pt"))) == 2
+    assert not torch.equal(changed.images, first.images)
+
+
+def test_per_class_subset_is_seeded_and_balanced(project: Path) -> None:
+    data = load_image_folder(project / "data" / "uci_digits" / "train", 16)
+    two = data.per_class(2, seed=1)
+    assert torch.bincount(two.labels).tolist() == [2] * 10
+    assert torch.equal(two.images, data.per_class(2, seed=1).images)
+    assert data.per_class(None) is data

@@ -1,0 +1,74 @@
+"""The whole DAG on tiny real data under a real (temporary) Prefect API, MLflow on SQLite, DVC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import tiny_config
+
+
+@pytest.fixture
+def flows(prefect_api, project: Path):
+    from flows.pretrain import pretrain
+    from flows.transfer import transfer
+
+    return pretrain, transfer
+
+
+def test_pretrain_then_transfer_registers_a_champion_with_lineage(flows, project: Path) -> None:
+    from mlflow import MlflowClient
+
+    from adaptflow import env
+    from adaptflow.io import read_json
+
+    pretrain, transfer = flows
+    cfg = tiny_config()
+    published = pretrain(config=cfg)["published"]
+    assert Path(published["path"]) == project / "models" / "source" / "model.pt"
+    assert 0.0 <= published["source_accuracy"] <= 1.0
+
+    result = transfer(config=cfg)
+    run_dir = Path(result["run_dir"])
+    metrics = read_json(run_dir / "evaluate" / "metrics.json")
+    assert metrics == result["metrics"]
+    for key in ("target_accuracy", "target_macro_f1", "source_accuracy", "baseline_target_accuracy", "forgetting"):
+        assert 0.0 <= abs(metrics[key]) <= 1.0, key
+    assert (run_dir / "evaluate" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+    data_md5 = yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"]
+    assert result["data_version"] == data_md5
+    assert list((project / "remote").rglob("*")), "dvc push left the remote empty"
+
+    client = MlflowClient(env.default_tracking_uri())
+    champion = client.get_model_version_by_alias("adaptflow-classifier", "champion")
+    assert champion.version == result["registration"]["version"]
+    tags = champion.tags
+    assert tags["adaptflow.data_version"] == data_md5
+    assert tags["adaptflow.pretrained_sha256"] == published["sha256"]
+    assert tags["adaptflow.origin"] == read_json(run_dir / "run.json")["origin"]
+    run = client.get_run(champion.run_id)
+    assert run.data.metrics["target_accuracy"] == pytest.approx(metrics["target_accuracy"])
+    assert len(client.get_metric_history(champion.run_id, "train_loss")) == cfg.finetune.epochs
+    assert run.data.params["finetune.strategy"] == "lp_ft"
+    assert {a.path for a in client.list_artifacts(champion.run_id)} >= {"metrics.json", "confusion_matrix.png", "config.yaml", "report.json"}
+
+    # A second run of the same config is no better: it stays challenger, champion unchanged.
+    again = transfer(config=cfg)
+    assert again["metrics"]["target_accuracy"] == pytest.approx(metrics["target_accuracy"])
+    assert again["registration"]["alias"] == "challenger"
+    assert client.get_model_version_by_alias("adaptflow-classifier", "champion").version == champion.version
+
+
+def test_flow_fails_before_training_when_the_pretrained_model_is_missing(flows, project: Path) -> None:
+    from mlflow import MlflowClient
+
+    from adaptflow import env
+
+    _, transfer = flows
+    with pytest.raises(Exception, match="no such file"):
+        transfer(config=tiny_config("pretrained.uri=models/none/model.pt"))
+    assert not list((project / "runs").rglob("model.pt")) if (project / "runs").exists() else True
+    assert MlflowClient(env.default_tracking_uri()).search_registered_models() == []

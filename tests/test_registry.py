@@ -1,0 +1,92 @@
+"""The MLflow registry: a loadable model with lineage, the champion gate, idempotent registration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from adaptflow import tracking
+from adaptflow.config import RegistryConfig, TrackingConfig
+from adaptflow.models import build_classifier, save_checkpoint
+from adaptflow.pretrained import fetch_pretrained
+
+REG = RegistryConfig(model_name="digits")
+TRACK = TrackingConfig()
+
+
+def _checkpoint(path: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    save_checkpoint(path, build_classifier("resnet18", 3), arch="resnet18", classes=("cat", "dog", "owl"), image_size=16)
+    return path
+
+
+def _register(tmp: Path, seed: int, accuracy: float):
+    run_id = tracking.start_run(TRACK, f"run-{seed}", {"data_version": f"md5-{seed}"}, {"seed": seed})
+    return tracking.register_model(REG, TRACK, run_id, _checkpoint(tmp / f"m{seed}.pt", seed),
+                                   {"target_accuracy": accuracy}, {"data_version": f"md5-{seed}", "git_commit": "abc"})
+
+
+def _champion_version() -> str:
+    return tracking.client(TRACK).get_model_version_by_alias("digits", "champion").version
+
+
+def test_gate_promotes_only_a_better_model(project: Path) -> None:
+    first = _register(project, 1, 0.80)
+    assert (first.alias, first.decision) == ("champion", "promoted")
+    worse = _register(project, 2, 0.70)
+    assert (worse.alias, worse.decision) == ("challenger", "kept champion")
+    assert "does not beat champion v1" in worse.reason
+    assert _champion_version() == first.version
+    better = _register(project, 3, 0.90)
+    assert better.alias == "champion" and _champion_version() == better.version
+
+
+def test_min_delta_is_required_margin(project: Path) -> None:
+    global REG
+    _register(project, 1, 0.80)
+    REG, saved = RegistryConfig(model_name="digits", min_delta=0.05), REG
+    try:
+        assert _register(project, 2, 0.83).alias == "challenger"
+        assert _register(project, 3, 0.86).alias == "champion"
+    finally:
+        REG = saved
+
+
+def test_registering_the_same_run_twice_creates_one_version(project: Path) -> None:
+    run_id = tracking.start_run(TRACK, "once", {}, {})
+    ckpt = _checkpoint(project / "m.pt", 0)
+    a = tracking.register_model(REG, TRACK, run_id, ckpt, {"target_accuracy": 0.5}, {})
+    b = tracking.register_model(REG, TRACK, run_id, ckpt, {"target_accuracy": 0.5}, {})
+    assert a.version == b.version
+    assert len(tracking.client(TRACK).search_model_versions("name='digits'")) == 1
+
+
+def test_champion_loads_from_models_uri_and_predicts_any_batch(project: Path) -> None:
+    import mlflow
+
+    reg = _register(project, 1, 0.8)
+    mv = tracking.client(TRACK).get_model_version("digits", reg.version)
+    assert mv.tags["adaptflow.data_version"] == "md5-1" and mv.tags["adaptflow.git_commit"] == "abc"
+    model = mlflow.pyfunc.load_model("models:/digits@champion")
+    for shape in [(5, 16, 16, 3), (2, 40, 30, 3)]:
+        out = model.predict(np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8))
+        assert len(out) == shape[0] and set(out["class"]) <= {"cat", "dog", "owl"}
+        assert ((out["score"] > 0) & (out["score"] <= 1)).all()
+
+
+def test_models_uri_resolves_to_the_registered_checkpoint(project: Path) -> None:
+    from adaptflow.io import sha256_file
+
+    reg = _register(project, 1, 0.8)
+    ref = fetch_pretrained("models:/digits@champion", tracking_uri=tracking.tracking_uri(TRACK))
+    assert ref.uri == f"models:/digits/{reg.version}"
+    assert ref.sha256 == sha256_file(project / "m1.pt")
+
+
+def test_gate_refuses_an_unknown_metric(project: Path) -> None:
+    run_id = tracking.start_run(TRACK, "x", {}, {})
+    with pytest.raises(KeyError, match="registry.metric 'target_accuracy'"):
+        tracking.register_model(REG, TRACK, run_id, _checkpoint(project / "m.pt", 0), {"accuracy": 0.5}, {})

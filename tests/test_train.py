@@ -1,0 +1,173 @@
+"""The training loop: strategies train what they should, runs are seeded, resume is exact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from adaptflow.data import ImageSet
+from adaptflow.models import build_classifier, load_checkpoint, load_source_model, save_checkpoint
+from adaptflow.train import FitSettings, fit, plan_phases, predict, random_affine, train_step
+
+
+def _images(n: int = 48, classes: int = 4, seed: int = 0) -> ImageSet:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    images = torch.randint(0, 60, (n, 3, 16, 16), generator=g, dtype=torch.uint8)
+    for c in range(classes):  # a learnable signal: a bright square whose place is the class
+        images[labels == c, :, 4 * c : 4 * c + 4, 4 * c : 4 * c + 4] = 250
+    return ImageSet(images, labels, tuple(map(str, range(classes))))
+
+
+def _settings(**kw) -> FitSettings:
+    return FitSettings(**{"epochs": 2, "batch_size": 16, "lr": 1e-3, "device": "cpu", **kw})
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_train_step_lowers_the_loss() -> None:
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", 4)
+    data = _images()
+    x = data.images.float() / 255
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    first, _ = train_step(model, x, data.labels, opt, None, None)
+    for _ in range(15):
+        last, logits = train_step(model, x, data.labels, opt, None, None)
+    assert last < first * 0.5
+    assert logits.shape == (48, 4) and not logits.requires_grad
+
+
+def test_linear_probe_changes_only_the_head() -> None:
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", 4)
+    before = _snapshot(model)
+    fit(model, _images(), _settings(strategy="linear_probe"), progress=False)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"head.weight", "head.bias"}  # batch-norm statistics of the frozen backbone too
+
+
+def test_finetune_gives_the_backbone_a_lower_learning_rate() -> None:
+    from adaptflow.train import param_groups
+
+    model = build_classifier("mobilenet_v3_small", 3)
+    groups = param_groups(model, lr=1e-2, backbone_lr_scale=0.1, train_backbone=True)
+    assert [g["lr"] for g in groups] == pytest.approx([1e-2, 1e-3])
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_lp_ft_plans_a_probe_then_full_training() -> None:
+    phases = plan_phases("lp_ft", 5, 2)
+    assert [(p.epochs, p.train_backbone) for p in phases] == [(2, False), (3, True)]
+    with pytest.raises(ValueError, match="lp_epochs"):
+        plan_phases("lp_ft", 2, 2)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small", "efficientnet_b0"])
+def test_architectures_get_a_head_sized_to_the_classes(arch: str) -> None:
+    model = build_classifier(arch, 7)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_same_seed_same_weights() -> None:
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = build_classifier("resnet18", 4)
+        fit(model, _images(), _settings(augment=True, seed=3), progress=False)
+        runs.append(_snapshot(model))
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_resume_after_a_crash_gives_the_uninterrupted_result(tmp_path: Path) -> None:
+    settings = _settings(epochs=4, strategy="lp_ft", lp_epochs=1, augment=True)
+    torch.manual_seed(0)
+    straight = build_classifier("resnet18", 4)
+    expected_history = fit(straight, _images(), settings, progress=False)
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash_after_second_epoch(epoch: int, record: dict) -> None:
+        if epoch == 2:
+            raise Crash
+
+    state = tmp_path / "train_state.pt"
+    torch.manual_seed(0)
+    with pytest.raises(Crash):
+        fit(build_classifier("resnet18", 4), _images(), settings, state_path=state, fingerprint="f", on_epoch=crash_after_second_epoch, progress=False)
+    torch.manual_seed(123)  # a new process: different global RNG, different initial weights
+    resumed = build_classifier("resnet18", 4)
+    history = fit(resumed, _images(), settings, state_path=state, fingerprint="f", progress=False)
+    assert [h["train_loss"] for h in history] == pytest.approx([h["train_loss"] for h in expected_history], abs=0)
+    assert all(torch.equal(straight.state_dict()[k], resumed.state_dict()[k]) for k in straight.state_dict())
+
+
+def test_state_of_another_config_is_not_resumed(tmp_path: Path) -> None:
+    state = tmp_path / "train_state.pt"
+    fit(build_classifier("resnet18", 4), _images(), _settings(epochs=1), state_path=state, fingerprint="a", progress=False)
+    history = fit(build_classifier("resnet18", 4), _images(), _settings(epochs=1), state_path=state, fingerprint="b", progress=False)
+    assert len(history) == 1  # trained afresh instead of returning a finished run
+
+
+def test_checkpoint_round_trip_is_weights_only(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", 4).eval()
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model, arch="resnet18", classes=("a", "b", "c", "d"), image_size=16)
+    loaded, meta = load_checkpoint(path)
+    images = _images().images
+    assert torch.equal(predict(model, images, device="cpu"), predict(loaded, images, device="cpu"))
+    assert meta["classes"] == ("a", "b", "c", "d") and meta["image_size"] == 16
+    torch.load(path, weights_only=True)  # loads without unpickling code
+
+
+def test_torchvision_state_dict_loads_into_the_backbone(tmp_path: Path) -> None:
+    import torchvision
+
+    net = torchvision.models.resnet18()
+    path = tmp_path / "resnet18-00000000.pth"
+    torch.save(net.state_dict(), path)
+    model, meta = load_source_model(path, "resnet18")
+    assert torch.equal(model.backbone.conv1.weight, net.conv1.weight) and meta["classes"] == ()
+    with pytest.raises(ValueError, match="do not fit mobilenet_v3_small"):
+        load_source_model(path, "mobilenet_v3_small")
+
+
+def test_random_affine_keeps_shape_and_moves_pixels() -> None:
+    x = _images().images.float() / 255
+    out = random_affine(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and not torch.allclose(out, x)
+
+
+def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import adaptflow.train as train_module
+
+    settings = _settings(epochs=3, augment=True, checkpoint_every_steps=1)
+    torch.manual_seed(0)
+    straight = build_classifier("resnet18", 4)
+    fit(straight, _images(), settings, progress=False)
+
+    real_step, calls = train_module.train_step, {"n": 0}
+
+    def dies_on_the_fifth_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # epoch 2, step 2 of 3
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    state = tmp_path / "train_state.pt"
+    monkeypatch.setattr(train_module, "train_step", dies_on_the_fifth_step)
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        fit(build_classifier("resnet18", 4), _images(), settings, state_path=state, fingerprint="f", progress=False)
+    assert (tmp_path / "train_state.json").read_text().count('"step": 1') == 1
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    resumed = build_classifier("resnet18", 4)
+    fit(resumed, _images(), settings, state_path=state, fingerprint="f", progress=False)
+    assert all(torch.equal(straight.state_dict()[k], resumed.state_dict()[k]) for k in straight.state_dict())
