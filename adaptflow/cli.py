@@ -212,12 +212,13 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from adaptflow.config import ConfigError
     from adaptflow.pretrained import FetchError
+    from adaptflow.tracking import TrackingUnavailable
     from adaptflow.validate import DataValidationError
     from adaptflow.versioning import VersioningError
 
     try:
         app()
-    except (ConfigError, FetchError, VersioningError, DataValidationError, FileNotFoundError) as exc:
+    except (ConfigError, FetchError, VersioningError, DataValidationError, TrackingUnavailable, FileNotFoundError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
 

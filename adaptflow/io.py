@@ -36,6 +36,15 @@ def write_json(path: str | Path, data: Any) -> Path:
     return Path(path)
 
 
+def write_yaml(path: str | Path, data: Any) -> Path:
+    """Write YAML atomically, keys in their given order."""
+    import yaml
+
+    with atomic_write(path) as tmp:
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    return Path(path)
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 

@@ -17,10 +17,10 @@ import logging
 from pathlib import Path
 
 from adaptflow import tracking
-from adaptflow.config import RunConfig, dump_params
+from adaptflow.config import RunConfig
 from adaptflow.evaluate import evaluate
 from adaptflow.finetune import check_pretrained, finetune
-from adaptflow.io import read_json, write_json
+from adaptflow.io import read_json, write_json, write_yaml
 from adaptflow.pretrain import PublishedModel, pretrain
 from adaptflow.pretrained import PretrainedRef, fetch_pretrained
 from adaptflow.tracking import Registration
@@ -68,9 +68,20 @@ def open_run(config: RunConfig, data: DataVersion, pretrained: PretrainedRef, ru
 def register_run(config: RunConfig, run_dir: Path) -> Registration:
     """Register the model of a finished run folder: artifacts, model version, champion gate.
 
-    A run folder made without tracking (the DVC stages, or a run whose tracking server was
-    down) gets its MLflow run here, with the recorded epochs replayed into it.
+    A run folder made without tracking (the DVC stages, or a run whose tracking store was down)
+    gets its MLflow run here; epochs the run is missing are replayed from history.json. Safe to
+    repeat: the same run and model never make a second version.
     """
+    try:
+        return _register_run(config, run_dir)
+    except tracking.TrackingUnavailable as exc:
+        raise tracking.TrackingUnavailable(
+            f"{exc}\nThe model and metrics are kept in {run_dir}; once the store is back, register them with "
+            f"`adaptflow register --from-run-dir {run_dir}`"
+        ) from exc
+
+
+def _register_run(config: RunConfig, run_dir: Path) -> Registration:
     record = read_json(run_dir / "run.json")
     data = DataVersion(**record["data"])
     pretrained = PretrainedRef(**record["pretrained"])
@@ -78,8 +89,10 @@ def register_run(config: RunConfig, run_dir: Path) -> Registration:
     if run_id is None:
         run_id = tracking.start_run(config.tracking, run_dir.name, lineage(config, data, pretrained, record["origin"]),
                                     config.model_dump(mode="json"))
-        tracking.log_history(config.tracking, run_id, read_json(run_dir / "finetune" / "history.json"))
-    dump_params(config, run_dir / "config.yaml")
+        # Recorded at once, so a repeated register reuses this run and its registration key.
+        write_run_record(config, data, pretrained, run_dir, record["origin"], run_id)
+    tracking.log_history(config.tracking, run_id, read_json(run_dir / "finetune" / "history.json"))
+    write_yaml(run_dir / "config.yaml", tracking.redacted(config.model_dump(mode="json")))
     metrics = read_json(run_dir / "evaluate" / "metrics.json")
     artifacts = [run_dir / "config.yaml", *(run_dir / "evaluate" / name for name in ("metrics.json", "report.json", "confusion_matrix.png"))]
     registration = tracking.register_model(

@@ -7,9 +7,14 @@ Every call names its tracking URI explicitly, so concurrent runs never share hid
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
+import random
+import re
 import subprocess
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,10 +50,74 @@ def tracking_uri(cfg: TrackingConfig) -> str:
     return cfg.uri or env.default_tracking_uri()
 
 
-def client(cfg: TrackingConfig):  # noqa: ANN201 - MlflowClient, imported lazily
+#: Failures of the tracking store that pass: a busy SQLite file, a server restarting.
+TRANSIENT_MARKERS = ("database is locked", "Connection refused", "Max retries exceeded", "ConnectionError",
+                     "RemoteDisconnected", "Read timed out", "503", "502", "504")
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking store stayed unreachable through every retry."""
+
+
+def _transient(exc: Exception) -> bool:
+    text = f"{type(exc).__name__}: {exc}"
+    return any(marker in text for marker in TRANSIENT_MARKERS)
+
+
+def retrying(call, *args, attempts: int = 6, base_delay: float = 0.5, what: str = "", **kwargs):  # noqa: ANN001, ANN201
+    """Call `call`, retrying transient store failures with jittered exponential backoff."""
+    for attempt in range(attempts):
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            if attempt + 1 == attempts:
+                raise TrackingUnavailable(f"tracking store unreachable after {attempts} attempts ({what or getattr(call, '__name__', call)}): {exc}") from exc
+            delay = min(20.0, base_delay * 2**attempt) * (0.5 + random.random())
+            log.warning("tracking store busy or unreachable (%s); retry %d/%d in %.1fs", type(exc).__name__, attempt + 1, attempts - 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+class RetryingClient:
+    """An MlflowClient whose every call retries transient store failures."""
+
+    def __init__(self, inner) -> None:  # noqa: ANN001 - MlflowClient
+        self._inner = inner
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        value = getattr(self._inner, name)
+        if not callable(value):
+            return value
+        return functools.partial(retrying, value, what=name)
+
+
+def client(cfg: TrackingConfig) -> RetryingClient:
+    """A client for the configured store (SQLite stores are prepared for concurrent writers)."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri(cfg))
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        _prepare_sqlite(uri)
+    return RetryingClient(MlflowClient(uri))
+
+
+@functools.cache
+def _prepare_sqlite(uri: str) -> None:
+    """Create the schema under a file lock (concurrent first runs race on it) and switch to WAL,
+    so that readers never block the writer and several runs can share one file."""
+    import sqlite3
+
+    from filelock import FileLock
+    from mlflow import MlflowClient
+
+    path = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        MlflowClient(uri).search_experiments(max_results=1)  # creates or upgrades the schema
+        with contextlib.closing(sqlite3.connect(path, timeout=60)) as db:
+            db.execute("PRAGMA journal_mode=WAL")
 
 
 def _local_store(uri: str) -> bool:
@@ -94,13 +163,38 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+_SECRET_KEY = re.compile(r"(password|passwd|secret|token|api_key|access_key|credential)", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^/:@\s]*):[^@/\s]+@", re.IGNORECASE)
+
+
+def redact(key: str, value: object) -> str:
+    """A value safe to log: secrets by key name are masked, passwords inside URLs are masked."""
+    if value is not None and _SECRET_KEY.search(key):
+        return "***"
+    return _URL_PASSWORD.sub(r"\g<scheme>:***@", str(value))
+
+
+def redacted(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict with secrets masked as `redact` does (for configs logged as artifacts)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out[key] = redacted(value, f"{name}.")
+        elif value is not None and (isinstance(value, str) or _SECRET_KEY.search(name)):
+            out[key] = redact(name, value)
+        else:
+            out[key] = value
+    return out
+
+
 def start_run(cfg: TrackingConfig, run_name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
-    """Open the pipeline's MLflow run, with its lineage tags and flattened config as params."""
+    """Open the pipeline's MLflow run, with its lineage tags and flattened config as params (secrets masked)."""
     from mlflow.entities import Param, RunTag
 
     c = client(cfg)
-    run = c.create_run(experiment_id(cfg), run_name=run_name, tags={f"{TAG}{k}": str(v) for k, v in tags.items()})
-    items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+    run = c.create_run(experiment_id(cfg), run_name=run_name, tags={f"{TAG}{k}": redact(k, v) for k, v in tags.items()})
+    items = [Param(k, redact(k, v)[:6000]) for k, v in flatten(params).items()]
     for start in range(0, len(items), 100):
         c.log_batch(run.info.run_id, params=items[start : start + 100])
     c.log_batch(run.info.run_id, tags=[RunTag("mlflow.source.name", "adaptflow")])
@@ -114,8 +208,6 @@ def set_tags(cfg: TrackingConfig, run_id: str, tags: dict[str, str]) -> None:
 
 
 def log_metrics(cfg: TrackingConfig, run_id: str, metrics: dict[str, float], step: int = 0, prefix: str = "") -> None:
-    import time
-
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
@@ -125,17 +217,28 @@ def log_metrics(cfg: TrackingConfig, run_id: str, metrics: dict[str, float], ste
 def epoch_logger(cfg: TrackingConfig, run_id: str, prefix: str = ""):  # noqa: ANN201 - EpochCallback
     """A training callback that logs each epoch's metrics to the run as it finishes."""
 
+    down = False
+
     def on_epoch(epoch: int, record: dict[str, float]) -> None:
-        log_metrics(cfg, run_id, {k: v for k, v in record.items() if k != "epoch"}, step=epoch, prefix=prefix)
+        nonlocal down
+        try:
+            log_metrics(cfg, run_id, {k: v for k, v in record.items() if k != "epoch"}, step=epoch, prefix=prefix)
+            down = False
+        except TrackingUnavailable as exc:
+            # Training goes on: the epochs are in history.json and registration replays the missing ones.
+            if not down:
+                log.warning("could not log epoch %d: %s; training continues", epoch, exc)
+            down = True
 
     return on_epoch
 
 
 def log_history(cfg: TrackingConfig, run_id: str, history: Iterable[dict[str, float]], prefix: str = "") -> None:
-    """Log recorded epochs after the fact (the DVC path, and replays)."""
-    logger = epoch_logger(cfg, run_id, prefix)
+    """Log recorded epochs the run does not have yet (the DVC path, and epochs missed while the store was down)."""
+    logged = {m.step for m in client(cfg).get_metric_history(run_id, f"{prefix}train_loss")}
     for record in history:
-        logger(int(record["epoch"]), record)
+        if int(record["epoch"]) not in logged:
+            log_metrics(cfg, run_id, {k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]), prefix=prefix)
 
 
 def finish_run(cfg: TrackingConfig, run_id: str, status: str = "FINISHED") -> None:
@@ -197,19 +300,23 @@ def register_model(
     # Any batch size and any image size: the model resizes to the size it was trained at.
     signature.inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))])
     mlflow.set_tracking_uri(tracking_uri(tracking))
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(Path(serving.__file__)),
-            artifacts={"checkpoint": str(checkpoint)},
-            signature=signature,
-            input_example=example,
-            pip_requirements=_requirements(),
-        )
+
+    def log_model():  # noqa: ANN202
+        with mlflow.start_run(run_id=run_id):
+            return mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(Path(serving.__file__)),
+                artifacts={"checkpoint": str(checkpoint)},
+                signature=signature,
+                input_example=example,
+                pip_requirements=_requirements(),
+            )
+
+    info = retrying(log_model, what="log_model")
     tags = {f"{TAG}{k}": str(v) for k, v in lineage.items()}
     tags |= {f"{TAG}run_key": run_key, f"{TAG}model_sha256": model_sha}
     tags |= {f"{TAG}metric.{k}": repr(float(v)) for k, v in metrics.items()}
-    version = mlflow.register_model(info.model_uri, cfg.model_name, tags=tags).version
+    version = retrying(mlflow.register_model, info.model_uri, cfg.model_name, tags=tags, what="register_model").version
     alias, decision, reason = gate(cfg, tracking, version, metrics)
     for key, value in {"alias": alias, "decision": decision, "reason": reason}.items():
         c.set_model_version_tag(cfg.model_name, version, f"{TAG}{key}", value)

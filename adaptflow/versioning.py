@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
+from filelock import FileLock
 
 from adaptflow import env
 from adaptflow.config import DataConfig
@@ -72,10 +73,12 @@ def version_data(cfg: DataConfig, push: bool = True) -> DataVersion:
     data_path = cfg.root if cfg.root.is_absolute() else root / cfg.root
     if not data_path.is_dir():
         raise VersioningError(f"{data_path}: no data folder; build it (`adaptflow data build`) or `dvc pull`")
-    dvc("add", str(cfg.root), cwd=root)
-    version = read_version(cfg)
-    if push:
-        dvc("push", str(_dvc_file(cfg)), *(["--remote", cfg.remote] if cfg.remote else []), cwd=root)
-        version = DataVersion(**{**version.to_dict(), "pushed_to": cfg.remote or "default"})
+    # DVC holds a repository lock and fails when it is taken: runs of this project queue here instead.
+    with FileLock(str(root / ".dvc" / "tmp" / "adaptflow-version.lock")):
+        dvc("add", str(cfg.root), cwd=root)
+        version = read_version(cfg)
+        if push:
+            dvc("push", str(_dvc_file(cfg)), *(["--remote", cfg.remote] if cfg.remote else []), cwd=root)
+            version = DataVersion(**{**version.to_dict(), "pushed_to": cfg.remote or "default"})
     log.info("data %s at version %s (%d files)", cfg.root, version.md5, version.files)
     return version

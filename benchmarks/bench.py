@@ -114,6 +114,24 @@ class Timed:
         self.other_cores = max(0.0, (machine - self._machine) - (own - self._own)) / self.seconds
 
 
+def wait_for_quiet(max_wait_s: float, window_s: float = 1.0) -> float:
+    """Wait, up to `max_wait_s`, until other processes use under CONTENDED_CORES; returns the seconds waited.
+
+    The machine may be shared (someone's test suite): with 2 cores, one busy neighbour slows a
+    2-thread torch process several-fold, so timed runs start only on a quiet machine when possible.
+    """
+    t0 = time.perf_counter()
+    while True:
+        with Timed() as probe:
+            time.sleep(window_s)
+        waited = time.perf_counter() - t0
+        if not probe.other_cores > CONTENDED_CORES:
+            return waited
+        if waited >= max_wait_s:
+            log.warning("other processes still use %.2f cores after %.0f s of waiting; timing anyway", probe.other_cores, waited)
+            return waited
+
+
 def _cmd(args: list[str], cwd: Path) -> None:
     result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
     if result.returncode != 0:
@@ -191,7 +209,7 @@ def _describe(timed: Timed) -> str:
     return f"{timed.seconds:.1f} s (this process tree {timed.own_cores:.2f} cores, other processes {timed.other_cores:.2f} cores)"
 
 
-def bench_flow(base: Path, template: Path, rounds: int) -> dict:
+def bench_flow(base: Path, template: Path, rounds: int, quiet_wait_s: float) -> dict:
     from adaptflow.config import load_config
 
     cfg = load_config(None, FLOW_OVERRIDES)
@@ -223,9 +241,11 @@ def bench_flow(base: Path, template: Path, rounds: int) -> dict:
         flow_runs: list[Timed] = []
         for i in range(rounds):
             root = fresh_root(base, template, f"core-{i}")
+            wait_for_quiet(quiet_wait_s)
             core_runs.append(run_core(cfg, root, "bench-core"))
             log.info("round %d/%d core: %s", i + 1, rounds, _describe(core_runs[-1]))
             fresh_root(base, template, f"flow-{i}")
+            wait_for_quiet(quiet_wait_s)
             flow_runs.append(run_flow(cfg))
             log.info("round %d/%d flow: %s", i + 1, rounds, _describe(flow_runs[-1]))
 
@@ -280,7 +300,7 @@ def bare_loop(model, images, labels, epochs: int, batch_size: int, lr: float, we
             optimizer.step()
 
 
-def bench_fit(template: Path, n_images: int, epochs: int, rounds: int) -> dict:
+def bench_fit(template: Path, n_images: int, epochs: int, rounds: int, quiet_wait_s: float) -> dict:
     import torch
 
     from adaptflow.config import load_config
@@ -333,8 +353,10 @@ def bench_fit(template: Path, n_images: int, epochs: int, rounds: int) -> dict:
     ours_runs: list[Timed] = []
     bare_runs: list[Timed] = []
     for i in range(rounds):
+        wait_for_quiet(quiet_wait_s)
         ours_runs.append(ours(epochs, data))
         log.info("round %d/%d ours: %s", i + 1, rounds, describe(ours_runs[-1]))
+        wait_for_quiet(quiet_wait_s)
         bare_runs.append(bare(epochs, data))
         log.info("round %d/%d bare: %s", i + 1, rounds, describe(bare_runs[-1]))
     ours_ips, bare_ips = [r.images_per_s for r in ours_runs], [r.images_per_s for r in bare_runs]
@@ -369,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fit-rounds", type=int, default=3, help="timed (ours, bare) pairs")
     parser.add_argument("--fit-images", type=int, default=2000, help="MNIST train images per training epoch")
     parser.add_argument("--fit-epochs", type=int, default=2, help="epochs per timed training run")
+    parser.add_argument("--quiet-wait", type=float, default=30.0,
+                        help="seconds to wait, before each timed run, for other processes to leave the CPUs")
     parser.add_argument("--keep", action="store_true", help="keep the temporary project roots")
     args = parser.parse_args(argv)
 
@@ -388,8 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("temporary projects under %s", base)
     try:
         template = make_template(base)
-        fit_result = bench_fit(template, args.fit_images, args.fit_epochs, args.fit_rounds)
-        flow_result = bench_flow(base, template, args.flow_rounds)
+        fit_result = bench_fit(template, args.fit_images, args.fit_epochs, args.fit_rounds, args.quiet_wait)
+        flow_result = bench_flow(base, template, args.flow_rounds, args.quiet_wait)
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)

@@ -1,0 +1,130 @@
+"""Downloads through a loopback server that misbehaves on purpose: truncated bodies, 500s, slow
+responses, wrong bytes, dropped connections. No corrupt cache entry ever; retries where they
+help; a clear error where they cannot."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from adaptflow.pretrained import FetchError, fetch_pretrained
+
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
+SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+class FaultyServer:
+    """Serves PAYLOAD at /model.pt; `faults` is a list of fault names used up one per request."""
+
+    def __init__(self) -> None:
+        self.faults: list[str] = []
+        self.requests = 0
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                with outer.lock:
+                    outer.requests += 1
+                    fault = outer.faults.pop(0) if outer.faults else "ok"
+                if fault == "500":
+                    self.send_error(500, "boom")
+                elif fault == "truncate":
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(PAYLOAD)))
+                    self.end_headers()
+                    self.wfile.write(PAYLOAD[: len(PAYLOAD) // 3])
+                    self.close_connection = True
+                elif fault == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                elif fault == "slow":
+                    time.sleep(3)
+                    self._send(PAYLOAD)
+                elif fault == "wrong":
+                    self._send(PAYLOAD[::-1])
+                else:
+                    time.sleep(0.2)  # long enough for concurrent clients to overlap
+                    self._send(PAYLOAD)
+
+            def _send(self, body: bytes) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/model.pt"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def server() -> Iterator[FaultyServer]:
+    s = FaultyServer()
+    yield s
+    s.httpd.shutdown()
+
+
+def _cache_files(project: Path) -> list[Path]:
+    root = project.parent / "cache" / "downloads"
+    return [p for p in root.rglob("*") if p.is_file() and not p.name.endswith(".lock")] if root.exists() else []
+
+
+def _assert_cache_is_clean(project: Path) -> None:
+    for path in _cache_files(project):
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == SHA, f"corrupt cache entry {path}"
+
+
+@pytest.mark.parametrize("fault", ["500", "truncate", "drop", "slow", "wrong"])
+def test_a_passing_fault_is_retried_away(project: Path, server: FaultyServer, faults, fault: str) -> None:
+    with faults.attempt():
+        server.faults = [fault, fault]
+        ref = fetch_pretrained(server.url, SHA, attempts=4, timeout=1.0)
+        assert ref.sha256 == SHA and Path(ref.path).read_bytes() == PAYLOAD
+        assert server.requests == 3
+        _assert_cache_is_clean(project)
+
+
+@pytest.mark.parametrize(("fault", "message"), [
+    ("500", "HTTP 500"),
+    ("truncate", "truncated"),
+    ("drop", "RemoteDisconnected"),
+    ("wrong", "sha256 mismatch"),
+])
+def test_a_persistent_fault_fails_clearly_and_caches_nothing(project: Path, server: FaultyServer, faults, fault: str, message: str) -> None:
+    with faults.attempt():
+        server.faults = [fault] * 3
+        with pytest.raises(FetchError, match=f"after 3 attempts.*{message}"):
+            fetch_pretrained(server.url, SHA, attempts=3, timeout=1.0)
+        assert _cache_files(project) == []
+
+
+def test_concurrent_fetches_download_once_and_share_the_file(project: Path, server: FaultyServer, faults) -> None:
+    with faults.attempt():
+        with ThreadPoolExecutor(4) as pool:
+            refs = list(pool.map(lambda _: fetch_pretrained(server.url, SHA), range(4)))
+        assert {r.path for r in refs} == {refs[0].path}
+        assert server.requests == 1
+        _assert_cache_is_clean(project)
+
+
+def test_an_interrupted_cache_entry_is_never_used(project: Path, server: FaultyServer, faults) -> None:
+    """A stale partial file (from a killed process) sits where the download goes: it is replaced."""
+    with faults.attempt():
+        first = Path(fetch_pretrained(server.url, SHA).path)
+        first.write_bytes(PAYLOAD[:100])  # what a crash mid-write would have left without atomic renames
+        again = fetch_pretrained(server.url, SHA)
+        assert Path(again.path).read_bytes() == PAYLOAD and server.requests == 2
