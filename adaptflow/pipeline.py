@@ -39,6 +39,7 @@ def lineage(config: RunConfig, data: DataVersion, pretrained: PretrainedRef, ori
         "pretrained_sha256": pretrained.sha256,
         "config_digest": config.digest(),
         "origin": origin,
+        "prefect_flow_run_id": origin if origin not in ("cli", "local") else "",
         "task": config.task,
         "arch": config.finetune.arch,
         "target_domain": config.data.target,
@@ -59,7 +60,17 @@ def write_run_record(
 
 
 def open_run(config: RunConfig, data: DataVersion, pretrained: PretrainedRef, run_dir: Path, origin: str, run_name: str) -> str:
-    """Open the MLflow run for this pipeline run (so epochs log live) and record it in run.json."""
+    """Open the MLflow run for this pipeline run (so epochs log live) and record it in run.json.
+
+    A re-run of the same flow run after a crash finds run.json in its folder and continues the
+    same MLflow run (and so registers under the same key) when nothing it was made from changed.
+    """
+    if (run_dir / "run.json").exists():
+        record = read_json(run_dir / "run.json")
+        same = (record["config"] == config.model_dump(mode="json") and record["data"]["md5"] == data.md5
+                and record["pretrained"]["sha256"] == pretrained.sha256)
+        if same and record.get("mlflow_run_id"):
+            return record["mlflow_run_id"]
     run_id = tracking.start_run(config.tracking, run_name, lineage(config, data, pretrained, origin), config.model_dump(mode="json"))
     write_run_record(config, data, pretrained, run_dir, origin, run_id)
     return run_id

@@ -10,6 +10,9 @@ Supported forms:
 - `models:/<name>@<alias>` or `models:/<name>/<version>` - a model in the MLflow registry.
 - a local path (`file://` allowed); a `<path>.sha256` file beside it is checked when present.
 
+A `.zip` / `.tar(.gz)` archive is extracted once (safely) and the model file inside it is used;
+`<uri>#<path inside>` names it when the archive holds several.
+
 A resolved file is reused without touching the network, so a warm cache works offline.
 """
 
@@ -90,7 +93,7 @@ def check_uri(uri: str) -> tuple[str, str] | None:
         return None if ok else (f"'{uri}': not a registry address", "write models:/<name>@<alias> or models:/<name>/<version>")
     if "://" in uri and not uri.startswith("file://"):
         return f"'{uri}': unknown scheme", f"use {FORMS}"
-    path = Path(uri.removeprefix("file://")).expanduser()
+    path = Path(uri.removeprefix("file://").partition("#")[0]).expanduser()
     path = path if path.is_absolute() else env.project_root() / path
     return None if path.is_file() else (f"'{uri}': no such file ({path})", "run the pretrain step or fix the path")
 
@@ -109,16 +112,75 @@ def fetch_pretrained(
     problem = check_uri(uri)
     if problem is not None:
         raise FetchError(f"pretrained.uri {problem[0]}; {problem[1]}")
+    location, _, member = uri.partition("#")
     if uri.startswith("torchvision:"):
         ref = _fetch_torchvision(uri, sha256, attempts, timeout)
     elif uri.startswith(("http://", "https://")):
-        path = _fetch_url(uri, sha256, attempts, timeout)
+        path = _fetch_url(location, sha256, attempts, timeout)
         ref = PretrainedRef(uri, str(path), sha256_file(path))
     elif uri.startswith("models:/"):
         ref = _fetch_registered(uri, sha256, tracking_uri)
     else:
-        ref = _fetch_local(uri, sha256)
+        ref = replace(_fetch_local(location, sha256), uri=uri)
+    if Path(ref.path).name.endswith(ARCHIVE_SUFFIXES):
+        ref = replace(ref, path=str(_from_archive(Path(ref.path), ref.sha256, member, uri)))
     return replace(ref, allow_pickle=allow_pickle)
+
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+MODEL_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+def _from_archive(archive: Path, digest: str, member: str, uri: str) -> Path:
+    """Extract a verified archive once (by its hash) and return the model file inside it.
+
+    Members that would land outside the extraction folder (absolute paths, `..`, links pointing
+    out, device files) are refused: the archive is rejected whole and nothing is kept.
+    """
+    folder = env.cache_dir() / "extracted" / digest
+    with FileLock(str(folder) + ".lock"):
+        if not folder.exists():
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=folder.parent))
+            try:
+                safe_extract(archive, staging)
+                staging.rename(folder)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    if member:
+        path = (folder / member).resolve()
+        if not path.is_relative_to(folder.resolve()) or not path.is_file():
+            raise FetchError(f"{uri}: the archive has no file '{member}'")
+        return path
+    found = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith(MODEL_SUFFIXES))
+    if len(found) != 1:
+        names = [str(p.relative_to(folder)) for p in found]
+        raise FetchError(f"{uri}: the archive holds {len(found)} model files {names[:5]}; name one as <uri>#<path inside>")
+    return found[0]
+
+
+def safe_extract(archive: Path, dest: Path) -> None:
+    """Extract a zip or tar archive into `dest`, refusing any member that would escape it."""
+    import tarfile
+    import zipfile
+
+    root = dest.resolve()
+    if archive.name.endswith(".zip"):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                target = (root / info.filename).resolve()
+                if not target.is_relative_to(root) or (info.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise FetchError(f"{archive}: member '{info.filename}' would escape the extraction folder; archive refused")
+            zf.extractall(root)
+        return
+    with tarfile.open(archive) as tf:
+        for info in tf.getmembers():
+            if info.name.startswith("/") or ".." in Path(info.name).parts:
+                raise FetchError(f"{archive}: member '{info.name}' would escape the extraction folder; archive refused")
+        try:
+            tf.extractall(root, filter="data")
+        except tarfile.FilterError as exc:
+            raise FetchError(f"{archive}: member '{exc.tarinfo.name}' would escape the extraction folder ({type(exc).__name__}); archive refused") from None
 
 
 def _fetch_local(uri: str, expected: str | None) -> PretrainedRef:

@@ -128,3 +128,48 @@ def test_an_interrupted_cache_entry_is_never_used(project: Path, server: FaultyS
         first.write_bytes(PAYLOAD[:100])  # what a crash mid-write would have left without atomic renames
         again = fetch_pretrained(server.url, SHA)
         assert Path(again.path).read_bytes() == PAYLOAD and server.requests == 2
+
+
+def _tar(path: Path, members: dict[str, bytes], link: tuple[str, str] | None = None) -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        if link:
+            info = tarfile.TarInfo(link[0])
+            info.type, info.linkname = tarfile.SYMTYPE, link[1]
+            tf.addfile(info)
+    return path
+
+
+def test_archive_is_extracted_and_its_model_used(project: Path) -> None:
+    _tar(project / "bundle.tar.gz", {"weights/model.pt": b"inside", "README": b"docs"})
+    ref = fetch_pretrained("bundle.tar.gz")
+    assert Path(ref.path).read_bytes() == b"inside" and ref.path.endswith("weights/model.pt")
+    assert fetch_pretrained("bundle.tar.gz#README").path.endswith("README")
+
+
+@pytest.mark.parametrize(("members", "link"), [
+    ({"../../escaped.pt": b"x"}, None),
+    ({"/abs/escaped.pt": b"x"}, None),
+    ({"model.pt": b"x"}, ("evil", "/etc/passwd")),
+], ids=["dot-dot", "absolute", "symlink-out"])
+def test_archive_members_escaping_the_folder_are_refused(project: Path, bad_inputs, members: dict, link) -> None:
+    import zipfile
+
+    with bad_inputs.attempt():
+        _tar(project / "evil.tar.gz", members, link)
+        with pytest.raises(FetchError, match="would escape the extraction folder"):
+            fetch_pretrained("evil.tar.gz")
+        assert not list((project.parent / "cache").rglob("escaped.pt"))
+        assert not (project.parent / "cache" / "extracted").exists() or not any(
+            p.is_dir() and not p.name.startswith(".") for p in (project.parent / "cache" / "extracted").iterdir())
+    with bad_inputs.attempt():
+        with zipfile.ZipFile(project / "evil.zip", "w") as zf:
+            zf.writestr("../outside.pt", b"x")
+        with pytest.raises(FetchError, match="'../outside.pt' would escape"):
+            fetch_pretrained("evil.zip")

@@ -1,0 +1,35 @@
+"""CUDA paths: mixed precision and channels-last training. Run on a machine with a GPU: pytest -m gpu."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adaptflow.data import ImageSet
+from adaptflow.models import build_classifier
+from adaptflow.train import FitSettings, autocast_dtype, fit, predict
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(autouse=True)
+def _needs_cuda() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_training_on_cuda(precision: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(256) % 4
+    images = torch.randint(0, 255, (256, 3, 32, 32), generator=g, dtype=torch.uint8)
+    for c in range(4):
+        images[labels == c, :, 8 * c : 8 * c + 8, 8 * c : 8 * c + 8] = 255
+    data = ImageSet(images, labels, tuple("abcd"))
+    model = build_classifier("resnet18", 4)
+    history = fit(model, data, FitSettings(epochs=6, batch_size=64, lr=1e-3, device="cuda", precision=precision), progress=False)
+    assert autocast_dtype(torch.device("cuda"), precision) == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    assert next(model.parameters()).device.type == "cuda"
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    accuracy = (predict(model, images, device="cuda").argmax(1) == labels).float().mean()
+    assert accuracy > 0.9
