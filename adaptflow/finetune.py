@@ -12,7 +12,7 @@ from adaptflow.data import ImageSet, load_split
 from adaptflow.io import sha256_file, write_json
 from adaptflow.models import Classifier, load_source_model, replace_head, save_checkpoint
 from adaptflow.pretrained import PretrainedRef
-from adaptflow.train import EpochCallback, FitSettings, fit
+from adaptflow.train import EpochCallback, FitSettings, fit, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ def finetune(
 ) -> TrainedModel:
     """Train on the labeled target split (k per class when `data.labeled_per_class` is set)."""
     train = load_split(data, data.target, "train").per_class(data.labeled_per_class, seed=cfg.seed)
+    seed_everything(cfg.seed)  # a new head's initial weights are part of what the seed fixes
     model, arch = prepare_model(pretrained, cfg.arch, train.classes)
     work_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = f"finetune:{cfg.model_dump_json()}:{pretrained.sha256}:{content_digest(train)}"

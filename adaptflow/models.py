@@ -86,8 +86,8 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": extra or {},
     }
-    with atomic_write(path) as tmp:
-        torch.save(blob, tmp)
+    with atomic_write(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(blob, fh)  # through a file object: torch names the archive after a path, which would vary
 
 
 def load_checkpoint(path: str | Path) -> tuple[Classifier, dict[str, Any]]:

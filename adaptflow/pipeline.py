@@ -97,11 +97,15 @@ def _register_run(config: RunConfig, run_dir: Path) -> Registration:
     data = DataVersion(**record["data"])
     pretrained = PretrainedRef(**record["pretrained"])
     run_id = record["mlflow_run_id"]
+    opened = run_dir / "register" / "mlflow_run.json"
+    if run_id is None and opened.exists():
+        run_id = read_json(opened)["mlflow_run_id"]
     if run_id is None:
         run_id = tracking.start_run(config.tracking, run_dir.name, lineage(config, data, pretrained, record["origin"]),
                                     config.model_dump(mode="json"))
-        # Recorded at once, so a repeated register reuses this run and its registration key.
-        write_run_record(config, data, pretrained, run_dir, record["origin"], run_id)
+        # Recorded at once, so a repeated register reuses this run and its registration key
+        # (beside run.json, which the stages before this one own).
+        write_json(opened, {"mlflow_run_id": run_id})
     tracking.log_history(config.tracking, run_id, read_json(run_dir / "finetune" / "history.json"))
     write_yaml(run_dir / "config.yaml", tracking.redacted(config.model_dump(mode="json")))
     metrics = read_json(run_dir / "evaluate" / "metrics.json")

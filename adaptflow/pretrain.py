@@ -20,7 +20,7 @@ from adaptflow.data import load_split
 from adaptflow.io import replace_dir, sha256_file, write_json
 from adaptflow.metrics import classification_report
 from adaptflow.models import build_classifier, save_checkpoint
-from adaptflow.train import EpochCallback, FitSettings, fit, predict
+from adaptflow.train import EpochCallback, FitSettings, fit, predict, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ def pretrain(cfg: PretrainConfig, data: DataConfig, work_dir: Path, on_epoch: Ep
     """Train on `<source>/train`, measure on `<source>/test`, publish to `cfg.output`."""
     train = load_split(data, data.source, "train")
     test = load_split(data, data.source, "test", train.classes)
+    seed_everything(cfg.seed)  # the initial weights are part of what the seed fixes
     model = build_classifier(cfg.arch, len(train.classes))
     settings = FitSettings.from_config(cfg)
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -11,11 +11,12 @@ import contextlib
 import functools
 import hashlib
 import logging
+import os
 import random
 import re
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,23 @@ class RetryingClient:
         if not callable(value):
             return value
         return functools.partial(retrying, value, what=name)
+
+
+@contextlib.contextmanager
+def scoped_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's fluent API for one block only: it sets a process-wide URI and exports it to the
+    environment, which would send later runs (and child processes) to this store."""
+    from mlflow.tracking._tracking_service import utils
+
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with utils._use_tracking_uri(uri):
+            yield
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 def client(cfg: TrackingConfig) -> RetryingClient:
@@ -286,7 +304,7 @@ def register_model(
     if existing:
         mv = existing[0]
         log.info("model already registered as %s version %s", cfg.model_name, mv.version)
-        return Registration(cfg.model_name, mv.version, mv.tags.get(f"{TAG}alias", ""), mv.tags.get(f"{TAG}decision", ""),
+        return Registration(cfg.model_name, str(mv.version), mv.tags.get(f"{TAG}alias", ""), mv.tags.get(f"{TAG}decision", ""),
                             mv.tags.get(f"{TAG}reason", ""), run_id, f"models:/{cfg.model_name}/{mv.version}")
 
     log_metrics(tracking, run_id, metrics)
@@ -299,7 +317,6 @@ def register_model(
     signature = infer_signature(example, probe.predict(None, example))
     # Any batch size and any image size: the model resizes to the size it was trained at.
     signature.inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))])
-    mlflow.set_tracking_uri(tracking_uri(tracking))
 
     def log_model():  # noqa: ANN202
         with mlflow.start_run(run_id=run_id):
@@ -312,11 +329,13 @@ def register_model(
                 pip_requirements=_requirements(),
             )
 
-    info = retrying(log_model, what="log_model")
+    with scoped_tracking_uri(tracking_uri(tracking)):
+        info = retrying(log_model, what="log_model")
     tags = {f"{TAG}{k}": str(v) for k, v in lineage.items()}
     tags |= {f"{TAG}run_key": run_key, f"{TAG}model_sha256": model_sha}
     tags |= {f"{TAG}metric.{k}": repr(float(v)) for k, v in metrics.items()}
-    version = retrying(mlflow.register_model, info.model_uri, cfg.model_name, tags=tags, what="register_model").version
+    with scoped_tracking_uri(tracking_uri(tracking)):
+        version = retrying(mlflow.register_model, info.model_uri, cfg.model_name, tags=tags, what="register_model").version
     alias, decision, reason = gate(cfg, tracking, version, metrics)
     for key, value in {"alias": alias, "decision": decision, "reason": reason}.items():
         c.set_model_version_tag(cfg.model_name, version, f"{TAG}{key}", value)

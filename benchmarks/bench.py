@@ -1,15 +1,22 @@
 """Two overhead ratios, measured in one run on this machine: `python -m benchmarks.bench`.
 
-1. Flow overhead: the Prefect transfer flow end to end, over the bare core functions doing the
-   same work (`adaptflow.pipeline.run_transfer`). The Prefect server is started once, before
-   timing (its start is a one-time process cost, reported on its own line), then core and flow
-   runs alternate. Every run gets a fresh project root (git + DVC repo with its own remote, its own
-   MLflow store, the same demo data and source model), so no run finds state left by another.
+1. Flow overhead: the Prefect transfer flow end to end (`flows.transfer.transfer`), over the
+   bare core functions doing the same work (`adaptflow.pipeline.run_transfer`). The Prefect
+   server is started once before timing (a one-time process cost, reported on its own line),
+   both paths get one untimed warm-up, then core and flow runs alternate. Every run gets a fresh
+   project root (git + DVC repo with its own remote, its own MLflow store, the same demo data and
+   source model), so no run finds state or caches left by another.
 2. Training loop throughput: images/s of `adaptflow.train.fit` over a minimal bare torch loop
-   (same model, data tensors, batch size, optimizer, per-batch normalisation, threads).
+   (same model and initial weights, data tensors, batch size, optimizer, per-batch
+   normalisation, flush-denormal flag and thread count), alternating after one warm-up each.
 
-Results go to stdout (a final block) and to `reports/bench.json`. Times are only reported,
-never asserted on. Progress is logged to stderr.
+The machine may be shared: on 2 cores one busy neighbour slows a 2-thread torch process
+several-fold. So every timed run records how much CPU other processes took meanwhile; a run
+waits (a while) for a quiet machine, and a run that other processes disturbed anyway is run
+again (within a time budget). Discarded runs are reported, never hidden.
+
+Results: a final block on stdout and `reports/bench.json`. Times are reported, never asserted
+on. Progress is logged to stderr.
 """
 
 from __future__ import annotations
@@ -26,8 +33,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "reports" / "bench.json"
@@ -36,16 +45,18 @@ log = logging.getLogger("benchmarks.bench")
 
 #: The transfer run that is timed: big enough that the work dominates scheduling noise.
 FLOW_OVERRIDES = ["finetune.epochs=15", "data.labeled_per_class=10"]
-#: Untimed warm-up runs of both paths (imports, first MLflow/DVC/Prefect calls in the process).
+#: Untimed warm-up runs of both paths (first MLflow store, pyfunc logging, Prefect client...).
 WARMUP_OVERRIDES = ["finetune.epochs=2", "finetune.lp_epochs=1", "data.labeled_per_class=10"]
-#: Other processes using more CPU than this (in cores) during a timed run are reported.
-CONTENDED_CORES = 0.2
 #: The source model every transfer run starts from, trained once.
 PRETRAIN_OVERRIDES = ["pretrain.epochs=1"]
+#: A timed run during which other processes used more than this many cores is "contended".
+CONTENDED_CORES = 0.2
+
+T = TypeVar("T")
 
 
 def _setup_logging() -> None:
-    # Prefect reconfigures the root logger (WARNING) when imported: keep our own handler.
+    # Prefect reconfigures the root logger (WARNING) when imported: keep a handler of our own.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s bench: %(message)s", "%H:%M:%S"))
     log.addHandler(handler)
@@ -54,14 +65,14 @@ def _setup_logging() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# CPU accounting: how much of the machine other processes took while a run was timed
+# CPU accounting: what this process tree used, and what other processes took, during a run
 # ---------------------------------------------------------------------------------------------
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def _machine_busy_s() -> float | None:
-    """CPU seconds all processors spent busy since boot (Linux /proc/stat), or None elsewhere."""
+    """CPU seconds all processors spent busy since boot (Linux /proc/stat); None elsewhere."""
     try:
         fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     except OSError:
@@ -71,20 +82,26 @@ def _machine_busy_s() -> float | None:
 
 
 def _own_tree_s() -> float | None:
-    """CPU seconds used by this process and all its descendants, live or already reaped."""
+    """CPU seconds of this process and all its descendants, live or already reaped.
+
+    The Prefect server and DVC run as child processes: they count as ours.
+    """
     stats: dict[int, tuple[int, float]] = {}
     try:
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                text = (entry / "stat").read_text()
-            except OSError:
-                continue  # exited meanwhile
-            rest = text[text.rfind(")") + 2 :].split()  # fields after "pid (comm)"
-            # rest[1] = ppid; rest[11..14] = utime, stime, cutime, cstime
-            stats[int(entry.name)] = (int(rest[1]), sum(int(v) for v in rest[11:15]) / _TICK)
+        entries = list(Path("/proc").iterdir())
     except OSError:
+        return None
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        rest = text[text.rfind(")") + 2 :].split()  # the fields after "pid (comm)"
+        # rest[1] is the parent pid; rest[11:15] are utime, stime, cutime, cstime
+        stats[int(entry.name)] = (int(rest[1]), sum(int(v) for v in rest[11:15]) / _TICK)
+    if os.getpid() not in stats:
         return None
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in stats.items():
@@ -92,13 +109,17 @@ def _own_tree_s() -> float | None:
     total, todo = 0.0, [os.getpid()]
     while todo:
         pid = todo.pop()
-        total += stats.get(pid, (0, 0.0))[1]
+        total += stats[pid][1]
         todo.extend(children.get(pid, []))
     return total
 
 
 class Timed:
-    """Wall time of a block, with the CPU this process tree used and what other processes used."""
+    """Wall time of a block, the cores this process tree used, and the cores other processes took."""
+
+    seconds: float
+    own_cores: float
+    other_cores: float
 
     def __enter__(self) -> Timed:
         self._machine, self._own, self._t0 = _machine_busy_s(), _own_tree_s(), time.perf_counter()
@@ -107,29 +128,62 @@ class Timed:
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self._t0
         machine, own = _machine_busy_s(), _own_tree_s()
-        if None in (machine, own, self._machine, self._own):
+        if machine is None or own is None or self._machine is None or self._own is None:
             self.own_cores = self.other_cores = float("nan")
             return
         self.own_cores = (own - self._own) / self.seconds
         self.other_cores = max(0.0, (machine - self._machine) - (own - self._own)) / self.seconds
 
+    @property
+    def contended(self) -> bool:
+        return self.other_cores > CONTENDED_CORES  # False when unknown (NaN)
 
-def wait_for_quiet(max_wait_s: float, window_s: float = 1.0) -> float:
-    """Wait, up to `max_wait_s`, until other processes use under CONTENDED_CORES; returns the seconds waited.
+    def describe(self) -> str:
+        return f"{self.seconds:.1f} s (this process tree {self.own_cores:.2f} cores, other processes {self.other_cores:.2f})"
 
-    The machine may be shared (someone's test suite): with 2 cores, one busy neighbour slows a
-    2-thread torch process several-fold, so timed runs start only on a quiet machine when possible.
-    """
-    t0 = time.perf_counter()
-    while True:
-        with Timed() as probe:
-            time.sleep(window_s)
-        waited = time.perf_counter() - t0
-        if not probe.other_cores > CONTENDED_CORES:
-            return waited
-        if waited >= max_wait_s:
-            log.warning("other processes still use %.2f cores after %.0f s of waiting; timing anyway", probe.other_cores, waited)
-            return waited
+    def to_dict(self) -> dict[str, float]:
+        return {"seconds": self.seconds, "own_cores": self.own_cores, "other_cores": self.other_cores}
+
+
+class Measurer:
+    """Runs timed blocks on a quiet machine when it can, and again when a neighbour disturbed one."""
+
+    def __init__(self, deadline: float, quiet_wait_s: float, retries: int) -> None:
+        self.deadline, self.quiet_wait_s, self.retries = deadline, quiet_wait_s, retries
+        self.discarded: list[dict[str, Any]] = []
+
+    def wait_for_quiet(self, window_s: float = 1.0) -> None:
+        """Wait, up to quiet_wait_s and never past the deadline, until other processes leave the CPUs."""
+        limit = min(self.quiet_wait_s, self.deadline - time.perf_counter())
+        t0 = time.perf_counter()
+        while limit > 0:
+            with Timed() as probe:
+                time.sleep(window_s)
+            if not probe.contended:
+                return
+            if time.perf_counter() - t0 >= limit:
+                log.info("other processes still use %.2f cores after %.0f s of waiting; timing anyway",
+                         probe.other_cores, time.perf_counter() - t0)
+                return
+
+    def measure(self, label: str, prepare: Callable[[], T], run: Callable[[T], Timed]) -> Timed:
+        """prepare() untimed, wait for quiet, run() timed; repeat when other processes disturbed it."""
+        for attempt in range(self.retries + 1):
+            arg = prepare()
+            self.wait_for_quiet()
+            timed = run(arg)
+            last = attempt == self.retries or time.perf_counter() >= self.deadline
+            if not timed.contended or last:
+                timed.attempts = attempt + 1
+                return timed
+            log.info("%s: %s - disturbed by other processes, discarded; running it again", label, timed.describe())
+            self.discarded.append({"run": label, **timed.to_dict()})
+        raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------------------------
+# Temporary projects
+# ---------------------------------------------------------------------------------------------
 
 
 def _cmd(args: list[str], cwd: Path) -> None:
@@ -143,12 +197,12 @@ def _dvc(*args: str, cwd: Path) -> None:
 
 
 def use_root(root: Path) -> None:
-    """Make `root` the project folder (read on every call by adaptflow.env)."""
+    """Make `root` the project folder (adaptflow.env reads it on every call)."""
     os.environ["ADAPTFLOW_ROOT"] = str(root)
 
 
 def init_project(root: Path) -> Path:
-    """An empty project: git repo, DVC repo with analytics off and a local default remote."""
+    """An empty project: a git repo and a DVC repo with analytics off and a local default remote."""
     root.mkdir(parents=True)
     _cmd(["git", "init", "-q"], root)
     _dvc("init", "-q", cwd=root)
@@ -158,7 +212,7 @@ def init_project(root: Path) -> Path:
 
 
 def make_template(base: Path) -> Path:
-    """The project every run copies: demo data and the published source model."""
+    """The project every run copies from: the demo data and the published source model."""
     from adaptflow.config import load_config
     from adaptflow.data.demo import build_demo_data
     from adaptflow.pretrain import pretrain
@@ -171,17 +225,24 @@ def make_template(base: Path) -> Path:
     cfg = load_config(None, PRETRAIN_OVERRIDES)
     t0 = time.perf_counter()
     published = pretrain(cfg.pretrain, cfg.data, template / "work")
-    log.info("source model pretrained in %.1f s (source accuracy %.3f)", time.perf_counter() - t0, published.source_accuracy)
+    log.info("source model pretrained (%s) in %.1f s, source accuracy %.3f",
+             " ".join(PRETRAIN_OVERRIDES), time.perf_counter() - t0, published.source_accuracy)
     return template
 
 
-def fresh_root(base: Path, template: Path, name: str) -> Path:
-    """A new project root holding a copy of the template's data and source model, nothing else."""
-    root = init_project(base / name)
-    shutil.copytree(template / "data", root / "data")
-    shutil.copytree(template / "models", root / "models")
-    use_root(root)
-    return root
+class Roots:
+    """Fresh project roots, each a new git + DVC repo holding a copy of the template's data and model."""
+
+    def __init__(self, base: Path, template: Path) -> None:
+        self.base, self.template, self.count = base, template, 0
+
+    def fresh(self, kind: str) -> Path:
+        self.count += 1
+        root = init_project(self.base / f"{self.count:02d}-{kind}")
+        shutil.copytree(self.template / "data", root / "data")
+        shutil.copytree(self.template / "models", root / "models")
+        use_root(root)
+        return root
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,11 +250,11 @@ def fresh_root(base: Path, template: Path, name: str) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_core(cfg, root: Path, name: str) -> Timed:
+def run_core(cfg, root: Path) -> Timed:
     from adaptflow.pipeline import run_transfer
 
     with Timed() as timed:
-        run_transfer(cfg, root / "runs" / name, origin="bench")
+        run_transfer(cfg, root / "runs" / "bench-core", origin="bench")
     return timed
 
 
@@ -201,72 +262,59 @@ def run_flow(cfg) -> Timed:
     from flows.transfer import transfer
 
     with Timed() as timed:
-        transfer(config=cfg)
+        transfer(config=cfg)  # writes to <root>/runs/<flow run name>
     return timed
 
 
-def _describe(timed: Timed) -> str:
-    return f"{timed.seconds:.1f} s (this process tree {timed.own_cores:.2f} cores, other processes {timed.other_cores:.2f} cores)"
-
-
-def bench_flow(base: Path, template: Path, rounds: int, quiet_wait_s: float) -> dict:
+def bench_flow(roots: Roots, measurer: Measurer, rounds: int) -> dict:
     from adaptflow.config import load_config
 
     cfg = load_config(None, FLOW_OVERRIDES)
     warm_cfg = load_config(None, WARMUP_OVERRIDES)
 
     t0 = time.perf_counter()
-    import flows.transfer  # noqa: F401 - Prefect and the tasks, imported once (untimed)
+    import flows.transfer  # noqa: F401 - Prefect and the tasks, imported once, untimed
     from prefect.testing.utilities import prefect_test_harness
 
     import_s = time.perf_counter() - t0
     log.info("imported Prefect and the flow in %.1f s", import_s)
 
     with ExitStack() as stack:
-        log.info("starting the Prefect server (one-time cost, not in the ratio)")
+        log.info("starting the Prefect server (a one-time cost, not in the ratio)")
         t0 = time.perf_counter()
         stack.enter_context(prefect_test_harness(server_startup_timeout=90))
         server_s = time.perf_counter() - t0
         log.info("Prefect server up in %.1f s", server_s)
 
-        # Untimed warm-ups: first MLflow store, first pyfunc log, Prefect's client and workers.
-        root = fresh_root(base, template, "warmup-core")
-        warm_core = run_core(warm_cfg, root, "bench-core").seconds
-        log.info("warm-up core run (%s): %.1f s", " ".join(WARMUP_OVERRIDES), warm_core)
-        fresh_root(base, template, "warmup-flow")
-        warm_flow = run_flow(warm_cfg).seconds
-        log.info("warm-up flow run (%s): %.1f s", " ".join(WARMUP_OVERRIDES), warm_flow)
+        warm_core = run_core(warm_cfg, roots.fresh("warmup-core"))
+        log.info("warm-up core run (%s): %s", " ".join(WARMUP_OVERRIDES), warm_core.describe())
+        roots.fresh("warmup-flow")
+        warm_flow = run_flow(warm_cfg)
+        log.info("warm-up flow run (%s): %s", " ".join(WARMUP_OVERRIDES), warm_flow.describe())
 
         core_runs: list[Timed] = []
         flow_runs: list[Timed] = []
         for i in range(rounds):
-            root = fresh_root(base, template, f"core-{i}")
-            wait_for_quiet(quiet_wait_s)
-            core_runs.append(run_core(cfg, root, "bench-core"))
-            log.info("round %d/%d core: %s", i + 1, rounds, _describe(core_runs[-1]))
-            fresh_root(base, template, f"flow-{i}")
-            wait_for_quiet(quiet_wait_s)
-            flow_runs.append(run_flow(cfg))
-            log.info("round %d/%d flow: %s", i + 1, rounds, _describe(flow_runs[-1]))
+            core_runs.append(measurer.measure(f"core {i + 1}", lambda: roots.fresh("core"), lambda root: run_core(cfg, root)))
+            log.info("round %d/%d core: %s", i + 1, rounds, core_runs[-1].describe())
+            flow_runs.append(measurer.measure(f"flow {i + 1}", lambda: roots.fresh("flow"), lambda _root: run_flow(cfg)))
+            log.info("round %d/%d flow: %s", i + 1, rounds, flow_runs[-1].describe())
 
-    core_s, flow_s = [r.seconds for r in core_runs], [r.seconds for r in flow_runs]
-    core, flow = statistics.median(core_s), statistics.median(flow_s)
+    core = statistics.median(r.seconds for r in core_runs)
+    flow = statistics.median(r.seconds for r in flow_runs)
     return {
         "ratio": flow / core,
         "flow_median_s": flow,
         "core_median_s": core,
-        "flow_runs_s": flow_s,
-        "core_runs_s": core_s,
         "runs_each": rounds,
-        "core_runs_own_cores": [r.own_cores for r in core_runs],
-        "flow_runs_own_cores": [r.own_cores for r in flow_runs],
-        "core_runs_other_cores": [r.other_cores for r in core_runs],
-        "flow_runs_other_cores": [r.other_cores for r in flow_runs],
+        "core_runs": [r.to_dict() for r in core_runs],
+        "flow_runs": [r.to_dict() for r in flow_runs],
         "prefect_server_start_s": server_s,
         "prefect_import_s": import_s,
-        "warmup_core_s": warm_core,
-        "warmup_flow_s": warm_flow,
+        "warmup_core": warm_core.to_dict(),
+        "warmup_flow": warm_flow.to_dict(),
         "overrides": FLOW_OVERRIDES,
+        "contended_runs": sum(r.contended for r in core_runs + flow_runs),
     }
 
 
@@ -276,7 +324,7 @@ def bench_flow(base: Path, template: Path, rounds: int, quiet_wait_s: float) -> 
 
 
 def bare_loop(model, images, labels, epochs: int, batch_size: int, lr: float, weight_decay: float) -> None:
-    """The minimal loop: shuffle, index, normalise per batch, forward, cross-entropy, AdamW step."""
+    """The minimal loop: shuffle, index a batch, normalise it, forward, cross-entropy, AdamW step."""
     import torch
     import torch.nn.functional as F
 
@@ -300,7 +348,7 @@ def bare_loop(model, images, labels, epochs: int, batch_size: int, lr: float, we
             optimizer.step()
 
 
-def bench_fit(template: Path, n_images: int, epochs: int, rounds: int, quiet_wait_s: float) -> dict:
+def bench_fit(template: Path, measurer: Measurer, n_images: int, epochs: int, rounds: int) -> dict:
     import torch
 
     from adaptflow.config import load_config
@@ -309,13 +357,13 @@ def bench_fit(template: Path, n_images: int, epochs: int, rounds: int, quiet_wai
     from adaptflow.train import FitSettings, fit
 
     use_root(template)
-    torch.set_flush_denormal(True)  # fit() sets it too; the bare loop must run under the same flag
+    torch.set_flush_denormal(True)  # fit() sets it as well; the bare loop runs under the same flag
     threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     cfg = load_config(None, [])
     full = load_split(cfg.data, cfg.data.source, "train")
     data = ImageSet(full.images[:n_images].contiguous(), full.labels[:n_images].contiguous(), full.classes)
-    n = len(data)
+    warm = ImageSet(data.images[:512], data.labels[:512], data.classes)
     batch_size, lr, weight_decay = 64, 1e-3, 1e-4
 
     torch.manual_seed(0)
@@ -326,8 +374,7 @@ def bench_fit(template: Path, n_images: int, epochs: int, rounds: int, quiet_wai
         model.load_state_dict(initial)
         return model
 
-    def ours(k_epochs: int, subset: ImageSet) -> Timed:
-        model = fresh_model()
+    def ours(model, k_epochs: int = epochs, subset: ImageSet = data) -> Timed:
         settings = FitSettings(epochs=k_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                strategy="finetune", augment=False, device="cpu")
         with Timed() as timed:
@@ -335,50 +382,43 @@ def bench_fit(template: Path, n_images: int, epochs: int, rounds: int, quiet_wai
         timed.images_per_s = k_epochs * len(subset) / timed.seconds
         return timed
 
-    def bare(k_epochs: int, subset: ImageSet) -> Timed:
-        model = fresh_model()
+    def bare(model, k_epochs: int = epochs, subset: ImageSet = data) -> Timed:
         with Timed() as timed:
             bare_loop(model, subset.images, subset.labels, k_epochs, batch_size, lr, weight_decay)
         timed.images_per_s = k_epochs * len(subset) / timed.seconds
         return timed
 
     def describe(timed: Timed) -> str:
-        return (f"{timed.images_per_s:.1f} images/s in {timed.seconds:.1f} s (this process {timed.own_cores:.2f} cores, "
-                f"other processes {timed.other_cores:.2f} cores)")
+        return f"{timed.images_per_s:.1f} images/s in {timed.describe()}"
 
-    warm = ImageSet(data.images[: 8 * batch_size], data.labels[: 8 * batch_size], data.classes)
-    log.info("training loop: warm-up (ours, bare) on %d images, %d threads", len(warm), threads)
-    ours(1, warm)
-    bare(1, warm)
+    log.info("training loop: warm-up of each on %d images; %d threads", len(warm), threads)
+    ours(fresh_model(), 1, warm)
+    bare(fresh_model(), 1, warm)
     ours_runs: list[Timed] = []
     bare_runs: list[Timed] = []
     for i in range(rounds):
-        wait_for_quiet(quiet_wait_s)
-        ours_runs.append(ours(epochs, data))
+        ours_runs.append(measurer.measure(f"ours {i + 1}", fresh_model, ours))
         log.info("round %d/%d ours: %s", i + 1, rounds, describe(ours_runs[-1]))
-        wait_for_quiet(quiet_wait_s)
-        bare_runs.append(bare(epochs, data))
+        bare_runs.append(measurer.measure(f"bare {i + 1}", fresh_model, bare))
         log.info("round %d/%d bare: %s", i + 1, rounds, describe(bare_runs[-1]))
-    ours_ips, bare_ips = [r.images_per_s for r in ours_runs], [r.images_per_s for r in bare_runs]
-    ours_med, bare_med = statistics.median(ours_ips), statistics.median(bare_ips)
+
+    ours_med = statistics.median(r.images_per_s for r in ours_runs)
+    bare_med = statistics.median(r.images_per_s for r in bare_runs)
     return {
         "ratio": ours_med / bare_med,
         "ours_median_images_per_s": ours_med,
         "bare_median_images_per_s": bare_med,
-        "ours_runs_images_per_s": ours_ips,
-        "bare_runs_images_per_s": bare_ips,
         "runs_each": rounds,
-        "ours_runs_own_cores": [r.own_cores for r in ours_runs],
-        "bare_runs_own_cores": [r.own_cores for r in bare_runs],
-        "ours_runs_other_cores": [r.other_cores for r in ours_runs],
-        "bare_runs_other_cores": [r.other_cores for r in bare_runs],
-        "images": n,
+        "ours_runs": [{"images_per_s": r.images_per_s, **r.to_dict()} for r in ours_runs],
+        "bare_runs": [{"images_per_s": r.images_per_s, **r.to_dict()} for r in bare_runs],
+        "images": len(data),
         "epochs_per_run": epochs,
         "batch_size": batch_size,
         "arch": "resnet18",
         "image_size": cfg.data.image_size,
         "threads": threads,
         "flush_denormal": True,
+        "contended_runs": sum(r.contended for r in ours_runs + bare_runs),
     }
 
 
@@ -387,24 +427,28 @@ def bench_fit(template: Path, n_images: int, epochs: int, rounds: int, quiet_wai
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--flow-rounds", type=int, default=2, help="timed (core, flow) pairs")
-    parser.add_argument("--fit-rounds", type=int, default=3, help="timed (ours, bare) pairs")
-    parser.add_argument("--fit-images", type=int, default=2000, help="MNIST train images per training epoch")
-    parser.add_argument("--fit-epochs", type=int, default=2, help="epochs per timed training run")
+    parser.add_argument("--flow-rounds", type=int, default=3, help="timed (core, flow) pairs (default 3)")
+    parser.add_argument("--fit-rounds", type=int, default=3, help="timed (ours, bare) pairs (default 3)")
+    parser.add_argument("--fit-images", type=int, default=2000, help="MNIST train images per epoch (default 2000)")
+    parser.add_argument("--fit-epochs", type=int, default=2, help="epochs per timed training run (default 2)")
     parser.add_argument("--quiet-wait", type=float, default=30.0,
-                        help="seconds to wait, before each timed run, for other processes to leave the CPUs")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary project roots")
+                        help="seconds a timed run may wait for other processes to leave the CPUs (default 30)")
+    parser.add_argument("--retries", type=int, default=1, help="re-runs of a run other processes disturbed (default 1)")
+    parser.add_argument("--budget", type=float, default=330.0,
+                        help="seconds after which runs no longer wait for quiet nor re-run (default 330)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary projects")
     args = parser.parse_args(argv)
 
     _setup_logging()
     started = time.perf_counter()
+    measurer = Measurer(started + args.budget, args.quiet_wait, args.retries)
     base = Path(tempfile.mkdtemp(prefix="adaptflow-bench-"))
-    # Isolation: no shared tracking store, cache or Prefect server may leak into the runs.
+    # Isolation: no shared tracking store, decode cache or Prefect server may leak into the runs.
     for key in ("MLFLOW_TRACKING_URI", "ADAPTFLOW_CACHE", "PREFECT_API_URL"):
         if os.environ.pop(key, None) is not None:
             log.info("ignoring $%s for the benchmark", key)
     os.environ["PREFECT_HOME"] = str(base / "prefect-home")
-    use_root(base / "template")  # must be set before env.apply()
+    use_root(base / "template")  # ADAPTFLOW_ROOT must be set before env.apply()
 
     from adaptflow import env
 
@@ -412,10 +456,12 @@ def main(argv: list[str] | None = None) -> int:
     log.info("temporary projects under %s", base)
     try:
         template = make_template(base)
-        fit_result = bench_fit(template, args.fit_images, args.fit_epochs, args.fit_rounds, args.quiet_wait)
-        flow_result = bench_flow(base, template, args.flow_rounds, args.quiet_wait)
+        fit_result = bench_fit(template, measurer, args.fit_images, args.fit_epochs, args.fit_rounds)
+        flow_result = bench_flow(Roots(base, template), measurer, args.flow_rounds)
     finally:
-        if not args.keep:
+        if args.keep:
+            log.info("kept %s", base)
+        else:
             shutil.rmtree(base, ignore_errors=True)
 
     import torch
@@ -424,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "flow_overhead": flow_result,
         "training_loop": fit_result,
+        "discarded_runs": measurer.discarded,
+        "contended_cores_threshold": CONTENDED_CORES,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
                     "platform": platform.platform()},
         "total_seconds": total,
@@ -432,17 +480,18 @@ def main(argv: list[str] | None = None) -> int:
     REPORT.write_text(json.dumps(result, indent=2) + "\n")
 
     f, t = flow_result, fit_result
+    report = REPORT.relative_to(REPO)
     print()
     print(f"flow end-to-end / bare core functions: {f['ratio']:.3f}  (flow {f['flow_median_s']:.1f} s, "
           f"core {f['core_median_s']:.1f} s, median of {f['runs_each']}; "
           f"one-time Prefect server start {f['prefect_server_start_s']:.1f} s not included)")
     print(f"training loop / bare torch loop (images/s): {t['ratio']:.3f}  (ours {t['ours_median_images_per_s']:.0f}, "
           f"bare {t['bare_median_images_per_s']:.0f}, median of {t['runs_each']})")
-    other = max(f["core_runs_other_cores"] + f["flow_runs_other_cores"] + t["ours_runs_other_cores"] + t["bare_runs_other_cores"])
-    if other == other and other > CONTENDED_CORES:  # not NaN, and above the threshold
-        print(f"note: other processes used up to {other:.2f} of {os.cpu_count()} cores during timed runs; "
-              f"per-run numbers are in {REPORT.relative_to(REPO)}")
-    print(f"total {total:.0f} s; written to {REPORT.relative_to(REPO)}")
+    kept = f["contended_runs"] + t["contended_runs"]
+    if measurer.discarded or kept:
+        print(f"note: other processes shared the CPUs: {len(measurer.discarded)} disturbed run(s) discarded and re-run, "
+              f"{kept} kept run(s) still disturbed (details in {report})")
+    print(f"total {total:.0f} s; written to {report}")
     return 0
 
 

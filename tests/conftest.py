@@ -97,7 +97,7 @@ def init_dvc_repo(root: Path) -> None:
     run(["git", "config", "user.name", "test"], root)
     run([sys.executable, "-m", "dvc", "init", "-q"], root)
     run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], root)
-    run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(root / "remote")], root)
+    run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", "remote"], root)  # relative: copies push to their own
 
 
 @pytest.fixture(scope="session")

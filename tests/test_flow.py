@@ -44,7 +44,7 @@ def test_pretrain_then_transfer_registers_a_champion_with_lineage(flows, project
 
     client = MlflowClient(env.default_tracking_uri())
     champion = client.get_model_version_by_alias("adaptflow-classifier", "champion")
-    assert champion.version == result["registration"]["version"]
+    assert str(champion.version) == result["registration"]["version"]
     tags = champion.tags
     assert tags["adaptflow.data_version"] == data_md5
     assert tags["adaptflow.pretrained_sha256"] == published["sha256"]

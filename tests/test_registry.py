@@ -30,7 +30,7 @@ def _register(tmp: Path, seed: int, accuracy: float):
 
 
 def _champion_version() -> str:
-    return tracking.client(TRACK).get_model_version_by_alias("digits", "champion").version
+    return str(tracking.client(TRACK).get_model_version_by_alias("digits", "champion").version)
 
 
 def test_gate_promotes_only_a_better_model(project: Path) -> None:
