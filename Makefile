@@ -7,7 +7,7 @@ BIN    := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo test test-all bench data repro clean help
+.PHONY: install demo test test-all bench data repro ui serve clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,12 @@ data: install  ## build the demo domains under data/ (matches data.dvc)
 repro: install  ## reproduce the pipeline with DVC (dvc.yaml), then show its metrics
 	$(BIN)/dvc repro
 	$(BIN)/dvc metrics show
+
+ui: install  ## start the Prefect and MLflow UIs on the project's stores (127.0.0.1:4200 and :5000)
+	$(BIN)/adaptflow ui
+
+serve: install  ## serve the pretrain, transfer and retrain deployments to the server `make ui` started
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(BIN)/adaptflow serve
 
 clean:  ## remove run outputs, the tracking store and caches (keeps the venv and data)
 	rm -rf runs outputs models mlflow.db mlartifacts .prefect .cache reports

@@ -19,8 +19,10 @@ import typer
 from adaptflow import env
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-data_app = typer.Typer(no_args_is_help=True, help="Build and version the data.")
+data_app = typer.Typer(no_args_is_help=True, help="Build, version and add to the data.")
 app.add_typer(data_app, name="data")
+registry_app = typer.Typer(no_args_is_help=True, help="The model registry: list versions, promote, roll back.")
+app.add_typer(registry_app, name="registry")
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config (params.yaml format)")]
 Overrides = Annotated[list[str] | None, typer.Argument(help="section.key=value overrides", show_default=False)]
@@ -57,6 +59,128 @@ def data_version(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = N
     from adaptflow.versioning import version_data
 
     typer.echo(json.dumps(version_data(_config(config, overrides).data, push=push).to_dict(), indent=2))
+
+
+@data_app.command("add")
+def data_add(
+    source: Annotated[Path, typer.Argument(help="Folder of new labeled images: <class>/<image>")],
+    split: Annotated[str, typer.Option(help="Target split to add them to")] = "train",
+    config: ConfigOption = DEFAULT_CONFIG,
+    overrides: Overrides = None,
+) -> None:
+    """Add new labeled target images, then announce it (a Prefect event that triggers retraining)."""
+    from adaptflow.data import split_dir
+    from adaptflow.data.ingest import add_images
+
+    cfg = _config(config, overrides)
+    added = add_images(source, split_dir(cfg.data, cfg.data.target, split))
+    typer.echo(f"added {sum(added.values())} images to {cfg.data.target}/{split}: {added}")
+    if not added:
+        return
+    if not os.environ.get("PREFECT_API_URL"):
+        typer.echo("no PREFECT_API_URL: no event sent; run `adaptflow run retrain` to retrain on it")
+        return
+    from prefect.events import emit_event
+
+    emit_event(
+        event="adaptflow.data.added",
+        resource={"prefect.resource.id": f"adaptflow.data.{cfg.data.target}", "prefect.resource.name": cfg.data.target},
+        payload={"split": split, "added": added},
+    )
+    typer.echo("event adaptflow.data.added sent: the retrain deployment will pick it up")
+
+
+@registry_app.command("list")
+def registry_list(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> None:
+    """Every version with its aliases, metrics, data version and gate decision."""
+    from adaptflow.tracking import versions
+
+    cfg = _config(config, overrides)
+    rows = versions(cfg.registry, cfg.tracking)
+    if not rows:
+        typer.echo(f"{cfg.registry.model_name}: no versions")
+        return
+    columns = list(rows[0])
+    typer.echo("  ".join(f"{c:<14}" for c in columns[:-1]) + "  " + columns[-1])
+    for row in rows:
+        cells = [f"{v:.4f}" if isinstance(v, float) else str(v if v is not None else "") for v in row.values()]
+        typer.echo("  ".join(f"{c:<14}" for c in cells[:-1]) + "  " + cells[-1])
+
+
+@registry_app.command("promote")
+def registry_promote(
+    version: str,
+    reason: Annotated[str, typer.Option(help="Why, recorded on the version")] = "promoted by hand",
+    config: ConfigOption = DEFAULT_CONFIG,
+    overrides: Overrides = None,
+) -> None:
+    """Make VERSION the champion (the one it replaces is remembered for rollback)."""
+    from adaptflow.tracking import promote
+
+    cfg = _config(config, overrides)
+    previous = promote(cfg.registry, cfg.tracking, version, reason)
+    typer.echo(f"{cfg.registry.model_name}: champion v{previous or '-'} -> v{version}")
+
+
+@registry_app.command("rollback")
+def registry_rollback(
+    reason: Annotated[str, typer.Option(help="Why, recorded on both versions")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    overrides: Overrides = None,
+) -> None:
+    """Move the champion alias back to the version the current champion replaced."""
+    from adaptflow.tracking import rollback
+
+    cfg = _config(config, overrides)
+    old, new = rollback(cfg.registry, cfg.tracking, reason)
+    typer.echo(f"{cfg.registry.model_name}: champion v{old} -> v{new} ({reason})")
+
+
+@app.command()
+def serve(
+    config: ConfigOption = DEFAULT_CONFIG,
+    overrides: Overrides = None,
+    cron: Annotated[str, typer.Option(help="Retraining schedule (cron, UTC)")] = "0 2 * * *",
+    schedule: Annotated[bool, typer.Option("--schedule/--no-schedule", help="Turn the retraining schedule on")] = False,
+) -> None:
+    """Serve the pretrain, transfer and retrain deployments from this process (needs PREFECT_API_URL)."""
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail("serve needs a Prefect server: start one (`make ui`) and export PREFECT_API_URL=http://127.0.0.1:4200/api")
+    from flows.deployments import serve as serve_deployments
+
+    serve_deployments(_config(config, overrides), cron, schedule)
+
+
+@app.command()
+def ui(
+    prefect_port: int = 4200,
+    mlflow_port: int = 5000,
+    host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.0.1 unless you mean to expose them")] = "127.0.0.1",
+) -> None:
+    """Start the Prefect server and the MLflow UI on the project's stores; Ctrl-C stops both."""
+    import subprocess
+
+    from adaptflow.config import TrackingConfig
+    from adaptflow.tracking import tracking_uri
+
+    bin_dir = Path(sys.executable).parent
+    procs = [
+        subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", host, "--port", str(prefect_port)]),
+        subprocess.Popen([str(bin_dir / "mlflow"), "ui", "--backend-store-uri", tracking_uri(TrackingConfig()),
+                          "--default-artifact-root", env.default_artifact_location(), "--host", host, "--port", str(mlflow_port)]),
+    ]
+    typer.secho(f"Prefect UI: http://{host}:{prefect_port}    MLflow UI: http://{host}:{mlflow_port}", bold=True)
+    typer.echo(f"Point flows and `adaptflow serve` at this server: export PREFECT_API_URL=http://{host}:{prefect_port}/api")
+    try:
+        for proc in procs:
+            proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
 
 
 @app.command()
@@ -137,7 +261,7 @@ def register(
 
 @app.command()
 def run(
-    flow: Annotated[str, typer.Argument(help="pretrain or transfer")],
+    flow: Annotated[str, typer.Argument(help="pretrain, transfer or retrain")],
     config: ConfigOption = DEFAULT_CONFIG,
     overrides: Overrides = None,
 ) -> None:
@@ -152,8 +276,10 @@ def _run_flow(name: str, cfg) -> dict:  # noqa: ANN001 - RunConfig
         from flows.transfer import transfer as flow_fn
     elif name == "pretrain":
         from flows.pretrain import pretrain as flow_fn
+    elif name == "retrain":
+        from flows.retrain import retrain as flow_fn
     else:
-        _fail(f"unknown flow '{name}': use pretrain or transfer")
+        _fail(f"unknown flow '{name}': use pretrain, transfer or retrain")
     return flow_fn(config=cfg)
 
 
@@ -212,13 +338,13 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from adaptflow.config import ConfigError
     from adaptflow.pretrained import FetchError
-    from adaptflow.tracking import TrackingUnavailable
+    from adaptflow.tracking import RegistryError, TrackingUnavailable
     from adaptflow.validate import DataValidationError
     from adaptflow.versioning import VersioningError
 
     try:
         app()
-    except (ConfigError, FetchError, VersioningError, DataValidationError, TrackingUnavailable, FileNotFoundError) as exc:
+    except (ConfigError, FetchError, VersioningError, DataValidationError, TrackingUnavailable, RegistryError, FileNotFoundError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
 

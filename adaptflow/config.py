@@ -133,6 +133,13 @@ class RegistryConfig(Section):
     model_name: str = Field("adaptflow-classifier", min_length=1, description="Registered model name")
     metric: str = Field("target_accuracy", description="Metric (higher is better) that decides the champion")
     min_delta: float = Field(0.0, ge=0, description="How much better the challenger must be")
+    guard_metric: str | None = Field(
+        "source_accuracy", description="A metric the challenger must not lose (forgetting guard); empty: no guard"
+    )
+    guard_tolerance: float = Field(0.05, ge=0, description="How much of the guard metric the challenger may lose")
+    reevaluate_champion: bool = Field(
+        True, description="Measure the champion again on today's test sets instead of trusting its recorded metrics"
+    )
 
 
 class TrackingConfig(Section):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +24,41 @@ def _report(model: Classifier, data: ImageSet, cfg: EvaluateConfig, device: str)
     return classification_report(data.labels, predict(model, data.images, cfg.batch_size, device), data.classes)
 
 
+@dataclass(frozen=True)
+class TestSets:
+    """The target test set, and the source test set when its classes are among the model's."""
+
+    target: ImageSet
+    source: ImageSet | None
+
+    @classmethod
+    def load(cls, data: DataConfig, classes: tuple[str, ...]) -> TestSets:
+        source_classes = list_classes(split_dir(data, data.source, "test"))
+        source = load_split(data, data.source, "test", classes) if set(source_classes) <= set(classes) else None
+        return cls(load_split(data, data.target, "test", classes), source)
+
+    def score(self, model: Classifier, cfg: EvaluateConfig, device: str) -> dict[str, dict]:
+        """Classification reports on each set ('target', and 'source' when present)."""
+        reports = {"target": _report(model, self.target, cfg, device)}
+        if self.source is not None:
+            reports["source"] = _report(model, self.source, cfg, device)
+        return reports
+
+
+def headline(reports: dict[str, dict], prefix: str = "") -> dict[str, float]:
+    """The metrics that are tracked and compared: target accuracy and macro-F1, source accuracy."""
+    metrics = {f"{prefix}target_accuracy": reports["target"]["accuracy"], f"{prefix}target_macro_f1": reports["target"]["macro_f1"]}
+    if "source" in reports:
+        metrics[f"{prefix}source_accuracy"] = reports["source"]["accuracy"]
+    return metrics
+
+
+def measure(cfg: EvaluateConfig, data: DataConfig, model_path: str | Path, device: str = "auto") -> dict[str, float]:
+    """The headline metrics of a model file on today's test sets (used to re-measure the champion)."""
+    model, meta = load_checkpoint(model_path)
+    return headline(TestSets.load(data, meta["classes"]).score(model, cfg, device))
+
+
 def evaluate(
     cfg: EvaluateConfig,
     data: DataConfig,
@@ -38,33 +74,27 @@ def evaluate(
     """
     model, meta = load_checkpoint(model_path)
     classes = meta["classes"]
-    target_test = load_split(data, data.target, "test", classes)
-    target = _report(model, target_test, cfg, device)
-    metrics: dict[str, float] = {"target_accuracy": target["accuracy"], "target_macro_f1": target["macro_f1"]}
-    report: dict = {"classes": list(classes), "target": target}
-
-    source_classes = list_classes(split_dir(data, data.source, "test"))
-    source = load_split(data, data.source, "test", classes) if set(source_classes) <= set(classes) else None
-    if source is not None:
-        report["source"] = _report(model, source, cfg, device)
-        metrics["source_accuracy"] = report["source"]["accuracy"]
+    tests = TestSets.load(data, classes)
+    reports = tests.score(model, cfg, device)
+    metrics = headline(reports)
+    report: dict = {"classes": list(classes), **reports}
 
     baseline, base_meta = load_source_model(pretrained.path, pretrained.arch or meta["arch"], pretrained.allow_pickle)
     if tuple(base_meta["classes"]) == tuple(classes):
-        report["baseline"] = {"name": "source_only", "target": _report(baseline, target_test, cfg, device)}
-        metrics["baseline_target_accuracy"] = report["baseline"]["target"]["accuracy"]
+        report["baseline"] = {"name": "source_only", **tests.score(baseline, cfg, device)}
+        base = headline(report["baseline"], prefix="baseline_")
+        metrics["baseline_target_accuracy"] = base["baseline_target_accuracy"]
         metrics["gain"] = metrics["target_accuracy"] - metrics["baseline_target_accuracy"]
-        if source is not None:
-            base_source = _report(baseline, source, cfg, device)["accuracy"]
-            metrics["baseline_source_accuracy"] = base_source
-            metrics["forgetting"] = base_source - metrics["source_accuracy"]
+        if "source_accuracy" in metrics:
+            metrics["baseline_source_accuracy"] = base["baseline_source_accuracy"]
+            metrics["forgetting"] = metrics["baseline_source_accuracy"] - metrics["source_accuracy"]
     else:
         report["baseline"] = {"name": "none", "reason": "the pretrained model's classes differ from the target's"}
 
     work_dir.mkdir(parents=True, exist_ok=True)
     write_json(work_dir / "metrics.json", metrics)
     write_json(work_dir / "report.json", report)
-    plot_confusion(torch.tensor(target["confusion_matrix"]), classes, work_dir / "confusion_matrix.png")
+    plot_confusion(torch.tensor(reports["target"]["confusion_matrix"]), classes, work_dir / "confusion_matrix.png")
     log.info("target accuracy %.4f", metrics["target_accuracy"])
     return metrics
 

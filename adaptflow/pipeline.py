@@ -118,10 +118,48 @@ def _register_run(config: RunConfig, run_dir: Path) -> Registration:
         metrics,
         lineage(config, data, pretrained, record["origin"]),
         artifacts,
+        champion_metrics=remeasure_champion(config),
     )
     write_json(run_dir / "register" / "registration.json", registration.to_dict())
     tracking.finish_run(config.tracking, run_id)
     return registration
+
+
+def remeasure_champion(config: RunConfig) -> dict[str, float] | None:
+    """The current champion's metrics on today's test sets, so that challenger and champion are
+    compared on the same images; None without a champion or when `registry.reevaluate_champion` is off."""
+    from adaptflow.evaluate import measure
+
+    if not config.registry.reevaluate_champion:
+        return None
+    current = tracking.champion(config.registry, config.tracking)
+    if current is None:
+        return None
+    ref = fetch_pretrained(f"models:/{config.registry.model_name}/{current.version}", tracking_uri=tracking.tracking_uri(config.tracking))
+    return measure(config.evaluate, config.data, ref.path, config.finetune.device)
+
+
+def retrain_decision(config: RunConfig, data: DataVersion) -> tuple[bool, str]:
+    """Whether a scheduled or triggered retraining should train: only when the data or the config
+    differ from what the current champion was made from."""
+    current = tracking.champion(config.registry, config.tracking)
+    if current is None:
+        return True, "no champion yet"
+    made_from = current.tags.get(f"{tracking.TAG}data_version", "")
+    if made_from != data.md5:
+        return True, f"data changed since champion v{current.version}: {made_from[:12] or 'unknown'} -> {data.md5[:12]}"
+    if current.tags.get(f"{tracking.TAG}config_digest") != config.digest():
+        return True, f"config changed since champion v{current.version}"
+    return False, f"data {data.md5[:12]} and config {config.digest()} unchanged since champion v{current.version}"
+
+
+def record_skip(config: RunConfig, data: DataVersion, reason: str, origin: str) -> str:
+    """An MLflow run that records a retraining that decided not to train, and why."""
+    tags = {"stage": "retrain", "decision": "skipped", "reason": reason, "data_version": data.md5, "origin": origin,
+            "config_digest": config.digest()}
+    run_id = tracking.start_run(config.tracking, f"retrain-skipped-{data.md5[:8]}", tags, {})
+    tracking.finish_run(config.tracking, run_id)
+    return run_id
 
 
 def run_pretrain(config: RunConfig, run_dir: Path, data: DataVersion, origin: str = "local") -> PublishedModel:

@@ -56,6 +56,10 @@ TRANSIENT_MARKERS = ("database is locked", "Connection refused", "Max retries ex
                      "RemoteDisconnected", "Read timed out", "503", "502", "504")
 
 
+class RegistryError(ValueError):
+    """A registry operation that cannot be done as asked; the message says why."""
+
+
 class TrackingUnavailable(RuntimeError):
     """The tracking store stayed unreachable through every retry."""
 
@@ -279,6 +283,7 @@ def register_model(
     metrics: dict[str, float],
     lineage: dict[str, str],
     artifacts: Iterable[str | Path] = (),
+    champion_metrics: dict[str, float] | None = None,
 ) -> Registration:
     """Log the model to the run, register it, and move aliases through the champion gate.
 
@@ -336,7 +341,7 @@ def register_model(
     tags |= {f"{TAG}metric.{k}": repr(float(v)) for k, v in metrics.items()}
     with scoped_tracking_uri(tracking_uri(tracking)):
         version = retrying(mlflow.register_model, info.model_uri, cfg.model_name, tags=tags, what="register_model").version
-    alias, decision, reason = gate(cfg, tracking, version, metrics)
+    alias, decision, reason = gate(cfg, tracking, str(version), metrics, champion_metrics)
     for key, value in {"alias": alias, "decision": decision, "reason": reason}.items():
         c.set_model_version_tag(cfg.model_name, version, f"{TAG}{key}", value)
     set_tags(tracking, run_id, {"registered_model": f"{cfg.model_name}/{version}", "decision": decision, "reason": reason})
@@ -344,34 +349,113 @@ def register_model(
     return Registration(cfg.model_name, str(version), alias, decision, reason, run_id, f"models:/{cfg.model_name}/{version}")
 
 
-def champion_metric(cfg: RegistryConfig, tracking: TrackingConfig) -> tuple[str, float] | None:
-    """(version, metric value) of the current champion, or None when there is none."""
+def champion(cfg: RegistryConfig, tracking: TrackingConfig):  # noqa: ANN201 - ModelVersion | None
+    """The version holding the champion alias, or None."""
     from mlflow.exceptions import MlflowException
 
-    c = client(tracking)
     try:
-        mv = c.get_model_version_by_alias(cfg.model_name, CHAMPION)
+        return client(tracking).get_model_version_by_alias(cfg.model_name, CHAMPION)
+    except TrackingUnavailable:
+        raise
     except MlflowException:
         return None
-    value = mv.tags.get(f"{TAG}metric.{cfg.metric}")
-    if value is None and mv.run_id:
-        value = c.get_run(mv.run_id).data.metrics.get(cfg.metric)
-    return (mv.version, float(value)) if value is not None else (mv.version, float("-inf"))
 
 
-def gate(cfg: RegistryConfig, tracking: TrackingConfig, version: str, metrics: dict[str, float]) -> tuple[str, str, str]:
-    """Give `version` the champion alias if it beats the champion by `min_delta`, else challenger."""
-    new = float(metrics[cfg.metric])
-    current = champion_metric(cfg, tracking)
+def recorded_metrics(version) -> dict[str, float]:  # noqa: ANN001 - ModelVersion
+    """The metrics a version was registered with (its `adaptflow.metric.*` tags)."""
+    prefix = f"{TAG}metric."
+    return {k.removeprefix(prefix): float(v) for k, v in version.tags.items() if k.startswith(prefix)}
+
+
+def gate(
+    cfg: RegistryConfig,
+    tracking: TrackingConfig,
+    version: str,
+    metrics: dict[str, float],
+    champion_metrics: dict[str, float] | None = None,
+) -> tuple[str, str, str]:
+    """Give `version` the champion alias if it beats the champion by `min_delta` on `metric` and
+    loses at most `guard_tolerance` on `guard_metric`; otherwise the challenger alias.
+
+    `champion_metrics` are the champion's metrics measured again on the same test sets; without
+    them the champion's recorded metrics are used. Returns (alias, decision, reason).
+    """
+    current = champion(cfg, tracking)
     c = client(tracking)
-    if current is None or new > current[1] + cfg.min_delta:
-        reason = "no champion yet" if current is None else (
-            f"{cfg.metric} {new:.4f} beats champion v{current[0]} ({current[1]:.4f}) by more than {cfg.min_delta}")
+    if current is None:
         c.set_registered_model_alias(cfg.model_name, CHAMPION, version)
+        return CHAMPION, "promoted", "no champion yet"
+    old = champion_metrics or recorded_metrics(current)
+    new, ref = float(metrics[cfg.metric]), old.get(cfg.metric, float("-inf"))
+    name = f"champion v{current.version}"
+    guard = cfg.guard_metric
+    if not new > ref + cfg.min_delta:
+        reason = f"{cfg.metric} {new:.4f} does not beat {name} ({ref:.4f}) by more than {cfg.min_delta}"
+    elif guard and guard in metrics and guard in old and metrics[guard] < old[guard] - cfg.guard_tolerance:
+        reason = (f"{cfg.metric} {new:.4f} beats {name} ({ref:.4f}) but {guard} fell from {old[guard]:.4f} to "
+                  f"{metrics[guard]:.4f}, more than the tolerated {cfg.guard_tolerance}")
+    else:
+        reason = f"{cfg.metric} {new:.4f} beats {name} ({ref:.4f}) by more than {cfg.min_delta}"
+        if guard and guard in metrics and guard in old:
+            reason += f"; {guard} {metrics[guard]:.4f} within {cfg.guard_tolerance} of {old[guard]:.4f}"
+        c.set_registered_model_alias(cfg.model_name, CHAMPION, version)
+        c.set_model_version_tag(cfg.model_name, version, f"{TAG}previous_champion", str(current.version))
         return CHAMPION, "promoted", reason
-    reason = f"{cfg.metric} {new:.4f} does not beat champion v{current[0]} ({current[1]:.4f}) by more than {cfg.min_delta}"
     c.set_registered_model_alias(cfg.model_name, CHALLENGER, version)
     return CHALLENGER, "kept champion", reason
+
+
+def promote(cfg: RegistryConfig, tracking: TrackingConfig, version: str, reason: str) -> str:
+    """Make `version` the champion by hand, remembering the one it replaces; returns that one."""
+    current = champion(cfg, tracking)
+    c = client(tracking)
+    try:
+        c.get_model_version(cfg.model_name, version)
+    except Exception as exc:  # MlflowException: RESOURCE_DOES_NOT_EXIST
+        raise RegistryError(f"{cfg.model_name} has no version {version}") from exc
+    previous = str(current.version) if current is not None else ""
+    c.set_registered_model_alias(cfg.model_name, CHAMPION, version)
+    for key, value in {"previous_champion": previous, "decision": "promoted by hand", "reason": reason}.items():
+        c.set_model_version_tag(cfg.model_name, version, f"{TAG}{key}", value)
+    return previous
+
+
+def rollback(cfg: RegistryConfig, tracking: TrackingConfig, reason: str) -> tuple[str, str]:
+    """Move `champion` back to the version it replaced; returns (from, to)."""
+    current = champion(cfg, tracking)
+    if current is None:
+        raise RegistryError(f"{cfg.model_name} has no champion to roll back")
+    previous = current.tags.get(f"{TAG}previous_champion")
+    if not previous:
+        raise RegistryError(f"{cfg.model_name} v{current.version} replaced no earlier champion: nothing to roll back to")
+    c = client(tracking)
+    c.set_registered_model_alias(cfg.model_name, CHAMPION, previous)
+    c.set_model_version_tag(cfg.model_name, str(current.version), f"{TAG}rolled_back", reason)
+    c.set_model_version_tag(cfg.model_name, previous, f"{TAG}reason", f"restored by rollback: {reason}")
+    return str(current.version), previous
+
+
+def versions(cfg: RegistryConfig, tracking: TrackingConfig) -> list[dict[str, Any]]:
+    """Every version of the model, newest first, with its aliases, metrics, data version and decision."""
+    c = client(tracking)
+    found = c.search_model_versions(f"name='{cfg.model_name}'")
+    aliases: dict[str, list[str]] = {}
+    if found:
+        for alias, version in c.get_registered_model(cfg.model_name).aliases.items():
+            aliases.setdefault(str(version), []).append(alias)
+    rows = []
+    for mv in found:
+        metrics = recorded_metrics(mv)
+        rows.append({
+            "version": int(mv.version),
+            "aliases": ",".join(sorted(aliases.get(str(mv.version), []))),
+            cfg.metric: metrics.get(cfg.metric),
+            **({cfg.guard_metric: metrics.get(cfg.guard_metric)} if cfg.guard_metric else {}),
+            "data_version": mv.tags.get(f"{TAG}data_version", "")[:12],
+            "decision": mv.tags.get(f"{TAG}decision", ""),
+            "reason": mv.tags.get(f"{TAG}rolled_back") and f"rolled back: {mv.tags[f'{TAG}rolled_back']}" or mv.tags.get(f"{TAG}reason", ""),
+        })
+    return sorted(rows, key=lambda r: -r["version"])
 
 
 def _requirements() -> list[str]:

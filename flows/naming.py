@@ -25,6 +25,11 @@ def pretrain_run_name() -> str:
     return f"pretrain-{cfg.pretrain.arch}-{cfg.data.source}-{str(flow_run.id)[:8]}"
 
 
+def retrain_run_name() -> str:
+    cfg = _config()
+    return f"retrain-{cfg.finetune.arch}-{cfg.data.target}-{str(flow_run.id)[:8]}"
+
+
 def run_dir() -> Path:
     """`runs/<flow run name>`: one folder per flow run, so concurrent runs never collide."""
     return env.project_root() / "runs" / flow_run.name
