@@ -41,7 +41,7 @@ class Section(BaseModel):
 class DataConfig(Section):
     """Where the domains live and how images are prepared."""
 
-    root: Path = Field(Path("data"), description="Folder tracked by data.dvc holding <domain>/<split>/<class>/*.png")
+    root: Path = Field(Path("data"), description="Folder tracked by data.dvc holding DOMAIN/SPLIT/CLASS/*.png")
     source: str = Field("mnist", description="Source domain folder under root (what the pretrained model saw)")
     target: str = Field("uci_digits", description="Target domain folder under root (where the model must work)")
     image_size: int = Field(32, ge=8, le=1024, description="Images are resized to image_size x image_size")
@@ -90,7 +90,7 @@ class PretrainedConfig(Section):
 
     uri: str = Field(
         "models/source/model.pt",
-        description="torchvision:<arch>[:<weights>], https://... , models:/<name>@<alias> or a local path",
+        description="torchvision:ARCH[:WEIGHTS], https://HOST/FILE[#MEMBER], models:/NAME@ALIAS or a local path",
     )
     sha256: str | None = Field(None, description="Expected sha256 of the file; downloads are verified against it")
     allow_pickle: bool = Field(

@@ -43,6 +43,7 @@ def _wait(check, timeout: float, what: str, interval: float = 0.5):  # noqa: ANN
 class Server:
     def __init__(self, api: str) -> None:
         self.api = api
+        self.ui = api.removesuffix("/api")
         self.http = httpx.Client(base_url=api, timeout=30)
 
     def deployments(self) -> dict[str, dict]:
@@ -89,7 +90,7 @@ def served(project: Path, tmp_path: Path) -> Iterator[tuple[Server, dict[str, st
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "ADAPTFLOW_ROOT": str(project), "OMP_NUM_THREADS": "1"}
+            "PREFECT_UI_API_URL": api, "ADAPTFLOW_ROOT": str(project), "OMP_NUM_THREADS": "1"}
     server = _start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, tmp_path / "server.log")
     env["PREFECT_API_URL"] = api
     procs = [server]
