@@ -30,6 +30,14 @@ def retrain_run_name() -> str:
     return f"retrain-{cfg.finetune.arch}-{cfg.data.target}-{str(flow_run.id)[:8]}"
 
 
+def add_data_version(md5: str) -> None:
+    """Append the data version to the flow run's name once it is known (after versioning)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(flow_run.id, name=f"{flow_run.name}-data-{md5[:8]}")
+
+
 def run_dir() -> Path:
     """`runs/<flow run name>`: one folder per flow run, so concurrent runs never collide."""
     return env.project_root() / "runs" / flow_run.name

@@ -8,7 +8,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from adaptflow.config import RunConfig
-from flows.naming import run_dir, transfer_run_name
+from flows.naming import add_data_version, run_dir, transfer_run_name
 from tasks.data import version_data_task
 from tasks.evaluation import evaluate_task
 from tasks.pretrained import fetch_pretrained_task
@@ -25,6 +25,7 @@ def transfer(config: RunConfig = RunConfig()) -> dict:
     data_future = version_data_task.submit(config.data)
     pretrained_future = fetch_pretrained_task.submit(config)
     data, pretrained = data_future.result(), pretrained_future.result()
+    add_data_version(data.md5)
     mlflow_run_id = open_run_task(config, data, pretrained, folder, str(flow_run.id), flow_run.name)
     model = finetune_task(config, pretrained, folder, mlflow_run_id)
     metrics = evaluate_task(config, model, pretrained, folder)

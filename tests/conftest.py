@@ -6,12 +6,14 @@ repo, HTTP on loopback). The guard fails any test that tries to reach beyond 127
 
 from __future__ import annotations
 
+import http.server
 import ipaddress
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -79,6 +81,30 @@ def network_guard():
     yield
     socket.socket.connect = _real_connect
     assert not _attempts, f"network access outside 127.0.0.1 attempted: {_attempts}"
+
+
+# --- loopback HTTP ------------------------------------------------------------------------------
+
+
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """A request handler that answers with whole bodies and keeps the test output clean."""
+
+    def send_body(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def serve_on_loopback(handler: type[http.server.BaseHTTPRequestHandler]) -> http.server.ThreadingHTTPServer:
+    """A threaded HTTP server on 127.0.0.1 (a free port), serving in the background."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
 
 
 # --- projects ----------------------------------------------------------------------------------

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from adaptflow.pretrained import FetchError, fetch_pretrained
+from conftest import QuietHandler, serve_on_loopback
 
 
 class Server:
@@ -22,7 +21,7 @@ class Server:
         self.fail_first: dict[str, int] = {}
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 server.hits[self.path] = server.hits.get(self.path, 0) + 1
                 if server.fail_first.get(self.path, 0) > 0:
@@ -33,18 +32,10 @@ class Server:
                 if not file.is_file():
                     self.send_error(404, "not here")
                     return
-                body = file.read_bytes()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.send_body(file.read_bytes())
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = serve_on_loopback(Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
 
 @pytest.fixture

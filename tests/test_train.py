@@ -12,6 +12,9 @@ from adaptflow.models import build_classifier, load_checkpoint, load_source_mode
 from adaptflow.train import FitSettings, fit, plan_phases, predict, random_affine, train_step
 
 
+SMALL = "mobilenet_v3_small"  # fast enough to train several times per test
+
+
 def _images(n: int = 48, classes: int = 4, seed: int = 0) -> ImageSet:
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % classes
@@ -87,7 +90,7 @@ def test_same_seed_same_weights() -> None:
 def test_resume_after_a_crash_gives_the_uninterrupted_result(tmp_path: Path) -> None:
     settings = _settings(epochs=4, strategy="lp_ft", lp_epochs=1, augment=True)
     torch.manual_seed(0)
-    straight = build_classifier("resnet18", 4)
+    straight = build_classifier(SMALL, 4)
     expected_history = fit(straight, _images(), settings, progress=False)
 
     class Crash(RuntimeError):
@@ -100,9 +103,9 @@ def test_resume_after_a_crash_gives_the_uninterrupted_result(tmp_path: Path) -> 
     state = tmp_path / "train_state.pt"
     torch.manual_seed(0)
     with pytest.raises(Crash):
-        fit(build_classifier("resnet18", 4), _images(), settings, state_path=state, fingerprint="f", on_epoch=crash_after_second_epoch, progress=False)
+        fit(build_classifier(SMALL, 4), _images(), settings, state_path=state, fingerprint="f", on_epoch=crash_after_second_epoch, progress=False)
     torch.manual_seed(123)  # a new process: different global RNG, different initial weights
-    resumed = build_classifier("resnet18", 4)
+    resumed = build_classifier(SMALL, 4)
     history = fit(resumed, _images(), settings, state_path=state, fingerprint="f", progress=False)
     assert [h["train_loss"] for h in history] == pytest.approx([h["train_loss"] for h in expected_history], abs=0)
     assert all(torch.equal(straight.state_dict()[k], resumed.state_dict()[k]) for k in straight.state_dict())
@@ -110,8 +113,8 @@ def test_resume_after_a_crash_gives_the_uninterrupted_result(tmp_path: Path) -> 
 
 def test_state_of_another_config_is_not_resumed(tmp_path: Path) -> None:
     state = tmp_path / "train_state.pt"
-    fit(build_classifier("resnet18", 4), _images(), _settings(epochs=1), state_path=state, fingerprint="a", progress=False)
-    history = fit(build_classifier("resnet18", 4), _images(), _settings(epochs=1), state_path=state, fingerprint="b", progress=False)
+    fit(build_classifier(SMALL, 4), _images(), _settings(epochs=1), state_path=state, fingerprint="a", progress=False)
+    history = fit(build_classifier(SMALL, 4), _images(), _settings(epochs=1), state_path=state, fingerprint="b", progress=False)
     assert len(history) == 1  # trained afresh instead of returning a finished run
 
 
@@ -150,7 +153,7 @@ def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path: Path, monkeypatch
 
     settings = _settings(epochs=3, augment=True, checkpoint_every_steps=1)
     torch.manual_seed(0)
-    straight = build_classifier("resnet18", 4)
+    straight = build_classifier(SMALL, 4)
     fit(straight, _images(), settings, progress=False)
 
     real_step, calls = train_module.train_step, {"n": 0}
@@ -165,9 +168,9 @@ def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path: Path, monkeypatch
     monkeypatch.setattr(train_module, "train_step", dies_on_the_fifth_step)
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):
-        fit(build_classifier("resnet18", 4), _images(), settings, state_path=state, fingerprint="f", progress=False)
+        fit(build_classifier(SMALL, 4), _images(), settings, state_path=state, fingerprint="f", progress=False)
     assert (tmp_path / "train_state.json").read_text().count('"step": 1') == 1
     monkeypatch.setattr(train_module, "train_step", real_step)
-    resumed = build_classifier("resnet18", 4)
+    resumed = build_classifier(SMALL, 4)
     fit(resumed, _images(), settings, state_path=state, fingerprint="f", progress=False)
     assert all(torch.equal(straight.state_dict()[k], resumed.state_dict()[k]) for k in straight.state_dict())

@@ -5,7 +5,6 @@ help; a clear error where they cannot."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from adaptflow.pretrained import FetchError, fetch_pretrained
+from conftest import QuietHandler, serve_on_loopback
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -29,7 +29,7 @@ class FaultyServer:
         self.lock = threading.Lock()
         outer = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
@@ -49,26 +49,15 @@ class FaultyServer:
                     self.connection.shutdown(2)
                 elif fault == "slow":
                     time.sleep(3)
-                    self._send(PAYLOAD)
+                    self.send_body(PAYLOAD)
                 elif fault == "wrong":
-                    self._send(PAYLOAD[::-1])
+                    self.send_body(PAYLOAD[::-1])
                 else:
                     time.sleep(0.2)  # long enough for concurrent clients to overlap
-                    self._send(PAYLOAD)
+                    self.send_body(PAYLOAD)
 
-            def _send(self, body: bytes) -> None:
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = serve_on_loopback(Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/model.pt"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
 
 @pytest.fixture
