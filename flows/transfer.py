@@ -11,7 +11,7 @@ from adaptflow.config import RunConfig
 from flows.naming import add_data_version, run_dir, transfer_run_name
 from tasks.data import version_data_task
 from tasks.evaluation import evaluate_task
-from tasks.pretrained import fetch_pretrained_task
+from tasks.pretrained import check_pretrained_task, fetch_pretrained_task
 from tasks.registry import open_run_task, register_task, summarize_task
 from tasks.training import finetune_task
 from tasks.validation import validate_task
@@ -26,6 +26,7 @@ def transfer(config: RunConfig = RunConfig()) -> dict:
     pretrained_future = fetch_pretrained_task.submit(config)
     data, pretrained = data_future.result(), pretrained_future.result()
     add_data_version(data.md5)
+    check_pretrained_task(config, pretrained)
     mlflow_run_id = open_run_task(config, data, pretrained, folder, str(flow_run.id), flow_run.name)
     model = finetune_task(config, pretrained, folder, mlflow_run_id)
     metrics = evaluate_task(config, model, pretrained, folder)
