@@ -158,6 +158,7 @@ def ui(
     host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.0.1 unless you mean to expose them")] = "127.0.0.1",
 ) -> None:
     """Start the Prefect server and the MLflow UI on the project's stores; Ctrl-C stops both."""
+    import signal
     import subprocess
 
     from adaptflow.config import TrackingConfig
@@ -169,6 +170,10 @@ def ui(
         subprocess.Popen([str(bin_dir / "mlflow"), "ui", "--backend-store-uri", tracking_uri(TrackingConfig()),
                           "--default-artifact-root", env.default_artifact_location(), "--host", host, "--port", str(mlflow_port)]),
     ]
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt  # a terminated `adaptflow ui` stops its servers too
+
+    signal.signal(signal.SIGTERM, stop)
     typer.secho(f"Prefect UI: http://{host}:{prefect_port}    MLflow UI: http://{host}:{mlflow_port}", bold=True)
     typer.echo(f"Point flows and `adaptflow serve` at this server: export PREFECT_API_URL=http://{host}:{prefect_port}/api")
     try:

@@ -397,7 +397,7 @@ def gate(
     else:
         reason = f"{cfg.metric} {new:.4f} beats {name} ({ref:.4f}) by more than {cfg.min_delta}"
         if guard and guard in metrics and guard in old:
-            reason += f"; {guard} {metrics[guard]:.4f} within {cfg.guard_tolerance} of {old[guard]:.4f}"
+            reason += f"; {guard} {metrics[guard]:.4f} (champion {old[guard]:.4f}, tolerance {cfg.guard_tolerance})"
         c.set_registered_model_alias(cfg.model_name, CHAMPION, version)
         c.set_model_version_tag(cfg.model_name, version, f"{TAG}previous_champion", str(current.version))
         return CHAMPION, "promoted", reason
