@@ -46,23 +46,31 @@ class Server:
         self.ui = api.removesuffix("/api")
         self.http = httpx.Client(base_url=api, timeout=30)
 
+    def call(self, method: str, path: str, json: dict | None = None) -> object:
+        """One API call; 503 and 429 (a busy SQLite-backed server) are retried, as Prefect's own client does."""
+        for attempt in range(6):
+            response = self.http.request(method, path, json=json)
+            if response.status_code not in (429, 503) or attempt == 5:
+                response.raise_for_status()
+                return response.json()
+            time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
     def deployments(self) -> dict[str, dict]:
-        return {d["name"]: d for d in self.http.post("/deployments/filter", json={}).json()}
+        return {d["name"]: d for d in self.call("POST", "/deployments/filter", {})}
 
     def create_run(self, deployment: str, parameters: dict | None = None) -> str:
         """POST /deployments/{id}/create_flow_run: what the UI's Run / Custom run buttons send."""
         body = {"state": {"type": "SCHEDULED"}, **({"parameters": parameters} if parameters is not None else {})}
-        response = self.http.post(f"/deployments/{self.deployments()[deployment]['id']}/create_flow_run", json=body)
-        response.raise_for_status()
-        return response.json()["id"]
+        return self.call("POST", f"/deployments/{self.deployments()[deployment]['id']}/create_flow_run", body)["id"]
 
     def runs_of(self, deployment: str) -> list[dict]:
         body = {"deployments": {"id": {"any_": [self.deployments()[deployment]["id"]]}}}
-        return self.http.post("/flow_runs/filter", json=body).json()
+        return self.call("POST", "/flow_runs/filter", body)
 
     def finish(self, run_id: str, timeout: float = 600) -> dict:
         def done() -> dict | None:
-            run = self.http.get(f"/flow_runs/{run_id}").json()
+            run = self.call("GET", f"/flow_runs/{run_id}")
             return run if run["state_type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"} else None
 
         return _wait(done, timeout, f"flow run {run_id}")
