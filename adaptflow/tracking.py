@@ -341,12 +341,24 @@ def register_model(
     tags |= {f"{TAG}metric.{k}": repr(float(v)) for k, v in metrics.items()}
     with scoped_tracking_uri(tracking_uri(tracking)):
         version = retrying(mlflow.register_model, info.model_uri, cfg.model_name, tags=tags, what="register_model").version
-    alias, decision, reason = gate(cfg, tracking, str(version), metrics, champion_metrics)
+    with _gate_lock(tracking):
+        alias, decision, reason = gate(cfg, tracking, str(version), metrics, champion_metrics)
     for key, value in {"alias": alias, "decision": decision, "reason": reason}.items():
         c.set_model_version_tag(cfg.model_name, version, f"{TAG}{key}", value)
     set_tags(tracking, run_id, {"registered_model": f"{cfg.model_name}/{version}", "decision": decision, "reason": reason})
     log.info("%s version %s: %s (%s)", cfg.model_name, version, decision, reason)
     return Registration(cfg.model_name, str(version), alias, decision, reason, run_id, f"models:/{cfg.model_name}/{version}")
+
+
+def _gate_lock(tracking: TrackingConfig):  # noqa: ANN202 - a context manager
+    """Runs on one machine sharing a SQLite store take turns at the gate (read champion, move alias);
+    a tracking server has no such lock, so concurrent gates there may both promote."""
+    from filelock import FileLock
+
+    uri = tracking_uri(tracking)
+    if uri.startswith("sqlite:///"):
+        return FileLock(uri.removeprefix("sqlite:///").split("?")[0] + ".gate.lock")
+    return contextlib.nullcontext()
 
 
 def champion(cfg: RegistryConfig, tracking: TrackingConfig):  # noqa: ANN201 - ModelVersion | None
