@@ -192,8 +192,9 @@ def fit(
 ) -> list[dict[str, float]]:
     """Train `model` on `train` following the strategy in `settings`; returns per-epoch metrics.
 
-    With `state_path`, the full state (model, optimizer, scheduler, scaler, RNG, epoch) is saved
-    there after every epoch, and a later call with the same `fingerprint` resumes from it.
+    With `state_path`, the full state (model, optimizer, scheduler, scaler, RNG, epoch and step) is
+    saved there after every epoch and every `checkpoint_every_steps` steps, and a later call with
+    the same `fingerprint` resumes from it exactly.
     """
     torch.set_flush_denormal(True)  # denormal floats slow CPU training several-fold
     device = resolve_device(settings.device)
