@@ -7,7 +7,7 @@ BIN    := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo test test-all bench data repro ui serve clean help
+.PHONY: install demo demo-detection test test-all bench data repro ui serve clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,6 +24,12 @@ install: $(VENV)/.installed  ## create the venv and install adaptflow with its t
 demo: install  ## build data, pretrain the source model, run the transfer flow, print results
 	$(BIN)/adaptflow demo
 
+DETECTOR ?= yolo
+DETECTION_CONFIG = $(if $(filter fasterrcnn,$(DETECTOR)),configs/detection-fasterrcnn.yaml,configs/detection.yaml)
+
+demo-detection: install  ## the detection demo: YOLO (DETECTOR=fasterrcnn: Faster R-CNN) adapted to photographs
+	$(BIN)/adaptflow demo -c $(DETECTION_CONFIG)
+
 test: install  ## the test suite (CPU, offline; about 10 minutes on 2 cores)
 	$(BIN)/python -m pytest
 
@@ -36,8 +42,8 @@ bench: install  ## flow overhead and training-loop throughput, as measured ratio
 data: install  ## build the demo domains under data/ (matches data.dvc)
 	$(BIN)/adaptflow data build
 
-repro: install  ## reproduce the pipeline with DVC (dvc.yaml), then show its metrics
-	$(BIN)/dvc repro
+repro: install  ## reproduce the classifier and YOLO pipelines with DVC (dvc.yaml), then show their metrics
+	$(BIN)/dvc repro register@classifier register@yolo
 	$(BIN)/dvc metrics show
 
 ui: install  ## start the Prefect and MLflow UIs on the project's stores (127.0.0.1:4200 and :5000)

@@ -29,6 +29,7 @@ Overrides = Annotated[list[str] | None, typer.Argument(help="section.key=value o
 RunDir = Annotated[Path, typer.Option("--run-dir", help="Run folder the stage reads and writes")]
 
 DEFAULT_CONFIG = Path("params.yaml")
+DETECTION_CONFIG = Path("configs/detection.yaml")
 
 
 def _config(path: Path, overrides: list[str] | None):  # noqa: ANN202 - RunConfig, imported lazily
@@ -44,13 +45,16 @@ def _fail(message: str) -> None:
 
 @data_app.command("build")
 def data_build(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> None:
-    """Build the demo domains (MNIST -> UCI digits) under data.root, byte-identical every time."""
-    from adaptflow.data.demo import build_demo_data
-
+    """Build the demo domains under data.root, byte-identical every time: MNIST -> UCI digits
+    (classification) and digit scenes on flat backgrounds -> on photographs (detection)."""
     cfg = _config(config, overrides)
-    root = cfg.data.root if cfg.data.root.is_absolute() else env.project_root() / cfg.data.root
-    build_demo_data(root)
-    typer.echo(f"built {root}")
+    typer.echo(f"built {_build_data(cfg)}")
+
+
+def _build_data(cfg) -> Path:  # noqa: ANN001 - RunConfig
+    from adaptflow.data import build_all
+
+    return build_all(cfg.data.root if cfg.data.root.is_absolute() else env.project_root() / cfg.data.root)
 
 
 @data_app.command("version")
@@ -142,13 +146,15 @@ def serve(
     overrides: Overrides = None,
     cron: Annotated[str, typer.Option(help="Retraining schedule (cron, UTC)")] = "0 2 * * *",
     schedule: Annotated[bool, typer.Option("--schedule/--no-schedule", help="Turn the retraining schedule on")] = False,
+    detection: Annotated[Path, typer.Option(help="Detection config; its deployments are served too when the file exists")] = DETECTION_CONFIG,
 ) -> None:
     """Serve the pretrain, transfer and retrain deployments from this process (needs PREFECT_API_URL)."""
     if not os.environ.get("PREFECT_API_URL"):
         _fail("serve needs a Prefect server: start one (`make ui`) and export PREFECT_API_URL=http://127.0.0.1:4200/api")
+    from adaptflow.config import load_config
     from flows.deployments import serve as serve_deployments
 
-    serve_deployments(_config(config, overrides), cron, schedule)
+    serve_deployments(_config(config, overrides), cron, schedule, load_config(detection) if detection.exists() else None)
 
 
 @app.command()
@@ -222,32 +228,31 @@ def pretrain(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None,
 @app.command()
 def finetune(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None, run_dir: RunDir = Path("outputs")) -> None:
     """Stage: fetch the pretrained model and fine-tune it on the target (no orchestrator)."""
-    from adaptflow.finetune import finetune as run_finetune
     from adaptflow.pipeline import write_run_record
     from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.stages import for_task
     from adaptflow.tracking import tracking_uri
-    from adaptflow.versioning import read_version
-
     from adaptflow.validate import validate
+    from adaptflow.versioning import read_version
 
     cfg = _config(config, overrides)
     validate(cfg)
     pretrained = fetch_pretrained(cfg.pretrained.uri, cfg.pretrained.sha256, allow_pickle=cfg.pretrained.allow_pickle, tracking_uri=tracking_uri(cfg.tracking))
     write_run_record(cfg, read_version(cfg.data), pretrained, run_dir, origin="cli")
-    model = run_finetune(cfg.finetune, cfg.data, pretrained, run_dir / "finetune")
+    model = for_task(cfg.task).finetune(cfg.finetune, cfg.data, pretrained, run_dir / "finetune")
     typer.echo(json.dumps(model.to_dict(), indent=2))
 
 
 @app.command()
 def evaluate(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None, run_dir: RunDir = Path("outputs")) -> None:
     """Stage: measure the fine-tuned model of a run folder (no orchestrator)."""
-    from adaptflow.evaluate import evaluate as run_evaluate
     from adaptflow.io import read_json
     from adaptflow.pretrained import PretrainedRef
+    from adaptflow.stages import for_task
 
     cfg = _config(config, overrides)
     pretrained = PretrainedRef(**read_json(run_dir / "run.json")["pretrained"])
-    metrics = run_evaluate(cfg.evaluate, cfg.data, run_dir / "finetune" / "model.pt", pretrained, run_dir / "evaluate", cfg.finetune.device)
+    metrics = for_task(cfg.task).evaluate(cfg.evaluate, cfg.data, run_dir / "finetune" / "model.pt", pretrained, run_dir / "evaluate", cfg.finetune.device)
     typer.echo(json.dumps(metrics, indent=2))
 
 
@@ -290,15 +295,15 @@ def _run_flow(name: str, cfg) -> dict:  # noqa: ANN001 - RunConfig
 
 @app.command()
 def demo(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> None:
-    """The whole demo: build the data, pretrain the source model, run the transfer flow, show results."""
-    from adaptflow.data.demo import build_demo_data
+    """The whole demo: build the data, pretrain the source model, run the transfer flow, show results.
 
+    `adaptflow demo` adapts a classifier; `adaptflow demo -c configs/detection.yaml` a YOLO detector
+    (`configs/detection-fasterrcnn.yaml`: a Faster R-CNN)."""
     cfg = _config(config, overrides)
     started = time.perf_counter()
-    root = cfg.data.root if cfg.data.root.is_absolute() else env.project_root() / cfg.data.root
-    typer.secho("1/3 building the demo domains (MNIST -> UCI digits)", bold=True)
-    build_demo_data(root)
-    typer.secho("2/3 pretrain flow: source model on MNIST", bold=True)
+    typer.secho("1/3 building the demo domains (MNIST -> UCI digits; digit scenes -> on photographs)", bold=True)
+    _build_data(cfg)
+    typer.secho(f"2/3 pretrain flow: source {cfg.pretrain.arch} on {cfg.data.source}", bold=True)
     source = _run_flow("pretrain", cfg)
     typer.secho("3/3 transfer flow: version data -> fetch -> fine-tune -> evaluate -> register", bold=True)
     result = _run_flow("transfer", cfg)
@@ -309,14 +314,18 @@ def _print_results(cfg, source: dict, result: dict, seconds: float) -> None:  # 
     from adaptflow.tracking import tracking_uri
 
     m, reg = result["metrics"], result["registration"]
+    name = "map50" if cfg.task == "detection" else "accuracy"
     rows = [
-        ("source model on source test", source["published"]["source_accuracy"]),
-        ("source-only on target test", m.get("baseline_target_accuracy")),
-        ("fine-tuned on target test", m["target_accuracy"]),
-        ("fine-tuned on source test", m.get("source_accuracy")),
+        ("source model on source test", source["published"]["metrics"].get(f"source_{name}")),
+        ("source-only on target test", m.get(f"baseline_target_{name}")),
+        ("fine-tuned on target test", m[f"target_{name}"]),
+        ("fine-tuned on source test", m.get(f"source_{name}")),
     ]
-    labeled = f"{cfg.data.labeled_per_class} labels per class" if cfg.data.labeled_per_class is not None else "the labeled split"
-    typer.echo(f"\nResults ({cfg.finetune.arch}, {cfg.finetune.strategy}, {labeled}, data {result['data_version']})")
+    if cfg.task == "detection":
+        labeled = "the labeled target split"
+    else:
+        labeled = f"{cfg.data.labeled_per_class} labels per class" if cfg.data.labeled_per_class is not None else "the labeled split"
+    typer.echo(f"\nResults: {name} ({cfg.finetune.arch}, {cfg.finetune.strategy}, {labeled}, data {result['data_version']})")
     for label, value in rows:
         typer.echo(f"  {label:<30} {'n/a' if value is None else f'{value:.4f}'}")
     typer.echo(f"  registered {reg['model_uri']} -> alias '{reg['alias']}' ({reg['reason']})")

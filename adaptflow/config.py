@@ -11,12 +11,12 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-Arch = Literal[
+ClassifierArch = Literal[
     "resnet18",
     "resnet34",
     "resnet50",
@@ -24,6 +24,16 @@ Arch = Literal[
     "mobilenet_v3_large",
     "efficientnet_b0",
 ]
+DetectorArch = Literal[
+    "yolov8n",
+    "yolov8s",
+    "yolo11n",
+    "yolo11s",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+]
+Arch = Literal[get_args(ClassifierArch) + get_args(DetectorArch)]
+Task = Literal["classification", "detection"]
 Strategy = Literal["linear_probe", "finetune", "lp_ft"]
 Precision = Literal["auto", "bf16", "fp16", "off"]
 
@@ -54,18 +64,21 @@ class DataConfig(Section):
 class TrainConfig(Section):
     """Settings shared by every training stage."""
 
-    arch: Arch = Field("resnet18", description="torchvision architecture")
+    arch: Arch = Field("resnet18", description="Classifier (torchvision) or, with task detection, detector architecture")
     epochs: int = Field(10, ge=1, le=10_000, description="Passes over the training images")
     batch_size: int = Field(64, ge=1, le=65_536)
     lr: float = Field(1e-3, gt=0, le=10, description="Learning rate of the head (and of everything when training from scratch)")
     weight_decay: float = Field(1e-4, ge=0)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    augment: bool = Field(False, description="Random affine augmentation on the batch (on the device)")
+    augment: bool = Field(False, description="Augment training batches: classifiers random affine (on the device); YOLO Ultralytics' mosaic, colour and scale; Faster R-CNN colour jitter")
     seed: int = Field(0, ge=0)
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     precision: Precision = Field("auto", description="Mixed precision on CUDA: auto picks bf16 where supported")
     checkpoint_every_steps: int = Field(
         0, ge=0, description="Also checkpoint every N optimizer steps (0: at the end of each epoch only)"
+    )
+    freeze: int = Field(
+        0, ge=0, le=1000, description="Detection: keep the first N layers frozen (YOLO; Faster R-CNN: any N freezes its backbone)"
     )
 
     @field_validator("device")
@@ -152,7 +165,7 @@ class TrackingConfig(Section):
 class RunConfig(Section):
     """Everything one run of the pipeline needs."""
 
-    task: Literal["classification"] = "classification"
+    task: Task = Field("classification", description="classification or detection (YOLO-format boxes)")
     data: DataConfig = DataConfig()
     pretrain: PretrainConfig = PretrainConfig()
     pretrained: PretrainedConfig = PretrainedConfig()
@@ -160,6 +173,27 @@ class RunConfig(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig = RegistryConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _task(self) -> RunConfig:
+        detectors = get_args(DetectorArch)
+        for name in ("pretrain", "finetune"):
+            arch = getattr(self, name).arch
+            if (arch in detectors) != (self.task == "detection"):
+                kind = "a detector" if arch in detectors else "a classifier"
+                wanted = ", ".join(detectors if self.task == "detection" else get_args(ClassifierArch))
+                raise ValueError(f"{name}.arch '{arch}' is {kind} but task is {self.task}; use one of: {wanted}")
+        if self.task == "detection":
+            if self.finetune.strategy == "lp_ft":
+                raise ValueError("finetune.strategy lp_ft is for classifiers; with task detection use finetune or linear_probe")
+            for key in ("metric", "guard_metric"):
+                if "accuracy" in (getattr(self.registry, key) or ""):
+                    raise ValueError(f"registry.{key} '{getattr(self.registry, key)}' is a classification metric; with task "
+                                     "detection use target_map50 or target_map50_95 (guard: source_map50)")
+            if self.data.labeled_per_class is not None:
+                raise ValueError("data.labeled_per_class counts images per class, which detection scenes do not have; "
+                                 "leave it empty (the target train split is the labeled part)")
+        return self
 
     def digest(self) -> str:
         """A short content hash of the config, for lineage and cache keys."""
@@ -219,6 +253,8 @@ def _explain(exc: ValidationError) -> str:
         if err["type"] == "extra_forbidden":
             hint = _suggest(err["loc"])
             lines.append(f"  {where}: unknown field{hint}; remove it or fix its name")
+        elif not where:  # a check across sections
+            lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  {where}: {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)
@@ -235,6 +271,6 @@ def _suggest(loc: tuple[Any, ...]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(model.model_fields)})"
 
 
-def dump_params(config: RunConfig, path: str | Path) -> None:
-    """Write a config as YAML (the format of params.yaml)."""
-    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+def dump_params(config: RunConfig, path: str | Path, header: str = "") -> None:
+    """Write a config as YAML (the format of params.yaml), after an optional `# comment` header."""
+    Path(path).write_text(header + yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

@@ -3,7 +3,7 @@
 A run folder holds each stage's outputs in a sub-folder named after the stage:
 
     <run_dir>/finetune/{model.pt, history.json, train_state.pt}
-    <run_dir>/evaluate/{metrics.json, report.json, confusion_matrix.png}
+    <run_dir>/evaluate/{metrics.json, report.json, plots: confusion_matrix.png or pr_curve.png, predictions.png}
     <run_dir>/register/registration.json
     <run_dir>/run.json            (config, data version, pretrained model, MLflow run id)
 
@@ -18,11 +18,10 @@ from pathlib import Path
 
 from adaptflow import tracking
 from adaptflow.config import RunConfig
-from adaptflow.evaluate import evaluate
-from adaptflow.finetune import check_pretrained, finetune
 from adaptflow.io import read_json, write_json, write_yaml
-from adaptflow.pretrain import PublishedModel, pretrain
+from adaptflow.pretrain import PublishedModel
 from adaptflow.pretrained import PretrainedRef, fetch_pretrained
+from adaptflow.stages import for_task
 from adaptflow.tracking import Registration
 from adaptflow.versioning import DataVersion, version_data
 
@@ -109,7 +108,7 @@ def _register_run(config: RunConfig, run_dir: Path) -> Registration:
     tracking.log_history(config.tracking, run_id, read_json(run_dir / "finetune" / "history.json"))
     write_yaml(run_dir / "config.yaml", tracking.redacted(config.model_dump(mode="json")))
     metrics = read_json(run_dir / "evaluate" / "metrics.json")
-    artifacts = [run_dir / "config.yaml", *(run_dir / "evaluate" / name for name in ("metrics.json", "report.json", "confusion_matrix.png"))]
+    artifacts = [run_dir / "config.yaml", *sorted((run_dir / "evaluate").glob("*.json")), *sorted((run_dir / "evaluate").glob("*.png"))]
     registration = tracking.register_model(
         config.registry,
         config.tracking,
@@ -128,15 +127,13 @@ def _register_run(config: RunConfig, run_dir: Path) -> Registration:
 def remeasure_champion(config: RunConfig) -> dict[str, float] | None:
     """The current champion's metrics on today's test sets, so that challenger and champion are
     compared on the same images; None without a champion or when `registry.reevaluate_champion` is off."""
-    from adaptflow.evaluate import measure
-
     if not config.registry.reevaluate_champion:
         return None
     current = tracking.champion(config.registry, config.tracking)
     if current is None:
         return None
     ref = fetch_pretrained(f"models:/{config.registry.model_name}/{current.version}", tracking_uri=tracking.tracking_uri(config.tracking))
-    return measure(config.evaluate, config.data, ref.path, config.finetune.device)
+    return for_task(config.task).measure(config.evaluate, config.data, ref.path, config.finetune.device)
 
 
 def retrain_decision(config: RunConfig, data: DataVersion) -> tuple[bool, str]:
@@ -168,8 +165,8 @@ def run_pretrain(config: RunConfig, run_dir: Path, data: DataVersion, origin: st
             "arch": config.pretrain.arch, "source_domain": config.data.source}
     params = {"pretrain": config.pretrain.model_dump(mode="json"), "data": config.data.model_dump(mode="json")}
     run_id = tracking.start_run(config.tracking, f"pretrain-{run_dir.name}", tags, params)
-    published = pretrain(config.pretrain, config.data, run_dir / "pretrain", tracking.epoch_logger(config.tracking, run_id))
-    tracking.log_metrics(config.tracking, run_id, {"source_accuracy": published.source_accuracy})
+    published = for_task(config.task).pretrain(config.pretrain, config.data, run_dir / "pretrain", tracking.epoch_logger(config.tracking, run_id))
+    tracking.log_metrics(config.tracking, run_id, published.metrics)
     tracking.set_tags(config.tracking, run_id, {"published_path": published.path, "published_sha256": published.sha256})
     tracking.finish_run(config.tracking, run_id)
     return published
@@ -183,9 +180,10 @@ def run_transfer(config: RunConfig, run_dir: Path, origin: str = "local", versio
     validate(config)
     data = version_data(config.data) if version else read_version(config.data)
     pretrained = fetch_pretrained(config.pretrained.uri, config.pretrained.sha256, allow_pickle=config.pretrained.allow_pickle, tracking_uri=tracking.tracking_uri(config.tracking))
-    check_pretrained(pretrained, config.finetune, config.data)
+    stages = for_task(config.task)
+    stages.check_pretrained(pretrained, config.finetune, config.data)
     run_id = open_run(config, data, pretrained, run_dir, origin, run_dir.name)
-    model = finetune(config.finetune, config.data, pretrained, run_dir / "finetune", tracking.epoch_logger(config.tracking, run_id))
-    metrics = evaluate(config.evaluate, config.data, model.path, pretrained, run_dir / "evaluate", config.finetune.device)
+    model = stages.finetune(config.finetune, config.data, pretrained, run_dir / "finetune", tracking.epoch_logger(config.tracking, run_id))
+    metrics = stages.evaluate(config.evaluate, config.data, model.path, pretrained, run_dir / "evaluate", config.finetune.device)
     registration = register_run(config, run_dir)
     return {"metrics": metrics, "registration": registration.to_dict(), "data_version": data.md5}

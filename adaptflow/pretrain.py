@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,11 +28,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PublishedModel:
-    """Where the source model was published, its hash, and how well it does on the source."""
+    """Where the source model was published, its hash, and how well it does on the source test split."""
 
     path: str
     sha256: str
-    source_accuracy: float
+    metrics: dict[str, float]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -39,6 +40,26 @@ class PublishedModel:
 
 def published_dir(cfg: PretrainConfig) -> Path:
     return cfg.output if cfg.output.is_absolute() else env.project_root() / cfg.output
+
+
+def publish(cfg: PretrainConfig, save: Callable[[Path], None], metrics: dict[str, float], history: list[dict], work_dir: Path) -> PublishedModel:
+    """Publish `cfg.output` in one step: `model.pt` (written by `save`), its `.sha256`, metrics and history."""
+    final = published_dir(cfg)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        save(staging / "model.pt")
+        digest = sha256_file(staging / "model.pt")
+        (staging / "model.pt.sha256").write_text(f"{digest}  model.pt\n")
+        write_json(staging / "metrics.json", metrics)
+        write_json(staging / "history.json", history)
+        replace_dir(staging, final)
+        for leftover in ("train_state.pt", "train_state.json"):  # only an unfinished run needs them
+            (work_dir / leftover).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("published source model %s (%s)", final / "model.pt", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return PublishedModel(str(final / "model.pt"), digest, metrics)
 
 
 def pretrain(cfg: PretrainConfig, data: DataConfig, work_dir: Path, on_epoch: EpochCallback | None = None) -> PublishedModel:
@@ -53,20 +74,8 @@ def pretrain(cfg: PretrainConfig, data: DataConfig, work_dir: Path, on_epoch: Ep
     history = fit(model, train, settings, state_path=work_dir / "train_state.pt", fingerprint=fingerprint, on_epoch=on_epoch)
     report = classification_report(test.labels, predict(model, test.images, device=cfg.device), test.classes)
 
-    final = published_dir(cfg)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        save_checkpoint(staging / "model.pt", model, arch=cfg.arch, classes=train.classes, image_size=data.image_size,
-                        extra={"domain": data.source})
-        digest = sha256_file(staging / "model.pt")
-        (staging / "model.pt.sha256").write_text(f"{digest}  model.pt\n")
-        write_json(staging / "metrics.json", {"source_accuracy": report["accuracy"], "source_macro_f1": report["macro_f1"]})
-        write_json(staging / "history.json", history)
-        replace_dir(staging, final)
-        for leftover in ("train_state.pt", "train_state.json"):  # only an unfinished run needs them
-            (work_dir / leftover).unlink(missing_ok=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    log.info("published source model %s (source accuracy %.4f)", final / "model.pt", report["accuracy"])
-    return PublishedModel(str(final / "model.pt"), digest, report["accuracy"])
+    def save(path: Path) -> None:
+        save_checkpoint(path, model, arch=cfg.arch, classes=train.classes, image_size=data.image_size, extra={"domain": data.source})
+
+    metrics = {"source_accuracy": report["accuracy"], "source_macro_f1": report["macro_f1"]}
+    return publish(cfg, save, metrics, history, work_dir)

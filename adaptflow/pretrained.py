@@ -7,6 +7,9 @@ Supported forms:
 - `https://...` / `http://...` - streamed to a temporary file, verified against `sha256` when
   given, renamed into a content-addressed cache. Without a hash the file is cached by URL and
   its hash is recorded.
+- `ultralytics:<asset>.pt` - an Ultralytics release asset (e.g. `yolo11n.pt`), downloaded from its
+  GitHub release (`$ADAPTFLOW_ULTRALYTICS_ASSETS_URL` overrides the address, e.g. for a mirror) and
+  cached like any URL. These files are pickles; being Ultralytics' own, they are trusted to load.
 - `models:/<name>@<alias>` or `models:/<name>/<version>` - a model in the MLflow registry.
 - a local path (`file://` allowed); a `<path>.sha256` file beside it is checked when present.
 
@@ -66,7 +69,8 @@ class PretrainedRef:
         return asdict(self)
 
 
-FORMS = "torchvision:<arch>[:<weights>], https://..., models:/<name>@<alias> or a local path"
+FORMS = "torchvision:<arch>[:<weights>], ultralytics:<asset>.pt, https://..., models:/<name>@<alias> or a local path"
+_ASSET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.pt$")
 
 
 def check_uri(uri: str) -> tuple[str, str] | None:
@@ -85,6 +89,9 @@ def check_uri(uri: str) -> tuple[str, str] | None:
         except (ValueError, KeyError):
             return f"'{uri}': torchvision has no weights '{rest[0] if rest else 'DEFAULT'}' for '{arch}'", "check the names in torchvision's model docs"
         return None
+    if uri.startswith("ultralytics:"):
+        name = uri.removeprefix("ultralytics:")
+        return None if _ASSET_NAME.match(name) else (f"'{uri}': not an Ultralytics asset name", "write ultralytics:<name>.pt, e.g. ultralytics:yolo11n.pt")
     if uri.startswith(("http://", "https://")):
         return None if urlparse(uri).netloc else (f"'{uri}': no host in the address", "write https://<host>/<path>")
     if uri.startswith("models:/"):
@@ -115,6 +122,12 @@ def fetch_pretrained(
     location, _, member = uri.partition("#")
     if uri.startswith("torchvision:"):
         ref = _fetch_torchvision(uri, sha256, attempts, timeout)
+    elif uri.startswith("ultralytics:"):
+        from adaptflow.detection.yolo import asset_url
+
+        name = uri.removeprefix("ultralytics:")
+        path = _fetch_url(asset_url(name), sha256, attempts, timeout)
+        ref = PretrainedRef(uri, str(path), sha256_file(path), arch=Path(name).stem)
     elif uri.startswith(("http://", "https://")):
         path = _fetch_url(location, sha256, attempts, timeout)
         ref = PretrainedRef(uri, str(path), sha256_file(path))

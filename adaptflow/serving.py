@@ -19,10 +19,14 @@ class ClassifierModel(mlflow.pyfunc.PythonModel):
     """Wraps `artifacts/model.pt`; resizes inputs to the size the model was trained at."""
 
     def load_context(self, context) -> None:  # noqa: ANN001 - MLflow's context type
+        self.load(context.artifacts["checkpoint"])
+
+    def load(self, path: str) -> ClassifierModel:
         from adaptflow.models import load_checkpoint
 
-        self.model, self.meta = load_checkpoint(context.artifacts["checkpoint"])
+        self.model, self.meta = load_checkpoint(path)
         self.model.eval()
+        return self
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001 - untyped keeps MLflow's tensor signature
         import torch
@@ -43,4 +47,5 @@ class ClassifierModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"index": index.numpy(), "class": classes[index.numpy()], "score": score.numpy()})
 
 
+MODEL_CLASS = ClassifierModel
 mlflow.models.set_model(ClassifierModel())

@@ -257,7 +257,7 @@ def epoch_logger(cfg: TrackingConfig, run_id: str, prefix: str = ""):  # noqa: A
 
 def log_history(cfg: TrackingConfig, run_id: str, history: Iterable[dict[str, float]], prefix: str = "") -> None:
     """Log recorded epochs the run does not have yet (the DVC path, and epochs missed while the store was down)."""
-    logged = {m.step for m in client(cfg).get_metric_history(run_id, f"{prefix}train_loss")}
+    logged = {m.step for m in client(cfg).get_metric_history(run_id, f"{prefix}epoch_seconds")}
     for record in history:
         if int(record["epoch"]) not in logged:
             log_metrics(cfg, run_id, {k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]), prefix=prefix)
@@ -293,12 +293,9 @@ def register_model(
     import mlflow
     import numpy as np
     from mlflow.models import infer_signature
-    from mlflow.types import Schema, TensorSpec
+    from mlflow.types import ColSpec, Schema, TensorSpec
 
     from adaptflow.io import sha256_file
-    from adaptflow.models import load_checkpoint
-    from adaptflow import serving
-    from adaptflow.serving import ClassifierModel
 
     if cfg.metric not in metrics:
         raise KeyError(f"registry.metric '{cfg.metric}' is not among the evaluated metrics {sorted(metrics)}; fix registry.metric")
@@ -315,13 +312,15 @@ def register_model(
     log_metrics(tracking, run_id, metrics)
     for path in artifacts:
         c.log_artifact(run_id, str(path))
-    probe = ClassifierModel()
-    probe.model, probe.meta = load_checkpoint(checkpoint)
+    serving, probe = _serving(lineage.get("task", "classification"), checkpoint)
     size = probe.meta["image_size"]
     example = np.zeros((2, size, size, 3), dtype=np.uint8)  # batch of 2: the batch dimension stays free
-    signature = infer_signature(example, probe.predict(None, example))
+    params = getattr(serving, "PARAMS", None)  # inference options a caller may pass, with their defaults
+    signature = infer_signature(example, probe.predict(None, example), params=params)
     # Any batch size and any image size: the model resizes to the size it was trained at.
     signature.inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))])
+    if hasattr(serving, "COLUMNS"):  # a table whose rows may be none for a blank image: declare its columns
+        signature.outputs = Schema([ColSpec(kind, name) for name, kind in serving.COLUMNS.items()])
 
     def log_model():  # noqa: ANN202
         with mlflow.start_run(run_id=run_id):
@@ -348,6 +347,15 @@ def register_model(
     set_tags(tracking, run_id, {"registered_model": f"{cfg.model_name}/{version}", "decision": decision, "reason": reason})
     log.info("%s version %s: %s (%s)", cfg.model_name, version, decision, reason)
     return Registration(cfg.model_name, str(version), alias, decision, reason, run_id, f"models:/{cfg.model_name}/{version}")
+
+
+def _serving(task: str, checkpoint: str | Path):  # noqa: ANN202 - (module, loaded pyfunc)
+    """The pyfunc code file for a task's models, and an instance holding `checkpoint` for the signature."""
+    if task == "detection":
+        from adaptflow.detection import serving
+    else:
+        from adaptflow import serving
+    return serving, serving.MODEL_CLASS().load(str(checkpoint))
 
 
 def _gate_lock(tracking: TrackingConfig):  # noqa: ANN202 - a context manager

@@ -118,6 +118,11 @@ def check_image_split(folder: Path, report: Report, train_classes: tuple[str, ..
                 images.append(p)
         if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
             report.error(cls, "empty class (no images)", "add images or delete the folder")
+    return _check_images(folder, images, report)
+
+
+def _check_images(folder: Path, images: list[Path], report: Report) -> dict[str, str]:
+    """Decode every image: corrupt, huge, 16-bit, duplicate and mixed-mode files; returns {sha256: path}."""
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         results = list(pool.map(_inspect, images))
     report.checked_files += len(images)
@@ -169,6 +174,41 @@ def check_yolo_labels(images_dir: Path, labels_dir: Path, num_classes: int, repo
                 report.error(label, f"box {box} outside [0, 1] or empty", "normalise coordinates by the image size", number)
 
 
+def check_detection_split(folder: Path, num_classes: int, report: Report, labeled: bool = True) -> dict[str, str]:
+    """Check one YOLO-format split (`images/`, `labels/`); returns {sha256: path} of its images."""
+    images_dir = folder / "images"
+    if not images_dir.is_dir():
+        report.error(folder, "no images/ folder in this split", "build the data (adaptflow data build), `dvc pull`, or fix data.root")
+        return {}
+    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        report.error(images_dir, "no images", f"put images in {images_dir} and their labels in {folder / 'labels'}")
+    if labeled:
+        check_yolo_labels(images_dir, folder / "labels", num_classes, report)
+    return _check_images(folder, images, report)
+
+
+def _validate_detection(config: RunConfig, stage: str, report: Report) -> None:
+    from adaptflow.detection.data import read_names
+
+    data = config.data
+    splits = [(data.source, "train", True), (data.source, "test", True)]
+    if stage == "transfer":
+        splits += [(data.target, "train", True), (data.target, "test", True)]
+    hashes: dict[tuple[str, str], dict[str, str]] = {}
+    for domain, split, labeled in splits:
+        domain_dir = split_dir(data, domain, split).parent
+        try:
+            num_classes = len(read_names(domain_dir))
+        except (FileNotFoundError, ValueError) as exc:
+            report.error(domain_dir / "data.yaml", str(exc).split(": ", 1)[-1], "write data.yaml with `names:` (see data/mnist_scenes)")
+            continue
+        hashes[(domain, split)] = check_detection_split(split_dir(data, domain, split), num_classes, report, labeled)
+    train, test = hashes.get((data.target, "train"), {}), hashes.get((data.target, "test"), {})
+    for digest in sorted(set(train) & set(test)):
+        report.warn(test[digest], f"also in the training split ({train[digest]})", "remove it from one split: test images must be unseen")
+
+
 def check_config(config: RunConfig, report: Report) -> None:
     """Config values that are valid types but cannot work here."""
     from adaptflow.pretrained import check_uri
@@ -185,11 +225,15 @@ def validate(config: RunConfig, stage: str = "transfer") -> Report:
     """
     report = Report()
     data = config.data
-    for split in ("train", "test"):
-        check_image_split(split_dir(data, data.source, split), report)
     if stage == "transfer":
         check_config(config, report)
-        _check_target(config, report)
+    if config.task == "detection":
+        _validate_detection(config, stage, report)
+    else:
+        for split in ("train", "test"):
+            check_image_split(split_dir(data, data.source, split), report)
+        if stage == "transfer":
+            _check_target(config, report)
     for p in report.warnings:
         log.warning("%s", p)
     if not report.ok:

@@ -226,7 +226,7 @@ def make_template(base: Path) -> Path:
     t0 = time.perf_counter()
     published = pretrain(cfg.pretrain, cfg.data, template / "work")
     log.info("source model pretrained (%s) in %.1f s, source accuracy %.3f",
-             " ".join(PRETRAIN_OVERRIDES), time.perf_counter() - t0, published.source_accuracy)
+             " ".join(PRETRAIN_OVERRIDES), time.perf_counter() - t0, published.metrics["source_accuracy"])
     return template
 
 

@@ -1,5 +1,6 @@
 """The deployments: what `adaptflow serve` runs in one process, and what prefect.yaml declares
-for a work pool. Parameters are the typed config, so the Prefect UI renders them as a form."""
+for a work pool. Parameters are the typed config, so the Prefect UI renders them as a form.
+Classification deployments are `pretrain`, `transfer`, `retrain`; detection ones end in `-detection`."""
 
 from __future__ import annotations
 
@@ -18,35 +19,40 @@ DATA_ADDED = "adaptflow.data.added"
 NIGHTLY = "0 2 * * *"
 
 
-def data_added_trigger() -> DeploymentEventTrigger:
+def data_added_trigger(target: str) -> DeploymentEventTrigger:
     return DeploymentEventTrigger(
         name="retrain when data lands",
         expect={DATA_ADDED},
-        match={"prefect.resource.id": "adaptflow.data.*"},
+        match={"prefect.resource.id": f"adaptflow.data.{target}"},
         within=0,
     )
 
 
-def deployments(config: RunConfig, cron: str = NIGHTLY, schedule_active: bool = False) -> list:
-    """pretrain, transfer and retrain (nightly, off until enabled; also triggered when data lands)."""
+def deployments(config: RunConfig, cron: str = NIGHTLY, schedule_active: bool = False, suffix: str = "") -> list:
+    """pretrain, transfer and retrain (nightly, off until enabled; also triggered when data lands
+    in the config's target domain), named with `suffix` (e.g. `-detection`)."""
     defaults = {"config": config.model_dump(mode="json")}
     tags = ["adaptflow", config.task]
     return [
-        pretrain.to_deployment("pretrain", parameters=defaults, tags=tags,
-                               description="Train the source model on the source domain and publish it."),
-        transfer.to_deployment("transfer", parameters=defaults, tags=tags,
-                               description="Adapt the pretrained model to the target domain and register it through the champion gate."),
+        pretrain.to_deployment(f"pretrain{suffix}", parameters=defaults, tags=tags,
+                               description=f"Train the source {config.pretrain.arch} on {config.data.source} and publish it."),
+        transfer.to_deployment(f"transfer{suffix}", parameters=defaults, tags=tags,
+                               description=f"Adapt the pretrained {config.task} model to {config.data.target} and register it through the champion gate."),
         retrain.to_deployment(
-            "retrain", parameters=defaults, tags=tags,
+            f"retrain{suffix}", parameters=defaults, tags=tags,
             schedules=[Cron(cron, timezone="UTC", active=schedule_active)],
-            triggers=[data_added_trigger()],
+            triggers=[data_added_trigger(config.data.target)],
             description="Version the data; retrain only if data or config changed; promote only a better model.",
         ),
     ]
 
 
-def serve(config: RunConfig, cron: str = NIGHTLY, schedule_active: bool = False) -> None:
-    """Serve every deployment from this process until interrupted."""
+def serve(config: RunConfig, cron: str = NIGHTLY, schedule_active: bool = False, detection: RunConfig | None = None) -> None:
+    """Serve every deployment from this process until interrupted (the `-detection` ones too when
+    a detection config is given)."""
     from prefect import serve as prefect_serve
 
-    prefect_serve(*deployments(config, cron, schedule_active))
+    served = deployments(config, cron, schedule_active)
+    if detection is not None:
+        served += deployments(detection, cron, schedule_active, suffix="-detection")
+    prefect_serve(*served)

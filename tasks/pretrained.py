@@ -7,8 +7,8 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
 from adaptflow.config import RunConfig
-from adaptflow.finetune import check_pretrained
 from adaptflow.pretrained import PretrainedRef, TransientFetchError, fetch_pretrained
+from adaptflow.stages import for_task
 from adaptflow.tracking import tracking_uri
 from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE
 
@@ -38,4 +38,4 @@ def check_pretrained_task(config: RunConfig, pretrained: PretrainedRef) -> None:
     Called in the flow's own thread, not submitted: torch work on a second thread keeps a second
     OpenMP pool alive, which slowed the rest of the flow by about 15%.
     """
-    check_pretrained(pretrained, config.finetune, config.data)
+    for_task(config.task).check_pretrained(pretrained, config.finetune, config.data)

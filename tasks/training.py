@@ -8,10 +8,11 @@ from prefect import task
 
 from adaptflow import tracking
 from adaptflow.config import RunConfig
-from adaptflow.finetune import TrainedModel, finetune
+from adaptflow.finetune import TrainedModel
 from adaptflow.pipeline import run_pretrain
 from adaptflow.pretrain import PublishedModel
 from adaptflow.pretrained import PretrainedRef
+from adaptflow.stages import for_task
 from adaptflow.versioning import DataVersion
 from tasks.common import NO_RESULT_CACHE
 
@@ -26,4 +27,4 @@ def pretrain_task(config: RunConfig, run_dir: Path, data: DataVersion, origin: s
 def finetune_task(config: RunConfig, pretrained: PretrainedRef, run_dir: Path, mlflow_run_id: str) -> TrainedModel:
     """Fine-tune on the labeled target split, logging each epoch to the MLflow run."""
     on_epoch = tracking.epoch_logger(config.tracking, mlflow_run_id)
-    return finetune(config.finetune, config.data, pretrained, run_dir / "finetune", on_epoch)
+    return for_task(config.task).finetune(config.finetune, config.data, pretrained, run_dir / "finetune", on_epoch)

@@ -15,6 +15,14 @@ REPO = Path(__file__).resolve().parents[1]
 def test_params_yaml_is_the_serialized_default_config() -> None:
     on_disk = yaml.safe_load((REPO / "params.yaml").read_text())
     assert RunConfig.model_validate(on_disk).model_dump(mode="json") == on_disk
+    assert RunConfig.model_validate(on_disk) == RunConfig()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_complete_so_dvc_tracks_every_key(path: Path) -> None:
+    on_disk = yaml.safe_load(path.read_text())
+    assert RunConfig.model_validate(on_disk).model_dump(mode="json") == on_disk, (
+        f"{path.name} is missing keys; rewrite it with adaptflow.config.dump_params(load_config(path), path, header)")
 
 
 def test_overrides_are_typed_and_nested(tmp_path: Path) -> None:

@@ -53,15 +53,30 @@ def test_dvc_stages_match_cli_commands_and_config_sections() -> None:
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     sections = set(RunConfig.model_fields)
     for name, stage in stages.items():
-        assert stage["cmd"].split()[:2] == ["adaptflow", name] and name in commands
-        for param in stage.get("params", []):
-            section, *rest = param.split(".")
-            assert section in sections, f"{name}: unknown params section {section}"
-            if rest:
-                assert rest[0] in RunConfig.model_fields[section].annotation.model_fields, f"{name}: {param}"
+        body = stage.get("do", stage)
+        assert body["cmd"].split()[:2] == ["adaptflow", name] and name in commands
+        for entry in body.get("params", []):
+            for param in entry if isinstance(entry, str) else [key for keys in entry.values() for key in keys]:
+                section, *rest = param.split(".")
+                assert section in sections, f"{name}: unknown params section {section}"
+                if rest:
+                    assert rest[0] in RunConfig.model_fields[section].annotation.model_fields, f"{name}: {param}"
+        for item in stage.get("foreach", {}).values():
+            assert (REPO / item["config"]).exists(), f"{name}: {item['config']} is missing"
 
 
 def test_transfer_flow_runs_each_stage_task() -> None:
     source = (REPO / "flows" / "transfer.py").read_text()
     for task in ("version_data_task", "fetch_pretrained_task", "finetune_task", "evaluate_task", "register_task"):
         assert f"{task}(" in source or f"{task}.submit(" in source
+
+
+def test_prefect_yaml_detection_deployments_run_the_shipped_detection_config() -> None:
+    from adaptflow.config import load_config, parse_config
+
+    shipped = load_config(REPO / "configs" / "detection.yaml")
+    declared = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
+    for name in ("pretrain-detection", "transfer-detection", "retrain-detection"):
+        assert parse_config(declared[name]["parameters"]["config"], name) == shipped, name
+    retrain = declared["retrain-detection"]["triggers"][0]["match"]["prefect.resource.id"]
+    assert retrain == f"adaptflow.data.{shipped.data.target}"

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from adaptflow.data import build_all
 from adaptflow.data.demo import build_demo_data
 from adaptflow.data.folders import load_image_folder
 from conftest import REPO, init_dvc_repo, run
@@ -24,7 +25,7 @@ def test_full_build_is_deterministic_and_matches_committed_data_dvc(tmp_path: Pa
         root = tmp_path / name
         root.mkdir()
         init_dvc_repo(root)
-        build_demo_data(root / "data")
+        build_all(root / "data")
         hashes.append(_dvc_md5(root))
     committed = yaml.safe_load((REPO / "data.dvc").read_text())["outs"][0]["md5"]
     assert hashes[0] == hashes[1] == committed
@@ -35,6 +36,9 @@ def test_full_build_is_deterministic_and_matches_committed_data_dvc(tmp_path: Pa
     assert len(list((data / "uci_digits" / "train").rglob("*.png"))) == 100  # 10 labeled per class
     assert len(list((data / "uci_digits" / "test").rglob("*.png"))) == 800
     assert len(list((data / "uci_digits" / "unlabeled").rglob("*.png"))) == 1797 - 900
+    for domain, splits in {"mnist_scenes": {"train": 800, "test": 200}, "photo_scenes": {"train": 60, "unlabeled": 600, "test": 300}}.items():
+        for split, count in splits.items():
+            assert len(list((data / domain / split / "images").iterdir())) == count == len(list((data / domain / split / "labels").iterdir()))
 
 
 def test_target_splits_are_disjoint_and_class_balanced(tmp_path: Path) -> None:

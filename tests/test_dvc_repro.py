@@ -29,9 +29,9 @@ def clone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return dest
 
 
-def _repro(root: Path) -> str:
+def _repro(root: Path, *targets: str) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return run([sys.executable, "-m", "dvc", "repro"], root, env=env).stdout
+    return run([sys.executable, "-m", "dvc", "repro", *targets], root, env=env).stdout
 
 
 def test_repro_reproduces_the_flow_and_second_repro_is_a_no_op(prefect_api, clone: Path) -> None:
@@ -42,14 +42,35 @@ def test_repro_reproduces_the_flow_and_second_repro_is_a_no_op(prefect_api, clon
     source = pretrain(config=cfg)["published"]
     flow_metrics = transfer(config=cfg)["metrics"]
 
-    first = _repro(clone)
-    assert "Running stage 'finetune'" in first and "Running stage 'register'" in first
+    first = _repro(clone, "register@classifier")
+    assert "Running stage 'finetune@classifier'" in first and "Running stage 'register@classifier'" in first
     assert sha256_file(clone / "models" / "source" / "model.pt") == source["sha256"]
-    assert read_json(clone / "outputs" / "evaluate" / "metrics.json") == flow_metrics
-    registration = read_json(clone / "outputs" / "register" / "registration.json")
+    assert read_json(clone / "outputs" / "classifier" / "evaluate" / "metrics.json") == flow_metrics
+    registration = read_json(clone / "outputs" / "classifier" / "register" / "registration.json")
     assert registration["model_uri"].startswith("models:/adaptflow-classifier/")
 
-    second = _repro(clone)
+    second = _repro(clone, "register@classifier")
     assert "Running stage" not in second and "up to date" in second
     shown = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], cwd=clone, capture_output=True, text=True)
     assert json.dumps(flow_metrics["target_accuracy"]) in shown.stdout
+
+
+def test_repro_reproduces_the_yolo_detection_flow(prefect_api, clone: Path) -> None:
+    from adaptflow.config import load_config
+    from adaptflow.data.scenes import build_scene_data
+    from flows.pretrain import pretrain
+    from flows.transfer import transfer
+    from test_detection import TINY_SCENES, detection_config
+
+    build_scene_data(clone / "data", sizes=TINY_SCENES)
+    run([sys.executable, "-m", "dvc", "add", "data"], clone)
+    cfg = detection_config("yolov8n", "pretrain.output=models/source-yolo", "pretrained.uri=models/source-yolo/model.pt")
+    dump_params(cfg, clone / "configs" / "detection.yaml")
+    assert load_config(clone / "configs" / "detection.yaml") == cfg
+    source = pretrain(config=cfg)["published"]
+    flow_metrics = transfer(config=cfg)["metrics"]
+
+    out = _repro(clone, "evaluate@yolo")
+    assert "Running stage 'pretrain@yolo'" in out and "Running stage 'evaluate@yolo'" in out
+    assert sha256_file(clone / "models" / "source-yolo" / "model.pt") == source["sha256"]
+    assert read_json(clone / "outputs" / "yolo" / "evaluate" / "metrics.json") == pytest.approx(flow_metrics)

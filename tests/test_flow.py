@@ -28,7 +28,7 @@ def test_pretrain_then_transfer_registers_a_champion_with_lineage(flows, project
     cfg = tiny_config()
     published = pretrain(config=cfg)["published"]
     assert Path(published["path"]) == project / "models" / "source" / "model.pt"
-    assert 0.0 <= published["source_accuracy"] <= 1.0
+    assert 0.0 <= published["metrics"]["source_accuracy"] <= 1.0
 
     result = transfer(config=cfg)
     run_dir = Path(result["run_dir"])

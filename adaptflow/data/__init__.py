@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from adaptflow import env
 from adaptflow.config import DataConfig
 from adaptflow.data.folders import ImageSet, list_classes, load_image_folder
@@ -18,4 +20,14 @@ def load_split(cfg: DataConfig, domain: str, split: str, classes: tuple[str, ...
     return load_image_folder(split_dir(cfg, domain, split), cfg.image_size, classes)
 
 
-__all__ = ["ImageSet", "list_classes", "load_image_folder", "load_split", "split_dir"]
+def build_all(root: str | Path) -> Path:
+    """Every demo domain under `root`, byte-identical every time (what `data.dvc` records):
+    MNIST -> UCI digits for classification, digit scenes -> on photographs for detection."""
+    from adaptflow.data.demo import build_demo_data
+    from adaptflow.data.scenes import build_scene_data
+
+    build_demo_data(root)
+    return build_scene_data(root)
+
+
+__all__ = ["ImageSet", "build_all", "list_classes", "load_image_folder", "load_split", "split_dir"]

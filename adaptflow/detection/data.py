@@ -1,0 +1,135 @@
+"""Detection splits in YOLO format (`<split>/images/*`, `<split>/labels/*.txt`) loaded into tensors.
+
+A split decodes once into one uint8 tensor (N x 3 x S x S) plus one box table, so batches are
+indexed, never re-read. Boxes are kept as one (M x 6) tensor of `image, class, x1, y1, x2, y2`
+in pixels; `targets()` cuts it per image for the models that want a list.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+from adaptflow.data.folders import IMAGE_SUFFIXES
+
+
+@dataclass(frozen=True)
+class DetectionSet:
+    """Images (uint8, N x 3 x S x S), boxes (float, M x 6: image, class, x1, y1, x2, y2), class names."""
+
+    images: torch.Tensor
+    boxes: torch.Tensor
+    classes: tuple[str, ...]
+    files: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def targets(self, index: torch.Tensor | None = None) -> list[dict[str, torch.Tensor]]:
+        """Per-image `{"boxes": K x 4 xyxy, "labels": K}` for the images at `index` (all by default)."""
+        index = torch.arange(len(self)) if index is None else index
+        owner = self.boxes[:, 0].long()
+        order = torch.argsort(owner, stable=True)
+        counts = torch.bincount(owner, minlength=len(self)).tolist()
+        per_image = torch.split(self.boxes[order], counts)
+        return [{"boxes": per_image[i][:, 2:6], "labels": per_image[i][:, 1].long()} for i in index.tolist()]
+
+    def subset(self, count: int | None, seed: int = 0) -> DetectionSet:
+        """A seeded subset of `count` images (all of them when None)."""
+        if count is None or count >= len(self):
+            return self
+        keep = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+        remap = torch.full((len(self),), -1, dtype=torch.long)
+        remap[keep] = torch.arange(len(keep))
+        boxes = self.boxes[remap[self.boxes[:, 0].long()] >= 0].clone()
+        boxes[:, 0] = remap[boxes[:, 0].long()].float()
+        return DetectionSet(self.images[keep], boxes, self.classes, tuple(self.files[i] for i in keep.tolist()) if self.files else ())
+
+
+def read_names(domain_dir: Path) -> tuple[str, ...]:
+    """Class names from `<domain>/data.yaml` (`names:` as a list or an index mapping)."""
+    spec_path = domain_dir / "data.yaml"
+    if not spec_path.exists():
+        raise FileNotFoundError(f"{spec_path}: no dataset file; a detection domain needs data.yaml with `names:`")
+    names = (yaml.safe_load(spec_path.read_text()) or {}).get("names")
+    if isinstance(names, dict):
+        names = [names[k] for k in sorted(names)]
+    if not names:
+        raise ValueError(f"{spec_path}: `names:` is missing or empty; list the class names in index order")
+    return tuple(str(n) for n in names)
+
+
+def image_files(split_dir: Path) -> list[Path]:
+    folder = split_dir / "images"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder (a detection split holds images/ and labels/)")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"{folder}: no images found")
+    return files
+
+
+def label_file(image: Path) -> Path:
+    return image.parent.parent / "labels" / f"{image.stem}.txt"
+
+
+def _read(path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BILINEAR)
+        pixels = np.asarray(img, dtype=np.uint8)
+    labels = label_file(path)
+    rows = np.loadtxt(labels, ndmin=2, dtype=np.float64) if labels.exists() and labels.stat().st_size else np.zeros((0, 5))
+    return pixels, rows
+
+
+def load_detection_split(split_dir: str | Path, image_size: int, classes: tuple[str, ...]) -> DetectionSet:
+    """Decode a YOLO-format split at `image_size`; boxes come back in pixels of the resized image."""
+    split_dir = Path(split_dir)
+    files = image_files(split_dir)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        decoded = list(pool.map(lambda p: _read(p, image_size), files))
+    images = torch.from_numpy(np.stack([pixels for pixels, _ in decoded])).permute(0, 3, 1, 2).contiguous()
+    tables = [np.column_stack([np.full(len(rows), i), rows]) for i, (_, rows) in enumerate(decoded) if len(rows)]
+    table = torch.from_numpy(np.concatenate(tables)).float() if tables else torch.zeros((0, 6))
+    cls, cx, cy, w, h = (table[:, k] for k in range(1, 6))
+    if len(table) and (cls.min() < 0 or cls.max() >= len(classes)):
+        raise ValueError(f"{split_dir}/labels: class ids must lie in 0..{len(classes) - 1} (the names in data.yaml)")
+    xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1).clamp(0, 1) * image_size
+    boxes = torch.cat([table[:, :2], xyxy], 1)
+    return DetectionSet(images, boxes, classes, tuple(str(p) for p in files))
+
+
+def stage_yolo_dataset(splits: dict[str, Path], classes: tuple[str, ...], dest: Path) -> Path:
+    """A YOLO dataset folder for one training run: hard links (or copies) of each split's images and
+    labels under `dest`, and a `data.yaml` naming them. Training tools write label caches beside the
+    labels; staging keeps those writes out of the versioned data folder."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    for name, source in splits.items():
+        for kind in ("images", "labels"):
+            (dest / name / kind).mkdir(parents=True)
+        for image in image_files(source):
+            _link(image, dest / name / "images" / image.name)
+            if label_file(image).exists():
+                _link(label_file(image), dest / name / "labels" / label_file(image).name)
+    spec = {"path": str(dest.resolve()), **{name: f"{name}/images" for name in splits}, "names": dict(enumerate(classes))}
+    path = dest / "data.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _link(source: Path, dest: Path) -> None:
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copyfile(source, dest)

@@ -1,0 +1,167 @@
+"""The Ultralytics adapter: the only module that imports `ultralytics`, and only when called.
+
+Before the import it makes Ultralytics quiet and local: its settings and font live in the
+project cache (never the user's home), its own MLflow, DVC, hub and sync integrations are off
+(adaptflow tracks runs itself, through the trainer's epoch callback), and the font its dataset
+check wants is provided from matplotlib, so no download is attempted.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from adaptflow import env
+
+log = logging.getLogger(__name__)
+
+ARCHS = ("yolov8n", "yolov8s", "yolo11n", "yolo11s")
+#: Integrations Ultralytics turns on by itself when their package imports.
+_INTEGRATIONS = ("sync", "mlflow", "dvc", "wandb", "clearml", "comet", "raytune", "tensorboard")
+#: Where `ultralytics:NAME` assets are published.
+ASSETS_URL = "https://github.com/ultralytics/assets/releases/download/v8.4.0"
+
+
+@functools.cache
+def ultralytics():  # noqa: ANN201 - the module
+    """Import Ultralytics once, configured for offline, project-local use."""
+    env.apply()
+    config_dir = Path(os.environ["YOLO_CONFIG_DIR"]) / "Ultralytics"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    from matplotlib import font_manager
+
+    font = Path(font_manager.findfont("DejaVu Sans"))
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):  # the fonts its plots and dataset checks look for
+        if not (config_dir / name).exists():
+            shutil.copyfile(font, config_dir / name)
+    import ultralytics as module
+    from ultralytics import settings
+
+    cache = env.cache_dir() / "ultralytics"
+    settings.update({key: False for key in _INTEGRATIONS} | {
+        "weights_dir": str(cache / "weights"), "datasets_dir": str(cache / "datasets"), "runs_dir": str(cache / "runs"),
+    })
+    return module
+
+
+def asset_url(name: str) -> str:
+    """The download URL of an Ultralytics release asset such as `yolo11n.pt`."""
+    base = os.environ.get("ADAPTFLOW_ULTRALYTICS_ASSETS_URL", ASSETS_URL).rstrip("/")
+    return f"{base}/{name}"
+
+
+def build(arch: str, num_classes: int) -> nn.Module:
+    """A freshly initialised YOLO of `arch` (from its YAML, no download) with `num_classes` outputs."""
+    ultralytics()
+    from ultralytics.nn.tasks import DetectionModel
+
+    model = DetectionModel(f"{arch}.yaml", nc=num_classes, verbose=False)
+    model.names = {i: str(i) for i in range(num_classes)}
+    return model
+
+
+def from_ultralytics_file(path: Path) -> tuple[nn.Module, str, tuple[str, ...]]:
+    """A model saved by Ultralytics itself (a pickled checkpoint): only for files the user trusts."""
+    ultralytics()
+    blob = torch.load(path, map_location="cpu", weights_only=False)  # noqa: S614 - the caller checked trust
+    model = (blob.get("ema") or blob["model"]).float()
+    names = model.names if isinstance(model.names, dict) else dict(enumerate(model.names))
+    arch = Path(str(model.yaml.get("yaml_file", ""))).stem
+    return model, arch, tuple(str(names[i]) for i in sorted(names))
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "0" if torch.cuda.is_available() else "cpu"
+    return name.partition(":")[2] or "0" if name.startswith("cuda") else name
+
+
+def train(
+    model: nn.Module,
+    arch: str,
+    data_yaml: Path,
+    work_dir: Path,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    image_size: int,
+    freeze: int,
+    seed: int,
+    device: str,
+    optimizer: str,
+    augment: bool = True,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[nn.Module, list[dict[str, float]]]:
+    """Train with Ultralytics' trainer, starting from `model`'s weights; returns the EMA weights and
+    per-epoch history. Validation uses the `val` split of `data_yaml` (never a target test split)."""
+    ultralytics()
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    dev = _device(device)
+    args = {
+        "model": f"{arch}.yaml", "data": str(data_yaml), "epochs": epochs, "batch": batch_size, "imgsz": image_size,
+        "lr0": lr, "weight_decay": weight_decay, "optimizer": "SGD" if optimizer == "sgd" else "AdamW",
+        "freeze": freeze or None, "seed": seed, "deterministic": True, "device": dev, "amp": dev != "cpu",
+        "project": str(work_dir), "name": "ultralytics", "exist_ok": True, "val": False, "plots": False,
+        "verbose": False, "nbs": batch_size, "warmup_epochs": min(3, max(epochs - 1, 0)), "pretrained": False,
+        "workers": 2, "fliplr": 0.0,  # mirrored digits or text are other symbols: no flips
+    }
+    if not augment:
+        args |= {"mosaic": 0.0, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "translate": 0.0, "scale": 0.0, "erasing": 0.0}
+    trainer = DetectionTrainer(overrides=args)
+    trainer.model = trainer.get_model(cfg=f"{arch}.yaml", weights=model, verbose=False)
+    history: list[dict[str, float]] = []
+
+    def record(t) -> None:  # noqa: ANN001 - Ultralytics' trainer
+        if t.epoch >= t.epochs:  # the final validation reports once more
+            return
+        seconds = float(t.epoch_time or 0.0)
+        row = {"epoch": t.epoch + 1, "epoch_seconds": seconds}
+        row |= {k.replace("/", "_"): float(v) for k, v in t.label_loss_items(t.tloss, prefix="train").items()}
+        row |= {f"val_{k.split('/')[-1].replace('(B)', '')}": float(v) for k, v in (t.metrics or {}).items() if "(B)" in k}
+        if seconds:
+            row["images_per_second"] = len(t.train_loader.dataset) / seconds
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(t.epoch + 1, row)
+
+    trainer.add_callback("on_fit_epoch_end", record)
+    trainer.train()
+    trained = copy.deepcopy(trainer.ema.ema if trainer.ema is not None else trainer.model).float().cpu()
+    return trained, history
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: str, conf: float = 0.001, iou: float = 0.7,
+            max_det: int = 100) -> list[dict[str, torch.Tensor]]:
+    """Boxes (xyxy pixels), scores and class indices for uint8 images (N x 3 x H x W)."""
+    ultralytics()
+    from ultralytics.utils.nms import non_max_suppression
+
+    from adaptflow.train import resolve_device
+
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    stride = int(max(model.stride.max().item(), 32))
+    h, w = images.shape[-2:]
+    pad = (0, (-w) % stride, 0, (-h) % stride)
+    results: list[dict[str, torch.Tensor]] = []
+    for start in range(0, len(images), batch_size):
+        x = torch.nn.functional.pad(images[start : start + batch_size].to(dev).float().div_(255), pad, value=114 / 255)
+        out = model(x)
+        for det in non_max_suppression(out[0] if isinstance(out, tuple | list) else out, conf, iou, max_det=max_det):
+            det = det.float().cpu()
+            det[:, 0:4:2] = det[:, 0:4:2].clamp(0, w)  # boxes stay inside the (unpadded) image
+            det[:, 1:4:2] = det[:, 1:4:2].clamp(0, h)
+            results.append({"boxes": det[:, :4], "scores": det[:, 4], "labels": det[:, 5].long()})
+    return results

@@ -1,0 +1,125 @@
+"""Detection through the same DAG: scene data, both detector families, mAP, the registry pyfunc."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import conftest
+from conftest import tiny_config
+
+TINY_SCENES = {"mnist_scenes": {"train": 24, "test": 8}, "photo_scenes": {"train": 12, "unlabeled": 6, "test": 8}}
+DETECTION = [
+    "task=detection", "data.source=mnist_scenes", "data.target=photo_scenes", "data.image_size=64",
+    "finetune.strategy=finetune", "registry.model_name=adaptflow-detector", "registry.metric=target_map50",
+    "registry.guard_metric=source_map50", "pretrain.epochs=1", "finetune.epochs=1", "pretrain.batch_size=8",
+    "finetune.batch_size=4", "evaluate.batch_size=16",
+]
+
+
+def detection_config(arch: str = "yolov8n", *overrides: str):
+    return tiny_config(*DETECTION, f"pretrain.arch={arch}", f"finetune.arch={arch}",
+                       f"pretrain.output=models/source-{arch}", f"pretrained.uri=models/source-{arch}/model.pt", *overrides)
+
+
+def tree_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_scene_build_is_byte_identical_valid_yolo_and_splits_photos_by_image(tmp_path: Path) -> None:
+    from adaptflow.data.scenes import TEST_PHOTOS, TRAIN_PHOTOS, build_scene_data
+    from adaptflow.detection.data import load_detection_split, read_names
+    from adaptflow.validate import Report, check_detection_split
+
+    build_scene_data(tmp_path / "a", sizes=TINY_SCENES)
+    build_scene_data(tmp_path / "b", sizes=TINY_SCENES)
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
+    assert not set(TRAIN_PHOTOS) & set(TEST_PHOTOS)
+
+    domain = tmp_path / "a" / "photo_scenes"
+    classes = read_names(domain)
+    assert classes == tuple(str(i) for i in range(10))
+    report = Report()
+    for split in ("train", "test"):
+        check_detection_split(domain / split, len(classes), report)
+    assert report.ok, str(report)
+    test = load_detection_split(domain / "test", 128, classes)
+    assert test.images.shape == (8, 3, 128, 128) and len(test.boxes) >= 8
+    assert ((test.boxes[:, 2:] >= 0) & (test.boxes[:, 2:] <= 128)).all()
+    assert (test.boxes[:, 4] > test.boxes[:, 2]).all() and (test.boxes[:, 5] > test.boxes[:, 3]).all()
+    assert sorted(p.suffix for p in (domain / "test" / "images").iterdir())[0] == ".jpg"  # JPEG artefacts are the target's
+
+
+def test_detection_config_errors_name_the_field_and_the_fix() -> None:
+    from adaptflow.config import ConfigError
+
+    with pytest.raises(ConfigError, match="finetune.arch 'yolov8n' is a detector but task is classification"):
+        tiny_config("finetune.arch=yolov8n")
+    with pytest.raises(ConfigError, match="registry.metric 'target_accuracy' is a classification metric"):
+        tiny_config(*DETECTION[:5], "pretrain.arch=yolov8n", "finetune.arch=yolov8n", "registry.metric=target_accuracy")
+
+
+@pytest.fixture
+def scenes(project: Path) -> Path:
+    from adaptflow.data.scenes import build_scene_data
+
+    build_scene_data(project / "data", sizes=TINY_SCENES)
+    return project
+
+
+def test_yolo_flows_register_a_detector_that_predicts_boxes_from_the_registry(prefect_api, scenes: Path) -> None:
+    import mlflow.pyfunc
+    from mlflow import MlflowClient
+
+    from adaptflow import env
+    from adaptflow.io import read_json
+    from flows.pretrain import pretrain
+    from flows.transfer import transfer
+
+    cfg = detection_config("yolov8n")
+    published = pretrain(config=cfg)["published"]
+    assert 0.0 <= published["metrics"]["source_map50"] <= 1.0
+    result = transfer(config=cfg)
+    run_dir = Path(result["run_dir"])
+    metrics = read_json(run_dir / "evaluate" / "metrics.json")
+    for key in ("target_map50", "target_map50_95", "source_map50", "baseline_target_map50", "gain", "forgetting"):
+        assert -1.0 <= metrics[key] <= 1.0, key
+    report = read_json(run_dir / "evaluate" / "report.json")
+    assert set(report["target"]["ap50_95_per_class"]) == {str(i) for i in range(10)}
+    for plot in ("pr_curve.png", "predictions.png"):
+        assert (run_dir / "evaluate" / plot).read_bytes()[:4] == b"\x89PNG"
+    assert not list((scenes / "data").rglob("*.cache")), "training wrote label caches into the versioned data"
+
+    client = MlflowClient(env.default_tracking_uri())
+    champion = client.get_model_version_by_alias("adaptflow-detector", "champion")
+    assert champion.tags["adaptflow.task"] == "detection"
+    assert len(client.get_metric_history(champion.run_id, "train_box_loss")) == cfg.finetune.epochs
+
+    model = mlflow.pyfunc.load_model(f"models:/adaptflow-detector/{champion.version}")
+    image = np.asarray(__import__("PIL.Image").Image.open(next((scenes / "data" / "photo_scenes" / "test" / "images").iterdir())).convert("RGB"))
+    boxes = model.predict(np.stack([image, image]), params={"conf": 0.0})
+    assert list(boxes.columns) == ["image", "class_index", "class", "score", "x1", "y1", "x2", "y2"]
+    assert len(boxes) > 0 and set(boxes["image"]) <= {0, 1}
+    assert (boxes["x2"] <= image.shape[1] + 1).all() and (boxes["x1"] >= -1).all()
+    assert conftest._attempts == [], "a connection beyond 127.0.0.1 was attempted"
+
+
+def test_faster_rcnn_pretrains_finetunes_and_is_measured_by_the_same_map(scenes: Path) -> None:
+    from adaptflow.detection import stages
+    from adaptflow.pretrained import fetch_pretrained
+
+    cfg = detection_config("fasterrcnn_mobilenet_v3_large_fpn")
+    published = stages.pretrain(cfg.pretrain, cfg.data, scenes / "work" / "pretrain")
+    ref = fetch_pretrained(cfg.pretrained.uri)
+    assert ref.sha256 == published.sha256
+    model = stages.finetune(cfg.finetune, cfg.data, ref, scenes / "work" / "finetune")
+    metrics = stages.evaluate(cfg.evaluate, cfg.data, model.path, ref, scenes / "work" / "evaluate", "cpu")
+    assert set(metrics) >= {"target_map50", "source_map50", "baseline_target_map50", "gain"}
+    assert metrics == pytest.approx(stages.measure(cfg.evaluate, cfg.data, model.path, "cpu") | {
+        k: v for k, v in metrics.items() if k.startswith("baseline") or k in ("gain", "forgetting")})
