@@ -67,17 +67,23 @@ def data_version(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = N
 
 @data_app.command("add")
 def data_add(
-    source: Annotated[Path, typer.Argument(help="Folder of new labeled images: <class>/<image>")],
+    source: Annotated[Path, typer.Argument(help="Folder of new labeled images: CLASS/IMAGE, or images/ and labels/ for detection")],
     split: Annotated[str, typer.Option(help="Target split to add them to")] = "train",
     config: ConfigOption = DEFAULT_CONFIG,
     overrides: Overrides = None,
 ) -> None:
     """Add new labeled target images, then announce it (a Prefect event that triggers retraining)."""
     from adaptflow.data import split_dir
-    from adaptflow.data.ingest import add_images
+    from adaptflow.data.ingest import add_detection_images, add_images
 
     cfg = _config(config, overrides)
-    added = add_images(source, split_dir(cfg.data, cfg.data.target, split))
+    dest = split_dir(cfg.data, cfg.data.target, split)
+    if cfg.task == "detection":
+        from adaptflow.detection.data import read_names
+
+        added = add_detection_images(source, dest, len(read_names(dest.parent)))
+    else:
+        added = add_images(source, dest)
     typer.echo(f"added {sum(added.values())} images to {cfg.data.target}/{split}: {added}")
     if not added:
         return

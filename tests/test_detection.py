@@ -123,3 +123,49 @@ def test_faster_rcnn_pretrains_finetunes_and_is_measured_by_the_same_map(scenes:
     assert set(metrics) >= {"target_map50", "source_map50", "baseline_target_map50", "gain"}
     assert metrics == pytest.approx(stages.measure(cfg.evaluate, cfg.data, model.path, "cpu") | {
         k: v for k, v in metrics.items() if k.startswith("baseline") or k in ("gain", "forgetting")})
+
+
+def test_ultralytics_asset_is_downloaded_cached_and_fine_tuned_with_a_new_head(scenes: Path, tmp_path: Path, monkeypatch) -> None:
+    from adaptflow.detection import stages, yolo
+    from adaptflow.detection.models import load_detector
+    from adaptflow.pretrained import fetch_pretrained
+    from test_fetch import Server
+
+    served = tmp_path / "assets"
+    served.mkdir()
+    yolo.ultralytics()
+    from ultralytics import YOLO
+
+    YOLO("yolov8n.yaml").save(served / "yolov8n.pt")  # an Ultralytics checkpoint, as its releases publish them (80 classes)
+    server = Server(served)
+    monkeypatch.setenv("ADAPTFLOW_ULTRALYTICS_ASSETS_URL", server.url)
+    ref = fetch_pretrained("ultralytics:yolov8n.pt")
+    assert ref.arch == "yolov8n" and server.hits == {"/yolov8n.pt": 1}
+    server.httpd.shutdown()
+    assert fetch_pretrained("ultralytics:yolov8n.pt") == ref  # offline now: the cache answers
+    with pytest.raises(ValueError, match="pickled Python objects"):
+        load_detector(ref.path)  # the same file from an unknown source is refused
+
+    cfg = detection_config("yolov8n", "pretrained.uri=ultralytics:yolov8n.pt")
+    trained = stages.finetune(cfg.finetune, cfg.data, ref, scenes / "work" / "finetune")
+    model, meta = load_detector(trained.path)
+    assert meta["classes"] == tuple(str(i) for i in range(10)) and model.model[-1].nc == 10
+
+
+def test_data_add_takes_yolo_folders_checks_them_first_and_names_by_content(scenes: Path, tmp_path: Path) -> None:
+    from adaptflow.data.ingest import add_detection_images
+    from adaptflow.data.scenes import build_scene_data
+    from adaptflow.validate import DataValidationError
+
+    build_scene_data(tmp_path / "new", sizes={"photo_scenes": {"fresh": 3}})
+    fresh = tmp_path / "new" / "photo_scenes" / "fresh"
+    split = scenes / "data" / "photo_scenes" / "train"
+    before = len(list((split / "images").iterdir()))
+    assert add_detection_images(fresh, split, 10) == {"images": 3}
+    assert add_detection_images(fresh, split, 10) == {}  # the same images again add nothing
+    assert len(list((split / "images").iterdir())) == before + 3 == len(list((split / "labels").iterdir()))
+
+    (fresh / "labels" / "00000.txt").write_text("12 0.5 0.5 0.2 0.2\n")
+    with pytest.raises(DataValidationError, match="class id 12 out of range"):
+        add_detection_images(fresh, tmp_path / "elsewhere", 10)
+    assert not (tmp_path / "elsewhere").exists()  # nothing is copied when anything is wrong

@@ -8,6 +8,7 @@ import torch
 from adaptflow.data import ImageSet
 from adaptflow.models import build_classifier
 from adaptflow.train import FitSettings, autocast_dtype, fit, predict
+from test_detection import detection_config, scenes  # noqa: F401 - scenes is a fixture
 
 pytestmark = pytest.mark.gpu
 
@@ -33,3 +34,18 @@ def test_mixed_precision_training_on_cuda(precision: str) -> None:
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     accuracy = (predict(model, images, device="cuda").argmax(1) == labels).float().mean()
     assert accuracy > 0.9
+
+
+@pytest.mark.parametrize("arch", ["yolov8n", "fasterrcnn_mobilenet_v3_large_fpn"])
+def test_detectors_pretrain_on_cuda_and_predict(arch: str, scenes) -> None:  # noqa: ANN001 - the scenes project
+    from adaptflow.detection import stages
+    from adaptflow.detection.models import load_detector, predict
+
+    cfg = detection_config(arch, "pretrain.epochs=3", "pretrain.device=cuda")
+    published = stages.pretrain(cfg.pretrain, cfg.data, scenes / "work")
+    history = __import__("json").loads((scenes / f"models/source-{arch}/history.json").read_text())
+    assert len(history) == 3
+    model, meta = load_detector(published.path)
+    test = stages.load_split(cfg.data, cfg.data.target, "test", meta["classes"])
+    out = predict(model, arch, test.images, device="cuda")
+    assert len(out) == len(test) and all(o["boxes"].device.type == "cpu" for o in out)

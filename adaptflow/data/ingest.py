@@ -30,3 +30,26 @@ def add_images(source: Path, split: Path) -> dict[str, int]:
                 shutil.copyfile(image, dest)
                 added[class_dir.name] = added.get(class_dir.name, 0) + 1
     return added
+
+
+def add_detection_images(source: Path, split: Path, num_classes: int) -> dict[str, int]:
+    """Copy a YOLO-format folder (`source/images`, `source/labels`) into `split`, each image and its
+    label file under the image's content hash; returns {"images": count added}. Checked first."""
+    from adaptflow.detection.data import image_files, label_file
+    from adaptflow.validate import check_detection_split
+
+    report = Report()
+    check_detection_split(source, num_classes, report)
+    if not report.ok:
+        raise DataValidationError(report)
+    (split / "images").mkdir(parents=True, exist_ok=True)
+    (split / "labels").mkdir(parents=True, exist_ok=True)
+    added = 0
+    for image in image_files(source):
+        stem = f"added-{hashlib.sha256(image.read_bytes()).hexdigest()[:16]}"
+        dest = split / "images" / f"{stem}{image.suffix.lower()}"
+        if not dest.exists():
+            shutil.copyfile(label_file(image), split / "labels" / f"{stem}.txt")  # the label first: an image never lands alone
+            shutil.copyfile(image, dest)
+            added += 1
+    return {"images": added} if added else {}

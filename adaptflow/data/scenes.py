@@ -9,7 +9,7 @@
 Layout (YOLO format): `<root>/<domain>/<split>/images/<index>.{png,jpg}`, the matching
 `<split>/labels/<index>.txt` (`class cx cy w h`, normalised), and `<root>/<domain>/data.yaml`.
 Every image draws from its own generator seeded by (seed, domain, split, index), so a rebuild
-is byte-identical and any one image can be regenerated alone.
+is byte-identical and any one image can be regenerated alone, whatever else is built with it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import io
 import logging
 import shutil
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,13 +177,14 @@ def build_scene_data(
     mnist = split_per_class(labels, {"test": 100, "train": None}, seed)  # the classification demo's split
     train_photos = [load_photo(name) for name in TRAIN_PHOTOS]
     test_photos = [load_photo(name) for name in TEST_PHOTOS]
-    for domain_id, (domain, splits) in enumerate(sizes.items()):
+    for domain, splits in sizes.items():
         staging = Path(tempfile.mkdtemp(prefix=f".{domain}-", dir=root))
         try:
-            for split_id, (split, count) in enumerate(splits.items()):
+            for split, count in splits.items():
                 pool = mnist["test" if split == "test" else "train"]
                 photos = None if domain == SOURCE else (test_photos if split == "test" else train_photos)
-                write_scene_split(staging / split, count, (seed, domain_id, split_id), images[pool], labels[pool], photos, severity)
+                key = (seed, zlib.crc32(domain.encode()), zlib.crc32(split.encode()))  # stable whatever else is built
+                write_scene_split(staging / split, count, key, images[pool], labels[pool], photos, severity)
             spec = {"path": ".", **{split: f"{split}/images" for split in splits}, "names": dict(enumerate(CLASSES))}
             (staging / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
             final = root / domain

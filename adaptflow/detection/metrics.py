@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import torch
@@ -17,7 +19,8 @@ def detection_report(predictions: list[dict[str, torch.Tensor]], targets: list[d
 
     metric = MeanAveragePrecision(iou_type="bbox", class_metrics=True, extended_summary=True, backend="pycocotools")
     metric.update(predictions, targets)
-    result = metric.compute()
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its summary tables
+        result = metric.compute()
     per_class = dict.fromkeys(classes, None)
     for cls, ap in zip(result["classes"].reshape(-1).tolist(), result["map_per_class"].reshape(-1).tolist(), strict=True):
         if 0 <= cls < len(classes):

@@ -30,8 +30,8 @@ def family(arch: str) -> str:
     raise ValueError(f"'{arch}' is not a detector: use one of {', '.join(ARCHS)}")
 
 
-def build_detector(arch: str, num_classes: int, image_size: int) -> nn.Module:
-    return yolo.build(arch, num_classes) if family(arch) == "yolo" else frcnn.build(arch, num_classes, image_size)
+def build_detector(arch: str, num_classes: int, image_size: int, head_width: int | None = None) -> nn.Module:
+    return yolo.build(arch, num_classes, head_width) if family(arch) == "yolo" else frcnn.build(arch, num_classes, image_size)
 
 
 def save_detector(path: str | Path, model: nn.Module, *, arch: str, classes: tuple[str, ...], image_size: int,
@@ -44,6 +44,8 @@ def save_detector(path: str | Path, model: nn.Module, *, arch: str, classes: tup
         "image_size": image_size, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": extra or {},
     }
+    if family(arch) == "yolo":
+        blob["head_width"] = yolo.head_width_of(model)
     with atomic_write(path) as tmp, open(tmp, "wb") as fh:
         torch.save(blob, fh)
 
@@ -62,7 +64,7 @@ def load_detector(path: str | Path, allow_pickle: bool = False) -> tuple[nn.Modu
         return model, {"arch": arch, "family": "yolo", "classes": classes, "image_size": None, "extra": {}}
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not an adaptflow detector file (expected format {CHECKPOINT_FORMAT})")
-    model = build_detector(blob["arch"], len(blob["classes"]), blob["image_size"])
+    model = build_detector(blob["arch"], len(blob["classes"]), blob["image_size"], blob.get("head_width"))
     try:
         model.load_state_dict(blob.pop("state_dict"))
     except RuntimeError as exc:

@@ -58,14 +58,25 @@ def asset_url(name: str) -> str:
     return f"{base}/{name}"
 
 
-def build(arch: str, num_classes: int) -> nn.Module:
-    """A freshly initialised YOLO of `arch` (from its YAML, no download) with `num_classes` outputs."""
+def build(arch: str, num_classes: int, head_width: int | None = None) -> nn.Module:
+    """A freshly initialised YOLO of `arch` (from its YAML, no download) with `num_classes` outputs.
+
+    Fine-tuning from a model with more classes keeps that model's wider classification branch
+    (Ultralytics transfers it whole); `head_width` rebuilds a model of that shape to load into.
+    """
     ultralytics()
     from ultralytics.nn.tasks import DetectionModel
 
     model = DetectionModel(f"{arch}.yaml", nc=num_classes, verbose=False)
+    if head_width is not None and head_width != head_width_of(model):
+        model.load(DetectionModel(f"{arch}.yaml", nc=head_width, verbose=False), verbose=False)
     model.names = {i: str(i) for i in range(num_classes)}
     return model
+
+
+def head_width_of(model: nn.Module) -> int:
+    """Channels of the classification branch of a YOLO's Detect head (it grows with the class count)."""
+    return model.model[-1].cv3[0][-1].in_channels
 
 
 def from_ultralytics_file(path: Path) -> tuple[nn.Module, str, tuple[str, ...]]:
