@@ -52,13 +52,17 @@ class ConvBlock(nn.Sequential):
 
 
 class SmallCNN(nn.Sequential):
-    """A LeNet-size backbone (three conv blocks, 128 features): about 3.5x faster than resnet18 at
-    32 px on a CPU, for benchmarks that train hundreds of models."""
+    """A LeNet-size backbone (three conv blocks, then a 4x4 map into 256 features): about 3x
+    faster than resnet18 at 32 px on a CPU, for benchmarks that train hundreds of models. Unlike a
+    global average pool, the 4x4 map keeps where strokes are, which digits need."""
 
-    out_features = 128
+    out_features = 256
 
     def __init__(self) -> None:
-        super().__init__(ConvBlock(3, 32), ConvBlock(32, 64), ConvBlock(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        super().__init__(
+            ConvBlock(3, 32), ConvBlock(32, 64), ConvBlock(64, 128), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+            nn.Sequential(nn.Linear(128 * 16, self.out_features, bias=False), nn.BatchNorm1d(self.out_features), nn.ReLU(inplace=True)),
+        )
 
 
 def build_classifier(arch: str, num_classes: int) -> Classifier:
