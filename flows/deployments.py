@@ -8,7 +8,9 @@ import tasks  # noqa: F401 - applies the offline defaults before Prefect starts
 from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron
 
+from adaptflow.benchmark import load_preset
 from adaptflow.config import RunConfig
+from flows.benchmark import benchmark
 from flows.pretrain import pretrain
 from flows.retrain import retrain
 from flows.transfer import transfer
@@ -28,7 +30,7 @@ def data_added_trigger() -> DeploymentEventTrigger:
 
 
 def deployments(config: RunConfig, cron: str = NIGHTLY, schedule_active: bool = False) -> list:
-    """pretrain, transfer and retrain (nightly, off until enabled; also triggered when data lands)."""
+    """pretrain, transfer, retrain (nightly, off until enabled; also triggered when data lands) and benchmark."""
     defaults = {"config": config.model_dump(mode="json")}
     tags = ["adaptflow", config.task]
     return [
@@ -41,6 +43,10 @@ def deployments(config: RunConfig, cron: str = NIGHTLY, schedule_active: bool = 
             schedules=[Cron(cron, timezone="UTC", active=schedule_active)],
             triggers=[data_added_trigger()],
             description="Version the data; retrain only if data or config changed; promote only a better model.",
+        ),
+        benchmark.to_deployment(
+            "benchmark", parameters={"spec": load_preset("quick").model_dump(mode="json")}, tags=["adaptflow", "benchmark"],
+            description="Transfer strategies and domain adaptation methods against scratch and source-only baselines, with a report.",
         ),
     ]
 
