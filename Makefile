@@ -7,7 +7,7 @@ BIN    := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo demo-detection test test-all bench data repro ui serve clean help
+.PHONY: install demo demo-detection test test-all bench benchmark benchmark-quick data repro ui serve clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,12 @@ test-all: install  ## the test suite including slow end-to-end runs
 
 bench: install  ## flow overhead and training-loop throughput, as measured ratios
 	$(BIN)/python -m benchmarks.bench
+
+benchmark-quick: install  ## transfer-learning benchmark, quick preset (minutes on 2 cores): reports/benchmark/
+	$(BIN)/adaptflow benchmark --preset quick
+
+benchmark: install  ## the full benchmark grid (30-60 min on 2 cores): reports/benchmark/
+	$(BIN)/adaptflow benchmark --preset full
 
 data: install  ## build the demo domains under data/ (matches data.dvc)
 	$(BIN)/adaptflow data build

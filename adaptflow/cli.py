@@ -300,6 +300,26 @@ def _run_flow(name: str, cfg) -> dict:  # noqa: ANN001 - RunConfig
 
 
 @app.command()
+def benchmark(
+    preset: Annotated[str, typer.Option(help="Preset name (benchmarks/presets/NAME.yaml) or a YAML file")] = "quick",
+    workers: Annotated[int | None, typer.Option(help="Cells run in parallel (default: the preset's)")] = None,
+    output: Annotated[Path | None, typer.Option(help="Report folder (default: the preset's)")] = None,
+) -> None:
+    """Run the transfer-learning benchmark (a Prefect flow) and write its report (report.md, PNGs, metrics.json)."""
+    from adaptflow.benchmark import load_preset
+
+    spec = load_preset(preset)
+    spec = spec.model_copy(update={k: v for k, v in {"workers": workers, "output": output}.items() if v is not None})
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.benchmark import benchmark as benchmark_flow
+
+    command = f"adaptflow benchmark --preset {preset}"
+    result = benchmark_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=spec.workers))(spec=spec, command=command)
+    typer.echo(json.dumps(result, indent=2))
+
+
+@app.command()
 def demo(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> None:
     """The whole demo: build the data, pretrain the source model, run the transfer flow, show results.
 

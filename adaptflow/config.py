@@ -23,6 +23,7 @@ ClassifierArch = Literal[
     "mobilenet_v3_small",
     "mobilenet_v3_large",
     "efficientnet_b0",
+    "small_cnn",
 ]
 DetectorArch = Literal[
     "yolov8n",
@@ -34,7 +35,9 @@ DetectorArch = Literal[
 ]
 Arch = Literal[get_args(ClassifierArch) + get_args(DetectorArch)]
 Task = Literal["classification", "detection"]
-Strategy = Literal["linear_probe", "finetune", "lp_ft"]
+Strategy = Literal["linear_probe", "finetune", "lp_ft", "discriminative", "gradual_unfreeze"]
+#: Unsupervised domain adaptation methods (`adaptflow.adapt.METHODS`); a test keeps the two in step.
+AdaptMethod = Literal["adabn", "dann", "coral", "mcc", "self_training"]
 Precision = Literal["auto", "bf16", "fp16", "off"]
 
 
@@ -121,9 +124,24 @@ class PretrainedConfig(Section):
 class FinetuneConfig(TrainConfig):
     """Adapt the pretrained model to the labeled target images."""
 
-    strategy: Strategy = Field("lp_ft", description="linear_probe trains the head only; finetune trains all; lp_ft does both in turn")
+    strategy: Strategy = Field(
+        "lp_ft",
+        description="linear_probe trains the head only; finetune trains all; lp_ft does both in turn; discriminative "
+        "trains all with lower rates for lower blocks; gradual_unfreeze unfreezes one block from the top at a time",
+    )
     lp_epochs: int = Field(5, ge=0, description="Head-only epochs before full fine-tuning (lp_ft)")
     backbone_lr_scale: float = Field(0.1, gt=0, le=1, description="Backbone learning rate = lr x this")
+    layer_lr_decay: float = Field(
+        0.5, gt=0, le=1, description="discriminative and gradual_unfreeze: each backbone block learns at this x the rate of the block above"
+    )
+    unfreeze_epochs: int = Field(1, ge=1, description="gradual_unfreeze: epochs between unfreezing one more backbone block")
+    methods: list[AdaptMethod] = Field(
+        [],
+        description="Unsupervised domain adaptation on the target's unlabeled split, applied in order, e.g. [adabn, self_training]; "
+        "with methods the model trains on the source's labeled images plus labeled_per_class target images",
+    )
+    adapt_weight: float = Field(1.0, ge=0, description="Weight of each adaptation method's loss term")
+    pseudo_label_threshold: float = Field(0.9, ge=0, le=1, description="self_training: confidence a pseudo-label needs")
     epochs: int = Field(15, ge=1, le=10_000)
     batch_size: int = Field(32, ge=1, le=65_536)
 
@@ -131,6 +149,9 @@ class FinetuneConfig(TrainConfig):
     def _phases(self) -> FinetuneConfig:
         if self.strategy == "lp_ft" and not 0 < self.lp_epochs < self.epochs:
             raise ValueError(f"lp_ft needs 0 < lp_epochs < epochs (got lp_epochs={self.lp_epochs}, epochs={self.epochs}); lower finetune.lp_epochs or raise finetune.epochs")
+        repeated = sorted({m for m in self.methods if self.methods.count(m) > 1})
+        if repeated:
+            raise ValueError(f"finetune.methods lists {repeated} more than once; list each method once")
         return self
 
 

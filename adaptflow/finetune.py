@@ -53,6 +53,19 @@ def content_digest(data: ImageSet) -> str:
     return digest.hexdigest()
 
 
+def training_sets(cfg: FinetuneConfig, data: DataConfig) -> tuple[ImageSet, ImageSet | None]:
+    """(labeled training images, unlabeled target images or None) for a fine-tune run."""
+    train = load_split(data, data.target, "train").per_class(data.labeled_per_class, seed=cfg.seed)
+    if not cfg.methods:
+        if len(train) == 0:
+            raise ValueError("data.labeled_per_class=0 leaves no labeled target images: raise it, or set finetune.methods "
+                             "(e.g. [adabn, self_training]) to adapt from unlabeled target images")
+        return train, None
+    source = load_split(data, data.source, "train", train.classes)
+    unlabeled = load_split(data, data.target, "unlabeled", train.classes)
+    return source.concat(train), unlabeled
+
+
 def finetune(
     cfg: FinetuneConfig,
     data: DataConfig,
@@ -60,8 +73,12 @@ def finetune(
     work_dir: Path,
     on_epoch: EpochCallback | None = None,
 ) -> TrainedModel:
-    """Train on the labeled target split (k per class when `data.labeled_per_class` is set)."""
-    train = load_split(data, data.target, "train").per_class(data.labeled_per_class, seed=cfg.seed)
+    """Train on the labeled target split (k per class when `data.labeled_per_class` is set).
+
+    With adaptation methods (`cfg.methods`), train on the source's labeled images plus those k
+    per class, and adapt with the target's unlabeled split.
+    """
+    train, unlabeled = training_sets(cfg, data)
     seed_everything(cfg.seed)  # a new head's initial weights are part of what the seed fixes
     model, arch = prepare_model(pretrained, cfg.arch, train.classes)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -73,10 +90,11 @@ def finetune(
         state_path=work_dir / "train_state.pt",
         fingerprint=fingerprint,
         on_epoch=on_epoch,
+        unlabeled=unlabeled,
     )
     path = work_dir / "model.pt"
     save_checkpoint(path, model, arch=arch, classes=train.classes, image_size=data.image_size,
-                    extra={"pretrained_sha256": pretrained.sha256, "strategy": cfg.strategy})
+                    extra={"pretrained_sha256": pretrained.sha256, "strategy": cfg.strategy, "methods": list(cfg.methods)})
     write_json(work_dir / "history.json", history)
     for leftover in ("train_state.pt", "train_state.json"):  # only an unfinished run needs them
         (work_dir / leftover).unlink(missing_ok=True)

@@ -44,9 +44,33 @@ def _last_linear(net: nn.Module) -> tuple[str, nn.Linear]:
     return found[-1]
 
 
+class ConvBlock(nn.Sequential):
+    """conv 3x3 -> batch norm -> ReLU -> 2x2 max pool."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+
+
+class SmallCNN(nn.Sequential):
+    """A LeNet-size backbone (three conv blocks, then a 4x4 map into 256 features): about 3x
+    faster than resnet18 at 32 px on a CPU, for benchmarks that train hundreds of models. Unlike a
+    global average pool, the 4x4 map keeps where strokes are, which digits need."""
+
+    out_features = 256
+
+    def __init__(self) -> None:
+        super().__init__(
+            ConvBlock(3, 32), ConvBlock(32, 64), ConvBlock(64, 128), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+            nn.Sequential(nn.Linear(128 * 16, self.out_features, bias=False), nn.BatchNorm1d(self.out_features), nn.ReLU(inplace=True)),
+        )
+
+
 def build_classifier(arch: str, num_classes: int) -> Classifier:
-    """A freshly initialised torchvision `arch` with a head of `num_classes` outputs."""
+    """A freshly initialised `arch` (torchvision, or `small_cnn`) with a head of `num_classes` outputs."""
     import torchvision
+
+    if arch == "small_cnn":
+        return Classifier(SmallCNN(), nn.Linear(SmallCNN.out_features, num_classes))
 
     net = torchvision.models.get_model(arch, weights=None)
     name, last = _last_linear(net)

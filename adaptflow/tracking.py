@@ -210,12 +210,18 @@ def redacted(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def start_run(cfg: TrackingConfig, run_name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
-    """Open the pipeline's MLflow run, with its lineage tags and flattened config as params (secrets masked)."""
+def start_run(cfg: TrackingConfig, run_name: str, tags: dict[str, str], params: dict[str, Any], parent_run_id: str | None = None) -> str:
+    """Open the pipeline's MLflow run, with its lineage tags and flattened config as params (secrets masked).
+
+    With `parent_run_id` the run is nested under that run (the MLflow UI shows it as a child).
+    """
     from mlflow.entities import Param, RunTag
 
     c = client(cfg)
-    run = c.create_run(experiment_id(cfg), run_name=run_name, tags={f"{TAG}{k}": redact(k, v) for k, v in tags.items()})
+    run_tags = {f"{TAG}{k}": redact(k, v) for k, v in tags.items()}
+    if parent_run_id:
+        run_tags["mlflow.parentRunId"] = parent_run_id
+    run = c.create_run(experiment_id(cfg), run_name=run_name, tags=run_tags)
     items = [Param(k, redact(k, v)[:6000]) for k, v in flatten(params).items()]
     for start in range(0, len(items), 100):
         c.log_batch(run.info.run_id, params=items[start : start + 100])
@@ -261,6 +267,13 @@ def log_history(cfg: TrackingConfig, run_id: str, history: Iterable[dict[str, fl
     for record in history:
         if int(record["epoch"]) not in logged:
             log_metrics(cfg, run_id, {k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]), prefix=prefix)
+
+
+def log_artifacts(cfg: TrackingConfig, run_id: str, paths: Iterable[str | Path]) -> None:
+    """Attach files to a run."""
+    c = client(cfg)
+    for path in paths:
+        c.log_artifact(run_id, str(path))
 
 
 def finish_run(cfg: TrackingConfig, run_id: str, status: str = "FINISHED") -> None:

@@ -1,7 +1,8 @@
-"""One training loop for every classification strategy.
+"""One training loop for every classification strategy and adaptation method.
 
 A strategy is a list of phases (which parameters train, for how many epochs); the loop runs
-them in turn with one optimizer step function. Batches are indexed from tensors that already
+them in turn with one optimizer step function. Adaptation methods (`adaptflow.adapt`) plug into
+the same loop: hooks around epochs and a loss term over a batch of unlabeled target images. Batches are indexed from tensors that already
 sit on the device; normalisation and augmentation run there too, on the whole batch. The full
 training state is checkpointed atomically after every epoch, so a retried run resumes exactly.
 """
@@ -14,6 +15,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from adaptflow.adapt import Adaptation, AdaptOptions, TargetData, build_methods
 from adaptflow.data.folders import ImageSet
 from adaptflow.io import atomic_write, write_json
 from adaptflow.models import IMAGENET_MEAN, IMAGENET_STD, Classifier
@@ -35,12 +38,18 @@ DEVICE_RESIDENT_BYTES = 2 << 30
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
+#: Strategies that give each backbone block `layer_lr_decay` times the learning rate of the block above.
+LAYERWISE_STRATEGIES = ("discriminative", "gradual_unfreeze")
+
+
 @dataclass(frozen=True)
 class Phase:
-    """A stretch of epochs in which either the head alone or the whole model trains."""
+    """A stretch of epochs in which the head trains, and the backbone too when `train_backbone`:
+    all of it, or only its top `blocks` blocks."""
 
     epochs: int
     train_backbone: bool
+    blocks: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,11 @@ class FitSettings:
     lp_epochs: int = 0
     backbone_lr_scale: float = 1.0
     checkpoint_every_steps: int = 0
+    layer_lr_decay: float = 1.0
+    unfreeze_epochs: int = 1
+    methods: Sequence[str] = ()
+    adapt_weight: float = 1.0
+    pseudo_label_threshold: float = 0.9
 
     @classmethod
     def from_config(cls, cfg: object, **overrides: object) -> FitSettings:
@@ -68,17 +82,28 @@ class FitSettings:
         return cls(**{**shared, **overrides})
 
 
-def plan_phases(strategy: str, epochs: int, lp_epochs: int = 0) -> list[Phase]:
-    """Phases of a transfer strategy: `linear_probe`, `finetune` or `lp_ft` (probe, then fine-tune)."""
+def plan_phases(strategy: str, epochs: int, lp_epochs: int = 0, num_blocks: int = 1, unfreeze_epochs: int = 1) -> list[Phase]:
+    """Phases of a transfer strategy: `linear_probe`, `finetune`, `lp_ft` (probe, then fine-tune),
+    `discriminative` (fine-tune, lower blocks slower) or `gradual_unfreeze` (the head for
+    `unfreeze_epochs`, then one more backbone block from the top every `unfreeze_epochs`)."""
     if strategy == "linear_probe":
         return [Phase(epochs, train_backbone=False)]
-    if strategy == "finetune":
+    if strategy in ("finetune", "discriminative"):
         return [Phase(epochs, train_backbone=True)]
+    if strategy == "gradual_unfreeze":
+        phases, done = [], 0
+        for blocks in range(num_blocks):
+            if done >= epochs:
+                return phases
+            length = min(unfreeze_epochs, epochs - done)
+            phases.append(Phase(length, train_backbone=blocks > 0, blocks=blocks or None))
+            done += length
+        return [*phases, Phase(epochs - done, train_backbone=True)] if done < epochs else phases
     if strategy == "lp_ft":
         if not 0 < lp_epochs < epochs:
             raise ValueError(f"lp_ft needs 0 < finetune.lp_epochs < finetune.epochs (got {lp_epochs} and {epochs})")
         return [Phase(lp_epochs, train_backbone=False), Phase(epochs - lp_epochs, train_backbone=True)]
-    raise ValueError(f"unknown strategy '{strategy}': use linear_probe, finetune or lp_ft")
+    raise ValueError(f"unknown strategy '{strategy}': use linear_probe, finetune, lp_ft, discriminative or gradual_unfreeze")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -135,14 +160,51 @@ def random_affine(x: torch.Tensor, generator: torch.Generator, degrees: float = 
     return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
 
 
-def param_groups(model: Classifier, lr: float, backbone_lr_scale: float, train_backbone: bool) -> list[dict]:
-    """The head at `lr`; the backbone at `lr * backbone_lr_scale`, or frozen."""
+def backbone_blocks(backbone: nn.Module) -> list[nn.Module]:
+    """The backbone's blocks from input to output: its children that hold parameters, with plain
+    `nn.Sequential` children (resnet's layerN, mobilenet's features) opened one level."""
+    blocks: list[nn.Module] = []
+    for child in backbone.children():
+        parts = list(child.children()) if type(child) is nn.Sequential else [child]
+        blocks += [m for m in parts if any(True for _ in m.parameters())]
+    return blocks
+
+
+def param_groups(
+    model: Classifier, lr: float, backbone_lr_scale: float, train_backbone: bool, blocks: int | None = None, layer_decay: float = 1.0
+) -> list[dict]:
+    """The head at `lr`; the backbone at `lr * backbone_lr_scale`, or frozen.
+
+    With `blocks`, only the backbone's top `blocks` blocks train; with `layer_decay` < 1 each block
+    trains at `layer_decay` times the rate of the block above it (discriminative learning rates).
+    """
     for p in model.backbone.parameters():
-        p.requires_grad_(train_backbone)
+        p.requires_grad_(False)
     groups = [{"params": list(model.head.parameters()), "lr": lr}]
-    if train_backbone:
-        groups.append({"params": list(model.backbone.parameters()), "lr": lr * backbone_lr_scale})
+    if not train_backbone:
+        return groups
+    if blocks is None and layer_decay == 1.0:
+        for p in model.backbone.parameters():
+            p.requires_grad_(True)
+        return [*groups, {"params": list(model.backbone.parameters()), "lr": lr * backbone_lr_scale}]
+    trainable = backbone_blocks(model.backbone)
+    trainable = trainable[len(trainable) - blocks:] if blocks is not None else trainable
+    for depth, block in enumerate(reversed(trainable)):
+        params = list(block.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        groups.append({"params": params, "lr": lr * backbone_lr_scale * layer_decay**depth})
     return groups
+
+
+def freeze_modes(model: Classifier, phase: Phase) -> None:
+    """Frozen parts keep their batch-norm statistics: put them in eval mode (the rest trains)."""
+    if not phase.train_backbone:
+        model.backbone.eval()
+    elif phase.blocks is not None:
+        blocks = backbone_blocks(model.backbone)
+        for block in blocks[: len(blocks) - phase.blocks]:
+            block.eval()
 
 
 def make_optimizer(name: str, groups: list[dict], weight_decay: float) -> torch.optim.Optimizer:
@@ -158,11 +220,22 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
     amp_dtype: torch.dtype | None,
+    adaptation: Adaptation | None = None,
+    target: tuple[torch.Tensor, torch.Tensor] | None = None,
+    progress: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step; returns the detached loss and logits (no host sync)."""
+    """One optimisation step; returns the detached loss and logits (no host sync).
+
+    With `adaptation`, the loss adds each method's term over the target batch `target`
+    (images, their indices in the unlabeled set).
+    """
     with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        if adaptation is None:
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+        else:
+            x_target, index = target if target is not None else (None, None)
+            loss, logits = adaptation.loss(model, x, y, x_target, index, progress)
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -189,8 +262,12 @@ def fit(
     fingerprint: str = "",
     on_epoch: EpochCallback | None = None,
     progress: bool = True,
+    unlabeled: ImageSet | None = None,
 ) -> list[dict[str, float]]:
     """Train `model` on `train` following the strategy in `settings`; returns per-epoch metrics.
+
+    `settings.methods` name adaptation methods that also learn from `unlabeled` target images
+    (their labels, when the split has them, serve only to measure pseudo-label accuracy).
 
     With `state_path`, the full state (model, optimizer, scheduler, scaler, RNG, epoch and step) is
     saved there after every epoch and every `checkpoint_every_steps` steps, and a later call with
@@ -207,8 +284,10 @@ def fit(
     images, labels = _to_device(train, device)
     n = len(labels)
     steps_per_epoch = math.ceil(n / settings.batch_size)
-    phases = plan_phases(settings.strategy, settings.epochs, settings.lp_epochs)
+    phases = plan_phases(settings.strategy, settings.epochs, settings.lp_epochs, len(backbone_blocks(model.backbone)), settings.unfreeze_epochs)
+    layer_decay = settings.layer_lr_decay if settings.strategy in LAYERWISE_STRATEGIES else 1.0
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    adaptation = _adaptation(settings, model, unlabeled, normalize, device, len(train.classes))
 
     history: list[dict[str, float]] = []
     start_epoch, start_step = 0, 0
@@ -219,6 +298,10 @@ def fit(
         model.load_state_dict(resumed["model"])
         generator.set_state(resumed["generator"])
         torch.set_rng_state(resumed["torch_rng"])
+        if adaptation is not None:
+            adaptation.load_state_dict(resumed["adaptation"])
+    elif adaptation is not None:
+        adaptation.before_fit(model)
 
     def save(epoch: int, step: int, order: torch.Tensor, loss_sum: torch.Tensor, correct: torch.Tensor) -> None:
         if state_path is not None:
@@ -228,6 +311,7 @@ def fit(
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else {},
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
+                "adaptation": adaptation.state_dict() if adaptation is not None else {},
             })
 
     total = settings.epochs * steps_per_epoch
@@ -238,11 +322,10 @@ def fit(
         epoch = phase_end
         if phase_end <= start_epoch:
             continue  # finished before the resume point
-        optimizer = make_optimizer(
-            settings.optimizer,
-            param_groups(model, settings.lr, settings.backbone_lr_scale, phase.train_backbone),
-            settings.weight_decay,
-        )
+        groups = param_groups(model, settings.lr, settings.backbone_lr_scale, phase.train_backbone, phase.blocks, layer_decay)
+        if adaptation is not None and any(True for _ in adaptation.parameters()):
+            groups.append({"params": list(adaptation.parameters()), "lr": settings.lr})  # e.g. DANN's discriminator
+        optimizer = make_optimizer(settings.optimizer, groups, settings.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=phase.epochs * steps_per_epoch)
         if resumed is not None and (phase_start, 0) < (start_epoch, start_step):  # resuming inside this phase
             optimizer.load_state_dict(resumed["optimizer"])
@@ -252,10 +335,12 @@ def fit(
         epoch = max(phase_start, start_epoch)
         while epoch < phase_end:
             t0 = time.perf_counter()
+            mid_epoch = resumed is not None and epoch == start_epoch and start_step > 0
+            if adaptation is not None and not mid_epoch:  # a resumed epoch keeps the state it saved
+                adaptation.before_epoch(model, epoch)
             model.train()
-            if not phase.train_backbone:
-                model.backbone.eval()  # a frozen backbone keeps its batch-norm statistics
-            if resumed is not None and epoch == start_epoch and start_step > 0:  # resuming mid-epoch
+            freeze_modes(model, phase)
+            if mid_epoch:
                 order = resumed["order"].to(labels.device)
                 loss_sum, correct, first = resumed["loss_sum"].to(device), resumed["correct"].to(device), start_step
             else:
@@ -267,7 +352,15 @@ def fit(
                 idx = order[step * settings.batch_size : (step + 1) * settings.batch_size]
                 x = normalize(images[idx].to(device, non_blocking=True), generator if settings.augment else None)
                 y = labels[idx].to(device, non_blocking=True)
-                loss, logits = train_step(model, x, y, optimizer, scaler, amp_dtype)
+                target = None
+                if adaptation is not None and adaptation.uses_target_batch:
+                    t_idx = torch.randint(len(adaptation.target), (len(idx),), generator=generator).to(adaptation.target.images.device)
+                    target = (normalize(adaptation.target.images[t_idx], generator if settings.augment else None), t_idx)
+                done = (epoch * steps_per_epoch + step) / max(1, total - 1)
+                if adaptation is None:
+                    loss, logits = train_step(model, x, y, optimizer, scaler, amp_dtype)
+                else:
+                    loss, logits = train_step(model, x, y, optimizer, scaler, amp_dtype, adaptation, target, done)
                 scheduler.step()
                 loss_sum += loss * len(idx)
                 correct += (logits.argmax(1) == y).sum()
@@ -282,6 +375,7 @@ def fit(
                 "train_accuracy": int(correct) / n,
                 "epoch_seconds": time.perf_counter() - t0,
                 "images_per_second": n / (time.perf_counter() - t0),
+                **(adaptation.metrics() if adaptation is not None else {}),
             }
             history.append(record)
             bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=f"{record['train_accuracy']:.3f}")
@@ -289,8 +383,28 @@ def fit(
             if on_epoch is not None:
                 on_epoch(epoch, record)
     bar.close()
+    if adaptation is not None:
+        adaptation.after_fit(model)
     model.eval()
     return history
+
+
+def _adaptation(
+    settings: FitSettings, model: Classifier, unlabeled: ImageSet | None, normalize: Normalizer, device: torch.device, num_classes: int
+) -> Adaptation | None:
+    """The run's adaptation methods around the unlabeled target images, or None without methods."""
+    if not settings.methods:
+        return None
+    if unlabeled is None or len(unlabeled) == 0:
+        raise ValueError(
+            f"adaptation methods {list(settings.methods)} learn from unlabeled target images, but none were given: "
+            "add images to the target's unlabeled split, or set finetune.methods=[]"
+        )
+    options = AdaptOptions(settings.adapt_weight, settings.pseudo_label_threshold, num_classes)
+    images, labels = _to_device(unlabeled, device)
+    adaptation = Adaptation(build_methods(settings.methods, options), TargetData(images, normalize, labels))
+    adaptation.setup(model)
+    return adaptation
 
 
 def _save_state(path: Path, state: dict) -> None:

@@ -251,6 +251,9 @@ def _check_target(config: RunConfig, report: Report) -> None:
     unlabeled = split_dir(data, data.target, "unlabeled")
     if unlabeled.exists():
         check_image_split(unlabeled, report, train_classes)
+    elif config.finetune.methods:
+        report.error(unlabeled, f"no unlabeled split, but finetune.methods {config.finetune.methods} adapt from one",
+                     "add unlabeled target images there (one folder per class, or any single folder), or set finetune.methods=[]")
     for digest in sorted(set(train_hashes) & set(test_hashes)):
         report.warn(test_hashes[digest], f"also in the training split ({train_hashes[digest]})",
                     "remove it from one split: test images must be unseen")

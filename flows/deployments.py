@@ -9,7 +9,9 @@ import tasks  # noqa: F401 - applies the offline defaults before Prefect starts
 from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron
 
+from adaptflow.benchmark import load_preset
 from adaptflow.config import RunConfig
+from flows.benchmark import benchmark
 from flows.pretrain import pretrain
 from flows.retrain import retrain
 from flows.transfer import transfer
@@ -47,12 +49,20 @@ def deployments(config: RunConfig, cron: str = NIGHTLY, schedule_active: bool = 
     ]
 
 
+def benchmark_deployment():  # noqa: ANN201 - a RunnerDeployment
+    """The benchmark flow, with the quick preset as its default spec."""
+    return benchmark.to_deployment(
+        "benchmark", parameters={"spec": load_preset("quick").model_dump(mode="json")}, tags=["adaptflow", "benchmark"],
+        description="Transfer strategies and domain adaptation methods against scratch and source-only baselines, with a report.",
+    )
+
+
 def serve(config: RunConfig, cron: str = NIGHTLY, schedule_active: bool = False, detection: RunConfig | None = None) -> None:
     """Serve every deployment from this process until interrupted (the `-detection` ones too when
     a detection config is given)."""
     from prefect import serve as prefect_serve
 
-    served = deployments(config, cron, schedule_active)
+    served = [*deployments(config, cron, schedule_active), benchmark_deployment()]
     if detection is not None:
         served += deployments(detection, cron, schedule_active, suffix="-detection")
     prefect_serve(*served)

@@ -39,6 +39,21 @@ def test_full_build_is_deterministic_and_matches_committed_data_dvc(tmp_path: Pa
     for domain, splits in {"mnist_scenes": {"train": 800, "test": 200}, "photo_scenes": {"train": 60, "unlabeled": 600, "test": 300}}.items():
         for split, count in splits.items():
             assert len(list((data / domain / split / "images").iterdir())) == count == len(list((data / domain / split / "labels").iterdir()))
+    for split, count in {"train": 100, "unlabeled": 2000, "test": 800}.items():
+        assert len(list((data / "mnist_m" / split).rglob("*.png"))) == count
+
+
+def test_mnist_m_blends_digits_onto_photos_split_by_photo() -> None:
+    import numpy as np
+
+    from adaptflow.data.demo import PHOTOS, blend_on_photos, load_mnist_5k
+
+    assert not set(PHOTOS["train"]) & set(PHOTOS["test"])
+    digits, _ = load_mnist_5k()
+    first = blend_on_photos(digits, np.arange(20), "test", seed=1)
+    assert first.shape == (20, 28, 28, 3) and first.dtype == np.uint8
+    assert np.array_equal(first[5:], blend_on_photos(digits, np.arange(5, 20), "test", seed=1))  # per-image seeding
+    assert not np.array_equal(first, blend_on_photos(digits, np.arange(20), "train", seed=1))
 
 
 def test_target_splits_are_disjoint_and_class_balanced(tmp_path: Path) -> None:

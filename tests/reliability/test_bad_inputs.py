@@ -179,7 +179,9 @@ CONFIG_CASES = [
     ("negative learning rate", ["finetune.lr=-1"], "finetune.lr: Input should be greater than 0"),
     ("probe longer than training", ["finetune.lp_epochs=20"], "lower finetune.lp_epochs or raise finetune.epochs"),
     ("unknown device", ["finetune.device=tpu"], "finetune.device: Value error, 'tpu' is not a device"),
-    ("unknown strategy", ["finetune.strategy=guess"], "finetune.strategy: Input should be 'linear_probe', 'finetune' or 'lp_ft'"),
+    ("unknown strategy", ["finetune.strategy=guess"], "finetune.strategy: Input should be 'linear_probe', 'finetune', 'lp_ft', 'discriminative' or 'gradual_unfreeze'"),
+    ("unknown adaptation method", ["finetune.methods=[adabn, magic]"], "finetune.methods.1: Input should be 'adabn', 'dann', 'coral', 'mcc' or 'self_training'"),
+    ("adaptation method listed twice", ["finetune.methods=[coral, coral]"], "lists ['coral'] more than once"),
     ("bad sha256", ["pretrained.sha256=xyz"], "pretrained.sha256: Value error, sha256 must be 64 hexadecimal"),
     ("text where a number goes", ["data.image_size=big"], "data.image_size: Input should be a valid integer"),
 ]

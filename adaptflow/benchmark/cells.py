@@ -1,0 +1,163 @@
+"""One benchmark cell = one function call: train (or not), measure, return small metrics.
+
+Source models are trained once per (source domain, seed) and shared by the cells. Every
+finished cell is written to the work folder, so a re-run of the same preset skips it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from pathlib import Path
+
+import torch
+
+from adaptflow import env
+from adaptflow.adapt import TargetData, score_model
+from adaptflow.adapt.adabn import adapt_batch_norm
+from adaptflow.benchmark.spec import CONTROL, BenchmarkSpec, Budget, Cell
+from adaptflow.config import DataConfig
+from adaptflow.data import ImageSet, list_classes, load_split, split_dir
+from adaptflow.io import read_json, write_json
+from adaptflow.models import Classifier, build_classifier, load_checkpoint, save_checkpoint
+from adaptflow.train import FitSettings, Normalizer, backbone_blocks, fit, predict, seed_everything
+
+log = logging.getLogger(__name__)
+
+#: Cells run in threads of one process: seeding and initialising weights from the global RNG take turns.
+_INIT = threading.Lock()
+
+
+def work_dir(spec: BenchmarkSpec) -> Path:
+    """Where cells, models and source models of this benchmark are kept (inside the project cache)."""
+    return env.cache_dir() / "benchmark" / f"{spec.name}-{spec.digest()}"
+
+
+def _data(spec: BenchmarkSpec, source: str, target: str) -> DataConfig:
+    return DataConfig(root=spec.data_root, source=source, target=target, image_size=spec.image_size)
+
+
+def source_model_path(spec: BenchmarkSpec, source: str, seed: int) -> Path:
+    budget = spec.source.model_dump_json()
+    import hashlib
+
+    tag = hashlib.sha256(f"{spec.arch}:{spec.image_size}:{budget}".encode()).hexdigest()[:10]
+    return env.cache_dir() / "benchmark" / "sources" / f"{source}-{spec.arch}-{tag}-s{seed}" / "model.pt"
+
+
+def _settings(budget: Budget, seed: int, epochs: int | None = None, **kw: object) -> FitSettings:
+    return FitSettings(epochs=epochs or budget.epochs, batch_size=budget.batch_size, lr=budget.lr, augment=budget.augment,
+                       seed=seed, backbone_lr_scale=budget.backbone_lr_scale, **kw)
+
+
+def accuracy(model: Classifier, data: ImageSet) -> float:
+    return float((predict(model, data.images).argmax(1) == data.labels).float().mean())
+
+
+def train_source(spec: BenchmarkSpec, source: str, seed: int) -> dict:
+    """Train (once) the source model the cells of `seed` start from; returns its source accuracy and time."""
+    path = source_model_path(spec, source, seed)
+    meta = path.with_name("metrics.json")
+    if meta.exists():
+        return read_json(meta)
+    torch.set_num_threads(spec.threads)
+    data = _data(spec, source, source)
+    train = load_split(data, source, "train")
+    test = load_split(data, source, "test", train.classes)
+    with _INIT:
+        seed_everything(seed)
+        model = build_classifier(spec.arch, len(train.classes))
+    history = fit(model, train, _settings(spec.source, seed, strategy="finetune"), progress=False)
+    save_checkpoint(path, model, arch=spec.arch, classes=train.classes, image_size=spec.image_size, extra={"domain": source})
+    result = {"source": source, "seed": seed, "source_accuracy": accuracy(model, test),
+              "train_seconds": sum(h["epoch_seconds"] for h in history)}
+    write_json(meta, result)
+    return result
+
+
+def labeled_target(data: DataConfig, classes: tuple[str, ...], shots: int | str, seed: int) -> ImageSet:
+    """k labeled target images per class; `all`: every labeled target image (train and the unlabeled split's true labels)."""
+    train = load_split(data, data.target, "train", classes)
+    if shots == "all":
+        return train.concat(load_split(data, data.target, "unlabeled", classes))
+    return train.per_class(int(shots), seed=seed)
+
+
+def run_cell(spec: BenchmarkSpec, cell: Cell) -> dict:
+    """Run one cell and return its metrics (also written to the work folder; a finished cell is not re-run)."""
+    out = work_dir(spec) / "cells" / f"{cell.key}.json"
+    if out.exists():
+        return read_json(out)
+    torch.set_num_threads(spec.threads)
+    data = _data(spec, cell.source, cell.target)
+    classes = list_classes(split_dir(data, cell.target, "train"))
+    test = load_split(data, cell.target, "test", classes)
+    unlabeled = load_split(data, cell.target, "unlabeled", classes)
+    with _INIT:
+        seed_everything(cell.seed)
+        if cell.kind == "scratch":
+            model = build_classifier(spec.arch, len(classes))
+        else:
+            model, meta = load_checkpoint(source_model_path(spec, cell.source, cell.seed))
+            if tuple(meta["classes"]) != classes:
+                raise ValueError(f"{cell.source} classes {meta['classes']} differ from {cell.target}'s {classes}: the benchmark needs the same classes")
+    history: list[dict] = []
+    curve: list[dict] = []
+    if cell.kind == "method":
+        history = _adapt(spec, cell, model, data, classes, unlabeled)
+    elif cell.kind in ("strategy", "scratch"):
+        history, curve = _few_shot(spec, cell, model, labeled_target(data, classes, cell.shots, cell.seed), test)
+    source_test = load_split(data, cell.source, "test", classes)
+    result = {
+        **cell.to_dict(),
+        "key": cell.key,
+        "target_accuracy": accuracy(model, test),
+        "source_accuracy": accuracy(model, source_test),
+        "train_seconds": sum(h["epoch_seconds"] for h in history),
+        "epochs": len(history),
+        "validators": score_model(predict(model, unlabeled.images)),
+        "curve": curve,
+        **{k: history[-1][k] for k in ("pseudo_label_fraction", "pseudo_label_accuracy") if history and k in history[-1]},
+    }
+    if cell.kind == "method":
+        save_checkpoint(work_dir(spec) / "models" / f"{cell.key}.pt", model, arch=spec.arch, classes=classes, image_size=spec.image_size)
+    write_json(out, result)
+    log.info("%s: target accuracy %.4f", cell.key, result["target_accuracy"])
+    return result
+
+
+def _adapt(spec: BenchmarkSpec, cell: Cell, model: Classifier, data: DataConfig, classes: tuple[str, ...], unlabeled: ImageSet) -> list[dict]:
+    """An adaptation run: source labels (+ k target labels) and the unlabeled target split."""
+    names = [] if cell.name == CONTROL else cell.name.split("+")
+    if names == ["adabn"]:  # statistics only: nothing to train
+        adapt_batch_norm(model, TargetData(unlabeled.images, Normalizer(torch.device("cpu"))))
+        return []
+    train = load_split(data, cell.source, "train", classes)
+    if cell.shots:
+        train = train.concat(labeled_target(data, classes, cell.shots, cell.seed))
+    settings = _settings(spec.adapt, cell.seed, strategy="finetune", methods=names, adapt_weight=spec.adapt_weight,
+                         pseudo_label_threshold=spec.pseudo_label_threshold)
+    return fit(model, train, settings, unlabeled=unlabeled if names else None, progress=False)
+
+
+def _few_shot(spec: BenchmarkSpec, cell: Cell, model: Classifier, labeled: ImageSet, test: ImageSet) -> tuple[list[dict], list[dict]]:
+    """A few-label run on the target, measured on the target test set along the way (time-to-accuracy)."""
+    budget = spec.few_shot
+    steps_per_epoch = math.ceil(len(labeled) / budget.batch_size)
+    epochs = max(2, round(budget.steps / steps_per_epoch)) if budget.steps else budget.epochs
+    every = max(1, epochs // spec.eval_points)
+    strategy = "finetune" if cell.kind == "scratch" else cell.name
+    blocks = len(backbone_blocks(model.backbone))
+    settings = _settings(budget, cell.seed, epochs, strategy=strategy, lp_epochs=max(1, epochs // 3),
+                         unfreeze_epochs=max(1, epochs // (blocks + 1)))
+    curve = [{"epoch": 0, "steps": 0, "seconds": 0.0, "accuracy": accuracy(model, test)}]
+    seconds = 0.0
+
+    def measure(epoch: int, record: dict) -> None:
+        nonlocal seconds
+        seconds += record["epoch_seconds"]
+        if epoch % every == 0 or epoch == epochs:
+            curve.append({"epoch": epoch, "steps": epoch * steps_per_epoch, "seconds": seconds, "accuracy": accuracy(model, test)})
+
+    return fit(model, labeled, settings, on_epoch=measure, progress=False), curve

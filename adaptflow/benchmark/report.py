@@ -1,0 +1,347 @@
+"""The benchmark's report: markdown tables, PNG plots and a metrics file, from the cells' results.
+
+Sections: adaptation without target labels (with the unsupervised validator's picks), few
+labels (strategies versus scratch at each k), label efficiency, time to accuracy, and source /
+target features before and after adaptation. `extra_sections` is where other tasks (detection
+mAP50) add their own sections.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from adaptflow.benchmark.spec import CONTROL, BenchmarkSpec
+from adaptflow.io import atomic_write, write_json
+
+log = logging.getLogger(__name__)
+
+#: A section of the report: (spec, results, output folder) -> markdown (it may write its own PNGs there).
+ReportSection = Callable[[BenchmarkSpec, list[dict], Path], str]
+PLOTS = ("label_efficiency.png", "time_to_accuracy.png", "features.png")
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _pct(values: Sequence[float]) -> str:
+    mean, std = _mean_std(values)
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def _group(results: list[dict], *keys: str) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in results:
+        groups[tuple(r[k] for k in keys)].append(r)
+    return groups
+
+
+def _shots_order(k: int | str) -> float:
+    return math.inf if k == "all" else float(k)
+
+
+def adaptation_table(spec: BenchmarkSpec, results: list[dict], target: str) -> tuple[str, dict]:
+    """No target labels: each method's target accuracy against source-only, and whether it helped."""
+    rows = [r for r in results if r["target"] == target and r["kind"] in ("source_only", "method") and r["shots"] == 0]
+    by_name = _group(rows, "name")
+    base = [r["target_accuracy"] for r in by_name.get(("source_only",), [])]
+    base_mean = statistics.fmean(base) if base else float("nan")
+    lines = ["| method | target accuracy % | gain (points) | source accuracy % | verdict |", "|---|---|---|---|---|"]
+    summary = {}
+    order = ["source_only", *spec.methods]
+    for name in order:
+        group = by_name.get((name,))
+        if not group:
+            continue
+        acc = [r["target_accuracy"] for r in group]
+        mean, std = _mean_std(acc)
+        gain = 100 * (mean - base_mean)
+        if name == "source_only":
+            verdict = "baseline"
+        elif name == CONTROL:
+            verdict = "control: same training on source only"
+        else:
+            verdict = "helps" if gain > 100 * max(std, 0.01) else ("does not help" if gain <= 0 else "within noise")
+        label = {"source_only": "source only (no adaptation)", CONTROL: "source only, trained as long (control)"}.get(name, name)
+        lines.append(f"| {label} | {_pct(acc)} | {gain:+.1f} | {_pct([r['source_accuracy'] for r in group])} | {verdict} |")
+        summary[name] = {"mean": mean, "std": std, "gain": gain / 100}
+    return "\n".join(lines), summary
+
+
+def validator_selection(spec: BenchmarkSpec, results: list[dict], target: str) -> tuple[str, dict]:
+    """Per seed, the method the unsupervised validator picks versus the one target labels would pick."""
+    rows = [r for r in results if r["target"] == target and r["kind"] in ("source_only", "method") and r["shots"] == 0]
+    picks, agree, picked_acc, best_acc = [], 0, [], []
+    for (seed,), group in sorted(_group(rows, "seed").items()):
+        chosen = max(group, key=lambda r: r["validators"][spec.validator])
+        best = max(group, key=lambda r: r["target_accuracy"])
+        agree += chosen["name"] == best["name"]
+        picked_acc.append(chosen["target_accuracy"])
+        best_acc.append(best["target_accuracy"])
+        picks.append(f"seed {seed}: picks **{chosen['name']}** ({100 * chosen['target_accuracy']:.1f}%), "
+                     f"target labels would pick **{best['name']}** ({100 * best['target_accuracy']:.1f}%)")
+    if not picks:
+        return "", {}
+    n = len(picks)
+    text = (f"Unsupervised validator `{spec.validator}` (computed on the unlabeled target split, no labels): agrees with the "
+            f"label-based choice in {agree}/{n} seeds; its picks reach {_pct(picked_acc)}% versus {_pct(best_acc)}% for the "
+            "best-by-labels choice.\n\n" + "\n".join(f"- {p}" for p in picks))
+    return text, {"agreement": agree / n, "picked_accuracy": statistics.fmean(picked_acc)}
+
+
+def few_label_table(spec: BenchmarkSpec, results: list[dict], target: str) -> tuple[str, dict]:
+    """Target accuracy per strategy (and scratch) at every k."""
+    rows = [r for r in results if r["target"] == target and r["kind"] in ("strategy", "scratch")]
+    shots = sorted({r["shots"] for r in rows}, key=_shots_order)
+    groups = _group(rows, "name", "shots")
+    lines = ["| strategy | " + " | ".join(f"k = {k}" for k in shots) + " |", "|---|" + "---|" * len(shots)]
+    summary: dict = {}
+    for name in ["scratch", *spec.strategies]:
+        cells = []
+        for k in shots:
+            group = groups.get((name, k), [])
+            cells.append(_pct([r["target_accuracy"] for r in group]) if group else "")
+            if group:
+                summary.setdefault(name, {})[str(k)] = _mean_std([r["target_accuracy"] for r in group])[0]
+        lines.append(f"| {'from scratch' if name == 'scratch' else name} | " + " | ".join(cells) + " |")
+    verdicts = []
+    for k in shots:
+        scratch = summary.get("scratch", {}).get(str(k))
+        best = max(((n, v[str(k)]) for n, v in summary.items() if n != "scratch" and str(k) in v), key=lambda x: x[1], default=None)
+        if scratch is None or best is None:
+            continue
+        diff = 100 * (best[1] - scratch)
+        verdicts.append(f"- k = {k}: best transfer strategy **{best[0]}** {100 * best[1]:.1f}% vs scratch {100 * scratch:.1f}% "
+                        f"({diff:+.1f} points{'' if diff >= -1 else '; transfer falls short here'})")
+    return "\n".join(lines) + "\n\n" + "\n".join(verdicts), summary
+
+
+def time_to_accuracy(results: list[dict], target: str, shots: int | str = 1, strategy: str = "finetune") -> dict:
+    """Per seed: seconds scratch took to reach its best accuracy, and seconds fine-tuning took to reach that accuracy."""
+    rows = [r for r in results if r["target"] == target and r["shots"] == shots and r["name"] in ("scratch", strategy)]
+    out = []
+    for (seed,), group in sorted(_group(rows, "seed").items()):
+        by = {r["name"]: r for r in group}
+        if "scratch" not in by or strategy not in by:
+            continue
+        scratch_curve = by["scratch"]["curve"]
+        best = max(p["accuracy"] for p in scratch_curve)
+        t_scratch = next(p["seconds"] for p in scratch_curve if p["accuracy"] >= best)
+        reached = [p["seconds"] for p in by[strategy]["curve"] if p["accuracy"] >= best]
+        out.append({"seed": seed, "scratch_best": best, "scratch_seconds": t_scratch,
+                    "transfer_seconds": reached[0] if reached else None,
+                    "scratch_steps": next(p["steps"] for p in scratch_curve if p["accuracy"] >= best),
+                    "transfer_steps": next((p["steps"] for p in by[strategy]["curve"] if p["accuracy"] >= best), None)})
+    return {"per_seed": out}
+
+
+def _ratio_text(tta: dict, target: str, strategy: str, shots: int | str) -> str:
+    rows = tta["per_seed"]
+    if not rows:
+        return ""
+    parts = []
+    for r in rows:
+        if r["transfer_seconds"] is None:
+            parts.append(f"seed {r['seed']}: {strategy} never reached scratch's best {100 * r['scratch_best']:.1f}%")
+        else:
+            ratio = r["transfer_seconds"] / r["scratch_seconds"] if r["scratch_seconds"] else float("nan")
+            parts.append(f"seed {r['seed']}: scratch reached its best {100 * r['scratch_best']:.1f}% after {r['scratch_seconds']:.1f} s "
+                         f"({r['scratch_steps']} steps); {strategy} reached it after {r['transfer_seconds']:.1f} s "
+                         f"({r['transfer_steps']} steps), ratio {ratio:.2f}")
+    return f"Time to accuracy on {target} with k = {shots} (training seconds, evaluation excluded):\n\n" + "\n".join(f"- {p}" for p in parts)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:  # noqa: ANN001 - a matplotlib figure
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    _plt().close(fig)
+
+
+def plot_label_efficiency(spec: BenchmarkSpec, results: list[dict], path: Path) -> Path:
+    """Target accuracy versus labels per class: each strategy and scratch, with the no-label results at k = 0."""
+    plt = _plt()
+    targets = [p.target for p in spec.pairs]
+    fig, axes = plt.subplots(1, len(targets), figsize=(6 * len(targets), 4.2), squeeze=False)
+    for ax, target in zip(axes[0], targets, strict=True):
+        rows = [r for r in results if r["target"] == target and r["kind"] in ("strategy", "scratch")]
+        shots = sorted({r["shots"] for r in rows}, key=_shots_order)
+        xs = list(range(1, len(shots) + 1))
+        for name in ["scratch", *spec.strategies]:
+            means, stds = [], []
+            for k in shots:
+                acc = [r["target_accuracy"] for r in rows if r["name"] == name and r["shots"] == k]
+                m, s = _mean_std(acc) if acc else (float("nan"), 0.0)
+                means.append(100 * m)
+                stds.append(100 * s)
+            style = {"color": "black", "linestyle": "--", "linewidth": 2.5} if name == "scratch" else {}
+            ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label="from scratch" if name == "scratch" else name, **style)
+        zero = _group([r for r in results if r["target"] == target and r["shots"] == 0], "name")
+        if ("source_only",) in zero:
+            ax.axhline(100 * statistics.fmean(r["target_accuracy"] for r in zero[("source_only",)]), color="grey", linestyle=":",
+                       label="source only, 0 labels")
+        methods = {n[0]: statistics.fmean(r["target_accuracy"] for r in g) for n, g in zero.items() if n[0] not in ("source_only", CONTROL)}
+        if methods:
+            best = max(methods, key=methods.get)
+            ax.axhline(100 * methods[best], color="tab:green", linestyle="-.", label=f"best no-label method ({best})")
+        ax.set(xticks=xs, xticklabels=[str(k) for k in shots], xlabel="labeled target images per class",
+               ylabel="target test accuracy %", title=f"mnist -> {target}", ylim=(0, 100))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def plot_time_to_accuracy(spec: BenchmarkSpec, results: list[dict], path: Path, shots: int | str = 1) -> Path:
+    """Target accuracy against training seconds, fine-tuning versus scratch, every seed."""
+    plt = _plt()
+    targets = [p.target for p in spec.pairs]
+    fig, axes = plt.subplots(1, len(targets), figsize=(6 * len(targets), 4.2), squeeze=False)
+    colors = {"scratch": "black", "finetune": "tab:blue", "lp_ft": "tab:orange"}
+    for ax, target in zip(axes[0], targets, strict=True):
+        for name, color in colors.items():
+            for i, r in enumerate(x for x in results if x["target"] == target and x["shots"] == shots and x["name"] == name):
+                ax.plot([p["seconds"] for p in r["curve"]], [100 * p["accuracy"] for p in r["curve"]], color=color, marker=".",
+                        alpha=0.8, label=("from scratch" if name == "scratch" else f"transfer: {name}") if i == 0 else None)
+        ax.set(xlabel="training seconds (2-core CPU)", ylabel="target test accuracy %", title=f"mnist -> {target}, k = {shots}",
+               ylim=(0, 100))
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def plot_features(spec: BenchmarkSpec, results: list[dict], path: Path, models: dict[str, tuple[Path, Path]]) -> Path:
+    """2-D PCA of source and target test features, before (source model) and after (adapted model) adaptation.
+
+    `models`: target -> (source model file, adapted model file).
+    """
+    import torch
+
+    from adaptflow.benchmark.cells import _data
+    from adaptflow.data import load_split
+    from adaptflow.models import load_checkpoint
+    from adaptflow.train import Normalizer
+
+    plt = _plt()
+    fig, axes = plt.subplots(len(models), 2, figsize=(10, 4.4 * len(models)), squeeze=False)
+    for row, (target, (before, after)) in enumerate(models.items()):
+        source = next(p.source for p in spec.pairs if p.target == target)
+        data = _data(spec, source, target)
+        src = load_split(data, source, "test")
+        tgt = load_split(data, target, "test", src.classes)
+        g = torch.Generator().manual_seed(0)
+        src_idx, tgt_idx = torch.randperm(len(src), generator=g)[:400], torch.randperm(len(tgt), generator=g)[:400]
+        normalize = Normalizer(torch.device("cpu"))
+        for col, (title, file) in enumerate((("before adaptation (source model)", before), ("after adaptation", after))):
+            model, _ = load_checkpoint(file)
+            model.eval()
+            with torch.no_grad():
+                feats = torch.cat([model.features(normalize(src.images[src_idx])), model.features(normalize(tgt.images[tgt_idx]))])
+            centered = feats - feats.mean(0)
+            _, _, v = torch.linalg.svd(centered, full_matrices=False)
+            xy = (centered @ v[:2].T).numpy()
+            ax = axes[row][col]
+            n = len(src_idx)
+            ax.scatter(xy[:n, 0], xy[:n, 1], c=src.labels[src_idx].numpy(), cmap="tab10", marker="o", s=8, alpha=0.6, label=f"source ({source})")
+            ax.scatter(xy[n:, 0], xy[n:, 1], c=tgt.labels[tgt_idx].numpy(), cmap="tab10", marker="x", s=12, alpha=0.8, label=f"target ({target})")
+            ax.set(title=f"{target}: {title}" + ("" if col == 0 else f"\n{Path(file).stem}"), xticks=[], yticks=[])
+            ax.legend(fontsize=7, loc="upper right")
+    fig.suptitle("PCA of backbone features (colour: class; o source, x target)")
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def write_report(
+    spec: BenchmarkSpec,
+    results: list[dict],
+    sources: list[dict],
+    output: Path,
+    work: Path,
+    extra_sections: Sequence[ReportSection] = (),
+    command: str = "",
+) -> dict[str, Path]:
+    """Write report.md, metrics.json, results.json and the PNG plots to `output`; returns their paths."""
+    output.mkdir(parents=True, exist_ok=True)
+    metrics: dict = {}
+    md = [f"# Transfer learning benchmark: `{spec.name}`", ""]
+    if command:
+        md += [f"Made with `{command}`.", ""]
+    seeds = ", ".join(map(str, spec.seeds))
+    md += [
+        f"Architecture `{spec.arch}` at {spec.image_size} px, seeds {seeds}; values are target-test accuracy, mean ± std over seeds. "
+        f"Source models: {spec.source.epochs} epochs on the source with augmentation "
+        + ", ".join(f"{s['source']} seed {s['seed']}: {100 * s['source_accuracy']:.1f}% on source test" for s in sources) + ".",
+        "",
+        "Hyperparameters were fixed in the preset before any run (literature defaults: pseudo-label threshold "
+        f"{spec.pseudo_label_threshold}, adaptation weight {spec.adapt_weight}); nothing was tuned on a target test set. "
+        f"Where a method is chosen per seed, the unsupervised validator `{spec.validator}` chooses it, on unlabeled target images.",
+        "",
+    ]
+    models: dict[str, tuple[Path, Path]] = {}
+    for pair in spec.pairs:
+        target = pair.target
+        md += [f"## {pair.source} -> {target}", "", "### No target labels (unsupervised domain adaptation)", ""]
+        table, summary = adaptation_table(spec, results, target)
+        selection, chosen = validator_selection(spec, results, target)
+        md += [table, "", selection, ""]
+        few, few_summary = few_label_table(spec, results, target)
+        md += ["### Few target labels: strategies versus training from scratch", "", few, ""]
+        tta = time_to_accuracy(results, target)
+        md += [_ratio_text(tta, target, "finetune", 1), ""]
+        methods = {k: v for k, v in summary.items() if k not in ("source_only", CONTROL)}
+        best = max(methods, key=lambda k: methods[k]["mean"]) if methods else None
+        metrics[target] = {
+            "source_only": summary.get("source_only", {}).get("mean"),
+            "best_method": best,
+            "best_method_accuracy": methods[best]["mean"] if best else None,
+            "best_method_gain": methods[best]["gain"] if best else None,
+            "validator": chosen,
+            "few_shot": few_summary,
+            "time_to_accuracy_k1": tta["per_seed"],
+        }
+        picked = [r for r in results if r["target"] == target and r["kind"] == "method" and r["name"] == best and r["shots"] == 0]
+        if picked:
+            first = min(picked, key=lambda r: r["seed"])
+            from adaptflow.benchmark.cells import source_model_path
+
+            models[target] = (source_model_path(spec, pair.source, first["seed"]), work / "models" / f"{first['key']}.pt")
+    paths = {"report": output / "report.md", "metrics": output / "metrics.json", "results": output / "results.json"}
+    if any(r["kind"] in ("strategy", "scratch") for r in results):
+        paths["label_efficiency"] = plot_label_efficiency(spec, results, output / "label_efficiency.png")
+        paths["time_to_accuracy"] = plot_time_to_accuracy(spec, results, output / "time_to_accuracy.png")
+    if models and all(after.exists() for _, after in models.values()):
+        paths["features"] = plot_features(spec, results, output / "features.png", models)
+    md += ["## Plots", ""]
+    for key, title in (("label_efficiency", "Label efficiency: accuracy versus labels per class"),
+                       ("time_to_accuracy", "Time to accuracy with 1 label per class"),
+                       ("features", "Features before and after adaptation (PCA)")):
+        if key in paths:
+            md += [f"### {title}", "", f"![{title}]({paths[key].name})", ""]
+    md += ["## Detection (mAP50)", "", "Not in this report yet: the detection benchmark adds its section here "
+           "(`write_report(..., extra_sections=[...])`).", ""]
+    for section in extra_sections:
+        md += [section(spec, results, output), ""]
+    with atomic_write(paths["report"]) as tmp:
+        tmp.write_text("\n".join(md))
+    write_json(paths["metrics"], metrics)
+    write_json(paths["results"], {"spec": spec.model_dump(mode="json"), "sources": sources, "cells": results})
+    log.info("report written to %s", paths["report"])
+    return paths

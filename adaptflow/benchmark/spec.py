@@ -1,0 +1,141 @@
+"""What a benchmark runs: the grid, the training budgets, and where results go (a preset file)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from adaptflow.config import AdaptMethod, Arch, ConfigError, Strategy, TrackingConfig
+
+PRESETS = Path(__file__).resolve().parents[2] / "benchmarks" / "presets"
+#: The control: the source model trained for as many more steps as the methods, on source alone.
+CONTROL = "none"
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Pair(Spec):
+    """A source domain and a target domain (folders under data_root)."""
+
+    source: str = "mnist"
+    target: str = "uci_digits"
+
+
+class Budget(Spec):
+    """How one kind of training run trains."""
+
+    epochs: int = Field(5, ge=1, description="Passes over the labeled images (few-label runs: see steps)")
+    steps: int = Field(0, ge=0, description="When positive: epochs are chosen so that training takes about this many optimizer steps")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    backbone_lr_scale: float = Field(1.0, gt=0, le=1)
+    augment: bool = True
+
+
+class BenchmarkSpec(Spec):
+    """One benchmark: every pair x (strategies, scratch) x shots x seeds, and methods x method_shots x seeds."""
+
+    name: str = Field("quick", description="Preset name; results go to output")
+    arch: Arch = "small_cnn"
+    image_size: int = Field(32, ge=8, le=512)
+    data_root: Path = Path("data")
+    pairs: list[Pair] = [Pair(), Pair(target="mnist_m")]
+    seeds: list[int] = Field([0, 1, 2], min_length=1)
+    shots: list[int | Literal["all"]] = Field(
+        [1, 10], description="Labeled target images per class for strategies and scratch; all: every labeled target image"
+    )
+    strategies: list[Strategy] = ["linear_probe", "finetune", "lp_ft", "discriminative", "gradual_unfreeze"]
+    methods: list[str] = Field(
+        [CONTROL, "adabn", "dann", "coral", "mcc", "self_training", "adabn+self_training"],
+        description="Adaptation runs: method names joined by +, applied in order; none: source training only (the control)",
+    )
+    method_shots: list[int] = Field([0], description="Labeled target images per class added to the source's in adaptation runs")
+    validator: Literal["information_maximization", "entropy", "snd"] = Field(
+        "information_maximization", description="Unsupervised validator that picks the adaptation method per seed"
+    )
+    pseudo_label_threshold: float = Field(0.9, ge=0, le=1)
+    adapt_weight: float = Field(1.0, ge=0)
+    source: Budget = Budget()
+    adapt: Budget = Budget()
+    few_shot: Budget = Budget(steps=300, batch_size=32)
+    eval_points: int = Field(12, ge=2, description="Target-test evaluations per few-label run (the time-to-accuracy curve)")
+    workers: int = Field(2, ge=1, description="Cells run in parallel (torch threads per cell: threads)")
+    threads: int = Field(1, ge=1, description="torch threads per cell")
+    output: Path = Path("reports/benchmark")
+    tracking: TrackingConfig = TrackingConfig(experiment="adaptflow-benchmark")
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: list[str]) -> list[str]:
+        known = set(AdaptMethod.__args__)
+        for combo in value:
+            parts = combo.split("+")
+            unknown = [p for p in parts if p not in known and not (p == CONTROL and len(parts) == 1)]
+            if unknown:
+                raise ValueError(f"'{combo}': unknown method(s) {unknown}; use {CONTROL} or names from {sorted(known)} joined by +")
+        return value
+
+    def digest(self) -> str:
+        blob = json.dumps(self.model_dump(mode="json", exclude={"workers", "threads", "output", "tracking"}), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid. kind: source_only, method (name = methods joined by +), strategy, scratch."""
+
+    source: str
+    target: str
+    kind: str
+    name: str
+    shots: int | str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.target}-{self.name}-k{self.shots}-s{self.seed}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_cells(spec: BenchmarkSpec) -> list[Cell]:
+    """Every cell of the grid, cheapest first within each pair."""
+    cells = []
+    for pair in spec.pairs:
+        for seed in spec.seeds:
+            cells.append(Cell(pair.source, pair.target, "source_only", "source_only", 0, seed))
+            for combo in spec.methods:
+                cells += [Cell(pair.source, pair.target, "method", combo, k, seed) for k in spec.method_shots]
+            for k in spec.shots:
+                cells.append(Cell(pair.source, pair.target, "scratch", "scratch", k, seed))
+                cells += [Cell(pair.source, pair.target, "strategy", s, k, seed) for s in spec.strategies]
+    return cells
+
+
+def source_jobs(spec: BenchmarkSpec) -> list[tuple[str, int]]:
+    """(source domain, seed) of every source model the cells start from."""
+    return sorted({(p.source, seed) for p in spec.pairs for seed in spec.seeds})
+
+
+def load_preset(name_or_path: str | Path) -> BenchmarkSpec:
+    """A preset by name (benchmarks/presets/NAME.yaml) or path; errors name the file and the field."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRESETS / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in PRESETS.glob("*.yaml"))
+        raise ConfigError(f"{path}: no such benchmark preset; use one of {known} or a path to a YAML file")
+    try:
+        return BenchmarkSpec.model_validate(yaml.safe_load(path.read_text()) or {})
+    except ValidationError as exc:
+        problems = "\n".join(f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: invalid benchmark preset\n{problems}") from None

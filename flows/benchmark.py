@@ -1,0 +1,30 @@
+"""The benchmark flow: source models, then every grid cell as parallel task runs, then the report."""
+
+from __future__ import annotations
+
+import tasks  # noqa: F401 - applies the offline defaults before Prefect starts
+
+from prefect import flow, unmapped
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from adaptflow.benchmark import BenchmarkSpec, plan_cells, source_jobs
+from tasks.benchmark import open_benchmark_run_task, report_task, run_cell_task, train_source_task
+
+
+def benchmark_run_name() -> str:
+    spec = flow_run.parameters.get("spec")
+    name = spec.name if isinstance(spec, BenchmarkSpec) else (spec or {}).get("name", "quick")
+    return f"benchmark-{name}-{str(flow_run.id)[:8]}"
+
+
+@flow(name="benchmark", flow_run_name=benchmark_run_name, task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+def benchmark(spec: BenchmarkSpec = BenchmarkSpec(), command: str = "") -> dict:
+    """Run the grid of the preset (`spec.workers` cells at a time) and write its report to `spec.output`."""
+    parent = open_benchmark_run_task(spec, str(flow_run.id))
+    jobs = source_jobs(spec)
+    sources = train_source_task.map(unmapped(spec), [s for s, _ in jobs], [seed for _, seed in jobs]).result()
+    cells = plan_cells(spec)
+    results = run_cell_task.map(unmapped(spec), cells, unmapped(parent)).result()
+    paths = report_task(spec, results, sources, parent, command)
+    return {"report": paths["report"], "cells": len(results), "mlflow_run_id": parent}

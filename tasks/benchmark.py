@@ -1,0 +1,43 @@
+"""Benchmark tasks: train the source models, run one grid cell, write and publish the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from adaptflow.benchmark import BenchmarkSpec, Cell
+from adaptflow.benchmark import cells, record, report
+from adaptflow.io import read_json
+from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE
+
+
+@task(name="open-benchmark-run", **NETWORK_RETRIES, **NO_RESULT_CACHE)
+def open_benchmark_run_task(spec: BenchmarkSpec, origin: str) -> str:
+    """The parent MLflow run every cell's run nests under."""
+    return record.open_parent_run(spec, origin)
+
+
+@task(name="train-source", task_run_name="source {source} seed {seed}", retries=1, **NO_RESULT_CACHE)
+def train_source_task(spec: BenchmarkSpec, source: str, seed: int) -> dict:
+    """Train the source model of one seed (once: a finished one is reused)."""
+    return cells.train_source(spec, source, seed)
+
+
+@task(name="benchmark-cell", task_run_name="{cell.target} {cell.name} k={cell.shots} seed={cell.seed}", retries=1, **NO_RESULT_CACHE)
+def run_cell_task(spec: BenchmarkSpec, cell: Cell, parent_run_id: str) -> dict:
+    """One cell of the grid, logged as a child run of the benchmark's run."""
+    result = cells.run_cell(spec, cell)
+    record.log_cell(spec, parent_run_id, cell, result)
+    return result
+
+
+@task(name="benchmark-report", **NO_RESULT_CACHE)
+def report_task(spec: BenchmarkSpec, results: list[dict], sources: list[dict], parent_run_id: str, command: str) -> dict[str, str]:
+    """report.md, PNG plots and metrics.json; attached to the parent run and shown as a Prefect artifact."""
+    paths = report.write_report(spec, results, sources, Path(spec.output), cells.work_dir(spec), command=command)
+    record.close_parent_run(spec, parent_run_id, paths, read_json(paths["metrics"]))
+    markdown = paths["report"].read_text()
+    create_markdown_artifact(markdown, key=f"benchmark-{spec.name.replace('_', '-').lower()}", description=f"Benchmark report ({spec.name})")
+    return {k: str(v) for k, v in paths.items()}

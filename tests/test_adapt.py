@@ -1,0 +1,159 @@
+"""Adaptation methods against their definitions, and each one running inside the training loop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from adaptflow.adapt import METHODS, VALIDATORS, AdaptBatch, AdaptOptions, TargetData, build_methods
+from adaptflow.adapt.adabn import adapt_batch_norm
+from adaptflow.adapt.coral import coral_loss
+from adaptflow.adapt.dann import dann_lambda, reverse_gradient
+from adaptflow.adapt.mcc import mcc_loss
+from adaptflow.adapt.self_training import select_pseudo_labels
+from adaptflow.adapt.validators import information_maximization, neg_entropy
+from adaptflow.config import AdaptMethod
+from adaptflow.data import ImageSet
+from adaptflow.models import build_classifier
+from adaptflow.train import FitSettings, Normalizer, fit
+
+
+def _images(n: int = 32, classes: int = 4, seed: int = 0, shift: int = 0) -> ImageSet:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    images = torch.randint(0, 60, (n, 3, 16, 16), generator=g, dtype=torch.uint8) + shift
+    for c in range(classes):
+        images[labels == c, :, 4 * c : 4 * c + 4, 4 * c : 4 * c + 4] = 250
+    return ImageSet(images, labels, tuple(map(str, range(classes))))
+
+
+def test_config_lists_exactly_the_registered_methods() -> None:
+    assert set(AdaptMethod.__args__) == set(METHODS)
+
+
+def test_gradient_reversal_flips_the_sign_and_scales() -> None:
+    x = torch.randn(5, 3, requires_grad=True)
+    weights = torch.randn(5, 3)
+    (reverse_gradient(x, 0.3) * weights).sum().backward()
+    assert torch.allclose(x.grad, -0.3 * weights)
+    assert torch.equal(reverse_gradient(x, 0.3), x)  # identity forward
+    assert dann_lambda(0.0) == 0.0 and dann_lambda(1.0) == pytest.approx(2 / (1 + math.exp(-10)) - 1)
+
+
+def test_coral_loss_equals_its_formula() -> None:
+    source = torch.tensor([[1.0, 2.0], [3.0, 1.0], [0.0, 0.0]])
+    target = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
+    # Hand-computed unbiased covariances: C_s = [[7/3, 1/2], [1/2, 1]], C_t = [[1, 1/2], [1/2, 1]]
+    expected = ((7 / 3 - 1) ** 2) / (4 * 2 * 2)
+    assert coral_loss(source, target).item() == pytest.approx(expected)
+    assert coral_loss(source, source).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_mcc_is_zero_for_confident_one_hot_and_higher_for_confusion() -> None:
+    confident = torch.eye(4).repeat(2, 1) * 100
+    confused = torch.zeros(8, 4)
+    assert mcc_loss(confident).item() == pytest.approx(0.0, abs=1e-6)
+    assert mcc_loss(confused).item() == pytest.approx(3 / 4)  # uniform rows: off-diagonal mass 3/4 per row
+
+
+def test_adabn_changes_only_batch_norm_statistics() -> None:
+    torch.manual_seed(0)
+    model = build_classifier("small_cnn", 4).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    target = TargetData(_images(shift=80).images, Normalizer(torch.device("cpu")))
+    adapt_batch_norm(model, target)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed and all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in changed)
+    bn = model.backbone[0][1]
+    assert bn.momentum == 0.1 and not model.training  # restored
+    x = target.normalize(target.images)
+    first = model.backbone[0][0](x)
+    assert torch.allclose(bn.running_mean, first.mean((0, 2, 3)), atol=1e-4)  # exact target statistics
+
+
+def test_pseudo_labels_respect_the_threshold_and_balance_classes() -> None:
+    probs = torch.tensor([
+        [0.95, 0.05, 0.0], [0.97, 0.03, 0.0], [0.99, 0.01, 0.0], [0.92, 0.08, 0.0],  # four confident 0s
+        [0.05, 0.93, 0.02], [0.1, 0.5, 0.4],                                        # one confident 1
+        [0.0, 0.04, 0.96], [0.0, 0.09, 0.91],                                        # two confident 2s
+    ])
+    labels, keep = select_pseudo_labels(probs, threshold=0.9, balanced=False)
+    assert keep.tolist() == [True, True, True, True, True, False, True, True]
+    labels, keep = select_pseudo_labels(probs, threshold=0.9)
+    assert (probs.max(1).values[keep] >= 0.9).all()
+    assert torch.bincount(labels[keep], minlength=3).tolist() == [2, 1, 2]  # capped at the median count, 2
+    assert keep[[1, 2]].all() and not keep[[0, 3]].any()  # the most confident 0s are kept
+
+
+def test_validators_prefer_confident_diverse_predictions() -> None:
+    diverse = torch.eye(4).repeat(3, 1) * 10
+    collapsed = torch.zeros(12, 4)
+    collapsed[:, 0] = 10
+    uniform = torch.zeros(12, 4)
+    assert information_maximization(diverse) > information_maximization(collapsed)
+    assert information_maximization(diverse) > information_maximization(uniform)
+    assert neg_entropy(diverse) > neg_entropy(uniform)
+    assert set(VALIDATORS) >= {"information_maximization", "entropy", "snd"}
+
+
+@pytest.mark.parametrize("names", [[name] for name in sorted(METHODS)] + [["adabn", "self_training"]])
+def test_each_method_trains_a_step_on_cpu(names: list[str]) -> None:
+    torch.manual_seed(0)
+    model = build_classifier("small_cnn", 4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    settings = FitSettings(epochs=1, batch_size=16, lr=1e-3, device="cpu", strategy="finetune", methods=names,
+                           augment=True, pseudo_label_threshold=0.0)
+    history = fit(model, _images(), settings, unlabeled=_images(24, shift=40, seed=1), progress=False)
+    assert math.isfinite(history[0]["train_loss"])
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    if "self_training" in names:
+        assert history[0]["pseudo_label_fraction"] > 0 and 0 <= history[0]["pseudo_label_accuracy"] <= 1
+
+
+def test_method_loss_terms_have_gradients() -> None:
+    torch.manual_seed(0)
+    options = AdaptOptions(weight=1.0, pseudo_label_threshold=0.0, num_classes=4)
+    model = build_classifier("small_cnn", 4)
+    target = TargetData(_images(8).images, Normalizer(torch.device("cpu")))
+    for method in build_methods(["dann", "coral", "mcc", "self_training"], options):
+        method.setup(model, target)
+        method.before_epoch(model, target, 0)
+        fs = torch.randn(8, 128, requires_grad=True)
+        ft = torch.randn(8, 128, requires_grad=True)
+        batch = AdaptBatch(fs, model.head(fs), torch.arange(8) % 4, ft, model.head(ft), torch.arange(8), 0.5)
+        method.loss(batch).backward()
+        assert ft.grad is not None and ft.grad.abs().sum() > 0, method.name
+
+
+def test_methods_without_unlabeled_images_fail_with_the_fix() -> None:
+    settings = FitSettings(epochs=1, batch_size=16, lr=1e-3, device="cpu", methods=["coral"])
+    with pytest.raises(ValueError, match="unlabeled split"):
+        fit(build_classifier("small_cnn", 4), _images(), settings, progress=False)
+    with pytest.raises(ValueError, match="unknown adaptation method"):
+        build_methods(["coral", "magic"], AdaptOptions())
+
+
+def test_resume_restores_the_methods_state(tmp_path) -> None:
+    settings = FitSettings(epochs=2, batch_size=16, lr=1e-3, device="cpu", strategy="finetune", methods=["dann", "self_training"],
+                           pseudo_label_threshold=0.0)
+    torch.manual_seed(0)
+    straight = build_classifier("small_cnn", 4)
+    fit(straight, _images(), settings, unlabeled=_images(24, shift=40), progress=False)
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash(epoch: int, record: dict) -> None:
+        if epoch == 1:
+            raise Crash
+
+    state = tmp_path / "state.pt"
+    torch.manual_seed(0)
+    with pytest.raises(Crash):
+        fit(build_classifier("small_cnn", 4), _images(), settings, unlabeled=_images(24, shift=40), state_path=state,
+            fingerprint="f", on_epoch=crash, progress=False)
+    resumed = build_classifier("small_cnn", 4)
+    fit(resumed, _images(), settings, unlabeled=_images(24, shift=40), state_path=state, fingerprint="f", progress=False)
+    assert all(torch.allclose(straight.state_dict()[k].float(), resumed.state_dict()[k].float()) for k in straight.state_dict())
