@@ -211,6 +211,9 @@ class RunConfig(Section):
                 if "accuracy" in (getattr(self.registry, key) or ""):
                     raise ValueError(f"registry.{key} '{getattr(self.registry, key)}' is a classification metric; with task "
                                      "detection use target_map50 or target_map50_95 (guard: source_map50)")
+            unsupported = sorted(set(self.finetune.methods) - {"adabn", "self_training"})
+            if unsupported:
+                raise ValueError(f"finetune.methods {unsupported} adapt classifiers; with task detection use adabn and/or self_training")
             if self.data.labeled_per_class is not None:
                 raise ValueError("data.labeled_per_class counts images per class, which detection scenes do not have; "
                                  "leave it empty (the target train split is the labeled part)")

@@ -169,3 +169,55 @@ def test_data_add_takes_yolo_folders_checks_them_first_and_names_by_content(scen
     with pytest.raises(DataValidationError, match="class id 12 out of range"):
         add_detection_images(fresh, tmp_path / "elsewhere", 10)
     assert not (tmp_path / "elsewhere").exists()  # nothing is copied when anything is wrong
+
+
+@pytest.mark.parametrize("arch", ["yolov8n", "fasterrcnn_mobilenet_v3_large_fpn"])
+def test_adabn_changes_only_batch_norm_statistics_of_a_detector(arch: str) -> None:
+    import torch
+
+    from adaptflow.detection.adapt import adapt_batch_norm, batch_norms
+    from adaptflow.detection.models import build_detector
+
+    model = build_detector(arch, 10, 64)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.randint(0, 255, (6, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    adapt_batch_norm(model, arch, images, batch_size=4)
+    after = model.state_dict()
+    stats = {name for name, _ in model.named_buffers() if name.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and changed <= stats
+    assert all(m.momentum is not None for m in batch_norms(model)) and not model.training
+
+
+def test_pseudo_labels_respect_the_threshold_and_detection_rejects_classifier_methods() -> None:
+    import torch
+
+    from adaptflow.config import ConfigError
+    from adaptflow.detection.adapt import pseudo_labels
+    from adaptflow.detection.models import build_detector, predict
+
+    model = build_detector("yolov8n", 10, 64)
+    images = torch.randint(0, 255, (3, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    scores = torch.cat([o["scores"] for o in predict(model, "yolov8n", images, device="cpu")])
+    threshold = float(scores.median())
+    boxes = pseudo_labels(model, "yolov8n", images, threshold)
+    assert 0 < len(boxes) == int((scores >= threshold).sum())
+    with pytest.raises(ConfigError, match=r"finetune.methods \['coral'\] adapt classifiers"):
+        detection_config("yolov8n", "finetune.methods=[coral]")
+
+
+def test_detector_self_training_trains_on_pseudo_labeled_target_images(scenes: Path) -> None:
+    from adaptflow.detection import stages
+    from adaptflow.io import read_json
+    from adaptflow.pretrained import fetch_pretrained
+
+    cfg = detection_config("yolov8n", "finetune.methods=[adabn, self_training]", "finetune.pseudo_label_threshold=0.0")
+    stages.pretrain(cfg.pretrain, cfg.data, scenes / "work" / "pretrain")
+    ref = fetch_pretrained(cfg.pretrained.uri)
+    trained = stages.finetune(cfg.finetune, cfg.data, ref, scenes / "work" / "finetune")
+    pseudo = scenes / "work" / "finetune" / "pseudo" / "labels"
+    assert len(list(pseudo.iterdir())) == TINY_SCENES["photo_scenes"]["unlabeled"]
+    history = read_json(scenes / "work" / "finetune" / "history.json")
+    assert history[-1]["pseudo_boxes"] == sum(len(p.read_text().splitlines()) for p in pseudo.iterdir()) > 0
+    assert 0.0 <= history[-1]["pseudo_precision"] <= 1.0
+    assert Path(trained.path).exists()

@@ -42,6 +42,16 @@ class DetectionSet:
         per_image = torch.split(self.boxes[order], counts)
         return [{"boxes": per_image[i][:, 2:6], "labels": per_image[i][:, 1].long()} for i in index.tolist()]
 
+    @staticmethod
+    def join(parts: list[DetectionSet]) -> DetectionSet:
+        """Several sets (same classes) as one."""
+        if len(parts) == 1:
+            return parts[0]
+        offsets = torch.tensor([0] + [len(p) for p in parts[:-1]]).cumsum(0).tolist()
+        boxes = [p.boxes + torch.tensor([offset, 0, 0, 0, 0, 0]) for p, offset in zip(parts, offsets, strict=True)]
+        return DetectionSet(torch.cat([p.images for p in parts]), torch.cat(boxes), parts[0].classes,
+                            tuple(f for p in parts for f in p.files))
+
     def subset(self, count: int | None, seed: int = 0) -> DetectionSet:
         """A seeded subset of `count` images (all of them when None)."""
         if count is None or count >= len(self):
@@ -109,20 +119,25 @@ def load_detection_split(split_dir: str | Path, image_size: int, classes: tuple[
     return DetectionSet(images, boxes, classes, tuple(str(p) for p in files))
 
 
-def stage_yolo_dataset(splits: dict[str, Path], classes: tuple[str, ...], dest: Path) -> Path:
+def stage_yolo_dataset(splits: dict[str, Path | list[Path]], classes: tuple[str, ...], dest: Path) -> Path:
     """A YOLO dataset folder for one training run: hard links (or copies) of each split's images and
-    labels under `dest`, and a `data.yaml` naming them. Training tools write label caches beside the
-    labels; staging keeps those writes out of the versioned data folder."""
+    labels under `dest` (a split may join several folders), and a `data.yaml` naming them. Training
+    tools write label caches beside the labels; staging keeps those writes out of the versioned data."""
     if dest.exists():
         shutil.rmtree(dest)
-    for name, source in splits.items():
-        for kind in ("images", "labels"):
-            (dest / name / kind).mkdir(parents=True)
-        for image in image_files(source):
-            _link(image, dest / name / "images" / image.name)
-            if label_file(image).exists():
-                _link(label_file(image), dest / name / "labels" / label_file(image).name)
-    spec = {"path": str(dest.resolve()), **{name: f"{name}/images" for name in splits}, "names": dict(enumerate(classes))}
+    spec: dict = {"path": str(dest.resolve())}
+    for name, sources in splits.items():
+        parts = sources if isinstance(sources, list) else [sources]
+        folders = [f"{name}/{i}" if len(parts) > 1 else name for i in range(len(parts))]
+        for folder, source in zip(folders, parts, strict=True):
+            for kind in ("images", "labels"):
+                (dest / folder / kind).mkdir(parents=True)
+            for image in image_files(source):
+                _link(image, dest / folder / "images" / image.name)
+                if label_file(image).exists():
+                    _link(label_file(image), dest / folder / "labels" / label_file(image).name)
+        spec[name] = [f"{folder}/images" for folder in folders] if len(parts) > 1 else f"{name}/images"
+    spec["names"] = dict(enumerate(classes))
     path = dest / "data.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path

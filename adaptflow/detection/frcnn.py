@@ -31,7 +31,8 @@ def build(arch: str, num_classes: int, image_size: int) -> nn.Module:
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor, mobilenet_backbone
 
     if arch == "fasterrcnn_mobilenet_v3_large_fpn":
-        backbone = mobilenet_backbone(backbone_name="mobilenet_v3_large", weights=None, fpn=True, trainable_layers=6)
+        backbone = mobilenet_backbone(backbone_name="mobilenet_v3_large", weights=None, fpn=True, trainable_layers=6,
+                                      norm_layer=nn.BatchNorm2d)  # trained from scratch: batch norm that learns
         sizes = ((16, 32, 64, 128),) * 3
     elif arch == "fasterrcnn_resnet50_fpn_v2":
         from torchvision.models import resnet50

@@ -17,6 +17,7 @@ from torch import nn
 from adaptflow.config import DataConfig, EvaluateConfig, FinetuneConfig, PretrainConfig, TrainConfig
 from adaptflow.data import split_dir
 from adaptflow.detection import frcnn, yolo
+from adaptflow.detection.adapt import adapt_batch_norm, pseudo_label_quality, pseudo_labels, write_pseudo_split
 from adaptflow.detection.data import DetectionSet, load_detection_split, read_names, stage_yolo_dataset
 from adaptflow.detection.metrics import detection_report, plot_pr_curves, plot_predictions
 from adaptflow.detection.models import build_detector, family, load_detector, predict, save_detector
@@ -40,7 +41,7 @@ def load_split(data: DataConfig, domain: str, split: str, classes: tuple[str, ..
     return load_detection_split(split_dir(data, domain, split), data.image_size, classes)
 
 
-def _train(model: nn.Module, arch: str, cfg: TrainConfig, data: DataConfig, splits: dict[str, Path], classes: tuple[str, ...],
+def _train(model: nn.Module, arch: str, cfg: TrainConfig, data: DataConfig, splits: dict[str, Path | list[Path]], classes: tuple[str, ...],
            work_dir: Path, fingerprint: str, on_epoch: EpochCallback | None, head_only: bool = False) -> tuple[nn.Module, list[dict]]:
     """Train either family on `splits['train']` (`splits['val']` is what YOLO validates on)."""
     if family(arch) == "yolo":
@@ -49,7 +50,8 @@ def _train(model: nn.Module, arch: str, cfg: TrainConfig, data: DataConfig, spli
         return yolo.train(model, arch, dataset, work_dir, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                           weight_decay=cfg.weight_decay, image_size=data.image_size, freeze=freeze, seed=cfg.seed,
                           device=cfg.device, optimizer=cfg.optimizer, augment=cfg.augment, on_epoch=on_epoch)
-    train = load_detection_split(splits["train"], data.image_size, classes)
+    parts = splits["train"] if isinstance(splits["train"], list) else [splits["train"]]
+    train = DetectionSet.join([load_detection_split(part, data.image_size, classes) for part in parts])
     history = frcnn.train(model, train, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                           optimizer=cfg.optimizer, seed=cfg.seed, device=cfg.device, freeze_backbone=head_only or cfg.freeze > 0, augment=cfg.augment,
                           state_path=work_dir / "train_state.pt", fingerprint=fingerprint, on_epoch=on_epoch)
@@ -103,22 +105,51 @@ def check_pretrained(pretrained: PretrainedRef, cfg: FinetuneConfig, data: DataC
 
 def finetune(cfg: FinetuneConfig, data: DataConfig, pretrained: PretrainedRef, work_dir: Path,
              on_epoch: EpochCallback | None = None) -> TrainedModel:
-    """Train on the labeled target split (`train`); YOLO validates on it too, never on the test split."""
+    """Train on the labeled target split (`train`); YOLO validates on it too, never on the test split.
+
+    With `finetune.methods`: `adabn` re-estimates batch-norm statistics on the target's unlabeled
+    split before training and again after it; `self_training` labels the unlabeled split with the
+    (adapted) pretrained model's boxes scoring `pseudo_label_threshold` or more, and trains on the
+    source's training split, the labeled target split and those pseudo-labeled images together.
+    """
     classes = domain_classes(data, data.target)
     seed_everything(cfg.seed)
     model, arch = prepare_model(pretrained, cfg.arch, classes, data.image_size)
     work_dir.mkdir(parents=True, exist_ok=True)
     train_dir = split_dir(data, data.target, "train")
+    splits: dict[str, Path | list[Path]] = {"train": train_dir, "val": train_dir}
+    unlabeled = load_split(data, data.target, "unlabeled", classes) if cfg.methods else None
+    adapted = adapt_methods(model, arch, cfg, data, unlabeled, work_dir) if unlabeled is not None else {}
+    if "self_training" in cfg.methods:
+        splits["train"] = [split_dir(data, data.source, "train"), train_dir, work_dir / "pseudo"]
     fingerprint = f"finetune:{cfg.model_dump_json()}:{pretrained.sha256}:{data.model_dump_json()}"
-    model, history = _train(model, arch, cfg, data, {"train": train_dir, "val": train_dir}, classes, work_dir, fingerprint,
+    model, history = _train(model, arch, cfg, data, splits, classes, work_dir, fingerprint,
                             on_epoch, head_only=cfg.strategy == "linear_probe")
+    if "adabn" in cfg.methods:
+        adapt_batch_norm(model, arch, unlabeled.images, device=cfg.device)
     path = work_dir / "model.pt"
     save_detector(path, model, arch=arch, classes=classes, image_size=data.image_size,
-                  extra={"pretrained_sha256": pretrained.sha256, "strategy": cfg.strategy})
-    write_json(work_dir / "history.json", history)
+                  extra={"pretrained_sha256": pretrained.sha256, "strategy": cfg.strategy, "methods": list(cfg.methods)})
+    write_json(work_dir / "history.json", [row | adapted for row in history] if adapted else history)
     for leftover in ("train_state.pt", "train_state.json"):
         (work_dir / leftover).unlink(missing_ok=True)
     return TrainedModel(str(path), sha256_file(path), arch, classes)
+
+
+def adapt_methods(model: nn.Module, arch: str, cfg: FinetuneConfig, data: DataConfig, unlabeled: DetectionSet,
+                  work_dir: Path) -> dict[str, float]:
+    """Apply the methods that act before training; returns pseudo-label diagnostics (when the
+    unlabeled split keeps its true boxes, their precision and recall)."""
+    if "adabn" in cfg.methods:
+        adapt_batch_norm(model, arch, unlabeled.images, device=cfg.device)
+    if "self_training" not in cfg.methods:
+        return {}
+    boxes = pseudo_labels(model, arch, unlabeled.images, cfg.pseudo_label_threshold, device=cfg.device)
+    write_pseudo_split(split_dir(data, data.target, "unlabeled"), boxes, data.image_size, work_dir / "pseudo")
+    quality = pseudo_label_quality(boxes, unlabeled)
+    log.info("self-training: %d pseudo-boxes on %d images (precision %.3f, recall %.3f)", len(boxes), len(unlabeled),
+             quality["pseudo_precision"], quality["pseudo_recall"])
+    return quality
 
 
 def _score(model: nn.Module, arch: str, tests: dict[str, DetectionSet], cfg: EvaluateConfig, device: str) -> tuple[dict, dict]:
