@@ -104,13 +104,14 @@ def check_pretrained(pretrained: PretrainedRef, cfg: FinetuneConfig, data: DataC
 
 
 def finetune(cfg: FinetuneConfig, data: DataConfig, pretrained: PretrainedRef, work_dir: Path,
-             on_epoch: EpochCallback | None = None) -> TrainedModel:
+             on_epoch: EpochCallback | None = None, include_source: bool = True) -> TrainedModel:
     """Train on the labeled target split (`train`); YOLO validates on it too, never on the test split.
 
     With `finetune.methods`: `adabn` re-estimates batch-norm statistics on the target's unlabeled
     split before training and again after it; `self_training` labels the unlabeled split with the
     (adapted) pretrained model's boxes scoring `pseudo_label_threshold` or more, and trains on the
-    source's training split, the labeled target split and those pseudo-labeled images together.
+    source's training split (unless `include_source` is off), the labeled target split and those
+    pseudo-labeled images together.
     """
     classes = domain_classes(data, data.target)
     seed_everything(cfg.seed)
@@ -121,7 +122,7 @@ def finetune(cfg: FinetuneConfig, data: DataConfig, pretrained: PretrainedRef, w
     unlabeled = load_split(data, data.target, "unlabeled", classes) if cfg.methods else None
     adapted = adapt_methods(model, arch, cfg, data, unlabeled, work_dir) if unlabeled is not None else {}
     if "self_training" in cfg.methods:
-        splits["train"] = [split_dir(data, data.source, "train"), train_dir, work_dir / "pseudo"]
+        splits["train"] = [split_dir(data, data.source, "train")] * include_source + [train_dir, work_dir / "pseudo"]
     fingerprint = f"finetune:{cfg.model_dump_json()}:{pretrained.sha256}:{data.model_dump_json()}"
     model, history = _train(model, arch, cfg, data, splits, classes, work_dir, fingerprint,
                             on_epoch, head_only=cfg.strategy == "linear_probe")
