@@ -46,7 +46,7 @@ class Severity:
     around 0.3-0.4 mAP50 on the target test split)."""
 
     darken: float = 0.6
-    photo_contrast: float = 0.5
+    photo_contrast: float = 0.65
     coloured_digit: float = 0.5
     difference_blend: float = 0.25
     blur_sigma: tuple[float, float] = (0.0, 0.6)
