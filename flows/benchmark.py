@@ -9,7 +9,14 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from adaptflow.benchmark import BenchmarkSpec, plan_cells, source_jobs
-from tasks.benchmark import open_benchmark_run_task, report_task, run_cell_task, train_source_task
+from tasks.benchmark import (
+    detection_cell_task,
+    detection_source_task,
+    open_benchmark_run_task,
+    report_task,
+    run_cell_task,
+    train_source_task,
+)
 
 
 def benchmark_run_name() -> str:
@@ -26,5 +33,10 @@ def benchmark(spec: BenchmarkSpec = BenchmarkSpec(), command: str = "") -> dict:
     sources = train_source_task.map(unmapped(spec), [s for s, _ in jobs], [seed for _, seed in jobs]).result()
     cells = plan_cells(spec)
     results = run_cell_task.map(unmapped(spec), cells, unmapped(parent)).result()
-    paths = report_task(spec, results, sources, parent, command)
+    detection = []
+    if spec.detection is not None:  # one at a time: each Ultralytics training uses every core
+        for seed in spec.detection.seeds:
+            detection_source_task(spec, seed)
+            detection += [detection_cell_task(spec, seed, method, parent) for method in spec.detection.methods]
+    paths = report_task(spec, results, sources, parent, command, detection)
     return {"report": paths["report"], "cells": len(results), "mlflow_run_id": parent}

@@ -8,8 +8,10 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from adaptflow.benchmark import BenchmarkSpec, Cell
+from adaptflow import tracking
 from adaptflow.benchmark import cells, record, report
-from adaptflow.io import read_json
+from adaptflow.detection import benchmark as detection
+from adaptflow.io import read_json, write_json
 from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE
 
 
@@ -33,10 +35,39 @@ def run_cell_task(spec: BenchmarkSpec, cell: Cell, parent_run_id: str) -> dict:
     return result
 
 
+@task(name="detection-source", task_run_name="detection source seed {seed}", retries=1, **NO_RESULT_CACHE)
+def detection_source_task(spec: BenchmarkSpec, seed: int) -> dict:
+    """The source detector of one seed (reused when already trained)."""
+    return detection.source_model(spec.detection, spec.data_root, cells.work_dir(spec), seed)
+
+
+@task(name="detection-cell", task_run_name="detection {method} seed={seed}", retries=1, **NO_RESULT_CACHE)
+def detection_cell_task(spec: BenchmarkSpec, seed: int, method: str, parent_run_id: str) -> dict:
+    """One detection method on one seed, logged as a child run of the benchmark's run."""
+    result = detection.run_cell(spec.detection, spec.data_root, cells.work_dir(spec), seed, method)
+    params = {"task": "detection", "method": method, "seed": seed, "arch": spec.detection.arch}
+    run_id = tracking.start_run(spec.tracking, f"detection-{method}-seed{seed}", {"stage": "benchmark-cell", "kind": "detection"},
+                                params, parent_run_id=parent_run_id)
+    tracking.log_metrics(spec.tracking, run_id, {k: v for k, v in result.items() if isinstance(v, float)})
+    tracking.finish_run(spec.tracking, run_id)
+    return result
+
+
 @task(name="benchmark-report", **NO_RESULT_CACHE)
-def report_task(spec: BenchmarkSpec, results: list[dict], sources: list[dict], parent_run_id: str, command: str) -> dict[str, str]:
+def report_task(spec: BenchmarkSpec, results: list[dict], sources: list[dict], parent_run_id: str, command: str,
+                detection_results: list[dict] = ()) -> dict[str, str]:
     """report.md, PNG plots and metrics.json; attached to the parent run and shown as a Prefect artifact."""
-    paths = report.write_report(spec, results, sources, Path(spec.output), cells.work_dir(spec), command=command)
+    summary: dict = {}
+
+    def detection_section(spec: BenchmarkSpec, _results: list[dict], output: Path) -> str:
+        markdown, summary["detection"] = detection.report_section(spec.detection, list(detection_results), output)
+        return markdown
+
+    sections = [detection_section] if detection_results else []
+    paths = report.write_report(spec, results, sources, Path(spec.output), cells.work_dir(spec), sections, command=command)
+    if summary:
+        write_json(paths["metrics"], read_json(paths["metrics"]) | summary)
+        paths["detection"] = Path(spec.output) / "detection_map50.png"
     record.close_parent_run(spec, parent_run_id, paths, read_json(paths["metrics"]))
     markdown = paths["report"].read_text()
     create_markdown_artifact(markdown, key=f"benchmark-{spec.name.replace('_', '-').lower()}", description=f"Benchmark report ({spec.name})")

@@ -221,3 +221,38 @@ def test_detector_self_training_trains_on_pseudo_labeled_target_images(scenes: P
     assert history[-1]["pseudo_boxes"] == sum(len(p.read_text().splitlines()) for p in pseudo.iterdir()) > 0
     assert 0.0 <= history[-1]["pseudo_precision"] <= 1.0
     assert Path(trained.path).exists()
+
+
+def test_benchmark_flow_adds_the_detection_table_plot_and_child_runs(prefect_api, scenes: Path) -> None:
+    from mlflow import MlflowClient
+
+    from adaptflow import env
+    from adaptflow.benchmark import BenchmarkSpec
+    from adaptflow.io import read_json
+    from flows.benchmark import benchmark
+
+    methods = ["source_only", "adabn", "self_training", "finetune"]
+    spec = BenchmarkSpec(
+        name="tiny-detection", image_size=16, pairs=[{"source": "mnist", "target": "uci_digits"}], seeds=[0], shots=[1],
+        strategies=["finetune"], methods=["adabn"], source={"epochs": 1}, adapt={"epochs": 1}, few_shot={"steps": 2, "batch_size": 8},
+        eval_points=2, workers=1, output=scenes / "reports" / "benchmark",
+        detection={"image_size": 64, "seeds": [0], "source_epochs": 1, "adapt_epochs": 1, "finetune_epochs": 1, "batch_size": 8,
+                   "methods": methods},
+    )
+    result = benchmark(spec=spec)
+    out = scenes / "reports" / "benchmark"
+    report = (out / "report.md").read_text()
+    assert "## Detection: mnist_scenes -> photo_scenes" in report
+    for method in methods:
+        assert f"| {method} |" in report
+    assert (out / "detection_map50.png").read_bytes()[:4] == b"\x89PNG"
+    detection = read_json(out / "metrics.json")["detection"]
+    assert set(detection) == set(methods) and detection["source_only"]["gain"] == 0.0
+
+    client = MlflowClient(env.default_tracking_uri())
+    parent = client.get_run(result["mlflow_run_id"])
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    detection_runs = [c for c in children if c.data.params.get("task") == "detection"]
+    assert sorted(c.data.params["method"] for c in detection_runs) == sorted(methods)
+    assert all("target_map50" in c.data.metrics for c in detection_runs)
+    assert "detection_map50.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}

@@ -335,8 +335,6 @@ def write_report(
                        ("features", "Features before and after adaptation (PCA)")):
         if key in paths:
             md += [f"### {title}", "", f"![{title}]({paths[key].name})", ""]
-    md += ["## Detection (mAP50)", "", "Not in this report yet: the detection benchmark adds its section here "
-           "(`write_report(..., extra_sections=[...])`).", ""]
     for section in extra_sections:
         md += [section(spec, results, output), ""]
     with atomic_write(paths["report"]) as tmp:

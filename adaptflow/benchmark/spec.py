@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from adaptflow.config import AdaptMethod, Arch, ConfigError, Strategy, TrackingConfig
+from adaptflow.detection.benchmark import DetectionBenchmark
 
 PRESETS = Path(__file__).resolve().parents[2] / "benchmarks" / "presets"
 #: The control: the source model trained for as many more steps as the methods, on source alone.
@@ -71,6 +72,7 @@ class BenchmarkSpec(Spec):
     threads: int = Field(1, ge=1, description="torch threads per cell")
     output: Path = Path("reports/benchmark")
     tracking: TrackingConfig = TrackingConfig(experiment="adaptflow-benchmark")
+    detection: DetectionBenchmark | None = Field(None, description="The detection part (mAP50); empty: classification only")
 
     @field_validator("methods")
     @classmethod

@@ -23,7 +23,7 @@ import logging
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from adaptflow.config import DataConfig, DetectorArch, FinetuneConfig, PretrainConfig
 from adaptflow.data import split_dir
@@ -50,6 +50,14 @@ class DetectionBenchmark(BaseModel):
     lr: float = Field(0.002, gt=0)
     pseudo_label_threshold: float = Field(0.25, ge=0, le=1)
     methods: list[str] = Field(list(METHODS), description=f"Any of {', '.join(METHODS)}")
+
+    @field_validator("methods")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        unknown = [m for m in value if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown detection methods {unknown}: use any of {', '.join(METHODS)}")
+        return value
 
 
 def _data(spec: DetectionBenchmark, root: Path) -> DataConfig:
