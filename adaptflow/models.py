@@ -135,6 +135,17 @@ def load_checkpoint(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
     return model, blob
 
 
+def load_weights_only(path: str | Path, allow_pickle: bool, fix: str) -> Any | None:
+    """A model file's content, loaded without unpickling anything; None for a pickled file the user
+    allowed (the caller loads it its own way); a pickled file otherwise is refused, naming `fix`."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not allow_pickle:
+            raise ValueError(f"{path}: holds pickled Python objects, which can run code when loaded; refused. {fix}") from None
+        return None
+
+
 def load_source_model(path: str | Path, arch: str | None, allow_pickle: bool = False) -> tuple[Classifier, dict[str, Any]]:
     """Load a pretrained model to transfer from: an adaptflow checkpoint, or a torchvision state dict.
 
@@ -142,14 +153,8 @@ def load_source_model(path: str | Path, arch: str | None, allow_pickle: bool = F
     and `arch` names the architecture it belongs to. Files holding pickled objects (a whole
     saved module, say) are refused unless `allow_pickle`: unpickling can run arbitrary code.
     """
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        if not allow_pickle:
-            raise ValueError(
-                f"{path}: holds pickled Python objects, which can run code when loaded; refused. "
-                "Re-save it as a state dict, or set pretrained.allow_pickle=true if you trust its source"
-            ) from None
+    blob = load_weights_only(path, allow_pickle, "Re-save it as a state dict, or set pretrained.allow_pickle=true if you trust its source")
+    if blob is None:
         blob = torch.load(path, map_location="cpu", weights_only=False)  # noqa: S614 - explicitly allowed by the user
         if isinstance(blob, nn.Module):
             blob = blob.state_dict()

@@ -9,8 +9,6 @@ pretrained model.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 from adaptflow import env
 from adaptflow.config import DataConfig, PretrainConfig
 from adaptflow.data import load_split
-from adaptflow.io import replace_dir, sha256_file, write_json
+from adaptflow.io import sha256_file, staged_dir, write_json
 from adaptflow.metrics import classification_report
 from adaptflow.models import build_classifier, save_checkpoint
 from adaptflow.train import EpochCallback, FitSettings, fit, predict, seed_everything
@@ -45,19 +43,14 @@ def published_dir(cfg: PretrainConfig) -> Path:
 def publish(cfg: PretrainConfig, save: Callable[[Path], None], metrics: dict[str, float], history: list[dict], work_dir: Path) -> PublishedModel:
     """Publish `cfg.output` in one step: `model.pt` (written by `save`), its `.sha256`, metrics and history."""
     final = published_dir(cfg)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
+    with staged_dir(final) as staging:
         save(staging / "model.pt")
         digest = sha256_file(staging / "model.pt")
         (staging / "model.pt.sha256").write_text(f"{digest}  model.pt\n")
         write_json(staging / "metrics.json", metrics)
         write_json(staging / "history.json", history)
-        replace_dir(staging, final)
-        for leftover in ("train_state.pt", "train_state.json"):  # only an unfinished run needs them
-            (work_dir / leftover).unlink(missing_ok=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    for leftover in ("train_state.pt", "train_state.json"):  # only an unfinished run needs them
+        (work_dir / leftover).unlink(missing_ok=True)
     log.info("published source model %s (%s)", final / "model.pt", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return PublishedModel(str(final / "model.pt"), digest, metrics)
 

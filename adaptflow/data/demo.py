@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import gzip
 import logging
-import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from adaptflow.io import staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -147,15 +147,8 @@ def build_demo_data(
         MNIST_M: (mnist, {"test": target_test_per_class, "train": labeled_per_class, "unlabeled": unlabeled_m}, seed + 1, blend),
     }
     for name, ((images, labels), sizes, split_seed, make) in domains.items():
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-        try:
+        with staged_dir(root / name) as staging:
             for split, idx in split_per_class(labels, sizes, split_seed).items():
                 write_split(staging / split, make(images, idx, split), labels, idx)
-            final = root / name
-            if final.exists():
-                shutil.rmtree(final)
-            staging.rename(final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         log.info("built %s under %s", name, root / name)
     return root

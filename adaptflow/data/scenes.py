@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import io
 import logging
-import shutil
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ import yaml
 from PIL import Image, ImageFilter
 
 from adaptflow.data.demo import load_mnist_5k, load_photo, split_per_class
+from adaptflow.io import staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +162,7 @@ def build_scene_data(
     train_photos = [load_photo(name) for name in TRAIN_PHOTOS]
     test_photos = [load_photo(name) for name in TEST_PHOTOS]
     for domain, splits in sizes.items():
-        staging = Path(tempfile.mkdtemp(prefix=f".{domain}-", dir=root))
-        try:
+        with staged_dir(root / domain) as staging:
             for split, count in splits.items():
                 pool = mnist["test" if split == "test" else "train"]
                 photos = None if domain == SOURCE else (test_photos if split == "test" else train_photos)
@@ -172,11 +170,5 @@ def build_scene_data(
                 write_scene_split(staging / split, count, key, images[pool], labels[pool], photos, severity)
             spec = {"path": ".", **{split: f"{split}/images" for split in splits}, "names": dict(enumerate(CLASSES))}
             (staging / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-            final = root / domain
-            if final.exists():
-                shutil.rmtree(final)
-            staging.rename(final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         log.info("built %s under %s", domain, root / domain)
     return root

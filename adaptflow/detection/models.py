@@ -8,7 +8,6 @@ sets `pretrained.allow_pickle`.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from adaptflow.detection import frcnn, yolo
+from adaptflow.models import load_weights_only
 
 CHECKPOINT_FORMAT = "adaptflow-detector/1"
 ARCHS = yolo.ARCHS + frcnn.ARCHS
@@ -52,14 +52,9 @@ def save_detector(path: str | Path, model: nn.Module, *, arch: str, classes: tup
 
 def load_detector(path: str | Path, allow_pickle: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """A detector from an adaptflow file, or (trusted only) from an Ultralytics checkpoint."""
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        if not allow_pickle:
-            raise ValueError(
-                f"{path}: holds pickled Python objects (an Ultralytics checkpoint?), which can run code when loaded; "
-                "refused. Use an ultralytics:NAME asset, or set pretrained.allow_pickle=true if you trust the file"
-            ) from None
+    blob = load_weights_only(path, allow_pickle, "An Ultralytics checkpoint? Use an ultralytics:NAME asset, "
+                                                 "or set pretrained.allow_pickle=true if you trust the file")
+    if blob is None:
         model, arch, classes = yolo.from_ultralytics_file(Path(path))
         return model, {"arch": arch, "family": "yolo", "classes": classes, "image_size": None, "extra": {}}
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
