@@ -6,6 +6,8 @@ finished cell is written to the work folder, so a re-run of the same preset skip
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import math
 import threading
@@ -40,8 +42,6 @@ def _data(spec: BenchmarkSpec, source: str, target: str) -> DataConfig:
 
 def source_model_path(spec: BenchmarkSpec, source: str, seed: int) -> Path:
     budget = spec.source.model_dump_json()
-    import hashlib
-
     tag = hashlib.sha256(f"{spec.arch}:{spec.image_size}:{budget}".encode()).hexdigest()[:10]
     return env.cache_dir() / "benchmark" / "sources" / f"{source}-{spec.arch}-{tag}-s{seed}" / "model.pt"
 
@@ -153,9 +153,9 @@ def _few_shot(spec: BenchmarkSpec, cell: Cell, model: Classifier, labeled: Image
     strategy = "finetune" if cell.kind == "scratch" else cell.name
     blocks = len(backbone_blocks(model.backbone))
     settings = _settings(budget, cell.seed, epochs, strategy=strategy, lp_epochs=max(1, epochs // 3),
-                         unfreeze_epochs=max(1, epochs // (blocks + 1)))
+                         unfreeze_epochs=max(1, epochs // (blocks + 1)), layer_lr_decay=spec.layer_lr_decay)
     if cell.kind == "scratch":  # no pretrained backbone to protect: one learning rate for all
-        settings = FitSettings(**{**settings.__dict__, "backbone_lr_scale": 1.0})
+        settings = dataclasses.replace(settings, backbone_lr_scale=1.0)
     curve = [{"epoch": 0, "steps": 0, "seconds": 0.0, "accuracy": accuracy(model, test)}]
     seconds = 0.0
 

@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from adaptflow.benchmark.cells import _data, source_model_path
 from adaptflow.benchmark.spec import CONTROL, BenchmarkSpec
 from adaptflow.io import atomic_write, write_json
 
@@ -242,7 +243,6 @@ def plot_features(spec: BenchmarkSpec, results: list[dict], path: Path, models: 
     """
     import torch
 
-    from adaptflow.benchmark.cells import _data
     from adaptflow.data import load_split
     from adaptflow.models import load_checkpoint
     from adaptflow.train import Normalizer
@@ -328,8 +328,6 @@ def write_report(
         picked = [r for r in results if r["target"] == target and r["kind"] == "method" and r["name"] == best and r["shots"] == 0]
         if picked:
             first = min(picked, key=lambda r: r["seed"])
-            from adaptflow.benchmark.cells import source_model_path
-
             models[target] = (source_model_path(spec, pair.source, first["seed"]), Path(first["model_path"]))
     paths = {"report": output / "report.md", "metrics": output / "metrics.json", "results": output / "results.json"}
     if any(r["kind"] in ("strategy", "scratch") for r in results):

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from adaptflow.config import AdaptMethod, Arch, ConfigError, Strategy, TrackingConfig
 
 PRESETS = Path(__file__).resolve().parents[2] / "benchmarks" / "presets"
+#: Strategies whose result depends on layer_lr_decay (as in adaptflow.train, which this module must not import: it is torch-free).
+LAYERWISE_STRATEGIES = ("discriminative", "gradual_unfreeze")
 #: The control: the source model trained for as many more steps as the methods, on source alone.
 CONTROL = "none"
 
@@ -64,6 +66,7 @@ class BenchmarkSpec(Spec):
     validator: Literal["information_maximization", "entropy", "snd"] = Field(
         "information_maximization", description="Unsupervised validator that picks the adaptation method per seed"
     )
+    layer_lr_decay: float = Field(0.5, gt=0, le=1, description="discriminative and gradual_unfreeze: rate of each block / the block above")
     pseudo_label_threshold: float = Field(0.9, ge=0, le=1)
     adapt_weight: float = Field(1.0, ge=0)
     source: Budget = Budget()
@@ -95,6 +98,8 @@ class BenchmarkSpec(Spec):
         shared = {"arch", "image_size", "data_root", "source"}
         shared |= {"adapt", "pseudo_label_threshold", "adapt_weight"} if cell.kind == "method" else {"few_shot", "eval_points"}
         extra = {} if cell.kind == "method" else {"curve": "geometric"}
+        if cell.name in LAYERWISE_STRATEGIES:
+            extra["layer_lr_decay"] = self.layer_lr_decay
         blob = json.dumps({"cell": cell.to_dict(), **extra, **self.model_dump(mode="json", include=shared)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
