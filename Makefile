@@ -39,10 +39,10 @@ test-all: install  ## the test suite including slow end-to-end runs
 bench: install  ## flow overhead and training-loop throughput, as measured ratios
 	$(BIN)/python -m benchmarks.bench
 
-benchmark-quick: install  ## transfer-learning benchmark, quick preset (minutes on 2 cores): reports/benchmark/
+benchmark-quick: install  ## transfer-learning benchmark, quick preset (about 25 min on 2 shared cores): reports/benchmark/
 	$(BIN)/adaptflow benchmark --preset quick
 
-benchmark: install  ## the full benchmark grid (30-60 min on 2 cores): reports/benchmark/
+benchmark: install  ## the full benchmark grid (over an hour on 2 shared cores): reports/benchmark/
 	$(BIN)/adaptflow benchmark --preset full
 
 data: install  ## build the demo domains under data/ (matches data.dvc)

@@ -69,7 +69,7 @@ class FitSettings:
     lp_epochs: int = 0
     backbone_lr_scale: float = 1.0
     checkpoint_every_steps: int = 0
-    layer_lr_decay: float = 1.0
+    layer_lr_decay: float = 0.5  # used by LAYERWISE_STRATEGIES only
     unfreeze_epochs: int = 1
     methods: Sequence[str] = ()
     adapt_weight: float = 1.0

@@ -120,8 +120,9 @@ def test_method_loss_terms_have_gradients() -> None:
     for method in build_methods(["dann", "coral", "mcc", "self_training"], options):
         method.setup(model, target)
         method.before_epoch(model, target, 0)
-        fs = torch.randn(8, 128, requires_grad=True)
-        ft = torch.randn(8, 128, requires_grad=True)
+        d = model.head.in_features
+        fs = torch.randn(8, d, requires_grad=True)
+        ft = torch.randn(8, d, requires_grad=True)
         batch = AdaptBatch(fs, model.head(fs), torch.arange(8) % 4, ft, model.head(ft), torch.arange(8), 0.5)
         method.loss(batch).backward()
         assert ft.grad is not None and ft.grad.abs().sum() > 0, method.name
@@ -157,3 +158,21 @@ def test_resume_restores_the_methods_state(tmp_path) -> None:
     resumed = build_classifier("small_cnn", 4)
     fit(resumed, _images(), settings, unlabeled=_images(24, shift=40), state_path=state, fingerprint="f", progress=False)
     assert all(torch.allclose(straight.state_dict()[k].float(), resumed.state_dict()[k].float()) for k in straight.state_dict())
+
+
+def test_finetune_adapts_from_source_labels_and_unlabeled_target(project) -> None:
+    from conftest import tiny_config
+
+    from adaptflow.finetune import finetune, training_sets
+    from adaptflow.models import load_checkpoint
+    from adaptflow.pretrained import fetch_pretrained
+
+    cfg = tiny_config("finetune.methods=[adabn, self_training]", "data.labeled_per_class=0", "finetune.strategy=finetune",
+                      "finetune.pseudo_label_threshold=0.5", "finetune.epochs=1")
+    train, unlabeled = training_sets(cfg.finetune, cfg.data)
+    assert len(train) == 160 and len(unlabeled) == 160  # source train only (k = 0), and the unlabeled target split
+    model = finetune(cfg.finetune, cfg.data, fetch_pretrained(cfg.pretrained.uri), project / "run")
+    _, meta = load_checkpoint(model.path)
+    assert meta["extra"]["methods"] == ["adabn", "self_training"]
+    with pytest.raises(ValueError, match="labeled_per_class=0 leaves no labeled target images"):
+        training_sets(tiny_config("data.labeled_per_class=0").finetune, tiny_config("data.labeled_per_class=0").data)

@@ -50,7 +50,10 @@ def test_dvc_stages_match_cli_commands_and_config_sections() -> None:
     from adaptflow.cli import app
 
     commands = set(get_command(app).commands)
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    stages = {}
+    for pipeline in (REPO / "dvc.yaml", REPO / "benchmarks" / "dvc.yaml"):
+        stages |= yaml.safe_load(pipeline.read_text())["stages"]
+    assert "benchmark" in stages
     sections = set(RunConfig.model_fields)
     for name, stage in stages.items():
         body = stage.get("do", stage)

@@ -179,12 +179,15 @@ def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path: Path, monkeypatch
 def test_gradual_unfreezing_opens_one_block_at_a_time_from_the_top() -> None:
     phases = plan_phases("gradual_unfreeze", 5, num_blocks=3, unfreeze_epochs=1)
     assert [(p.epochs, p.train_backbone, p.blocks) for p in phases] == [(1, False, None), (1, True, 1), (1, True, 2), (2, True, None)]
+    from adaptflow.train import backbone_blocks
+
     torch.manual_seed(0)
     model = build_classifier("small_cnn", 4)
-    before = _snapshot(model)
+    blocks = backbone_blocks(model.backbone)
+    before = [[p.detach().clone() for p in block.parameters()] for block in blocks]
     fit(model, _images(), _settings(strategy="gradual_unfreeze", epochs=2, unfreeze_epochs=1), progress=False)
-    changed = {k.split(".")[1] for k in before if k.startswith("backbone.") and not torch.equal(before[k], model.state_dict()[k])}
-    assert changed == {"2"}  # two epochs: the head, then the top block only
+    changed = [any(not torch.equal(a, p) for a, p in zip(old, block.parameters(), strict=True)) for old, block in zip(before, blocks, strict=True)]
+    assert changed == [False] * (len(blocks) - 1) + [True]  # two epochs: the head, then the top block only
 
 
 def test_discriminative_rates_decay_from_the_top_block_down() -> None:
@@ -192,6 +195,7 @@ def test_discriminative_rates_decay_from_the_top_block_down() -> None:
 
     model = build_classifier("small_cnn", 3)
     groups = param_groups(model, lr=1e-2, backbone_lr_scale=1.0, train_backbone=True, layer_decay=0.5)
-    assert [g["lr"] for g in groups] == pytest.approx([1e-2, 1e-2, 5e-3, 2.5e-3])
-    assert len(backbone_blocks(model.backbone)) == 3
+    n = len(backbone_blocks(model.backbone))
+    assert n >= 3
+    assert [g["lr"] for g in groups] == pytest.approx([1e-2] + [1e-2 * 0.5**depth for depth in range(n)])
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))

@@ -6,6 +6,8 @@ finished cell is written to the work folder, so a re-run of the same preset skip
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import math
 import threading
@@ -30,8 +32,8 @@ _INIT = threading.Lock()
 
 
 def work_dir(spec: BenchmarkSpec) -> Path:
-    """Where cells, models and source models of this benchmark are kept (inside the project cache)."""
-    return env.cache_dir() / "benchmark" / f"{spec.name}-{spec.digest()}"
+    """Where cell results, adapted models and source models are kept (inside the project cache)."""
+    return env.cache_dir() / "benchmark"
 
 
 def _data(spec: BenchmarkSpec, source: str, target: str) -> DataConfig:
@@ -40,8 +42,6 @@ def _data(spec: BenchmarkSpec, source: str, target: str) -> DataConfig:
 
 def source_model_path(spec: BenchmarkSpec, source: str, seed: int) -> Path:
     budget = spec.source.model_dump_json()
-    import hashlib
-
     tag = hashlib.sha256(f"{spec.arch}:{spec.image_size}:{budget}".encode()).hexdigest()[:10]
     return env.cache_dir() / "benchmark" / "sources" / f"{source}-{spec.arch}-{tag}-s{seed}" / "model.pt"
 
@@ -86,7 +86,8 @@ def labeled_target(data: DataConfig, classes: tuple[str, ...], shots: int | str,
 
 def run_cell(spec: BenchmarkSpec, cell: Cell) -> dict:
     """Run one cell and return its metrics (also written to the work folder; a finished cell is not re-run)."""
-    out = work_dir(spec) / "cells" / f"{cell.key}.json"
+    name = f"{cell.key}-{spec.cell_digest(cell)}"
+    out = work_dir(spec) / "cells" / f"{name}.json"
     if out.exists():
         return read_json(out)
     torch.set_num_threads(spec.threads)
@@ -121,7 +122,8 @@ def run_cell(spec: BenchmarkSpec, cell: Cell) -> dict:
         **{k: history[-1][k] for k in ("pseudo_label_fraction", "pseudo_label_accuracy") if history and k in history[-1]},
     }
     if cell.kind == "method":
-        save_checkpoint(work_dir(spec) / "models" / f"{cell.key}.pt", model, arch=spec.arch, classes=classes, image_size=spec.image_size)
+        result["model_path"] = str(work_dir(spec) / "models" / f"{name}.pt")
+        save_checkpoint(result["model_path"], model, arch=spec.arch, classes=classes, image_size=spec.image_size)
     write_json(out, result)
     log.info("%s: target accuracy %.4f", cell.key, result["target_accuracy"])
     return result
@@ -146,18 +148,21 @@ def _few_shot(spec: BenchmarkSpec, cell: Cell, model: Classifier, labeled: Image
     budget = spec.few_shot
     steps_per_epoch = math.ceil(len(labeled) / budget.batch_size)
     epochs = max(2, round(budget.steps / steps_per_epoch)) if budget.steps else budget.epochs
-    every = max(1, epochs // spec.eval_points)
+    # Measured at geometrically spaced epochs: early progress (where transfer shows) at fine resolution.
+    at = {round(epochs ** (i / (spec.eval_points - 1))) for i in range(spec.eval_points)}
     strategy = "finetune" if cell.kind == "scratch" else cell.name
     blocks = len(backbone_blocks(model.backbone))
     settings = _settings(budget, cell.seed, epochs, strategy=strategy, lp_epochs=max(1, epochs // 3),
-                         unfreeze_epochs=max(1, epochs // (blocks + 1)))
+                         unfreeze_epochs=max(1, epochs // (blocks + 1)), layer_lr_decay=spec.layer_lr_decay)
+    if cell.kind == "scratch":  # no pretrained backbone to protect: one learning rate for all
+        settings = dataclasses.replace(settings, backbone_lr_scale=1.0)
     curve = [{"epoch": 0, "steps": 0, "seconds": 0.0, "accuracy": accuracy(model, test)}]
     seconds = 0.0
 
     def measure(epoch: int, record: dict) -> None:
         nonlocal seconds
         seconds += record["epoch_seconds"]
-        if epoch % every == 0 or epoch == epochs:
+        if epoch in at:
             curve.append({"epoch": epoch, "steps": epoch * steps_per_epoch, "seconds": seconds, "accuracy": accuracy(model, test)})
 
     return fit(model, labeled, settings, on_epoch=measure, progress=False), curve

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from adaptflow import tracking
@@ -31,5 +32,10 @@ def close_parent_run(spec: BenchmarkSpec, parent_run_id: str, paths: dict[str, P
     """Attach the report (markdown, PNGs, metrics) to the parent run and log its headline numbers."""
     tracking.log_artifacts(spec.tracking, parent_run_id, paths.values())
     flat = {k: v for k, v in tracking.flatten(metrics).items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    tracking.log_metrics(spec.tracking, parent_run_id, {k.replace(" ", "_"): v for k, v in flat.items()})
+    tracking.log_metrics(spec.tracking, parent_run_id, {metric_name(k): v for k, v in flat.items()})
     tracking.finish_run(spec.tracking, parent_run_id)
+
+
+def metric_name(key: str) -> str:
+    """A metric name MLflow accepts: method combinations (a+b) and spaces become underscores."""
+    return re.sub(r"[^A-Za-z0-9_\-./: ]", "_", key).replace(" ", "_")

@@ -15,6 +15,8 @@ from adaptflow.config import AdaptMethod, Arch, ConfigError, Strategy, TrackingC
 from adaptflow.detection.benchmark import DetectionBenchmark
 
 PRESETS = Path(__file__).resolve().parents[2] / "benchmarks" / "presets"
+#: Strategies whose result depends on layer_lr_decay (as in adaptflow.train, which this module must not import: it is torch-free).
+LAYERWISE_STRATEGIES = ("discriminative", "gradual_unfreeze")
 #: The control: the source model trained for as many more steps as the methods, on source alone.
 CONTROL = "none"
 
@@ -58,23 +60,27 @@ class BenchmarkSpec(Spec):
         [CONTROL, "adabn", "dann", "coral", "mcc", "self_training", "adabn+self_training"],
         description="Adaptation runs: method names joined by +, applied in order; none: source training only (the control)",
     )
-    method_shots: list[int] = Field([0], description="Labeled target images per class added to the source's in adaptation runs")
+    semi_supervised: list[str] = Field(
+        [], description="Methods also run with method_shots labeled target images per class added to the source's labels"
+    )
+    method_shots: list[int] = Field([1], description="Labeled target images per class for the semi_supervised runs")
     validator: Literal["information_maximization", "entropy", "snd"] = Field(
         "information_maximization", description="Unsupervised validator that picks the adaptation method per seed"
     )
+    layer_lr_decay: float = Field(0.5, gt=0, le=1, description="discriminative and gradual_unfreeze: rate of each block / the block above")
     pseudo_label_threshold: float = Field(0.9, ge=0, le=1)
     adapt_weight: float = Field(1.0, ge=0)
     source: Budget = Budget()
     adapt: Budget = Budget()
-    few_shot: Budget = Budget(steps=300, batch_size=32)
-    eval_points: int = Field(12, ge=2, description="Target-test evaluations per few-label run (the time-to-accuracy curve)")
+    few_shot: Budget = Field(Budget(steps=200, batch_size=32), description="Few-label runs (strategies and scratch)")
+    eval_points: int = Field(10, ge=2, description="Target-test evaluations per few-label run, geometrically spaced (the time-to-accuracy curve)")
     workers: int = Field(2, ge=1, description="Cells run in parallel (torch threads per cell: threads)")
     threads: int = Field(1, ge=1, description="torch threads per cell")
     output: Path = Path("reports/benchmark")
     tracking: TrackingConfig = TrackingConfig(experiment="adaptflow-benchmark")
     detection: DetectionBenchmark | None = Field(None, description="The detection part (mAP50); empty: classification only")
 
-    @field_validator("methods")
+    @field_validator("methods", "semi_supervised")
     @classmethod
     def _methods(cls, value: list[str]) -> list[str]:
         known = set(AdaptMethod.__args__)
@@ -87,6 +93,16 @@ class BenchmarkSpec(Spec):
 
     def digest(self) -> str:
         blob = json.dumps(self.model_dump(mode="json", exclude={"workers", "threads", "output", "tracking"}), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def cell_digest(self, cell: Cell) -> str:
+        """What a cell's result depends on (not the rest of the grid): presets that share a cell share its result."""
+        shared = {"arch", "image_size", "data_root", "source"}
+        shared |= {"adapt", "pseudo_label_threshold", "adapt_weight"} if cell.kind == "method" else {"few_shot", "eval_points"}
+        extra = {} if cell.kind == "method" else {"curve": "geometric"}
+        if cell.name in LAYERWISE_STRATEGIES:
+            extra["layer_lr_decay"] = self.layer_lr_decay
+        blob = json.dumps({"cell": cell.to_dict(), **extra, **self.model_dump(mode="json", include=shared)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -110,17 +126,20 @@ class Cell:
 
 
 def plan_cells(spec: BenchmarkSpec) -> list[Cell]:
-    """Every cell of the grid, cheapest first within each pair."""
-    cells = []
+    """Every cell of the grid: no labels and the fewest labels first (an interrupted run keeps the
+    headline cells; finished cells are reused by the next run)."""
+    cells: list[Cell] = []
     for pair in spec.pairs:
         for seed in spec.seeds:
             cells.append(Cell(pair.source, pair.target, "source_only", "source_only", 0, seed))
-            for combo in spec.methods:
-                cells += [Cell(pair.source, pair.target, "method", combo, k, seed) for k in spec.method_shots]
+            cells += [Cell(pair.source, pair.target, "method", combo, 0, seed) for combo in spec.methods]
+            for combo in spec.semi_supervised:
+                cells += [Cell(pair.source, pair.target, "method", combo, k, seed) for k in spec.method_shots if k > 0]
             for k in spec.shots:
                 cells.append(Cell(pair.source, pair.target, "scratch", "scratch", k, seed))
                 cells += [Cell(pair.source, pair.target, "strategy", s, k, seed) for s in spec.strategies]
-    return cells
+    first = [0, 1, 10, "all"]
+    return sorted(cells, key=lambda c: first.index(c.shots) if c.shots in first else len(first))
 
 
 def source_jobs(spec: BenchmarkSpec) -> list[tuple[str, int]]:
