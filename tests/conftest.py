@@ -169,6 +169,23 @@ def prefect_api():
         yield
 
 
+# --- simulated crashes ---------------------------------------------------------------------------
+
+
+class Crash(RuntimeError):
+    """What `crash_at` raises: a process dying mid-training, seen from the training loop."""
+
+
+def crash_at(epoch: int):  # noqa: ANN201 - an epoch callback
+    """An epoch callback that crashes once `epoch` has finished (and been checkpointed)."""
+
+    def on_epoch(finished: int, record: dict) -> None:
+        if finished == epoch:
+            raise Crash
+
+    return on_epoch
+
+
 # --- reliability counters ------------------------------------------------------------------------
 
 #: name -> [tried, handled]; reliability tests count what they inject and what was survived.

@@ -18,6 +18,7 @@ from adaptflow.config import AdaptMethod
 from adaptflow.data import ImageSet
 from adaptflow.models import build_classifier
 from adaptflow.train import FitSettings, Normalizer, fit
+from conftest import Crash, crash_at
 
 
 def _images(n: int = 32, classes: int = 4, seed: int = 0, shift: int = 0) -> ImageSet:
@@ -143,18 +144,11 @@ def test_resume_restores_the_methods_state(tmp_path) -> None:
     straight = build_classifier("small_cnn", 4)
     fit(straight, _images(), settings, unlabeled=_images(24, shift=40), progress=False)
 
-    class Crash(RuntimeError):
-        pass
-
-    def crash(epoch: int, record: dict) -> None:
-        if epoch == 1:
-            raise Crash
-
     state = tmp_path / "state.pt"
     torch.manual_seed(0)
     with pytest.raises(Crash):
         fit(build_classifier("small_cnn", 4), _images(), settings, unlabeled=_images(24, shift=40), state_path=state,
-            fingerprint="f", on_epoch=crash, progress=False)
+            fingerprint="f", on_epoch=crash_at(1), progress=False)
     resumed = build_classifier("small_cnn", 4)
     fit(resumed, _images(), settings, unlabeled=_images(24, shift=40), state_path=state, fingerprint="f", progress=False)
     assert all(torch.allclose(straight.state_dict()[k].float(), resumed.state_dict()[k].float()) for k in straight.state_dict())

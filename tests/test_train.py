@@ -10,6 +10,7 @@ import torch
 from adaptflow.data import ImageSet
 from adaptflow.models import build_classifier, load_checkpoint, load_source_model, save_checkpoint
 from adaptflow.train import FitSettings, fit, plan_phases, predict, random_affine, train_step
+from conftest import Crash, crash_at
 
 
 SMALL = "mobilenet_v3_small"  # fast enough to train several times per test
@@ -93,17 +94,10 @@ def test_resume_after_a_crash_gives_the_uninterrupted_result(tmp_path: Path) -> 
     straight = build_classifier(SMALL, 4)
     expected_history = fit(straight, _images(), settings, progress=False)
 
-    class Crash(RuntimeError):
-        pass
-
-    def crash_after_second_epoch(epoch: int, record: dict) -> None:
-        if epoch == 2:
-            raise Crash
-
     state = tmp_path / "train_state.pt"
     torch.manual_seed(0)
     with pytest.raises(Crash):
-        fit(build_classifier(SMALL, 4), _images(), settings, state_path=state, fingerprint="f", on_epoch=crash_after_second_epoch, progress=False)
+        fit(build_classifier(SMALL, 4), _images(), settings, state_path=state, fingerprint="f", on_epoch=crash_at(2), progress=False)
     torch.manual_seed(123)  # a new process: different global RNG, different initial weights
     resumed = build_classifier(SMALL, 4)
     history = fit(resumed, _images(), settings, state_path=state, fingerprint="f", progress=False)
