@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from adaptflow.detection.data import DetectionSet, image_files
+from adaptflow.detection.data import DetectionSet, image_files, link_or_copy
 from adaptflow.detection.models import family, predict
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,6 @@ def write_pseudo_split(source_split: Path, boxes: torch.Tensor, image_size: int,
     `boxes` are in pixels of images resized to `image_size`; YOLO labels are normalised, so they
     hold for the original files whatever their size.
     """
-    from adaptflow.detection.data import _link
-
     files = image_files(source_split)
     (dest / "images").mkdir(parents=True, exist_ok=True)
     (dest / "labels").mkdir(parents=True, exist_ok=True)
@@ -80,7 +78,7 @@ def write_pseudo_split(source_split: Path, boxes: torch.Tensor, image_size: int,
     size = xyxy[:, 2:] - xyxy[:, :2]
     owner = boxes[:, 0].long()
     for i, path in enumerate(files):
-        _link(path, dest / "images" / path.name)
+        link_or_copy(path, dest / "images" / path.name)
         mine = (owner == i).nonzero().flatten().tolist()
         lines = [f"{int(boxes[j, 1])} {centre[j, 0]:.6f} {centre[j, 1]:.6f} {size[j, 0]:.6f} {size[j, 1]:.6f}\n" for j in mine]
         (dest / "labels" / f"{path.stem}.txt").write_text("".join(lines))

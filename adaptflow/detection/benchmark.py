@@ -89,46 +89,40 @@ def run_cell(spec: DetectionBenchmark, root: Path, work: Path, seed: int, method
     from adaptflow.detection.adapt import adapt_batch_norm
     from adaptflow.detection.metrics import detection_report
     from adaptflow.detection.models import load_detector, predict, save_detector
+    from adaptflow.io import read_json, sha256_file
     from adaptflow.pretrained import PretrainedRef
-    from adaptflow.io import sha256_file
 
     if method not in METHODS:
         raise ValueError(f"unknown detection benchmark method '{method}': use one of {', '.join(METHODS)}")
     data = _data(spec, root)
-    source = Path(work / "detection" / f"source-seed{seed}" / "model.pt")
+    source = work / "detection" / f"source-seed{seed}" / "model.pt"
     cell_dir = work / "detection" / f"{method}-seed{seed}"
     t0 = time.perf_counter()
     model, meta = load_detector(source)
     extra: dict[str, float] = {}
+    methods = [m for m in ("adabn", "self_training") if m in method.split("+")]
     if method == "adabn":
         unlabeled = stages.load_split(data, data.target, "unlabeled", meta["classes"])
         adapt_batch_norm(model, spec.arch, unlabeled.images)
+    elif method == "control":
+        cfg = FinetuneConfig(**_train_config(spec, seed, spec.adapt_epochs, strategy="finetune"))
+        splits = {"train": split_dir(data, data.source, "train"), "val": split_dir(data, data.source, "test")}
+        model, _ = stages._train(model, spec.arch, cfg, data, splits, meta["classes"], cell_dir, method, None)
     elif method != "source_only":
-        ref = PretrainedRef(str(source), str(source), sha256_file(source), arch=spec.arch)
-        methods = [m for m in ("adabn", "self_training") if m in method.split("+")]
-        if method == "control":
-            cfg = FinetuneConfig(**_train_config(spec, seed, spec.adapt_epochs, strategy="finetune"))
-            splits = {"train": split_dir(data, data.source, "train"), "val": split_dir(data, data.source, "test")}
-            model, _ = stages._train(model, spec.arch, cfg, data, splits, meta["classes"], cell_dir, method, None)
-        elif method.startswith("finetune"):
+        teacher = PretrainedRef(str(source), str(source), sha256_file(source), arch=spec.arch)
+        adapt = {"methods": methods, "pseudo_label_threshold": spec.pseudo_label_threshold}
+        if method.startswith("finetune"):
             cfg = FinetuneConfig(**_train_config(spec, seed, spec.finetune_epochs, strategy="finetune", batch_size=16, lr=spec.lr / 2))
-            trained = stages.finetune(cfg, data, ref, cell_dir / "finetune")
-            if methods:  # the fine-tuned model is the teacher; the student sees labeled and pseudo-labeled target images
-                teacher = PretrainedRef(trained.path, trained.path, trained.sha256, arch=spec.arch)
-                cfg = cfg.model_copy(update={"epochs": spec.adapt_epochs, "methods": methods,
-                                             "pseudo_label_threshold": spec.pseudo_label_threshold})
-                trained = _self_train(cfg, data, teacher, cell_dir / "student", with_source=False)
-            model, _ = load_detector(trained.path)
+            trained = stages.finetune(cfg, data, teacher, cell_dir / "finetune")
+            # The fine-tuned model is the teacher; its student sees labeled and pseudo-labeled target images.
+            teacher = PretrainedRef(trained.path, trained.path, trained.sha256, arch=spec.arch)
+            cfg = cfg.model_copy(update={"epochs": spec.adapt_epochs, **adapt})
         else:
-            cfg = FinetuneConfig(**_train_config(spec, seed, spec.adapt_epochs, strategy="finetune", methods=methods,
-                                                 pseudo_label_threshold=spec.pseudo_label_threshold))
-            trained = _self_train(cfg, data, ref, cell_dir / "student", with_source=True)
-            model, _ = load_detector(trained.path)
-        history = (cell_dir / "student" / "history.json")
-        if history.exists():
-            from adaptflow.io import read_json
-
-            extra = {k: v for k, v in read_json(history)[-1].items() if k.startswith("pseudo_")}
+            cfg = FinetuneConfig(**_train_config(spec, seed, spec.adapt_epochs, strategy="finetune", **adapt))
+        if methods:
+            trained = stages.finetune(cfg, data, teacher, cell_dir / "student", include_source=not method.startswith("finetune"))
+            extra = {k: v for k, v in read_json(cell_dir / "student" / "history.json")[-1].items() if k.startswith("pseudo_")}
+        model, _ = load_detector(trained.path)
     seconds = time.perf_counter() - t0
     result = {"seed": seed, "method": method, "seconds": seconds, **extra}
     for name in ("target", "source"):
@@ -139,14 +133,6 @@ def run_cell(spec: DetectionBenchmark, root: Path, work: Path, seed: int, method
     save_detector(cell_dir / "model.pt", model, arch=spec.arch, classes=meta["classes"], image_size=spec.image_size)
     log.info("detection %s seed %d: target mAP50 %.4f", method, seed, result["target_map50"])
     return result
-
-
-def _self_train(cfg: FinetuneConfig, data: DataConfig, teacher, work_dir: Path, with_source: bool):  # noqa: ANN001, ANN202
-    """Self-training through the detection fine-tune stage: its `methods` label the unlabeled split
-    with the teacher and train on source (or not), labeled target and pseudo-labeled images."""
-    from adaptflow.detection import stages
-
-    return stages.finetune(cfg, data, teacher, work_dir, include_source=with_source)
 
 
 def report_section(spec: DetectionBenchmark, results: list[dict], output: Path) -> tuple[str, dict]:

@@ -133,9 +133,9 @@ def stage_yolo_dataset(splits: dict[str, Path | list[Path]], classes: tuple[str,
             for kind in ("images", "labels"):
                 (dest / folder / kind).mkdir(parents=True)
             for image in image_files(source):
-                _link(image, dest / folder / "images" / image.name)
+                link_or_copy(image, dest / folder / "images" / image.name)
                 if label_file(image).exists():
-                    _link(label_file(image), dest / folder / "labels" / label_file(image).name)
+                    link_or_copy(label_file(image), dest / folder / "labels" / label_file(image).name)
         spec[name] = [f"{folder}/images" for folder in folders] if len(parts) > 1 else f"{name}/images"
     spec["names"] = dict(enumerate(classes))
     path = dest / "data.yaml"
@@ -143,7 +143,8 @@ def stage_yolo_dataset(splits: dict[str, Path | list[Path]], classes: tuple[str,
     return path
 
 
-def _link(source: Path, dest: Path) -> None:
+def link_or_copy(source: Path, dest: Path) -> None:
+    """A hard link to `source` at `dest`, or a copy where links cannot be made (another file system)."""
     try:
         os.link(source, dest)
     except OSError:
