@@ -7,7 +7,7 @@ BIN    := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo demo-detection test test-all bench benchmark benchmark-quick data repro ui serve clean help
+.PHONY: install demo demo-detection test test-all bench benchmark benchmark-quick data repro ui serve stack stack-down clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -57,6 +57,14 @@ ui: install  ## start the Prefect and MLflow UIs on the project's stores (127.0.
 
 serve: install  ## serve the pretrain, transfer and retrain deployments to the server `make ui` started
 	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(BIN)/adaptflow serve
+
+STACK_DIR ?= .stack
+
+stack: install  ## the production stack on 127.0.0.1 (PostgreSQL, S3, Prefect + MLflow servers, a worker); then: source .stack/env
+	$(BIN)/python -m adaptflow.stack start --state-dir $(STACK_DIR)
+
+stack-down:  ## stop everything `make stack` started and check nothing is left
+	$(BIN)/python -m adaptflow.stack stop --state-dir $(STACK_DIR)
 
 clean:  ## remove run outputs, the tracking store and caches (keeps the venv and data)
 	rm -rf runs outputs models mlflow.db mlartifacts .prefect .cache reports

@@ -299,24 +299,91 @@ def _run_flow(name: str, cfg) -> dict:  # noqa: ANN001 - RunConfig
     return flow_fn(config=cfg)
 
 
+RunnerOption = Annotated[str | None, typer.Option(help="Where task runs execute: thread, dask or ray (ray needs the ray extra: pip install adaptflow with [ray])")]
+AddressOption = Annotated[str | None, typer.Option(help="Scheduler address of a running Dask (or Ray) cluster; empty: start a local one")]
+GpuPoolOption = Annotated[str | None, typer.Option(help="Cap trainings by the Prefect limit gpu-POOL (created with one slot per GPU)")]
+
+
+def _execution(runner: str | None, address: str | None, gpu_pool: str | None, default_runner: str) -> dict:
+    """Execution settings given on the command line, as spec fields (`--address` goes to the runner's own field)."""
+    chosen = runner or default_runner
+    values = {"runner": runner, "gpu_pool": gpu_pool}
+    if runner is not None:  # a preset's address for another runner no longer applies
+        values |= {f"{other}_address": "" for other in ("dask", "ray") if other != runner}
+    if address is not None:
+        if chosen not in ("dask", "ray"):
+            _fail(f"--address is for runner dask or ray (runner is {chosen}); add --runner dask")
+        values[f"{chosen}_address"] = address
+    return {k: v for k, v in values.items() if v is not None}
+
+
 @app.command()
 def benchmark(
     preset: Annotated[str, typer.Option(help="Preset name (benchmarks/presets/NAME.yaml) or a YAML file")] = "quick",
     workers: Annotated[int | None, typer.Option(help="Cells run in parallel (default: the preset's)")] = None,
     output: Annotated[Path | None, typer.Option(help="Report folder (default: the preset's)")] = None,
+    runner: RunnerOption = None,
+    address: AddressOption = None,
+    gpu_pool: GpuPoolOption = None,
 ) -> None:
     """Run the transfer-learning benchmark (a Prefect flow) and write its report (report.md, PNGs, metrics.json)."""
-    from adaptflow.benchmark import load_preset
+    from pydantic import ValidationError
+
+    from adaptflow.benchmark import BenchmarkSpec, load_preset
 
     spec = load_preset(preset)
-    spec = spec.model_copy(update={k: v for k, v in {"workers": workers, "output": output}.items() if v is not None})
-    from prefect.task_runners import ThreadPoolTaskRunner
-
+    update = {k: v for k, v in {"workers": workers, "output": output}.items() if v is not None}
+    try:
+        spec = BenchmarkSpec.model_validate(spec.model_dump() | update | _execution(runner, address, gpu_pool, spec.runner))
+    except ValidationError as exc:
+        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     from flows.benchmark import benchmark as benchmark_flow
+    from flows.runners import task_runner
 
+    task_runner(spec)  # a runner whose package is missing fails before Prefect starts a run
     command = f"adaptflow benchmark --preset {preset}"
-    result = benchmark_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=spec.workers))(spec=spec, command=command)
+    result = benchmark_flow(spec=spec, command=command)
     typer.echo(json.dumps(result, indent=2))
+
+
+@app.command()
+def sweep(
+    config: ConfigOption = DEFAULT_CONFIG,
+    overrides: Overrides = None,
+    grid: Annotated[list[str] | None, typer.Option(
+        "--grid", "-g", help="KEY=V1,V2,...: values of one config key to try; repeat for more keys (a trial per combination)")] = None,
+    metric: Annotated[str, typer.Option(help="Trial score that picks the best (higher is better); default: an unsupervised "
+                                        "validator on the target's unlabeled images, not the target test set")] = "information_maximization",
+    runner: RunnerOption = None,
+    workers: Annotated[int, typer.Option(help="Trials run in parallel")] = 2,
+    address: AddressOption = None,
+    gpu_pool: GpuPoolOption = None,
+) -> None:
+    """Fine-tune and evaluate every combination of the grid (a Prefect flow; nothing is registered),
+    print the table and the best overrides, and the transfer command that trains and registers them."""
+    from adaptflow.sweep import parse_grid, plan_trials, sweep_settings
+    from adaptflow.sweep.plan import override_text
+
+    cfg = _config(config, overrides)
+    if not grid:
+        _fail("give the values to try, e.g. --grid finetune.lr=1e-3,3e-3 (repeat --grid for more keys)")
+    values = parse_grid(grid)
+    settings = sweep_settings(metric=metric, workers=workers, **_execution(runner, address, gpu_pool, "thread"))
+    trials = plan_trials(cfg, values, settings.metric)  # every combination checked before Prefect starts
+    from flows.runners import task_runner
+    from flows.sweep import sweep as sweep_flow
+
+    task_runner(settings)
+    typer.echo(f"{len(trials)} trials on {settings.runner} ({settings.workers} at a time), best by {settings.metric}")
+    result = sweep_flow(config=cfg, grid=values, settings=settings)
+    for row in result["trials"]:
+        score = row["metrics"].get(settings.metric)
+        shown = f"{score:.4f}" if score is not None else f"failed: {row.get('error', '')[:60]}"
+        typer.echo(f"  {row['name']}  {settings.metric} {shown}  {' '.join(override_text(k, v) for k, v in row['overrides'].items())}")
+    best = result["best"]
+    typer.echo(f"best: {best['name']} ({settings.metric} {best['score']:.4f}); summary {result['summary']}")
+    base = " ".join([*([] if config == DEFAULT_CONFIG else ["-c", str(config)]), *(overrides or [])])
+    typer.echo(f"train and register it: adaptflow run transfer {base + ' ' if base else ''}{' '.join(best['cli_overrides'])}")
 
 
 @app.command()
@@ -358,8 +425,15 @@ def _print_results(cfg, source: dict, result: dict, seconds: float) -> None:  # 
     typer.echo(f"  run folder {result['run_dir']}   total {seconds:.0f}s")
     uri = tracking_uri(cfg.tracking)
     typer.echo("\nOpen the UIs:")
-    typer.echo(f"  MLflow:  .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1   -> http://127.0.0.1:5000")
-    typer.echo(f"  Prefect: PREFECT_HOME={os.environ.get('PREFECT_HOME')} .venv/bin/prefect server start --host 127.0.0.1   -> http://127.0.0.1:4200")
+    if uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
+        typer.echo(f"  MLflow:  {uri}")
+    else:
+        typer.echo(f"  MLflow:  .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1   -> http://127.0.0.1:5000")
+    api = os.environ.get("PREFECT_API_URL")
+    if api:
+        typer.echo(f"  Prefect: {api.removesuffix('/').removesuffix('/api')}")
+    else:
+        typer.echo(f"  Prefect: PREFECT_HOME={os.environ.get('PREFECT_HOME')} .venv/bin/prefect server start --host 127.0.0.1   -> http://127.0.0.1:4200")
 
 
 @app.command("config")

@@ -76,6 +76,10 @@ class TrainConfig(Section):
     augment: bool = Field(False, description="Augment training batches: classifiers random affine (on the device); YOLO Ultralytics' mosaic, colour and scale; Faster R-CNN colour jitter")
     seed: int = Field(0, ge=0)
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    devices: int = Field(
+        1, ge=1, le=1024, description="Train on this many devices: 1 in this process; N > 1 as N data-parallel workers (torchrun + DDP "
+        "on CUDA; gloo on CPU, for tests), batch_size staying the global batch (each worker takes 1/N of it)",
+    )
     precision: Precision = Field("auto", description="Mixed precision on CUDA: auto picks bf16 where supported")
     checkpoint_every_steps: int = Field(
         0, ge=0, description="Also checkpoint every N optimizer steps (0: at the end of each epoch only)"
@@ -91,6 +95,18 @@ class TrainConfig(Section):
         if head not in {"auto", "cpu", "cuda", "mps"} or (index and not index.isdigit()):
             raise ValueError(f"'{value}' is not a device: use auto, cpu, cuda or cuda:N")
         return value
+
+    def devices_problem(self, section: str) -> str | None:
+        """What stops `devices` working with the rest of this section (named `section` in the message), or None."""
+        if self.devices == 1:
+            return None
+        if ":" in self.device or self.device == "mps":
+            return (f"{section}.devices={self.devices} needs {section}.device auto, cuda or cpu (got '{self.device}'): each worker "
+                    f"takes a GPU of its own (pick them with CUDA_VISIBLE_DEVICES), or set {section}.devices=1")
+        if self.batch_size < self.devices:
+            return (f"{section}.batch_size={self.batch_size} is the global batch, split across {section}.devices={self.devices} "
+                    f"workers: raise {section}.batch_size to at least {self.devices} or lower {section}.devices")
+        return None
 
 
 class PretrainConfig(TrainConfig):
@@ -199,11 +215,13 @@ class RunConfig(Section):
     def _task(self) -> RunConfig:
         detectors = get_args(DetectorArch)
         for name in ("pretrain", "finetune"):
-            arch = getattr(self, name).arch
+            section: TrainConfig = getattr(self, name)
+            arch = section.arch
             if (arch in detectors) != (self.task == "detection"):
                 kind = "a detector" if arch in detectors else "a classifier"
                 wanted = ", ".join(detectors if self.task == "detection" else get_args(ClassifierArch))
                 raise ValueError(f"{name}.arch '{arch}' is {kind} but task is {self.task}; use one of: {wanted}")
+            self._check_devices(name, section)
         if self.task == "detection":
             if self.finetune.strategy == "lp_ft":
                 raise ValueError("finetune.strategy lp_ft is for classifiers; with task detection use finetune or linear_probe")
@@ -218,6 +236,22 @@ class RunConfig(Section):
                 raise ValueError("data.labeled_per_class counts images per class, which detection scenes do not have; "
                                  "leave it empty (the target train split is the labeled part)")
         return self
+
+    def _check_devices(self, name: str, section: TrainConfig) -> None:
+        problem = section.devices_problem(name)
+        if problem:
+            raise ValueError(problem)
+        if section.devices == 1:
+            return
+        if section.arch.startswith("fasterrcnn"):
+            raise ValueError(f"{name}.devices={section.devices}: Faster R-CNN trains on one device; set {name}.devices=1, "
+                             "or use a YOLO arch (Ultralytics trains those on several GPUs)")
+        if section.arch in get_args(DetectorArch) and section.device == "cpu":
+            raise ValueError(f"{name}.devices={section.devices} with {name}.device=cpu: Ultralytics' multi-device training "
+                             f"needs CUDA GPUs; set {name}.devices=1 on CPU, or {name}.device=cuda")
+        if name == "finetune" and self.task == "classification" and self.finetune.methods:
+            raise ValueError(f"finetune.methods {self.finetune.methods} train on one device only; set finetune.devices=1, "
+                             "or finetune.methods=[] to train on several")
 
     def digest(self) -> str:
         """A short content hash of the config, for lineage and cache keys."""

@@ -10,9 +10,10 @@ from pathlib import Path
 from adaptflow.config import DataConfig, FinetuneConfig
 from adaptflow.data import ImageSet, load_split
 from adaptflow.io import sha256_file, write_json
+from adaptflow.launch import FitJob, fit_on_devices
 from adaptflow.models import Classifier, load_source_model, replace_head, save_checkpoint
 from adaptflow.pretrained import PretrainedRef
-from adaptflow.train import EpochCallback, FitSettings, fit, seed_everything
+from adaptflow.train import EpochCallback, FitSettings, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,18 @@ def training_sets(cfg: FinetuneConfig, data: DataConfig) -> tuple[ImageSet, Imag
     return source.concat(train), unlabeled
 
 
+def fit_job(spec: dict) -> FitJob:
+    """The fine-tune's training job, made from the JSON `spec` that `finetune` writes: by `finetune`
+    itself and, with `devices` > 1, by each torchrun worker (the same data, seed and initial weights)."""
+    cfg, data = FinetuneConfig.model_validate(spec["cfg"]), DataConfig.model_validate(spec["data"])
+    pretrained, work_dir = PretrainedRef(**spec["pretrained"]), Path(spec["work_dir"])
+    train, unlabeled = training_sets(cfg, data)
+    seed_everything(cfg.seed)  # a new head's initial weights are part of what the seed fixes
+    model, arch = prepare_model(pretrained, cfg.arch, train.classes)
+    fingerprint = f"finetune:{cfg.model_dump_json()}:{pretrained.sha256}:{content_digest(train)}"
+    return FitJob(model, arch, train, FitSettings.from_config(cfg), work_dir, fingerprint, unlabeled)
+
+
 def finetune(
     cfg: FinetuneConfig,
     data: DataConfig,
@@ -76,22 +89,15 @@ def finetune(
     """Train on the labeled target split (k per class when `data.labeled_per_class` is set).
 
     With adaptation methods (`cfg.methods`), train on the source's labeled images plus those k
-    per class, and adapt with the target's unlabeled split.
+    per class, and adapt with the target's unlabeled split. With `cfg.devices` > 1, train in that
+    many data-parallel workers (`adaptflow.launch`); model.pt is written only after all succeeded.
     """
-    train, unlabeled = training_sets(cfg, data)
-    seed_everything(cfg.seed)  # a new head's initial weights are part of what the seed fixes
-    model, arch = prepare_model(pretrained, cfg.arch, train.classes)
     work_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = f"finetune:{cfg.model_dump_json()}:{pretrained.sha256}:{content_digest(train)}"
-    history = fit(
-        model,
-        train,
-        FitSettings.from_config(cfg),
-        state_path=work_dir / "train_state.pt",
-        fingerprint=fingerprint,
-        on_epoch=on_epoch,
-        unlabeled=unlabeled,
-    )
+    spec = {"cfg": cfg.model_dump(mode="json"), "data": data.model_dump(mode="json"), "pretrained": pretrained.to_dict(),
+            "work_dir": str(work_dir.resolve())}
+    job = fit_job(spec)
+    history = fit_on_devices(job, fit_job, spec, cfg.devices, "finetune", on_epoch)
+    model, arch, train = job.model, job.arch, job.train
     path = work_dir / "model.pt"
     save_checkpoint(path, model, arch=arch, classes=train.classes, image_size=data.image_size,
                     extra={"pretrained_sha256": pretrained.sha256, "strategy": cfg.strategy, "methods": list(cfg.methods)})

@@ -17,9 +17,10 @@ from adaptflow import env
 from adaptflow.config import DataConfig, PretrainConfig
 from adaptflow.data import load_split
 from adaptflow.io import sha256_file, staged_dir, write_json
+from adaptflow.launch import FitJob, fit_on_devices
 from adaptflow.metrics import classification_report
 from adaptflow.models import build_classifier, save_checkpoint
-from adaptflow.train import EpochCallback, FitSettings, fit, predict, seed_everything
+from adaptflow.train import EpochCallback, FitSettings, predict, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +56,26 @@ def publish(cfg: PretrainConfig, save: Callable[[Path], None], metrics: dict[str
     return PublishedModel(str(final / "model.pt"), digest, metrics)
 
 
-def pretrain(cfg: PretrainConfig, data: DataConfig, work_dir: Path, on_epoch: EpochCallback | None = None) -> PublishedModel:
-    """Train on `<source>/train`, measure on `<source>/test`, publish to `cfg.output`."""
+def fit_job(spec: dict) -> FitJob:
+    """The pretrain's training job, made from the JSON `spec` that `pretrain` writes: by `pretrain`
+    itself and, with `devices` > 1, by each torchrun worker."""
+    cfg, data = PretrainConfig.model_validate(spec["cfg"]), DataConfig.model_validate(spec["data"])
     train = load_split(data, data.source, "train")
-    test = load_split(data, data.source, "test", train.classes)
     seed_everything(cfg.seed)  # the initial weights are part of what the seed fixes
     model = build_classifier(cfg.arch, len(train.classes))
-    settings = FitSettings.from_config(cfg)
-    work_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = f"pretrain:{cfg.model_dump_json()}:{data.model_dump_json()}"
-    history = fit(model, train, settings, state_path=work_dir / "train_state.pt", fingerprint=fingerprint, on_epoch=on_epoch)
+    return FitJob(model, cfg.arch, train, FitSettings.from_config(cfg), Path(spec["work_dir"]), fingerprint)
+
+
+def pretrain(cfg: PretrainConfig, data: DataConfig, work_dir: Path, on_epoch: EpochCallback | None = None) -> PublishedModel:
+    """Train on `<source>/train`, measure on `<source>/test`, publish to `cfg.output`
+    (with `cfg.devices` > 1, trained by that many data-parallel workers)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"cfg": cfg.model_dump(mode="json"), "data": data.model_dump(mode="json"), "work_dir": str(work_dir.resolve())}
+    job = fit_job(spec)
+    train, model = job.train, job.model
+    test = load_split(data, data.source, "test", train.classes)
+    history = fit_on_devices(job, fit_job, spec, cfg.devices, "pretrain", on_epoch)
     report = classification_report(test.labels, predict(model, test.images, device=cfg.device), test.classes)
 
     def save(path: Path) -> None:

@@ -5,6 +5,10 @@ them in turn with one optimizer step function. Adaptation methods (`adaptflow.ad
 the same loop: hooks around epochs and a loss term over a batch of unlabeled target images. Batches are indexed from tensors that already
 sit on the device; normalisation and augmentation run there too, on the whole batch. The full
 training state is checkpointed atomically after every epoch, so a retried run resumes exactly.
+
+Inside torchrun workers (`adaptflow.launch`) the same loop is data-parallel: every worker draws the
+same permutation and augmentation numbers, trains on its rows of each global batch under DDP, and
+only rank 0 writes the checkpoint and reports epochs (`adaptflow.distributed.World`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from tqdm.auto import tqdm
 
 from adaptflow.adapt import Adaptation, AdaptOptions, TargetData, build_methods
 from adaptflow.data.folders import ImageSet
+from adaptflow.distributed import World
 from adaptflow.io import atomic_write, write_json
 from adaptflow.models import IMAGENET_MEAN, IMAGENET_STD, Classifier
 
@@ -140,17 +145,30 @@ class Normalizer(nn.Module):
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None, draws: torch.Tensor | None = None) -> torch.Tensor:
+        """Augment with numbers from `generator`, or with `draws` made earlier by `affine_draws`."""
         x = images.float().div_(255.0)
-        if generator is not None:
-            x = random_affine(x, generator)
+        if generator is not None or draws is not None:
+            x = random_affine(x, generator, draws=draws)
         return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
 
 
-def random_affine(x: torch.Tensor, generator: torch.Generator, degrees: float = 15.0, scale: float = 0.1, shift: float = 0.1) -> torch.Tensor:
-    """Rotate, scale and shift every image of a batch by its own random amount, in one grid sample."""
+def affine_draws(n: int, generator: torch.Generator) -> torch.Tensor:
+    """The random numbers `random_affine` uses for `n` images (n x 4, uniform in [0, 1))."""
+    return torch.rand(n, 4, generator=generator)
+
+
+def random_affine(
+    x: torch.Tensor, generator: torch.Generator | None, degrees: float = 15.0, scale: float = 0.1, shift: float = 0.1,
+    draws: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Rotate, scale and shift every image of a batch by its own random amount, in one grid sample.
+
+    `draws` (from `affine_draws`) replace the generator, so that data-parallel workers can draw
+    for the whole global batch and each apply its own rows.
+    """
     n = x.shape[0]
-    u = torch.rand(n, 4, generator=generator).to(x.device)
+    u = (draws if draws is not None else affine_draws(n, generator)).to(x.device)
     angle = (u[:, 0] * 2 - 1) * math.radians(degrees)
     s = 1 + (u[:, 1] * 2 - 1) * scale
     cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
@@ -223,11 +241,13 @@ def train_step(
     adaptation: Adaptation | None = None,
     target: tuple[torch.Tensor, torch.Tensor] | None = None,
     progress: float = 0.0,
+    loss_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step; returns the detached loss and logits (no host sync).
 
     With `adaptation`, the loss adds each method's term over the target batch `target`
-    (images, their indices in the unlabeled set).
+    (images, their indices in the unlabeled set). `loss_scale` multiplies the loss before the
+    backward pass only (a data-parallel worker's share of the global batch: `World.loss_scale`).
     """
     with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         if adaptation is None:
@@ -237,12 +257,13 @@ def train_step(
             x_target, index = target if target is not None else (None, None)
             loss, logits = adaptation.loss(model, x, y, x_target, index, progress)
     optimizer.zero_grad(set_to_none=True)
+    scaled = loss * loss_scale if loss_scale != 1.0 else loss
     if scaler is not None:
-        scaler.scale(loss).backward()
+        scaler.scale(scaled).backward()
         scaler.step(optimizer)
         scaler.update()
     else:
-        loss.backward()
+        scaled.backward()
         optimizer.step()
     return loss.detach(), logits.detach()
 
@@ -272,18 +293,26 @@ def fit(
     With `state_path`, the full state (model, optimizer, scheduler, scaler, RNG, epoch and step) is
     saved there after every epoch and every `checkpoint_every_steps` steps, and a later call with
     the same `fingerprint` resumes from it exactly.
+
+    In a torchrun worker (a process group is initialised) `settings.batch_size` is the global
+    batch: each worker trains on its rows of it under DDP, the returned metrics cover all workers,
+    and only rank 0 saves state and calls `on_epoch`.
     """
     torch.set_flush_denormal(True)  # denormal floats slow CPU training several-fold
-    device = resolve_device(settings.device)
+    world = World.current()
+    if world.size > 1 and settings.methods:
+        raise ValueError(f"adaptation methods {list(settings.methods)} train on one device only; set finetune.devices=1 or finetune.methods=[]")
+    device = world.device(resolve_device(settings.device))
     amp_dtype = autocast_dtype(device, settings.precision)
     channels_last = device.type == "cuda"
-    seed_everything(settings.seed)
-    generator = torch.Generator().manual_seed(settings.seed)
+    seed_everything(settings.seed + world.rank)  # dropout's global generator: each worker masks its rows its own way
+    generator = torch.Generator().manual_seed(settings.seed)  # the same on every worker: same permutations, same draws
+    model = world.sync_batch_norm(model, device)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     normalize = Normalizer(device, channels_last)
     images, labels = _to_device(train, device)
     n = len(labels)
-    steps_per_epoch = math.ceil(n / settings.batch_size)
+    steps_per_epoch = world.steps(n, settings.batch_size)
     phases = plan_phases(settings.strategy, settings.epochs, settings.lp_epochs, len(backbone_blocks(model.backbone)), settings.unfreeze_epochs)
     layer_decay = settings.layer_lr_decay if settings.strategy in LAYERWISE_STRATEGIES else 1.0
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -297,25 +326,28 @@ def fit(
         log.info("resuming from %s at epoch %d step %d", state_path, start_epoch, start_step)
         model.load_state_dict(resumed["model"])
         generator.set_state(resumed["generator"])
-        torch.set_rng_state(resumed["torch_rng"])
+        torch.set_rng_state(resumed["worker_rngs"][world.rank] if world.size > 1 else resumed["torch_rng"])
         if adaptation is not None:
             adaptation.load_state_dict(resumed["adaptation"])
     elif adaptation is not None:
         adaptation.before_fit(model)
 
     def save(epoch: int, step: int, order: torch.Tensor, loss_sum: torch.Tensor, correct: torch.Tensor) -> None:
-        if state_path is not None:
+        """Checkpoint (rank 0 only); `loss_sum` and `correct` are the sums over all workers so far."""
+        worker_rngs = world.gather(torch.get_rng_state())  # a collective: every worker calls it, before rank 0 alone writes
+        if state_path is not None and world.is_main:
             _save_state(state_path, {
                 "fingerprint": fingerprint, "epoch": epoch, "step": step, "order": order.cpu(),
                 "loss_sum": loss_sum.cpu(), "correct": correct.cpu(), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else {},
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "worker_rngs": worker_rngs, "history": history,
                 "adaptation": adaptation.state_dict() if adaptation is not None else {},
             })
 
     total = settings.epochs * steps_per_epoch
-    bar = tqdm(total=total, initial=start_epoch * steps_per_epoch + start_step, disable=not progress or None, unit="step", leave=False)
+    bar = tqdm(total=total, initial=start_epoch * steps_per_epoch + start_step, disable=not (progress and world.is_main) or None,
+               unit="step", leave=False)
     epoch = 0
     for phase in phases:
         phase_start, phase_end = epoch, epoch + phase.epochs
@@ -327,6 +359,7 @@ def fit(
             groups.append({"params": list(adaptation.parameters()), "lr": settings.lr})  # e.g. DANN's discriminator
         optimizer = make_optimizer(settings.optimizer, groups, settings.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=phase.epochs * steps_per_epoch)
+        net = world.wrap(model, device)  # after param_groups: DDP syncs what trains in this phase
         if resumed is not None and (phase_start, 0) < (start_epoch, start_step):  # resuming inside this phase
             optimizer.load_state_dict(resumed["optimizer"])
             scheduler.load_state_dict(resumed["scheduler"])
@@ -340,17 +373,20 @@ def fit(
                 adaptation.before_epoch(model, epoch)
             model.train()
             freeze_modes(model, phase)
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
             if mid_epoch:
-                order = resumed["order"].to(labels.device)
-                loss_sum, correct, first = resumed["loss_sum"].to(device), resumed["correct"].to(device), start_step
+                order, first = resumed["order"].to(labels.device), start_step
+                if world.is_main:  # the saved sums cover every worker: count them once
+                    loss_sum, correct = resumed["loss_sum"].to(device), resumed["correct"].to(device)
             else:
-                order = torch.randperm(n, generator=generator).to(labels.device)
-                loss_sum = torch.zeros((), device=device)
-                correct = torch.zeros((), device=device, dtype=torch.long)
-                first = 0
+                order, first = torch.randperm(n, generator=generator).to(labels.device), 0
             for step in range(first, steps_per_epoch):
-                idx = order[step * settings.batch_size : (step + 1) * settings.batch_size]
-                x = normalize(images[idx].to(device, non_blocking=True), generator if settings.augment else None)
+                start = step * settings.batch_size
+                batch = order[start : start + settings.batch_size if step + 1 < steps_per_epoch else n]  # the global batch
+                draws = affine_draws(len(batch), generator) if settings.augment else None
+                idx = batch[world.shard()]  # this worker's rows: all of them on one device
+                x = normalize(images[idx].to(device, non_blocking=True), draws=draws[world.shard()] if draws is not None else None)
                 y = labels[idx].to(device, non_blocking=True)
                 target = None
                 if adaptation is not None and adaptation.uses_target_batch:
@@ -358,7 +394,7 @@ def fit(
                     target = (normalize(adaptation.target.images[t_idx], generator if settings.augment else None), t_idx)
                 done = (epoch * steps_per_epoch + step) / max(1, total - 1)
                 if adaptation is None:
-                    loss, logits = train_step(model, x, y, optimizer, scaler, amp_dtype)
+                    loss, logits = train_step(net, x, y, optimizer, scaler, amp_dtype, loss_scale=world.loss_scale(len(idx), len(batch)))
                 else:
                     loss, logits = train_step(model, x, y, optimizer, scaler, amp_dtype, adaptation, target, done)
                 scheduler.step()
@@ -367,8 +403,10 @@ def fit(
                 bar.update()
                 every = settings.checkpoint_every_steps
                 if every and (step + 1) % every == 0 and step + 1 < steps_per_epoch:
-                    save(epoch, step + 1, order, loss_sum, correct)
+                    save(epoch, step + 1, order, world.sum(loss_sum.clone()), world.sum(correct.clone()))
             epoch += 1
+            world.sum(loss_sum)  # the epoch's totals over every worker
+            world.sum(correct)
             record = {
                 "epoch": epoch,
                 "train_loss": float(loss_sum) / n,

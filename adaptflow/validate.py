@@ -218,6 +218,17 @@ def check_config(config: RunConfig, report: Report) -> None:
         report.error("pretrained.uri", *problem)
 
 
+def check_devices(config: RunConfig, stage: str, report: Report) -> None:
+    """Whether this machine has the GPUs the training stage's `devices` asks for."""
+    from adaptflow.distributed import devices_problem
+
+    section = "pretrain" if stage == "pretrain" else "finetune"
+    cfg = getattr(config, section)
+    problem = devices_problem(section, cfg.device, cfg.devices)
+    if problem:
+        report.error(f"{section}.devices", *problem)
+
+
 def validate(config: RunConfig, stage: str = "transfer") -> Report:
     """Check the config and every split `stage` will read; raise DataValidationError on errors.
 
@@ -227,6 +238,7 @@ def validate(config: RunConfig, stage: str = "transfer") -> Report:
     data = config.data
     if stage == "transfer":
         check_config(config, report)
+    check_devices(config, stage, report)
     if config.task == "detection":
         _validate_detection(config, stage, report)
     else:

@@ -6,9 +6,9 @@ import tasks  # noqa: F401 - applies the offline defaults before Prefect starts
 
 from prefect import flow, unmapped
 from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from adaptflow.benchmark import BenchmarkSpec, plan_cells, source_jobs
+from flows.runners import task_runner
 from tasks.benchmark import (
     detection_cell_task,
     detection_source_task,
@@ -25,14 +25,21 @@ def benchmark_run_name() -> str:
     return f"benchmark-{name}-{str(flow_run.id)[:8]}"
 
 
-@flow(name="benchmark", flow_run_name=benchmark_run_name, task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
-def benchmark(spec: BenchmarkSpec = BenchmarkSpec(), command: str = "") -> dict:
-    """Run the grid of the preset (`spec.workers` cells at a time) and write its report to `spec.output`."""
-    parent = open_benchmark_run_task(spec, str(flow_run.id))
+@flow(name="benchmark-grid", flow_run_name="benchmark-{spec.name}-grid")
+def benchmark_grid(spec: BenchmarkSpec, parent_run_id: str) -> tuple[list[dict], list[dict]]:
+    """Source models, then the cells, as task runs on this flow's task runner (the one `spec.runner` chose)."""
     jobs = source_jobs(spec)
     sources = train_source_task.map(unmapped(spec), [s for s, _ in jobs], [seed for _, seed in jobs]).result()
-    cells = plan_cells(spec)
-    results = run_cell_task.map(unmapped(spec), cells, unmapped(parent)).result()
+    results = run_cell_task.map(unmapped(spec), plan_cells(spec), unmapped(parent_run_id)).result()
+    return sources, results
+
+
+@flow(name="benchmark", flow_run_name=benchmark_run_name, log_prints=True)
+def benchmark(spec: BenchmarkSpec = BenchmarkSpec(), command: str = "") -> dict:
+    """Run the grid of the preset (`spec.workers` cells at a time on `spec.runner`) and write its report to `spec.output`."""
+    runner = task_runner(spec)  # a runner whose package is missing stops here, before any task
+    parent = open_benchmark_run_task(spec, str(flow_run.id))
+    sources, results = benchmark_grid.with_options(task_runner=runner)(spec, parent)
     detection = []
     if spec.detection is not None:  # one at a time: each Ultralytics training uses every core
         for seed in spec.detection.seeds:

@@ -14,6 +14,7 @@ from adaptflow.config import RunConfig
 from flows.benchmark import benchmark
 from flows.pretrain import pretrain
 from flows.retrain import retrain
+from flows.sweep import sweep
 from flows.transfer import transfer
 
 #: The event `adaptflow data add` emits when new labeled target data lands.
@@ -57,12 +58,24 @@ def benchmark_deployment():  # noqa: ANN201 - a RunnerDeployment
     )
 
 
+def sweep_deployment(config: RunConfig):  # noqa: ANN201 - a RunnerDeployment
+    """The sweep flow on the config, with a learning-rate grid as its default. Its `settings`
+    form picks the runner (thread, dask, ray) and the GPU pool for each run from the UI."""
+    from adaptflow.sweep import DEFAULT_GRID, SweepSettings
+
+    return sweep.to_deployment(
+        "sweep", parameters={"config": config.model_dump(mode="json"), "grid": DEFAULT_GRID, "settings": SweepSettings().model_dump(mode="json")},
+        tags=["adaptflow", "sweep"],
+        description="Fine-tune and evaluate every combination of a grid of config values; pick the best without the target test set.",
+    )
+
+
 def serve(config: RunConfig, cron: str = NIGHTLY, schedule_active: bool = False, detection: RunConfig | None = None) -> None:
     """Serve every deployment from this process until interrupted (the `-detection` ones too when
     a detection config is given)."""
     from prefect import serve as prefect_serve
 
-    served = [*deployments(config, cron, schedule_active), benchmark_deployment()]
+    served = [*deployments(config, cron, schedule_active), benchmark_deployment(), sweep_deployment(config)]
     if detection is not None:
         served += deployments(detection, cron, schedule_active, suffix="-detection")
     prefect_serve(*served)

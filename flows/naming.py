@@ -41,3 +41,8 @@ def add_data_version(md5: str) -> None:
 def run_dir() -> Path:
     """`runs/<flow run name>`: one folder per flow run, so concurrent runs never collide."""
     return env.project_root() / "runs" / flow_run.name
+
+
+def sweep_run_name() -> str:
+    cfg = _config()
+    return f"sweep-{cfg.finetune.arch}-{cfg.data.target}-{str(flow_run.id)[:8]}"

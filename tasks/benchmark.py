@@ -11,8 +11,10 @@ from adaptflow.benchmark import BenchmarkSpec, Cell
 from adaptflow import tracking
 from adaptflow.benchmark import cells, record, report
 from adaptflow.detection import benchmark as detection
+from adaptflow.execution import gpu_pool_for
 from adaptflow.io import read_json, write_json
 from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE
+from tasks.gpu import gpu_slot
 
 
 @task(name="open-benchmark-run", **NETWORK_RETRIES, **NO_RESULT_CACHE)
@@ -23,14 +25,16 @@ def open_benchmark_run_task(spec: BenchmarkSpec, origin: str) -> str:
 
 @task(name="train-source", task_run_name="source {source} seed {seed}", retries=1, **NO_RESULT_CACHE)
 def train_source_task(spec: BenchmarkSpec, source: str, seed: int) -> dict:
-    """Train the source model of one seed (once: a finished one is reused)."""
-    return cells.train_source(spec, source, seed)
+    """Train the source model of one seed (once: a finished one is reused), holding a slot of the GPU pool."""
+    with gpu_slot(gpu_pool_for("auto", spec.gpu_pool)):  # cells train on the device `auto` picks
+        return cells.train_source(spec, source, seed)
 
 
 @task(name="benchmark-cell", task_run_name="{cell.target} {cell.name} k={cell.shots} seed={cell.seed}", retries=1, **NO_RESULT_CACHE)
 def run_cell_task(spec: BenchmarkSpec, cell: Cell, parent_run_id: str) -> dict:
-    """One cell of the grid, logged as a child run of the benchmark's run."""
-    result = cells.run_cell(spec, cell)
+    """One cell of the grid, logged as a child run of the benchmark's run; it holds a slot of the GPU pool while it trains."""
+    with gpu_slot(gpu_pool_for("auto", spec.gpu_pool)):
+        result = cells.run_cell(spec, cell)
     record.log_cell(spec, parent_run_id, cell, result)
     return result
 

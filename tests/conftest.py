@@ -7,10 +7,8 @@ repo, HTTP on loopback). The guard fails any test that tries to reach beyond 127
 from __future__ import annotations
 
 import http.server
-import ipaddress
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -50,37 +48,23 @@ def tiny_config(*overrides: str):
 
 # --- network guard ---------------------------------------------------------------------------
 
-_real_connect = socket.socket.connect
-_attempts: list[str] = []
+sys.path.insert(0, str(Path(__file__).parent / "netguard"))
+import netguard  # noqa: E402
 
-
-def _is_local(address: object) -> bool:
-    if isinstance(address, str | bytes):  # AF_UNIX
-        return True
-    host = address[0] if isinstance(address, tuple) else address
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _guarded_connect(self: socket.socket, address: object) -> None:
-    if not _is_local(address):
-        _attempts.append(repr(address))
-        raise ConnectionRefusedError(f"test network guard: connection to {address!r} refused (only loopback is allowed)")
-    return _real_connect(self, address)
+#: Python processes the tests start load the guard too (tests/netguard/sitecustomize.py).
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(netguard.__file__).parent), os.environ.get("PYTHONPATH")]))
+os.environ.setdefault(netguard.LOG_VARIABLE, str(Path(os.environ.get("TMPDIR", "/tmp")) / f"adaptflow-network-{os.getpid()}.log"))
 
 
 @pytest.fixture(autouse=True)
 def network_guard():
-    """Fail the test if anything tried to connect outside loopback, even if the error was swallowed."""
-    _attempts.clear()
-    socket.socket.connect = _guarded_connect
+    """Fail the test if anything, in this process or a child, tried to connect outside loopback,
+    even if the error was swallowed."""
+    netguard.reset()
+    netguard.install()
     yield
-    socket.socket.connect = _real_connect
-    assert not _attempts, f"network access outside 127.0.0.1 attempted: {_attempts}"
+    netguard.uninstall()
+    assert not netguard.refused(), f"network access outside 127.0.0.1 attempted: {netguard.refused()}"
 
 
 # --- loopback HTTP ------------------------------------------------------------------------------

@@ -49,3 +49,18 @@ def test_detectors_pretrain_on_cuda_and_predict(arch: str, scenes) -> None:  # n
     test = stages.load_split(cfg.data, cfg.data.target, "test", meta["classes"])
     out = predict(model, arch, test.images, device="cuda")
     assert len(out) == len(test) and all(o["boxes"].device.type == "cpu" for o in out)
+
+
+def test_yolo_on_two_gpus_trains_in_ultralytics_ddp_and_reports_every_epoch(scenes) -> None:  # noqa: ANN001
+    from adaptflow.detection import stages
+    from adaptflow.detection.models import load_detector
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 CUDA devices")
+    cfg = detection_config("yolov8n", "pretrain.epochs=2", "pretrain.device=cuda", "pretrain.devices=2")
+    seen: list[int] = []
+    published = stages.pretrain(cfg.pretrain, cfg.data, scenes / "work", on_epoch=lambda epoch, row: seen.append(epoch))
+    assert seen == [1, 2], "rank 0's epochs reach the parent"
+    model, _ = load_detector(published.path)
+    assert any(p.abs().sum() > 0 for p in model.parameters())
+    assert published.metrics["source_map50"] >= 0.0

@@ -9,16 +9,19 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from adaptflow.config import AdaptMethod, Arch, ConfigError, Strategy, TrackingConfig
 from adaptflow.detection.benchmark import DetectionBenchmark
+from adaptflow.execution import DaskAddressField, GpuPoolField, RayAddressField, RunnerField, check_addresses
 
 PRESETS = Path(__file__).resolve().parents[2] / "benchmarks" / "presets"
 #: Strategies whose result depends on layer_lr_decay (as in adaptflow.train, which this module must not import: it is torch-free).
 LAYERWISE_STRATEGIES = ("discriminative", "gradual_unfreeze")
 #: The control: the source model trained for as many more steps as the methods, on source alone.
 CONTROL = "none"
+#: Fields that say how the grid runs, not what it computes.
+EXECUTION = {"workers", "threads", "runner", "dask_address", "ray_address", "gpu_pool"}
 
 
 class Spec(BaseModel):
@@ -74,8 +77,12 @@ class BenchmarkSpec(Spec):
     adapt: Budget = Budget()
     few_shot: Budget = Field(Budget(steps=200, batch_size=32), description="Few-label runs (strategies and scratch)")
     eval_points: int = Field(10, ge=2, description="Target-test evaluations per few-label run, geometrically spaced (the time-to-accuracy curve)")
-    workers: int = Field(2, ge=1, description="Cells run in parallel (torch threads per cell: threads)")
+    workers: int = Field(2, ge=1, description="Cells run in parallel: threads, or processes of a local Dask cluster, or CPUs of a local Ray instance (torch threads per cell: threads)")
     threads: int = Field(1, ge=1, description="torch threads per cell")
+    runner: RunnerField = "thread"
+    dask_address: DaskAddressField = ""
+    ray_address: RayAddressField = ""
+    gpu_pool: GpuPoolField = ""
     output: Path = Path("reports/benchmark")
     tracking: TrackingConfig = TrackingConfig(experiment="adaptflow-benchmark")
     detection: DetectionBenchmark | None = Field(None, description="The detection part (mAP50); empty: classification only")
@@ -91,8 +98,14 @@ class BenchmarkSpec(Spec):
                 raise ValueError(f"'{combo}': unknown method(s) {unknown}; use {CONTROL} or names from {sorted(known)} joined by +")
         return value
 
+    @model_validator(mode="after")
+    def _addresses(self) -> BenchmarkSpec:
+        check_addresses(self)
+        return self
+
     def digest(self) -> str:
-        blob = json.dumps(self.model_dump(mode="json", exclude={"workers", "threads", "output", "tracking"}), sort_keys=True)
+        """What the results depend on: not where or how parallel the cells ran, nor where results go."""
+        blob = json.dumps(self.model_dump(mode="json", exclude={*EXECUTION, "output", "tracking"}), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def cell_digest(self, cell: Cell) -> str:

@@ -49,7 +49,7 @@ def _train(model: nn.Module, arch: str, cfg: TrainConfig, data: DataConfig, spli
         freeze = len(model.model) - 1 if head_only else cfg.freeze  # everything but the Detect head
         return yolo.train(model, arch, dataset, work_dir, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                           weight_decay=cfg.weight_decay, image_size=data.image_size, freeze=freeze, seed=cfg.seed,
-                          device=cfg.device, optimizer=cfg.optimizer, augment=cfg.augment, on_epoch=on_epoch)
+                          device=yolo.ultralytics_device(cfg), optimizer=cfg.optimizer, augment=cfg.augment, on_epoch=on_epoch)
     parts = splits["train"] if isinstance(splits["train"], list) else [splits["train"]]
     train = DetectionSet.join([load_detection_split(part, data.image_size, classes) for part in parts])
     history = frcnn.train(model, train, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,

@@ -15,11 +15,13 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from adaptflow import env
+from adaptflow import child, env
+from adaptflow.config import ConfigError, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,24 @@ def asset_url(name: str) -> str:
     """The download URL of an Ultralytics release asset such as `yolo11n.pt`."""
     base = os.environ.get("ADAPTFLOW_ULTRALYTICS_ASSETS_URL", ASSETS_URL).rstrip("/")
     return f"{base}/{name}"
+
+
+def ultralytics_device(cfg: TrainConfig) -> str:
+    """The `device` argument of Ultralytics' trainer for a training section: `cpu`, one GPU index,
+    or with `cfg.devices` > 1 the first N GPU indices ("0,1"), with which Ultralytics runs its own DDP."""
+    if cfg.devices == 1:
+        return _device(cfg.device)
+    from adaptflow.config import PretrainConfig
+    from adaptflow.distributed import devices_problem
+
+    section = "pretrain" if isinstance(cfg, PretrainConfig) else "finetune"
+    if cfg.device == "cpu" or not torch.cuda.is_available():
+        raise ConfigError(f"{section}.devices={cfg.devices}: Ultralytics trains on several devices with CUDA GPUs only, and "
+                          f"none is usable here; set {section}.devices=1")
+    problem = devices_problem(section, cfg.device, cfg.devices)
+    if problem:
+        raise ConfigError("; ".join(problem))
+    return ",".join(str(i) for i in range(cfg.devices))
 
 
 def build(arch: str, num_classes: int, head_width: int | None = None) -> nn.Module:
@@ -101,6 +121,33 @@ def train(
     data_yaml: Path,
     work_dir: Path,
     *,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    **settings: Any,
+) -> tuple[nn.Module, list[dict[str, float]]]:
+    """Train with Ultralytics' trainer, starting from `model`'s weights; returns the EMA weights and
+    per-epoch history. Validation uses the `val` split of `data_yaml` (never a target test split).
+
+    The trainer runs in a child process: its augmentations draw from process-global random
+    generators, which a host's other threads (Prefect's) would otherwise share, so a flow run and
+    `dvc repro` of the same stage train the same model. `settings` are `fit`'s keywords.
+    """
+    history: list[dict[str, float]] = []
+
+    def relay(row: dict[str, float]) -> None:  # epochs come from the one process that trains, or DDP's rank 0
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(int(row["epoch"]), row)
+
+    trained = child.call(fit, work_dir, on_record=relay, model=model, arch=arch, data_yaml=data_yaml, work_dir=work_dir, **settings)
+    return trained, history
+
+
+def fit(
+    model: nn.Module,
+    arch: str,
+    data_yaml: Path,
+    work_dir: Path,
+    *,
     epochs: int,
     batch_size: int,
     lr: float,
@@ -111,10 +158,11 @@ def train(
     device: str,
     optimizer: str,
     augment: bool = True,
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-) -> tuple[nn.Module, list[dict[str, float]]]:
-    """Train with Ultralytics' trainer, starting from `model`'s weights; returns the EMA weights and
-    per-epoch history. Validation uses the `val` split of `data_yaml` (never a target test split)."""
+    emit: Callable[[dict[str, float]], None] | None = None,
+) -> nn.Module:
+    """`train` in this process; `emit` gets each epoch's record. With several GPUs (`device` "0,1")
+    Ultralytics trains in DDP workers of its own: rank 0 emits the epochs (the callbacks travel
+    with the trainer, pickled), and the trained weights are read back from its last checkpoint."""
     ultralytics()
     from ultralytics.models.yolo.detect import DetectionTrainer
 
@@ -131,10 +179,9 @@ def train(
         args |= {"mosaic": 0.0, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "translate": 0.0, "scale": 0.0, "erasing": 0.0}
     trainer = DetectionTrainer(overrides=args)
     trainer.model = trainer.get_model(cfg=f"{arch}.yaml", weights=model, verbose=False)
-    history: list[dict[str, float]] = []
 
     def record(t) -> None:  # noqa: ANN001 - Ultralytics' trainer
-        if t.epoch >= t.epochs:  # the final validation reports once more
+        if t.epoch >= t.epochs or int(os.environ.get("RANK", -1)) > 0:  # the final validation reports again; DDP: rank 0 reports
             return
         seconds = float(t.epoch_time or 0.0)
         row = {"epoch": t.epoch + 1, "epoch_seconds": seconds}
@@ -142,14 +189,14 @@ def train(
         row |= {f"val_{k.split('/')[-1].replace('(B)', '')}": float(v) for k, v in (t.metrics or {}).items() if "(B)" in k}
         if seconds:
             row["images_per_second"] = len(t.train_loader.dataset) / seconds
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(t.epoch + 1, row)
+        if emit is not None:
+            emit(row)
 
     trainer.add_callback("on_fit_epoch_end", record)
     trainer.train()
-    trained = copy.deepcopy(trainer.ema.ema if trainer.ema is not None else trainer.model).float().cpu()
-    return trained, history
+    if trainer.ema is None:  # DDP: the workers trained; their EMA weights are in the last checkpoint (stored in fp16)
+        return from_ultralytics_file(Path(trainer.last))[0]
+    return copy.deepcopy(trainer.ema.ema).float().cpu()
 
 
 @torch.inference_mode()

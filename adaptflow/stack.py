@@ -1,0 +1,689 @@
+"""The production stack on one machine, natively on 127.0.0.1: what `make stack` starts and the
+stack test runs against. No Docker: each piece is the real server, or a stand-in that speaks the
+same protocol.
+
+- PostgreSQL: a throwaway cluster (initdb, pg_ctl) with the databases `prefect` and `mlflow`;
+  its password comes from `$ADAPTFLOW_STACK_PG_PASSWORD` or is generated, kept in the state
+  folder (mode 0600) and handed to the servers through their environment, never on a command line.
+- S3: moto's server standing in for MinIO, with one bucket.
+- The Prefect server on PostgreSQL, and a process work pool with one worker.
+- The MLflow tracking server on PostgreSQL, serving artifacts by proxy into `s3://<bucket>/mlartifacts`.
+- The project's DVC remote: `s3://<bucket>/dvc`, made the project's default in `.dvc/config.local`
+  (the committed `.dvc/config` keeps its local folder as the default once the stack stops).
+
+`start` picks free loopback ports, waits until each service answers, and writes into the state
+folder (default `.stack/`) one log per service, `state.json` (what it started: what `stop` reads)
+and `env` (export lines for clients: `source .stack/env`). A start that fails midway stops what it
+had started and names the failing service with the end of its log. `stop` ends every process it
+started, process groups and children included, checks that none is left, and deletes the cluster.
+The stack is ephemeral: moto keeps objects in memory, so the cluster goes with them.
+
+    python -m adaptflow.stack start [--state-dir .stack] [--project .]
+    python -m adaptflow.stack status
+    python -m adaptflow.stack stop
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from adaptflow import env
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+DEFAULT_STATE_DIR = Path(".stack")
+BUCKET = "adaptflow"
+POOL = "adaptflow-process"
+DVC_REMOTE = "stack"
+PG_USER = "adaptflow"
+DATABASES = ("prefect", "mlflow")
+#: moto accepts any credentials; clients still need some, and no real account is ever touched.
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "adaptflow-local", "AWS_SECRET_ACCESS_KEY": "adaptflow-local-secret",
+                  "AWS_DEFAULT_REGION": "us-east-1"}
+#: The order services start in; `stop` goes backwards (the worker first, PostgreSQL last).
+SERVICES = ("s3", "postgres", "prefect", "mlflow", "worker")
+#: The services that listen on a port (the worker only polls the Prefect API).
+LISTENING = ("s3", "postgres", "prefect", "mlflow")
+BIN = Path(sys.executable).parent
+
+
+class StackError(RuntimeError):
+    """The stack could not start or stop; the message names the service and quotes its log.
+    After a failed start, `stopped` lists the processes that start had started and stop ended."""
+
+    stopped: list[Proc] = []
+
+
+class ServiceFailed(StackError):
+    def __init__(self, service: str, reason: str) -> None:
+        super().__init__(f"{service}: {reason}")
+        self.service, self.reason = service, reason
+
+
+@dataclass
+class Proc:
+    """One started process: its pid leads its own session and process group."""
+
+    name: str
+    pid: int
+    log: str
+    port: int | None = None
+    started: int | None = None  # its start time (clock ticks after boot): a reused pid is not this process
+
+    def running(self) -> bool:
+        return _alive(self.pid) and (self.started is None or _start_ticks(self.pid) == self.started)
+
+
+@dataclass
+class Stack:
+    """A started (or partly started) stack; `state.json` is this, serialized."""
+
+    state_dir: Path
+    project: Path
+    bucket: str = BUCKET
+    pool: str = POOL
+    ports: dict[str, int] = field(default_factory=dict)
+    procs: list[Proc] = field(default_factory=list)
+    pg_cluster: str | None = None  # the cluster's folder, deleted by stop
+    pg_as_postgres: bool = False  # running as root: PostgreSQL runs as the `postgres` user
+    dvc_remote: str | None = None  # the remote start added to the project's .dvc/config.local
+    started: bool = False
+
+    # --- what clients use ---------------------------------------------------------------------
+
+    @property
+    def prefect_api_url(self) -> str:
+        return f"http://{HOST}:{self.ports['prefect']}/api"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{HOST}:{self.ports['mlflow']}"
+
+    @property
+    def s3_url(self) -> str:
+        return f"http://{HOST}:{self.ports['s3']}"
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {p.name: p.pid for p in self.procs}
+
+    def client_env(self) -> dict[str, str]:
+        """The variables that point Prefect, MLflow, boto3 and DVC clients at this stack."""
+        return {
+            "PREFECT_API_URL": self.prefect_api_url,
+            "MLFLOW_TRACKING_URI": self.mlflow_url,
+            **S3_CREDENTIALS,
+            "AWS_ENDPOINT_URL": self.s3_url,
+            "MLFLOW_S3_ENDPOINT_URL": self.s3_url,
+            "AWS_EC2_METADATA_DISABLED": "true",  # no credential lookups on 169.254.169.254
+            "ADAPTFLOW_STACK_BUCKET": self.bucket,
+            "ADAPTFLOW_STACK_POOL": self.pool,
+            "ADAPTFLOW_STACK_DVC_REMOTE": f"{DVC_REMOTE} s3://{self.bucket}/dvc",
+            "ADAPTFLOW_ROOT": str(self.project),
+        }
+
+    def stop(self) -> list[Proc]:
+        return stop(self.state_dir)
+
+    # --- state file -----------------------------------------------------------------------------
+
+    @property
+    def logs(self) -> Path:
+        return self.state_dir / "logs"
+
+    def save(self) -> None:
+        data = asdict(self) | {"state_dir": str(self.state_dir), "project": str(self.project)}
+        _write_private(self.state_dir / "state.json", json.dumps(data, indent=2))
+
+    @classmethod
+    def load(cls, state_dir: Path) -> Stack | None:
+        path = state_dir / "state.json"
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        data["procs"] = [Proc(**p) for p in data["procs"]]
+        return cls(**{**data, "state_dir": Path(data["state_dir"]), "project": Path(data["project"])})
+
+
+# ---------------------------------------------------------------------------------------------
+# start
+# ---------------------------------------------------------------------------------------------
+
+
+def start(state_dir: Path = DEFAULT_STATE_DIR, project: Path | None = None, *, bucket: str = BUCKET, pool: str = POOL,
+          mlflow_workers: int = 1, timeout: float = 240) -> Stack:
+    """Start the whole stack and return it once every service answers; `stop(state_dir)` ends it.
+
+    `project` (default: the current project) is where the worker runs flows and whose DVC remote
+    is pointed at the bucket. On any failure, what was started is stopped and a StackError names
+    the service and quotes the end of its log.
+
+    `mlflow_workers` stays 1: uvicorn (0.54) with `--workers N > 1` binds the listening socket
+    itself and loses TCP_NODELAY, which adds ~40 ms to every request on a kept-alive connection
+    (uvicorn issue #3149; measured here: log_metric 58 ms with 2 workers, 16 ms with 1).
+    """
+    state_dir = state_dir.resolve()
+    project = (project or env.project_root()).resolve()
+    previous = Stack.load(state_dir)
+    if previous is not None:
+        if any(p.running() for p in previous.procs):
+            raise StackError(f"a stack is already running from {state_dir} ({', '.join(previous.pids)}); stop it first "
+                             f"(python -m adaptflow.stack stop --state-dir {state_dir})")
+        stop(state_dir)  # leftovers of a stack that died: clean them up
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.chmod(0o700)
+    stack = Stack(state_dir, project, bucket=bucket, pool=pool)
+    shutil.rmtree(stack.logs, ignore_errors=True)  # each start's logs only: a failure quotes its own
+    stack.logs.mkdir()
+    for name in LISTENING:
+        stack.ports[name] = _free_port()
+    stack.save()
+    current = "s3"
+    try:
+        started = time.monotonic()
+        _spawn(stack, "s3", [str(BIN / "moto_server"), "-H", HOST, "-p", str(stack.ports["s3"])], _service_env(stack))
+        current = "postgres"
+        password = _start_postgres(stack, timeout)
+        current = "s3"
+        _wait(stack, "s3", lambda: _create_bucket(stack), timeout)
+        current = "prefect"  # the two servers migrate their schemas at the same time
+        _start_prefect(stack, password)
+        _start_mlflow(stack, mlflow_workers)
+        _wait(stack, "prefect", lambda: _http_ok(f"{stack.prefect_api_url}/health"), timeout)
+        current = "mlflow"
+        _wait(stack, "mlflow", lambda: _http_ok(f"{stack.mlflow_url}/health"), timeout)
+        current = "worker"
+        _start_worker(stack, timeout)
+        current = "dvc remote"
+        _configure_dvc(stack)
+        stack.started = True
+        stack.save()
+        _write_env_file(stack)
+        log.info("stack ready in %.0fs: Prefect %s, MLflow %s, S3 %s", time.monotonic() - started,
+                 stack.prefect_api_url, stack.mlflow_url, stack.s3_url)
+        return stack
+    except BaseException as exc:
+        service = exc.service if isinstance(exc, ServiceFailed) else current
+        reason = exc.reason if isinstance(exc, ServiceFailed) else f"{type(exc).__name__}: {exc}"
+        stopped: list[Proc] = []
+        try:
+            stopped = stop(state_dir)
+        except StackError as stop_exc:
+            reason += f"\n(and stopping what had started failed too: {stop_exc})"
+        if not isinstance(exc, Exception):
+            raise
+        logfile = stack.logs / f"{service}.log"
+        tail = _tail(logfile)
+        error = StackError(f"the stack did not start: {service} failed: {reason}\n"
+                           + (f"--- last lines of {logfile} ---\n{tail}" if tail else f"(no log at {logfile})"))
+        error.stopped = stopped
+        raise error from exc
+
+
+def _service_env(stack: Stack) -> dict[str, str]:
+    """The environment of every service: offline, and not pointed at any other stack."""
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("PREFECT_", "MLFLOW_", "AWS_", "PG")) and k != "ADAPTFLOW_ROOT"}
+    return base | env.OFFLINE_DEFAULTS | {"PYTHONUNBUFFERED": "1"}
+
+
+def _spawn(stack: Stack, name: str, cmd: list[str], environ: dict[str, str], cwd: Path | None = None) -> Proc:
+    logfile = stack.logs / f"{name}.log"
+    with logfile.open("ab") as out:
+        popen = subprocess.Popen(cmd, env=environ, cwd=cwd or stack.state_dir, stdout=out, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
+    _CHILDREN[popen.pid] = popen
+    proc = Proc(name, popen.pid, str(logfile), stack.ports.get(name), _start_ticks(popen.pid))
+    stack.procs.append(proc)
+    stack.save()
+    log.info("started %s (pid %d): %s", name, popen.pid, " ".join(cmd[:3]))
+    return proc
+
+
+def _wait(stack: Stack, name: str, check: Callable[[], bool], timeout: float) -> None:
+    """Poll `check` until it is true; fail as soon as any started process has exited, naming it."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        try:
+            if check():
+                return
+        except (FileNotFoundError, PermissionError):  # a missing program never appears by waiting
+            raise
+        except Exception as exc:  # not up yet: connection refused, 503, missing table...
+            last = f"{type(exc).__name__}: {exc}"
+        for proc in stack.procs:
+            if not proc.running():
+                code = _CHILDREN[proc.pid].returncode if proc.pid in _CHILDREN else None
+                raise ServiceFailed(proc.name, f"exited (pid {proc.pid}{f', code {code}' if code is not None else ''}) "
+                                               f"before the stack was ready")
+        if time.monotonic() > deadline:
+            raise ServiceFailed(name, f"not ready after {timeout:.0f}s{f'; last check: {last}' if last else ''}")
+        time.sleep(0.5)
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+
+
+def pg_bindir() -> Path:
+    """PostgreSQL's programs: `$ADAPTFLOW_PG_BIN`, else `pg_ctl` on PATH, else the newest Debian install."""
+    if os.environ.get("ADAPTFLOW_PG_BIN"):
+        return Path(os.environ["ADAPTFLOW_PG_BIN"])
+    found = shutil.which("pg_ctl")
+    if found and (Path(found).resolve().parent / "pg_isready").exists():  # resolves Debian's symlinks
+        return Path(found).resolve().parent
+    installed = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    if not installed:
+        raise ServiceFailed("postgres", "no PostgreSQL found: install it (Debian: postgresql) or set ADAPTFLOW_PG_BIN")
+    return installed[-1].parent
+
+
+def _pg_cmd(stack: Stack, program: str, *args: str) -> list[str]:
+    cmd = [str(pg_bindir() / program), *args]
+    return ["runuser", "-u", "postgres", "--", *cmd] if stack.pg_as_postgres else cmd
+
+
+def _start_postgres(stack: Stack, timeout: float) -> str:
+    """initdb a cluster, start it on the loopback port, create the databases; returns the password."""
+    import psycopg2
+
+    password = os.environ.get("ADAPTFLOW_STACK_PG_PASSWORD") or secrets.token_urlsafe(24)
+    _write_private(stack.state_dir / "pg-password", password)
+    logfile = stack.logs / "postgres.log"
+    # initdb refuses root: as root the cluster belongs to the `postgres` user, in a folder of its own
+    # (project folders owned by root are often closed to other users).
+    stack.pg_as_postgres = os.geteuid() == 0
+    if stack.pg_as_postgres:
+        cluster = Path(tempfile.mkdtemp(prefix="adaptflow-pg-"))
+        shutil.chown(cluster, "postgres", "postgres")
+    else:
+        cluster = stack.state_dir / "postgres"
+        cluster.mkdir(mode=0o700)
+    stack.pg_cluster = str(cluster)
+    stack.save()
+    pwfile = cluster / "pwfile"
+    _write_private(pwfile, password)
+    if stack.pg_as_postgres:
+        shutil.chown(pwfile, "postgres", "postgres")
+    with logfile.open("ab") as out:
+        try:
+            initdb = subprocess.run(_pg_cmd(stack, "initdb", "-D", str(cluster / "data"), "-U", PG_USER, f"--pwfile={pwfile}",
+                                            "-A", "scram-sha-256", "-E", "UTF8", "--no-instructions"),
+                                    cwd=cluster, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if initdb.returncode != 0:
+            raise ServiceFailed("postgres", f"initdb exited with {initdb.returncode}")
+        # No unix socket: TCP on loopback only. pg_ctl -w returns once the server accepts connections;
+        # the server inherits this log file as its stdout.
+        options = f"-p {stack.ports['postgres']} -h {HOST} -k ''"
+        pg_ctl = subprocess.run(_pg_cmd(stack, "pg_ctl", "start", "-D", str(cluster / "data"), "-w", "-t", str(int(timeout)),
+                                        "-o", options), cwd=cluster, stdout=out, stderr=subprocess.STDOUT, timeout=timeout + 10)
+    pid_file = cluster / "data" / "postmaster.pid"
+    if pid_file.exists():
+        pid = int(pid_file.read_text().split()[0])
+        stack.procs.append(Proc("postgres", pid, str(logfile), stack.ports["postgres"], _start_ticks(pid)))
+        stack.save()
+    if pg_ctl.returncode != 0:
+        raise ServiceFailed("postgres", f"pg_ctl start exited with {pg_ctl.returncode}")
+    _wait(stack, "postgres", lambda: subprocess.run(
+        [str(pg_bindir() / "pg_isready"), "-q", "-h", HOST, "-p", str(stack.ports["postgres"])]).returncode == 0, timeout)
+    db = psycopg2.connect(host=HOST, port=stack.ports["postgres"], user=PG_USER, password=password, dbname="postgres")
+    try:
+        db.autocommit = True
+        with db.cursor() as cursor:
+            for name in DATABASES:
+                cursor.execute(f"CREATE DATABASE {name}")
+    finally:
+        db.close()
+    log.info("postgres ready on %s:%d (databases %s)", HOST, stack.ports["postgres"], ", ".join(DATABASES))
+    return password
+
+
+# --- S3 --------------------------------------------------------------------------------------------
+
+
+def s3_client(stack: Stack):  # noqa: ANN201 - a boto3 S3 client
+    import boto3
+
+    return boto3.client("s3", endpoint_url=stack.s3_url, aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                        region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"])
+
+
+def _create_bucket(stack: Stack) -> bool:
+    s3 = s3_client(stack)
+    if stack.bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+        s3.create_bucket(Bucket=stack.bucket)
+    return True
+
+
+# --- Prefect and MLflow ------------------------------------------------------------------------------
+
+
+def _start_prefect(stack: Stack, password: str) -> None:
+    from urllib.parse import quote
+
+    url = f"postgresql+asyncpg://{PG_USER}:{quote(password, safe='')}@{HOST}:{stack.ports['postgres']}/prefect"
+    environ = _service_env(stack) | {
+        "PREFECT_HOME": str(stack.state_dir / "prefect-server"),
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": url,  # in the environment only, never on a command line
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_API_URL": stack.prefect_api_url,
+    }
+    _spawn(stack, "prefect", [str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(stack.ports["prefect"])], environ)
+
+
+def _start_mlflow(stack: Stack, workers: int) -> None:
+    environ = _service_env(stack) | S3_CREDENTIALS | {
+        # libpq reads PGPASSWORD: the store URI carries no password, so no command line or log shows it.
+        # The driver is named: SQLAlchemy 2.1's default for postgresql:// is psycopg 3, not psycopg2.
+        "MLFLOW_BACKEND_STORE_URI": f"postgresql+psycopg2://{PG_USER}@{HOST}:{stack.ports['postgres']}/mlflow",
+        "PGPASSWORD": (stack.state_dir / "pg-password").read_text(),
+        "MLFLOW_S3_ENDPOINT_URL": stack.s3_url,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        # MLflow 3 starts a job runner with 7 huey consumers (about 1.7 GB) for its GenAI jobs; adaptflow uses none.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    _spawn(stack, "mlflow", [str(BIN / "mlflow"), "server", "--host", HOST, "--port", str(stack.ports["mlflow"]),
+                             "--workers", str(workers), "--serve-artifacts",
+                             "--artifacts-destination", f"s3://{stack.bucket}/mlartifacts"], environ)
+
+
+def _start_worker(stack: Stack, timeout: float) -> None:
+    """The process work pool and one worker polling it, running flows in the project folder."""
+    environ = _service_env(stack) | stack.client_env() | {"PREFECT_HOME": str(stack.state_dir / "prefect-worker")}
+    with (stack.logs / "worker.log").open("ab") as out:
+        created = subprocess.run([str(BIN / "prefect"), "work-pool", "create", stack.pool, "--type", "process", "--overwrite"],
+                                 env=environ, cwd=stack.project, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
+    if created.returncode != 0:
+        raise ServiceFailed("worker", f"`prefect work-pool create {stack.pool}` exited with {created.returncode}")
+    _spawn(stack, "worker", [str(BIN / "prefect"), "worker", "start", "--pool", stack.pool, "--type", "process",
+                             "--name", f"{stack.pool}-local"], environ, cwd=stack.project)
+
+    def online() -> bool:
+        workers = _http_json(f"{stack.prefect_api_url}/work_pools/{stack.pool}/workers/filter", {})
+        return any(w.get("status") == "ONLINE" for w in workers)
+
+    _wait(stack, "worker", online, timeout)
+
+
+# --- DVC -------------------------------------------------------------------------------------------
+
+
+def _configure_dvc(stack: Stack) -> None:
+    """Make `s3://<bucket>/dvc` the project's default remote, in `.dvc/config.local` (never committed)."""
+    if not (stack.project / ".dvc").is_dir():
+        log.warning("%s is not a DVC project: no DVC remote configured", stack.project)
+        return
+    stack.dvc_remote = DVC_REMOTE
+    stack.save()
+    _dvc(stack, "remote", "add", "--local", "--default", "--force", DVC_REMOTE, f"s3://{stack.bucket}/dvc")
+    _dvc(stack, "remote", "modify", "--local", DVC_REMOTE, "endpointurl", stack.s3_url)
+
+
+def _dvc(stack: Stack, *args: str) -> None:
+    environ = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=stack.project, env=environ, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise StackError(f"`dvc {' '.join(args)}` failed in {stack.project}: {(result.stderr or result.stdout).strip()}")
+
+
+# --- the env file ------------------------------------------------------------------------------------
+
+
+def _write_env_file(stack: Stack) -> None:
+    lines = [
+        "# The adaptflow local stack (python -m adaptflow.stack). `source` this file, then run flows as usual.",
+        f"# Prefect UI {stack.prefect_api_url.removesuffix('/api')}   MLflow UI {stack.mlflow_url}   S3 (moto) {stack.s3_url}",
+        f"# DVC: remote '{DVC_REMOTE}' (s3://{stack.bucket}/dvc) is the default in {stack.project}/.dvc/config.local until `stop`.",
+        f"# Deploy to the worker: prefect deploy --all (prefect.yaml, work pool {stack.pool}).",
+    ]
+    lines += [f"export {key}={shlex.quote(value)}" for key, value in stack.client_env().items()]
+    _write_private(stack.state_dir / "env", "\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# stop and status
+# ---------------------------------------------------------------------------------------------
+
+
+def stop(state_dir: Path = DEFAULT_STATE_DIR, timeout: float = 30) -> list[Proc]:
+    """Stop every process the stack in `state_dir` started and check none is left; returns them.
+
+    Works after a partial start: it stops whatever `state.json` lists. Raises StackError naming
+    the processes that survived SIGKILL.
+    """
+    state_dir = state_dir.resolve()
+    stack = Stack.load(state_dir)
+    if stack is None:
+        return []
+    pid_file = Path(stack.pg_cluster or "/nonexistent") / "data" / "postmaster.pid"
+    if pid_file.exists() and "postgres" not in stack.pids:  # started, but start failed before noting it
+        pid = int(pid_file.read_text().split()[0])
+        stack.procs.insert(0, Proc("postgres", pid, str(stack.logs / "postgres.log"), None, _start_ticks(pid)))
+    # Every process of every service, children included, before anything is signalled: a flow run
+    # the worker started in a session of its own must not be orphaned out of sight. A service whose
+    # pid now belongs to another process (the stack died long ago) has nothing left to stop.
+    table = _process_table()
+    trees = {p.name: _tree(p.pid, table) if p.running() else [] for p in stack.procs}
+    stopped = []
+    for proc in reversed(stack.procs):
+        if proc.name == "postgres" and stack.pg_cluster and proc.running():
+            subprocess.run(_pg_cmd(stack, "pg_ctl", "stop", "-D", str(Path(stack.pg_cluster) / "data"), "-m", "fast", "-w",
+                                   "-t", str(int(timeout))), cwd=stack.pg_cluster, capture_output=True, timeout=timeout + 10)
+        _terminate(trees[proc.name], timeout)
+        stopped.append(proc)
+        log.info("stopped %s (pid %d)", proc.name, proc.pid)
+    left = [f"{name}: pid {pid}" for name, tree in trees.items() for pid in tree if _alive(pid)]
+    if left:
+        raise StackError(f"processes of the stack survived SIGKILL: {', '.join(left)}")
+    if stack.dvc_remote:
+        try:
+            _dvc(stack, "remote", "remove", "--local", stack.dvc_remote)
+        except StackError as exc:
+            log.warning("could not remove the DVC remote: %s", exc)
+    if stack.pg_cluster:
+        shutil.rmtree(stack.pg_cluster, ignore_errors=True)
+    for name in ("state.json", "env", "pg-password"):
+        (state_dir / name).unlink(missing_ok=True)
+    return stopped
+
+
+def status(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, dict]:
+    """Each started service: pid, port, whether its process lives and whether it answers."""
+    stack = Stack.load(state_dir.resolve())
+    if stack is None:
+        return {}
+    checks: dict[str, Callable[[], bool]] = {
+        "prefect": lambda: _http_ok(f"{stack.prefect_api_url}/health"),
+        "mlflow": lambda: _http_ok(f"{stack.mlflow_url}/health"),
+        "s3": lambda: stack.bucket in {b["Name"] for b in s3_client(stack).list_buckets().get("Buckets", [])},
+        "postgres": lambda: _port_open(stack.ports["postgres"]),
+        "worker": lambda: any(w.get("status") == "ONLINE" for w in
+                              _http_json(f"{stack.prefect_api_url}/work_pools/{stack.pool}/workers/filter", {})),
+    }
+    out = {}
+    for proc in stack.procs:
+        alive = proc.running()
+        try:
+            healthy = alive and checks[proc.name]()
+        except Exception:
+            healthy = False
+        out[proc.name] = {"pid": proc.pid, "port": proc.port, "alive": alive, "healthy": bool(healthy), "log": proc.log}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# processes, ports, files
+# ---------------------------------------------------------------------------------------------
+
+#: Popen objects of the processes this interpreter started, so that they can be reaped (no zombies).
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+def _process_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, session id) of every process (Linux /proc)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        table[int(entry.name)] = (int(fields[1]), int(fields[3]))
+    return table
+
+
+def _tree(root: int, table: dict[int, tuple[int, int]]) -> list[int]:
+    """`root`, every process in its session, and all their descendants."""
+    found = {root} | {pid for pid, (_, sid) in table.items() if sid == root}
+    frontier = list(found)
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, _) in table.items():
+            if ppid == parent and pid not in found:
+                found.add(pid)
+                frontier.append(pid)
+    return sorted(found)
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When `pid` started, in clock ticks after boot (Linux /proc); None when it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (zombies count as ended, and ours are reaped)."""
+    popen = _CHILDREN.get(pid)
+    if popen is not None and popen.poll() is not None:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _terminate(pids: list[int], timeout: float) -> None:
+    """SIGTERM the processes (and the groups they lead), SIGKILL what is left after `timeout`."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+        living = [pid for pid in pids if _alive(pid)]
+        if not living:
+            return
+        for pid in living:
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+            time.sleep(0.2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((HOST, port)) == 0
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _http_json(url: str, body: dict) -> list | dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (created 0600, never briefly world-readable)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    path.chmod(0o600)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m adaptflow.stack", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["start", "stop", "status"])
+    parser.add_argument("--state-dir", type=Path, default=Path(os.environ.get("ADAPTFLOW_STACK_DIR", DEFAULT_STATE_DIR)),
+                        help="where the stack keeps its state, logs and env file (default .stack)")
+    parser.add_argument("--project", type=Path, default=None, help="the project the worker runs flows in (default: this one)")
+    parser.add_argument("--mlflow-workers", type=int, default=1,
+                        help="MLflow server worker processes (default 1: more lose TCP_NODELAY, see start())")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s stack: %(message)s", datefmt="%H:%M:%S")
+    try:
+        if args.command == "start":
+            stack = start(args.state_dir, args.project, mlflow_workers=args.mlflow_workers)
+            print(f"Prefect UI  {stack.prefect_api_url.removesuffix('/api')}\nMLflow UI   {stack.mlflow_url}\n"
+                  f"S3 (moto)   {stack.s3_url}  bucket {stack.bucket}\nwork pool   {stack.pool} (one process worker)\n"
+                  f"logs        {stack.logs}\n\nsource {stack.state_dir / 'env'}   # then: make demo, prefect deploy --all, ...\n"
+                  f"python -m adaptflow.stack stop --state-dir {stack.state_dir}   # (make stack-down) stops everything")
+        elif args.command == "stop":
+            stopped = stop(args.state_dir)
+            print(f"stopped: {', '.join(f'{p.name} (pid {p.pid})' for p in stopped)}" if stopped
+                  else f"no stack running from {args.state_dir}")
+        else:
+            services = status(args.state_dir)
+            if not services:
+                print(f"no stack running from {args.state_dir}")
+            for name, s in services.items():
+                print(f"{name:9} pid {s['pid']:<7} port {(s['port'] or '-')!s:<6} {'up' if s['healthy'] else 'DOWN'}  {s['log']}")
+            return 0 if services and all(s["healthy"] for s in services.values()) else 1
+    except StackError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
