@@ -38,6 +38,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TypeVar
 
+from benchmarks import progress_log
+
 REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "reports" / "bench.json"
 
@@ -53,15 +55,6 @@ PRETRAIN_OVERRIDES = ["pretrain.epochs=1"]
 CONTENDED_CORES = 0.2
 
 T = TypeVar("T")
-
-
-def _setup_logging() -> None:
-    # Prefect reconfigures the root logger (WARNING) when imported: keep a handler of our own.
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s bench: %(message)s", "%H:%M:%S"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary projects")
     args = parser.parse_args(argv)
 
-    _setup_logging()
+    progress_log(log, "bench")
     started = time.perf_counter()
     measurer = Measurer(started + args.budget, args.quiet_wait, args.retries)
     base = Path(tempfile.mkdtemp(prefix="adaptflow-bench-"))

@@ -35,6 +35,7 @@ from typing import Any
 
 from prefect import flow
 
+from benchmarks import progress_log
 from benchmarks.bench import _TICK, Timed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,14 +49,6 @@ log = logging.getLogger("benchmarks.stack")
 def noop(i: int = 0) -> int:
     """A flow that does nothing: what is measured is the orchestration around it."""
     return i
-
-
-def _setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s stack-bench: %(message)s", "%H:%M:%S"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
 
 
 def _rate(count: int, timed: Timed, per: float = 1.0) -> float:
@@ -252,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifact-rounds", type=int, default=3, help="artifact rounds, median reported (default 3)")
     parser.add_argument("--mlflow-workers", type=int, default=1, help="MLflow server workers when starting a stack (default 1)")
     args = parser.parse_args(argv)
-    _setup_logging()
+    progress_log(log, "stack-bench")
 
     from prefect.context import refresh_global_settings_context
 

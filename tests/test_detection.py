@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +111,15 @@ def test_yolo_flows_register_a_detector_that_predicts_boxes_from_the_registry(pr
     assert len(boxes) > 0 and set(boxes["image"]) <= {0, 1}
     assert (boxes["x2"] <= image.shape[1] + 1).all() and (boxes["x1"] >= -1).all()
     assert netguard.refused() == [], "a connection beyond 127.0.0.1 was attempted (here or in the training process)"
+
+
+def test_the_adapter_leaves_the_thread_count_of_later_processes_alone() -> None:
+    """Importing Ultralytics sets OMP_NUM_THREADS=1, which every process started later (a DVC stage,
+    torchrun workers) would inherit: trained on another thread count, their models would differ."""
+    probe = "import os; from adaptflow.detection import yolo; yolo.ultralytics(); print(os.environ.get('OMP_NUM_THREADS'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "None"
 
 
 def test_faster_rcnn_pretrains_finetunes_and_is_measured_by_the_same_map(scenes: Path) -> None:

@@ -44,8 +44,12 @@ def ultralytics():  # noqa: ANN201 - the module
     for name in ("Arial.ttf", "Arial.Unicode.ttf"):  # the fonts its plots and dataset checks look for
         if not (config_dir / name).exists():
             shutil.copyfile(font, config_dir / name)
+    threads = os.environ.get("OMP_NUM_THREADS")
     import ultralytics as module
     from ultralytics import settings
+
+    if threads is None:  # its import sets 1 for every process started later (DVC stages, torchrun workers)
+        os.environ.pop("OMP_NUM_THREADS", None)
 
     cache = env.cache_dir() / "ultralytics"
     settings.update({key: False for key in _INTEGRATIONS} | {
