@@ -13,6 +13,7 @@ from tasks.benchmark import (
     detection_cell_task,
     detection_source_task,
     open_benchmark_run_task,
+    prepare_data_task,
     report_task,
     run_cell_task,
     train_source_task,
@@ -38,6 +39,7 @@ def benchmark_grid(spec: BenchmarkSpec, parent_run_id: str) -> tuple[list[dict],
 def benchmark(spec: BenchmarkSpec = BenchmarkSpec(), command: str = "") -> dict:
     """Run the grid of the preset (`spec.workers` cells at a time on `spec.runner`) and write its report to `spec.output`."""
     runner = task_runner(spec)  # a runner whose package is missing stops here, before any task
+    prepare_data_task(spec)
     parent = open_benchmark_run_task(spec, str(flow_run.id))
     sources, results = benchmark_grid.with_options(task_runner=runner)(spec, parent)
     detection = []

@@ -7,14 +7,23 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
+from adaptflow import env, tracking
 from adaptflow.benchmark import BenchmarkSpec, Cell
-from adaptflow import tracking
 from adaptflow.benchmark import cells, record, report
+from adaptflow.benchmark.spec import domains
+from adaptflow.data import ensure_domains
 from adaptflow.detection import benchmark as detection
 from adaptflow.execution import gpu_pool_for
 from adaptflow.io import read_json, write_json
 from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE
 from tasks.gpu import gpu_slot
+
+
+@task(name="prepare-data", **NO_RESULT_CACHE)
+def prepare_data_task(spec: BenchmarkSpec) -> list[str]:
+    """Build the demo domains when the grid needs one that is missing (a fresh clone); returns the missing ones."""
+    root = spec.data_root if spec.data_root.is_absolute() else env.project_root() / spec.data_root
+    return ensure_domains(root, domains(spec))
 
 
 @task(name="open-benchmark-run", **NETWORK_RETRIES, **NO_RESULT_CACHE)

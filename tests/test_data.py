@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -89,3 +90,13 @@ def test_per_class_subset_is_seeded_and_balanced(project: Path) -> None:
     assert torch.bincount(two.labels).tolist() == [2] * 10
     assert torch.equal(two.images, data.per_class(2, seed=1).images)
     assert data.per_class(None) is data
+
+
+def test_missing_domains_are_built_only_when_they_are_the_demos(tmp_path: Path) -> None:
+    from adaptflow.data import ensure_domains
+
+    (tmp_path / "mine" / "train").mkdir(parents=True)
+    assert ensure_domains(tmp_path, ["mine"]) == []  # present: nothing built
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'factory'}: no such domain folder"):
+        ensure_domains(tmp_path, ["mine", "factory", "mnist"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"], "nothing is built when a domain cannot be"

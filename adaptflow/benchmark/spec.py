@@ -160,6 +160,14 @@ def source_jobs(spec: BenchmarkSpec) -> list[tuple[str, int]]:
     return sorted({(p.source, seed) for p in spec.pairs for seed in spec.seeds})
 
 
+def domains(spec: BenchmarkSpec) -> list[str]:
+    """Every domain folder (under `spec.data_root`) the benchmark reads."""
+    names = [d for p in spec.pairs for d in (p.source, p.target)]
+    if spec.detection is not None:
+        names += [spec.detection.source, spec.detection.target]
+    return list(dict.fromkeys(names))
+
+
 def load_preset(name_or_path: str | Path) -> BenchmarkSpec:
     """A preset by name (benchmarks/presets/NAME.yaml) or path; errors name the file and the field."""
     path = Path(name_or_path)

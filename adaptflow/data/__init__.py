@@ -30,4 +30,21 @@ def build_all(root: str | Path) -> Path:
     return build_scene_data(root)
 
 
-__all__ = ["ImageSet", "build_all", "list_classes", "load_image_folder", "load_split", "split_dir"]
+def ensure_domains(root: str | Path, domains: list[str]) -> list[str]:
+    """Build the demo domains when any of `domains` is missing under `root` (a fresh clone has no
+    data until the demo or `adaptflow data build` made it); returns the ones that were missing.
+    A missing domain that is not one of the demo's is an error naming its folder."""
+    from adaptflow.data import demo, scenes
+
+    root = Path(root)
+    missing = [d for d in dict.fromkeys(domains) if not (root / d).is_dir()]
+    foreign = [d for d in missing if d not in (demo.SOURCE, demo.TARGET, demo.MNIST_M, scenes.SOURCE, scenes.TARGET)]
+    if foreign:
+        raise FileNotFoundError(f"{root / foreign[0]}: no such domain folder; put the domain's images there "
+                                f"(<split>/<class>/*.png, or YOLO images/ and labels/) or fix the domain name")
+    if missing:
+        build_all(root)
+    return missing
+
+
+__all__ = ["ImageSet", "build_all", "ensure_domains", "list_classes", "load_image_folder", "load_split", "split_dir"]
