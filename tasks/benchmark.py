@@ -48,13 +48,17 @@ def run_cell_task(spec: BenchmarkSpec, cell: Cell, parent_run_id: str) -> dict:
     return result
 
 
-@task(name="detection-source", task_run_name="detection source seed {seed}", retries=1, **NO_RESULT_CACHE)
+#: pycocotools prints its summary tables: with the flow's log_prints they would bypass the metrics' stdout redirect into the run log.
+QUIET = {"log_prints": False}
+
+
+@task(name="detection-source", task_run_name="detection source seed {seed}", retries=1, **QUIET, **NO_RESULT_CACHE)
 def detection_source_task(spec: BenchmarkSpec, seed: int) -> dict:
     """The source detector of one seed (reused when already trained)."""
     return detection.source_model(spec.detection, spec.data_root, cells.work_dir(spec), seed)
 
 
-@task(name="detection-cell", task_run_name="detection {method} seed={seed}", retries=1, **NO_RESULT_CACHE)
+@task(name="detection-cell", task_run_name="detection {method} seed={seed}", retries=1, **QUIET, **NO_RESULT_CACHE)
 def detection_cell_task(spec: BenchmarkSpec, seed: int, method: str, parent_run_id: str) -> dict:
     """One detection method on one seed, logged as a child run of the benchmark's run."""
     result = detection.run_cell(spec.detection, spec.data_root, cells.work_dir(spec), seed, method)
