@@ -33,7 +33,7 @@ def run_trial_task(trial: Trial, pretrained: PretrainedRef, folder: Path, parent
     """Fine-tune and evaluate one combination, holding its GPUs' slots of the pool while it runs;
     the result records when the slot was held and by which worker."""
     pool = gpu_pool_for(trial.config.finetune.device, settings.gpu_pool)
-    with gpu_slot(pool, gpus=getattr(trial.config.finetune, "devices", 1)):  # a data-parallel trial holds one slot per device
+    with gpu_slot(pool, gpus=trial.config.finetune.devices):  # a data-parallel trial holds one slot per device
         started = time.time()
         result = run_trial(trial, pretrained, folder / trial.name, parent_run_id, settings.threads)
         finished = time.time()

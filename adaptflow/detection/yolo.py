@@ -166,15 +166,15 @@ def fit(
 ) -> nn.Module:
     """`train` in this process; `emit` gets each epoch's record. With several GPUs (`device` "0,1")
     Ultralytics trains in DDP workers of its own: rank 0 emits the epochs (the callbacks travel
-    with the trainer, pickled), and the trained weights are read back from its last checkpoint."""
+    with the trainer, pickled), and the trained weights are read back from its last checkpoint.
+    `device` is Ultralytics' own device argument, as `ultralytics_device` makes it."""
     ultralytics()
     from ultralytics.models.yolo.detect import DetectionTrainer
 
-    dev = _device(device)
     args = {
         "model": f"{arch}.yaml", "data": str(data_yaml), "epochs": epochs, "batch": batch_size, "imgsz": image_size,
         "lr0": lr, "weight_decay": weight_decay, "optimizer": "SGD" if optimizer == "sgd" else "AdamW",
-        "freeze": freeze or None, "seed": seed, "deterministic": True, "device": dev, "amp": dev != "cpu",
+        "freeze": freeze or None, "seed": seed, "deterministic": True, "device": device, "amp": device != "cpu",
         "project": str(work_dir), "name": "ultralytics", "exist_ok": True, "val": False, "plots": False,
         "verbose": False, "nbs": batch_size, "warmup_epochs": min(3, max(epochs - 1, 0)), "pretrained": False,
         "workers": 2, "fliplr": 0.0,  # mirrored digits or text are other symbols: no flips
