@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -203,23 +204,24 @@ def bench_artifacts(stack, size_mb: int, rounds: int) -> dict[str, Any]:  # noqa
     client = MlflowClient(stack.mlflow_url)
     experiment = client.get_experiment_by_name("stack-bench")
     s3 = s3_client(stack)
-    work = Path(tempfile.mkdtemp(prefix="stack-bench-"))
-    blob = work / "blob.bin"
-    blob.write_bytes(os.urandom(size_mb * MB))
     up, down, direct = [], [], []
-    for r in range(rounds):
-        run_id = client.create_run(experiment.experiment_id, run_name=f"artifact-{r}").info.run_id
-        with Measured(stack) as t_up:
-            client.log_artifact(run_id, str(blob))
-        with Measured(stack) as t_down:
-            client.download_artifacts(run_id, "blob.bin", str(work / f"down-{r}"))
-        with Measured(stack) as t_direct:
-            s3.upload_file(str(blob), stack.bucket, f"bench/blob-{r}.bin")
-        up.append(t_up.seconds)
-        down.append(t_down.seconds)
-        direct.append(t_direct.seconds)
-        log.info("artifact %d MB: proxy upload %s, proxy download %s, direct S3 upload %s", size_mb, t_up.describe(),
-                 t_down.describe(), t_direct.describe())
+    with tempfile.TemporaryDirectory(prefix="stack-bench-") as folder:
+        work = Path(folder)
+        blob = work / "blob.bin"
+        blob.write_bytes(os.urandom(size_mb * MB))
+        for r in range(rounds):
+            run_id = client.create_run(experiment.experiment_id, run_name=f"artifact-{r}").info.run_id
+            with Measured(stack) as t_up:
+                client.log_artifact(run_id, str(blob))
+            with Measured(stack) as t_down:
+                client.download_artifacts(run_id, "blob.bin", str(work / f"down-{r}"))
+            with Measured(stack) as t_direct:
+                s3.upload_file(str(blob), stack.bucket, f"bench/blob-{r}.bin")
+            up.append(t_up.seconds)
+            down.append(t_down.seconds)
+            direct.append(t_direct.seconds)
+            log.info("artifact %d MB: proxy upload %s, proxy download %s, direct S3 upload %s", size_mb,
+                     t_up.describe(), t_down.describe(), t_direct.describe())
     result = {
         "size_mb": size_mb, "rounds": rounds,
         "proxy_upload_mb_per_s": size_mb / statistics.median(up),
@@ -275,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if own:
             local_stack.stop(state_dir)
+            shutil.rmtree(state_dir, ignore_errors=True)
     result["machine"] = {"cpus": os.cpu_count(), "load_average": os.getloadavg()}
     result["total_seconds"] = time.perf_counter() - started
     REPORT.parent.mkdir(parents=True, exist_ok=True)
