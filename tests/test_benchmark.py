@@ -20,6 +20,45 @@ def test_presets_load_and_the_full_grid_has_every_dimension() -> None:
     assert {c.seed for c in cells} == {0, 1, 2} and {c.target for c in cells} == {"uci_digits", "mnist_m"}
     assert len({c.key for c in cells}) == len(cells)
     assert source_jobs(full) == [("mnist", 0), ("mnist", 1), ("mnist", 2)]
+    with_bn = {(c.kind, c.name) for c in cells if c.name.endswith("+adabn")}
+    assert with_bn == {("scratch", "scratch+adabn")} | {("strategy", s + "+adabn") for s in full.with_adabn} and full.with_adabn
+
+
+def test_a_few_label_run_with_adabn_ends_on_target_statistics(project: Path) -> None:
+    """`+adabn`: batch-norm statistics are the exact ones of the unlabeled target split after training;
+    without it they are what the few labeled images left."""
+    import copy
+
+    import torch
+
+    from adaptflow.adapt import TargetData
+    from adaptflow.adapt.adabn import adapt_batch_norm
+    from adaptflow.benchmark.cells import _data, _few_shot, labeled_target
+    from adaptflow.benchmark.spec import Cell
+    from adaptflow.data import list_classes, load_split, split_dir
+    from adaptflow.models import build_classifier
+    from adaptflow.train import Normalizer
+
+    spec = BenchmarkSpec(image_size=16, few_shot={"steps": 6, "batch_size": 8}, eval_points=3, with_adabn=["finetune"])
+    data = _data(spec, "mnist", "uci_digits")
+    classes = list_classes(split_dir(data, "uci_digits", "train"))
+    test, unlabeled = (load_split(data, "uci_digits", split, classes) for split in ("test", "unlabeled"))
+    labeled = labeled_target(data, classes, 1, seed=0)
+
+    def running_means(name: str) -> tuple[list[torch.Tensor], list[torch.Tensor], list[dict]]:
+        torch.manual_seed(0)
+        model = build_classifier(spec.arch, len(classes))
+        _, curve = _few_shot(spec, Cell("mnist", "uci_digits", "strategy", name, 1, 0), model, labeled, test, unlabeled)
+        exact = copy.deepcopy(model)
+        adapt_batch_norm(exact, TargetData(unlabeled.images, Normalizer(torch.device("cpu"))))
+        norms = lambda m: [b.running_mean.clone() for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)]  # noqa: E731
+        return norms(model), norms(exact), curve
+
+    got, exact, curve = running_means("finetune+adabn")
+    assert got and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got, exact, strict=True))
+    assert curve[-1]["seconds"] > curve[-2]["seconds"] and curve[-1]["epoch"] == curve[-2]["epoch"]
+    got, exact, _ = running_means("finetune")
+    assert not all(torch.allclose(a, b, atol=1e-3) for a, b in zip(got, exact, strict=True))
 
 
 def test_bad_presets_name_the_file_and_field(tmp_path: Path) -> None:
@@ -40,13 +79,15 @@ def test_benchmark_flow_writes_the_report_and_logs_child_runs(prefect_api, proje
 
     spec = BenchmarkSpec(
         name="tiny", image_size=16, pairs=[{"source": "mnist", "target": "uci_digits"}], seeds=[0, 1], shots=[1],
-        strategies=["finetune"], methods=["adabn", "coral"], source={"epochs": 1}, adapt={"epochs": 1},
+        strategies=["finetune"], with_adabn=["finetune"], methods=["adabn", "coral"], source={"epochs": 1}, adapt={"epochs": 1},
         few_shot={"steps": 4, "batch_size": 8}, eval_points=2, workers=2, output=project / "reports" / "benchmark",
     )
     result = benchmark(spec=spec, command="adaptflow benchmark --preset tiny")
     out = project / "reports" / "benchmark"
     report = (out / "report.md").read_text()
     assert "| source only (no adaptation) |" in report and "| coral |" in report and "| from scratch |" in report
+    assert "| finetune+adabn |" in report and "| from scratch+adabn |" in report
+    assert "- k = 1, best with unlabeled target images too: **finetune+adabn**" in report
     assert "Unsupervised validator `information_maximization`" in report and "![Label efficiency" in report
     for name in ("label_efficiency.png", "time_to_accuracy.png", "features.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name

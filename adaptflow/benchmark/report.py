@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from adaptflow.benchmark.cells import _data, source_model_path
-from adaptflow.benchmark.spec import CONTROL, BenchmarkSpec
+from adaptflow.benchmark.spec import CONTROL, TARGET_BN, BenchmarkSpec
 from adaptflow.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -99,9 +99,25 @@ def _semi(name: str) -> str:
     return f"{name} + unlabeled target"
 
 
+def _few_label_rows(spec: BenchmarkSpec) -> tuple[list[str], list[str]]:
+    """Names of the scratch rows, and of the strategies run with target batch-norm statistics."""
+    if not spec.with_adabn:
+        return ["scratch"], []
+    return ["scratch", "scratch" + TARGET_BN], [s + TARGET_BN for s in spec.with_adabn]
+
+
+def _few_label_name(name: str) -> str:
+    return name.replace("scratch", "from scratch", 1) if name.startswith("scratch") else name
+
+
+def _best(summary: dict, names: Sequence[str], k: int | str) -> tuple[str, float] | None:
+    return max(((n, summary[n][str(k)]) for n in names if str(k) in summary.get(n, {})), key=lambda x: x[1], default=None)
+
+
 def few_label_table(spec: BenchmarkSpec, results: list[dict], target: str) -> tuple[str, dict]:
-    """Target accuracy per strategy (and scratch) at every k; adaptation methods given k labels per
-    class (on top of the source's labels and the unlabeled target images) as extra rows."""
+    """Target accuracy per strategy (and scratch) at every k; as extra rows, the `with_adabn` runs and
+    adaptation methods given k labels per class (on top of the source's labels and the unlabeled
+    target images)."""
     rows = [r for r in results if r["target"] == target and r["kind"] in ("strategy", "scratch")]
     semi = [{**r, "name": _semi(r["name"])} for r in results if r["target"] == target and r["kind"] == "method" and r["shots"] != 0]
     shots = sorted({r["shots"] for r in rows + semi}, key=_shots_order)
@@ -109,25 +125,32 @@ def few_label_table(spec: BenchmarkSpec, results: list[dict], target: str) -> tu
     lines = ["| strategy | " + " | ".join(f"k = {k}" for k in shots) + " |", "|---|" + "---|" * len(shots)]
     summary: dict = {}
     semi_names = [_semi(m) for m in spec.methods if any(r["name"] == _semi(m) for r in semi)]
-    for name in ["scratch", *spec.strategies, *semi_names]:
+    scratch, with_unlabeled = _few_label_rows(spec)
+    for name in [*scratch, *spec.strategies, *with_unlabeled, *semi_names]:
         cells = []
         for k in shots:
             group = groups.get((name, k), [])
             cells.append(_pct([r["target_accuracy"] for r in group]) if group else "")
             if group:
                 summary.setdefault(name, {})[str(k)] = _mean_std([r["target_accuracy"] for r in group])[0]
-        lines.append(f"| {'from scratch' if name == 'scratch' else name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_few_label_name(name)} | " + " | ".join(cells) + " |")
     verdicts = []
+    # Like against like: labels only against scratch; with unlabeled target images against the better
+    # scratch (plain, or with target batch-norm statistics: it may use the unlabeled images too).
+    comparisons = (("transfer strategy (target labels only)", spec.strategies, scratch[:1]),
+                   ("with unlabeled target images too", [*with_unlabeled, *semi_names], scratch))
     for k in shots:
-        scratch = summary.get("scratch", {}).get(str(k))
-        for label, names in (("transfer strategy (target labels only)", spec.strategies), ("with unlabeled target images too", semi_names)):
-            best = max(((n, summary[n][str(k)]) for n in names if str(k) in summary.get(n, {})), key=lambda x: x[1], default=None)
-            if scratch is None or best is None:
+        for label, names, baselines in comparisons:
+            best = _best(summary, names, k)
+            base = _best(summary, baselines, k)
+            if base is None or best is None:
                 continue
-            diff = 100 * (best[1] - scratch)
-            verdicts.append(f"- k = {k}, best {label}: **{best[0]}** {100 * best[1]:.1f}% vs scratch {100 * scratch:.1f}% "
-                            f"({diff:+.1f} points{'' if diff >= -1 else '; transfer falls short here'})")
-    return "\n".join(lines) + "\n\n" + "\n".join(verdicts), summary
+            diff = 100 * (best[1] - base[1])
+            verdicts.append(f"- k = {k}, best {label}: **{best[0]}** {100 * best[1]:.1f}% vs {_few_label_name(base[0])} "
+                            f"{100 * base[1]:.1f}% ({diff:+.1f} points{'' if diff >= -1 else '; transfer falls short here'})")
+    note = ("\n\nRows ending in `+adabn` also use the unlabeled target images, for batch-norm statistics only (re-estimated on "
+            "them before and after training); 'from scratch+adabn' gets the same.") if with_unlabeled else ""
+    return "\n".join(lines) + note + "\n\n" + "\n".join(verdicts), summary
 
 
 def time_to_accuracy(results: list[dict], target: str, shots: int | str = 1, strategy: str = "finetune") -> dict:
@@ -189,15 +212,18 @@ def plot_label_efficiency(spec: BenchmarkSpec, results: list[dict], path: Path) 
         rows = [r for r in results if r["target"] == target and r["kind"] in ("strategy", "scratch")]
         shots = sorted({r["shots"] for r in rows}, key=_shots_order)
         xs = list(range(1, len(shots) + 1))
-        for name in ["scratch", *spec.strategies]:
+        scratch, with_unlabeled = _few_label_rows(spec)
+        for name in [*scratch, *spec.strategies, *with_unlabeled]:
             means, stds = [], []
             for k in shots:
                 acc = [r["target_accuracy"] for r in rows if r["name"] == name and r["shots"] == k]
                 m, s = _mean_std(acc) if acc else (float("nan"), 0.0)
                 means.append(100 * m)
                 stds.append(100 * s)
-            style = {"color": "black", "linestyle": "--", "linewidth": 2.5} if name == "scratch" else {}
-            ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label="from scratch" if name == "scratch" else name, **style)
+            style = {"color": "black", "linestyle": "--", "linewidth": 2.5} if name.startswith("scratch") else {}
+            if name.endswith(TARGET_BN):  # dotted: these also use the unlabeled target images
+                style |= {"linestyle": ":"}
+            ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=_few_label_name(name), **style)
         zero = _group([r for r in results if r["target"] == target and r["shots"] == 0], "name")
         if ("source_only",) in zero:
             ax.axhline(100 * statistics.fmean(r["target_accuracy"] for r in zero[("source_only",)]), color="grey", linestyle=":",

@@ -20,6 +20,8 @@ PRESETS = Path(__file__).resolve().parents[2] / "benchmarks" / "presets"
 LAYERWISE_STRATEGIES = ("discriminative", "gradual_unfreeze")
 #: The control: the source model trained for as many more steps as the methods, on source alone.
 CONTROL = "none"
+#: Suffix of a few-label run that also uses the unlabeled target split for batch-norm statistics (AdaBN before and after training).
+TARGET_BN = "+adabn"
 #: Fields that say how the grid runs, not what it computes.
 EXECUTION = {"workers", "threads", "runner", "dask_address", "ray_address", "gpu_pool"}
 
@@ -62,6 +64,10 @@ class BenchmarkSpec(Spec):
     methods: list[str] = Field(
         [CONTROL, "adabn", "dann", "coral", "mcc", "self_training", "adabn+self_training"],
         description="Adaptation runs: method names joined by +, applied in order; none: source training only (the control)",
+    )
+    with_adabn: list[Strategy] = Field(
+        [], description="Strategies also run with target batch-norm statistics (AdaBN on the unlabeled target split before and after "
+                        "training), and scratch with them too: few labels plus unlabeled target images",
     )
     semi_supervised: list[str] = Field(
         [], description="Methods also run with method_shots labeled target images per class added to the source's labels"
@@ -113,7 +119,7 @@ class BenchmarkSpec(Spec):
         shared = {"arch", "image_size", "data_root", "source"}
         shared |= {"adapt", "pseudo_label_threshold", "adapt_weight"} if cell.kind == "method" else {"few_shot", "eval_points"}
         extra = {} if cell.kind == "method" else {"curve": "geometric"}
-        if cell.name in LAYERWISE_STRATEGIES:
+        if cell.name.removesuffix(TARGET_BN) in LAYERWISE_STRATEGIES:
             extra["layer_lr_decay"] = self.layer_lr_decay
         blob = json.dumps({"cell": cell.to_dict(), **extra, **self.model_dump(mode="json", include=shared)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -121,7 +127,8 @@ class BenchmarkSpec(Spec):
 
 @dataclass(frozen=True)
 class Cell:
-    """One run of the grid. kind: source_only, method (name = methods joined by +), strategy, scratch."""
+    """One run of the grid. kind: source_only, method (name = methods joined by +), strategy, scratch
+    (strategy and scratch names end in +adabn when the run re-estimates batch-norm statistics on the target)."""
 
     source: str
     target: str
@@ -151,6 +158,9 @@ def plan_cells(spec: BenchmarkSpec) -> list[Cell]:
             for k in spec.shots:
                 cells.append(Cell(pair.source, pair.target, "scratch", "scratch", k, seed))
                 cells += [Cell(pair.source, pair.target, "strategy", s, k, seed) for s in spec.strategies]
+                if spec.with_adabn:
+                    cells.append(Cell(pair.source, pair.target, "scratch", "scratch" + TARGET_BN, k, seed))
+                    cells += [Cell(pair.source, pair.target, "strategy", s + TARGET_BN, k, seed) for s in spec.with_adabn]
     first = [0, 1, 10, "all"]
     return sorted(cells, key=lambda c: first.index(c.shots) if c.shots in first else len(first))
 
