@@ -235,7 +235,7 @@ def plot_label_efficiency(spec: BenchmarkSpec, results: list[dict], path: Path) 
         ax.set(xticks=xs, xticklabels=[str(k) for k in shots], xlabel="labeled target images per class",
                ylabel="target test accuracy %", title=f"mnist -> {target}", ylim=(0, 100))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     _save(fig, path)
     return path
