@@ -218,6 +218,24 @@ def test_pseudo_labels_respect_the_threshold_and_detection_rejects_classifier_me
         detection_config("yolov8n", "finetune.methods=[coral]")
 
 
+def test_a_pseudo_label_split_written_again_replaces_the_first(scenes: Path, tmp_path: Path) -> None:
+    """A retried self-training stage writes its split where the first try left one: it replaces it."""
+    import torch
+
+    from adaptflow.detection.adapt import write_pseudo_split
+
+    split = scenes / "data" / "photo_scenes" / "unlabeled"
+    dest = tmp_path / "pseudo"
+    first = torch.tensor([[0, 3, 8.0, 8.0, 24.0, 24.0], [1, 5, 0.0, 0.0, 32.0, 32.0]])
+    write_pseudo_split(split, first, 64, dest)
+    (dest / "labels" / "stale.txt").write_text("9 0.5 0.5 0.1 0.1\n")
+    write_pseudo_split(split, first[1:], 64, dest)
+    labels = {p.name: p.read_text() for p in (dest / "labels").iterdir()}
+    assert "stale.txt" not in labels and len(labels) == TINY_SCENES["photo_scenes"]["unlabeled"]
+    assert [name for name, text in labels.items() if text] == ["00001.txt"]
+    assert labels["00001.txt"].split()[0] == "5"
+
+
 def test_detector_self_training_trains_on_pseudo_labeled_target_images(scenes: Path) -> None:
     from adaptflow.detection import stages
     from adaptflow.io import read_json
@@ -268,3 +286,10 @@ def test_benchmark_flow_adds_the_detection_table_plot_and_child_runs(prefect_api
     assert sorted(c.data.params["method"] for c in detection_runs) == sorted(methods)
     assert all("target_map50" in c.data.metrics for c in detection_runs)
     assert "detection_map50.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+    # Run again: every finished detection cell and source detector is reused, not trained again.
+    models = sorted((env.cache_dir() / "benchmark" / "detection").glob("*/model.pt"))
+    stamps = [p.stat().st_mtime_ns for p in models]
+    benchmark(spec=spec)
+    assert len(models) == len(methods) + 1 and [p.stat().st_mtime_ns for p in models] == stamps
+    assert read_json(out / "metrics.json")["detection"] == detection

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import torch
@@ -68,9 +69,12 @@ def write_pseudo_split(source_split: Path, boxes: torch.Tensor, image_size: int,
     """A YOLO split at `dest`: the images of `source_split` (linked) with the pseudo-labels as their labels.
 
     `boxes` are in pixels of images resized to `image_size`; YOLO labels are normalised, so they
-    hold for the original files whatever their size.
+    hold for the original files whatever their size. A split already at `dest` (a retried or
+    repeated run) is replaced: no label of an earlier teacher survives.
     """
     files = image_files(source_split)
+    if dest.exists():
+        shutil.rmtree(dest)
     (dest / "images").mkdir(parents=True, exist_ok=True)
     (dest / "labels").mkdir(parents=True, exist_ok=True)
     xyxy = boxes[:, 2:] / image_size

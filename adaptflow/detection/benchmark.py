@@ -19,6 +19,8 @@ default prediction confidence); none is tuned on the target test split.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -60,6 +62,25 @@ class DetectionBenchmark(BaseModel):
         return value
 
 
+#: What a source detector depends on; a cell depends on these and on the rest of its settings (not on the grid).
+_SOURCE_FIELDS = {"arch", "source", "image_size", "source_epochs", "batch_size", "lr"}
+_GRID_FIELDS = {"seeds", "methods"}
+
+
+def _digest(spec: DetectionBenchmark, root: Path, include: set[str] | None = None) -> str:
+    fields = spec.model_dump(mode="json", include=include, exclude=None if include else _GRID_FIELDS)
+    return hashlib.sha256(json.dumps({**fields, "data_root": str(root)}, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def source_dir(spec: DetectionBenchmark, root: Path, work: Path, seed: int) -> Path:
+    """Where the seed's source detector lives: presets that train it alike share it."""
+    return work / "detection" / f"source-{_digest(spec, root, _SOURCE_FIELDS)}-seed{seed}"
+
+
+def cell_dir(spec: DetectionBenchmark, root: Path, work: Path, seed: int, method: str) -> Path:
+    return work / "detection" / f"{method}-{_digest(spec, root)}-seed{seed}"
+
+
 def _data(spec: DetectionBenchmark, root: Path) -> DataConfig:
     return DataConfig(root=root, source=spec.source, target=spec.target, image_size=spec.image_size)
 
@@ -70,33 +91,36 @@ def _train_config(spec: DetectionBenchmark, seed: int, epochs: int, **kw: object
 
 
 def source_model(spec: DetectionBenchmark, root: Path, work: Path, seed: int) -> dict:
-    """Train (or reuse, when already trained with this spec) the source detector of one seed."""
+    """Train (or reuse, when already trained with the same settings) the source detector of one seed."""
     from adaptflow.detection import stages
     from adaptflow.io import read_json
 
-    out = work / "detection" / f"source-seed{seed}"
+    out = source_dir(spec, root, work, seed)
     if (out / "model.pt").exists() and (out / "metrics.json").exists():
         return {"seed": seed, "path": str(out / "model.pt"), **read_json(out / "metrics.json")}
     cfg = PretrainConfig(**_train_config(spec, seed, spec.source_epochs), output=out)
     t0 = time.perf_counter()
-    published = stages.pretrain(cfg, _data(spec, root), work / "detection" / f"source-seed{seed}-run")
+    published = stages.pretrain(cfg, _data(spec, root), out.with_name(f"{out.name}-run"))
     return {"seed": seed, "path": published.path, **published.metrics, "seconds": time.perf_counter() - t0}
 
 
 def run_cell(spec: DetectionBenchmark, root: Path, work: Path, seed: int, method: str) -> dict:
-    """Adapt the seed's source detector with `method`; returns its target and source mAP50."""
+    """Adapt the seed's source detector with `method`; returns its target and source mAP50 (kept in
+    the cell's folder: a finished cell is not run again)."""
     from adaptflow.detection import stages
     from adaptflow.detection.adapt import adapt_batch_norm
     from adaptflow.detection.metrics import detection_report
     from adaptflow.detection.models import load_detector, predict, save_detector
-    from adaptflow.io import read_json, sha256_file
+    from adaptflow.io import read_json, sha256_file, write_json
     from adaptflow.pretrained import PretrainedRef
 
     if method not in METHODS:
         raise ValueError(f"unknown detection benchmark method '{method}': use one of {', '.join(METHODS)}")
     data = _data(spec, root)
-    source = work / "detection" / f"source-seed{seed}" / "model.pt"
-    cell_dir = work / "detection" / f"{method}-seed{seed}"
+    source = source_dir(spec, root, work, seed) / "model.pt"
+    folder = cell_dir(spec, root, work, seed, method)
+    if (folder / "result.json").exists():
+        return read_json(folder / "result.json")
     t0 = time.perf_counter()
     model, meta = load_detector(source)
     extra: dict[str, float] = {}
@@ -107,21 +131,21 @@ def run_cell(spec: DetectionBenchmark, root: Path, work: Path, seed: int, method
     elif method == "control":
         cfg = FinetuneConfig(**_train_config(spec, seed, spec.adapt_epochs, strategy="finetune"))
         splits = {"train": split_dir(data, data.source, "train"), "val": split_dir(data, data.source, "test")}
-        model, _ = stages._train(model, spec.arch, cfg, data, splits, meta["classes"], cell_dir, method, None)
+        model, _ = stages._train(model, spec.arch, cfg, data, splits, meta["classes"], folder, method, None)
     elif method != "source_only":
         teacher = PretrainedRef(str(source), str(source), sha256_file(source), arch=spec.arch)
         adapt = {"methods": methods, "pseudo_label_threshold": spec.pseudo_label_threshold}
         if method.startswith("finetune"):
             cfg = FinetuneConfig(**_train_config(spec, seed, spec.finetune_epochs, strategy="finetune", batch_size=16, lr=spec.lr / 2))
-            trained = stages.finetune(cfg, data, teacher, cell_dir / "finetune")
+            trained = stages.finetune(cfg, data, teacher, folder / "finetune")
             # The fine-tuned model is the teacher; its student sees labeled and pseudo-labeled target images.
             teacher = PretrainedRef(trained.path, trained.path, trained.sha256, arch=spec.arch)
             cfg = cfg.model_copy(update={"epochs": spec.adapt_epochs, **adapt})
         else:
             cfg = FinetuneConfig(**_train_config(spec, seed, spec.adapt_epochs, strategy="finetune", **adapt))
         if methods:
-            trained = stages.finetune(cfg, data, teacher, cell_dir / "student", include_source=not method.startswith("finetune"))
-            extra = {k: v for k, v in read_json(cell_dir / "student" / "history.json")[-1].items() if k.startswith("pseudo_")}
+            trained = stages.finetune(cfg, data, teacher, folder / "student", include_source=not method.startswith("finetune"))
+            extra = {k: v for k, v in read_json(folder / "student" / "history.json")[-1].items() if k.startswith("pseudo_")}
         model, _ = load_detector(trained.path)
     seconds = time.perf_counter() - t0
     result = {"seed": seed, "method": method, "seconds": seconds, **extra}
@@ -130,7 +154,8 @@ def run_cell(spec: DetectionBenchmark, root: Path, work: Path, seed: int, method
         test = stages.load_split(data, domain, "test", meta["classes"])
         report = detection_report(predict(model, spec.arch, test.images), test.targets(), meta["classes"])
         result[f"{name}_map50"], result[f"{name}_map50_95"] = report["map50"], report["map50_95"]
-    save_detector(cell_dir / "model.pt", model, arch=spec.arch, classes=meta["classes"], image_size=spec.image_size)
+    save_detector(folder / "model.pt", model, arch=spec.arch, classes=meta["classes"], image_size=spec.image_size)
+    write_json(folder / "result.json", result)
     log.info("detection %s seed %d: target mAP50 %.4f", method, seed, result["target_map50"])
     return result
 
