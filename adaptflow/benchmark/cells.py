@@ -150,7 +150,7 @@ def _few_shot(spec: BenchmarkSpec, cell: Cell, model: Classifier, labeled: Image
 
     A `+adabn` run also sees the unlabeled target images, for batch-norm statistics only: they are
     re-estimated on them before training (the start it fine-tunes from) and after (in place of the
-    statistics of a few labeled images), the last step timed as part of training."""
+    statistics of a few labeled images), both steps timed as part of training."""
     budget = spec.few_shot
     steps_per_epoch = math.ceil(len(labeled) / budget.batch_size)
     epochs = max(2, round(budget.steps / steps_per_epoch)) if budget.steps else budget.epochs
