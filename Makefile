@@ -39,7 +39,7 @@ test-all: install  ## the test suite including slow end-to-end runs
 bench: install  ## flow overhead and training-loop throughput, as measured ratios
 	$(BIN)/python -m benchmarks.bench
 
-benchmark-quick: install  ## transfer-learning benchmark, quick preset (about 12 min on 2 cores): reports/benchmark/
+benchmark-quick: install  ## transfer-learning benchmark, quick preset (about 15 min on 2 cores): reports/benchmark/
 	$(BIN)/adaptflow benchmark --preset quick
 
 benchmark: install  ## the full benchmark grid (over an hour on 2 shared cores): reports/benchmark/
