@@ -54,7 +54,7 @@ def data_build(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = Non
 def _build_data(cfg) -> Path:  # noqa: ANN001 - RunConfig
     from adaptflow.data import build_all
 
-    return build_all(cfg.data.root if cfg.data.root.is_absolute() else env.project_root() / cfg.data.root)
+    return build_all(env.project_path(cfg.data.root))
 
 
 @data_app.command("version")

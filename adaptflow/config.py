@@ -8,13 +8,13 @@ it from a file plus `key=value` overrides. Each stage receives only its own sub-
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from adaptflow.io import content_digest
 
 ClassifierArch = Literal[
     "resnet18",
@@ -255,8 +255,7 @@ class RunConfig(Section):
 
     def digest(self) -> str:
         """A short content hash of the config, for lineage and cache keys."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return content_digest(self.model_dump(mode="json"))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -29,6 +29,11 @@ def project_root() -> Path:
     return Path(os.environ.get("ADAPTFLOW_ROOT") or Path.cwd()).resolve()
 
 
+def project_path(path: str | Path) -> Path:
+    """A relative `path` taken from the project folder; an absolute one as it is."""
+    return project_root() / path
+
+
 def cache_dir() -> Path:
     """Content-addressed cache for downloads and decoded datasets."""
     return Path(os.environ.get("ADAPTFLOW_CACHE") or project_root() / ".cache").resolve()

@@ -49,6 +49,11 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def content_digest(data: Any, length: int = 16) -> str:
+    """A short sha256 of JSON data (keys sorted): the same content, the same digest, for cache keys and lineage."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:length]
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()

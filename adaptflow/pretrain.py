@@ -38,7 +38,7 @@ class PublishedModel:
 
 
 def published_dir(cfg: PretrainConfig) -> Path:
-    return cfg.output if cfg.output.is_absolute() else env.project_root() / cfg.output
+    return env.project_path(cfg.output)
 
 
 def publish(cfg: PretrainConfig, save: Callable[[Path], None], metrics: dict[str, float], history: list[dict], work_dir: Path) -> PublishedModel:

@@ -101,7 +101,7 @@ def check_uri(uri: str) -> tuple[str, str] | None:
     if "://" in uri and not uri.startswith("file://"):
         return f"'{uri}': unknown scheme", f"use {FORMS}"
     path = Path(uri.removeprefix("file://").partition("#")[0]).expanduser()
-    path = path if path.is_absolute() else env.project_root() / path
+    path = env.project_path(path)
     return None if path.is_file() else (f"'{uri}': no such file ({path})", "run the pretrain step or fix the path")
 
 
@@ -197,9 +197,7 @@ def safe_extract(archive: Path, dest: Path) -> None:
 
 
 def _fetch_local(uri: str, expected: str | None) -> PretrainedRef:
-    path = Path(uri.removeprefix("file://")).expanduser()
-    if not path.is_absolute():
-        path = env.project_root() / path
+    path = env.project_path(Path(uri.removeprefix("file://")).expanduser())
     sidecar = path.with_name(path.name + ".sha256")
     if expected is None and sidecar.exists():
         expected = sidecar.read_text().split()[0]

@@ -50,7 +50,7 @@ def dvc(*args: str, cwd: Path | None = None) -> str:
 
 def _dvc_file(cfg: DataConfig) -> Path:
     """`dvc add <root>` records the folder in `<root>.dvc` beside it."""
-    root = cfg.root if cfg.root.is_absolute() else env.project_root() / cfg.root
+    root = env.project_path(cfg.root)
     return root.with_name(root.name + ".dvc")
 
 

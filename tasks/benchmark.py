@@ -22,8 +22,7 @@ from tasks.gpu import gpu_slot
 @task(name="prepare-data", **NO_RESULT_CACHE)
 def prepare_data_task(spec: BenchmarkSpec) -> list[str]:
     """Build the demo domains when the grid needs one that is missing (a fresh clone); returns the missing ones."""
-    root = spec.data_root if spec.data_root.is_absolute() else env.project_root() / spec.data_root
-    return ensure_domains(root, domains(spec))
+    return ensure_domains(env.project_path(spec.data_root), domains(spec))
 
 
 @task(name="open-benchmark-run", **NETWORK_RETRIES, **NO_RESULT_CACHE)

@@ -130,11 +130,16 @@ def run_cell(spec: BenchmarkSpec, cell: Cell) -> dict:
     return result
 
 
+def target_statistics(model: Classifier, unlabeled: ImageSet) -> None:
+    """AdaBN: the model's batch-norm statistics become those of the unlabeled target images."""
+    adapt_batch_norm(model, TargetData(unlabeled.images, Normalizer(torch.device("cpu"))))
+
+
 def _adapt(spec: BenchmarkSpec, cell: Cell, model: Classifier, data: DataConfig, classes: tuple[str, ...], unlabeled: ImageSet) -> list[dict]:
     """An adaptation run: source labels (+ k target labels) and the unlabeled target split."""
     names = [] if cell.name == CONTROL else cell.name.split("+")
     if names == ["adabn"]:  # statistics only: nothing to train
-        adapt_batch_norm(model, TargetData(unlabeled.images, Normalizer(torch.device("cpu"))))
+        target_statistics(model, unlabeled)
         return []
     train = load_split(data, cell.source, "train", classes)
     if cell.shots:
@@ -168,7 +173,7 @@ def _few_shot(spec: BenchmarkSpec, cell: Cell, model: Classifier, labeled: Image
     def statistics_on_target() -> None:
         nonlocal seconds
         started = time.perf_counter()
-        adapt_batch_norm(model, TargetData(unlabeled.images, Normalizer(torch.device("cpu"))))
+        target_statistics(model, unlabeled)
         seconds += time.perf_counter() - started
 
     if target_bn:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -14,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from adaptflow.config import AdaptMethod, Arch, ConfigError, Strategy, TrackingConfig
 from adaptflow.detection.benchmark import DetectionBenchmark
 from adaptflow.execution import DaskAddressField, GpuPoolField, RayAddressField, RunnerField, check_addresses
+from adaptflow.io import content_digest
 
 PRESETS = Path(__file__).resolve().parents[2] / "benchmarks" / "presets"
 #: Strategies whose result depends on layer_lr_decay (as in adaptflow.train, which this module must not import: it is torch-free).
@@ -111,8 +110,7 @@ class BenchmarkSpec(Spec):
 
     def digest(self) -> str:
         """What the results depend on: not where or how parallel the cells ran, nor where results go."""
-        blob = json.dumps(self.model_dump(mode="json", exclude={*EXECUTION, "output", "tracking"}), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return content_digest(self.model_dump(mode="json", exclude={*EXECUTION, "output", "tracking"}), 12)
 
     def cell_digest(self, cell: Cell) -> str:
         """What a cell's result depends on (not the rest of the grid): presets that share a cell share its result."""
@@ -121,8 +119,7 @@ class BenchmarkSpec(Spec):
         extra = {} if cell.kind == "method" else {"curve": "geometric"}
         if cell.name.removesuffix(TARGET_BN) in LAYERWISE_STRATEGIES:
             extra["layer_lr_decay"] = self.layer_lr_decay
-        blob = json.dumps({"cell": cell.to_dict(), **extra, **self.model_dump(mode="json", include=shared)}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return content_digest({"cell": cell.to_dict(), **extra, **self.model_dump(mode="json", include=shared)}, 12)
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,7 @@ from adaptflow.data.folders import ImageSet, list_classes, load_image_folder
 
 def split_dir(cfg: DataConfig, domain: str, split: str):
     """`<root>/<domain>/<split>`, with a relative root taken from the project folder."""
-    root = cfg.root if cfg.root.is_absolute() else env.project_root() / cfg.root
-    return root / domain / split
+    return env.project_path(cfg.root) / domain / split
 
 
 def load_split(cfg: DataConfig, domain: str, split: str, classes: tuple[str, ...] | None = None) -> ImageSet:

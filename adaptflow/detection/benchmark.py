@@ -19,8 +19,6 @@ default prediction confidence); none is tuned on the target test split.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -29,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from adaptflow.config import DataConfig, DetectorArch, FinetuneConfig, PretrainConfig
 from adaptflow.data import split_dir
+from adaptflow.io import content_digest
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ _GRID_FIELDS = {"seeds", "methods"}
 
 def _digest(spec: DetectionBenchmark, root: Path, include: set[str] | None = None) -> str:
     fields = spec.model_dump(mode="json", include=include, exclude=None if include else _GRID_FIELDS)
-    return hashlib.sha256(json.dumps({**fields, "data_root": str(root)}, sort_keys=True).encode()).hexdigest()[:10]
+    return content_digest({**fields, "data_root": str(root)}, 10)
 
 
 def source_dir(spec: DetectionBenchmark, root: Path, work: Path, seed: int) -> Path:
