@@ -61,6 +61,50 @@ def test_a_few_label_run_with_adabn_ends_on_target_statistics(project: Path) -> 
     assert not all(torch.allclose(a, b, atol=1e-3) for a, b in zip(got, exact, strict=True))
 
 
+def test_time_to_accuracy_compares_each_seed_with_its_own_scratch_run() -> None:
+    from adaptflow.benchmark.report import _time_text, time_to_accuracy, time_to_accuracy_summary
+
+    def cell(name: str, seed: int, points: list[tuple[int, float, float]]) -> dict:
+        curve = [{"steps": s, "seconds": t, "accuracy": a} for s, t, a in points]
+        return {"target": "t", "shots": 1, "name": name, "seed": seed, "curve": curve}
+
+    results = [  # scratch peaks at step 100 (10 s) in seed 0, at step 50 (4 s) in seed 1
+        cell("scratch", 0, [(0, 0.0, 0.1), (50, 5.0, 0.6), (100, 10.0, 0.7), (200, 20.0, 0.65)]),
+        cell("scratch", 1, [(0, 0.0, 0.1), (50, 4.0, 0.8), (100, 8.0, 0.75)]),
+        cell("finetune", 0, [(0, 0.0, 0.3), (10, 1.5, 0.72), (200, 20.0, 0.9)]),
+        cell("finetune", 1, [(0, 0.0, 0.3), (10, 0.4, 0.79), (25, 1.0, 0.8)]),
+        cell("lp_ft", 0, [(0, 0.0, 0.3), (200, 20.0, 0.69)]),  # never reaches 0.7
+        cell("lp_ft", 1, [(0, 0.0, 0.85)]),
+    ]
+    seeds = time_to_accuracy(results, "t", strategy="finetune")["per_seed"]
+    assert [(r["seed"], r["scratch_steps"], r["transfer_steps"]) for r in seeds] == [(0, 100, 10), (1, 50, 25)]
+    assert [r["ratio"] for r in seeds] == pytest.approx([0.15, 0.25]) and [r["step_ratio"] for r in seeds] == pytest.approx([0.1, 0.5])
+    summary = time_to_accuracy_summary(results, "t", ["finetune", "lp_ft"])
+    assert summary["finetune"] == pytest.approx({"median_ratio": 0.2, "worst_ratio": 0.25, "median_step_ratio": 0.3,
+                                                  "within_fifth": 1, "seeds": 2})
+    assert summary["lp_ft"]["worst_ratio"] is None and summary["lp_ft"]["within_fifth"] == 1
+    text = _time_text(summary, time_to_accuracy(results, "t", strategy="lp_ft"), "t", "lp_ft", 1)
+    assert "| lp_ft | inf |" not in text and "| lp_ft | never | never | 1/2 | never |" in text
+    assert "- seed 0: lp_ft never reached scratch's best 70.0%" in text
+
+
+def test_a_grid_of_few_labels_only_reports_its_semi_supervised_rows() -> None:
+    """Methods given labels show as few-label rows even when no label-free method runs; with one
+    candidate at k = 0 there is nothing for the validator to choose."""
+    from adaptflow.benchmark.report import few_label_table, validator_selection
+
+    spec = BenchmarkSpec(pairs=[{"target": "t"}], shots=[1], strategies=["finetune"], methods=[], semi_supervised=["mcc"])
+    base = {"target": "t", "validators": {"information_maximization": 0.0}, "source_accuracy": 0.99}
+    results = [{**base, "kind": kind, "name": name, "shots": shots, "seed": seed, "target_accuracy": acc}
+               for seed in (0, 1) for kind, name, shots, acc in
+               (("source_only", "source_only", 0, 0.3), ("scratch", "scratch", 1, 0.6), ("strategy", "finetune", 1, 0.8),
+                ("method", "mcc", 1, 0.9))]
+    table, summary = few_label_table(spec, results, "t")
+    assert "| mcc + unlabeled target | 90.0 ± 0.0 |" in table and summary["mcc + unlabeled target"]["1"] == pytest.approx(0.9)
+    assert "best with unlabeled target images too: **mcc + unlabeled target** 90.0% vs from scratch 60.0% (+30.0 points)" in table
+    assert validator_selection(spec, results, "t") == ("", {})
+
+
 def test_bad_presets_name_the_file_and_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such benchmark preset"):
         load_preset("nope")
@@ -93,6 +137,7 @@ def test_benchmark_flow_writes_the_report_and_logs_child_runs(prefect_api, proje
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name
     metrics = read_json(out / "metrics.json")["uci_digits"]
     assert metrics["best_method"] in {"adabn", "coral"} and 0 <= metrics["validator"]["agreement"] <= 1
+    assert metrics["time_to_accuracy_k1_summary"]["finetune"]["seeds"] == 2 and "| finetune | " in report
 
     client = MlflowClient(env.default_tracking_uri())
     parent = client.get_run(result["mlflow_run_id"])
