@@ -281,16 +281,21 @@ def plot_label_efficiency(spec: BenchmarkSpec, results: list[dict], path: Path) 
 
 
 def plot_time_to_accuracy(spec: BenchmarkSpec, results: list[dict], path: Path, shots: int | str = 1) -> Path:
-    """Target accuracy against training seconds, fine-tuning versus scratch, every seed."""
+    """Target accuracy against training seconds, every seed: scratch, fine-tuning, and the strategy with
+    the best mean accuracy at `shots` (colours as in the label-efficiency plot)."""
     plt = _plt()
     targets = [p.target for p in spec.pairs]
     fig, axes = plt.subplots(1, len(targets), figsize=(6 * len(targets), 4.2), squeeze=False)
-    colors = {"scratch": "black", "finetune": "tab:blue", "lp_ft": "tab:orange"}
     for ax, target in zip(axes[0], targets, strict=True):
-        for name, color in colors.items():
-            for i, r in enumerate(x for x in results if x["target"] == target and x["shots"] == shots and x["name"] == name):
+        rows = [r for r in results if r["target"] == target and r["shots"] == shots]
+        means = {n: statistics.fmean(r["target_accuracy"] for r in g) for (n,), g in _group(rows, "name").items() if n in spec.strategies}
+        best = max(means, key=means.get, default=None)
+        for name in dict.fromkeys(["scratch", *(n for n in ("finetune", best) if n in means)]):
+            color = "black" if name == "scratch" else f"C{spec.strategies.index(name)}"
+            label = "from scratch" if name == "scratch" else f"transfer: {name}" + (" (best here)" if name == best else "")
+            for i, r in enumerate(x for x in rows if x["name"] == name):
                 ax.plot([p["seconds"] for p in r["curve"]], [100 * p["accuracy"] for p in r["curve"]], color=color, marker=".",
-                        alpha=0.8, label=("from scratch" if name == "scratch" else f"transfer: {name}") if i == 0 else None)
+                        alpha=0.8, label=label if i == 0 else None)
         ax.set(xlabel="training seconds (2-core CPU)", ylabel="target test accuracy %", title=f"mnist -> {target}, k = {shots}",
                ylim=(0, 100))
         ax.set_xscale("symlog", linthresh=1.0)
