@@ -285,7 +285,7 @@ def plot_time_to_accuracy(spec: BenchmarkSpec, results: list[dict], path: Path, 
     the best mean accuracy at `shots` (colours as in the label-efficiency plot)."""
     plt = _plt()
     targets = [p.target for p in spec.pairs]
-    fig, axes = plt.subplots(1, len(targets), figsize=(6 * len(targets), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(targets), figsize=(6 * len(targets), 4.8), squeeze=False)
     for ax, target in zip(axes[0], targets, strict=True):
         rows = [r for r in results if r["target"] == target and r["shots"] == shots]
         means = {n: statistics.fmean(r["target_accuracy"] for r in g) for (n,), g in _group(rows, "name").items() if n in spec.strategies}
@@ -300,7 +300,7 @@ def plot_time_to_accuracy(spec: BenchmarkSpec, results: list[dict], path: Path, 
                ylim=(0, 100))
         ax.set_xscale("symlog", linthresh=1.0)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     fig.tight_layout()
     _save(fig, path)
     return path
