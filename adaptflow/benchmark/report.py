@@ -175,7 +175,8 @@ def time_to_accuracy(results: list[dict], target: str, shots: int | str = 1, str
 
 
 def _ratio(transfer: float | None, scratch: float) -> float | None:
-    """Transfer's time over scratch's; None: transfer never reached scratch's best."""
+    """Transfer's time over scratch's; None: transfer never reached scratch's best (or took time to reach
+    what scratch had at its start, where no ratio is defined)."""
     if transfer is None:
         return None
     return transfer / scratch if scratch else (0.0 if transfer == 0 else None)
@@ -211,7 +212,7 @@ def _time_text(summary: dict, tta: dict, target: str, strategy: str, shots: int 
     for name, s in summary.items():
         lines.append(f"| {name} | {_show_ratio(s['median_ratio'])} | {_show_ratio(s['worst_ratio'])} | {s['within_fifth']}/{s['seeds']} | "
                      f"{_show_ratio(s['median_step_ratio'])} |")
-    lines += ["", f"Per seed, {strategy}:", ""]
+    lines += ["", f"Per seed, {strategy}:", ""] if tta["per_seed"] else []
     for r in tta["per_seed"]:
         if r["transfer_seconds"] is None:
             lines.append(f"- seed {r['seed']}: {strategy} never reached scratch's best {100 * r['scratch_best']:.1f}%")
