@@ -20,8 +20,15 @@ def test_presets_load_and_the_full_grid_has_every_dimension() -> None:
     assert {c.seed for c in cells} == {0, 1, 2} and {c.target for c in cells} == {"uci_digits", "mnist_m"}
     assert len({c.key for c in cells}) == len(cells)
     assert source_jobs(full) == [("mnist", 0), ("mnist", 1), ("mnist", 2)]
-    with_bn = {(c.kind, c.name) for c in cells if c.name.endswith("+adabn")}
-    assert with_bn == {("scratch", "scratch+adabn")} | {("strategy", s + "+adabn") for s in full.with_adabn} and full.with_adabn
+    for combo, strategies in full.with_unlabeled.items():
+        runs = {(c.kind, c.name) for c in cells if c.name.endswith("+" + combo) and c.kind != "method"}
+        assert runs == {("scratch", f"scratch+{combo}")} | {("strategy", f"{s}+{combo}") for s in strategies} and strategies
+    assert set(full.with_unlabeled) == {"adabn", "mcc"}
+    # A method's loss makes its hyperparameters part of what a few-label cell depends on; batch-norm statistics alone do not.
+    heavier = full.model_copy(update={"adapt_weight": 2.0})
+    for name, depends in (("finetune+mcc", True), ("finetune+adabn", False), ("finetune", False)):
+        cell = next(c for c in cells if c.name == name)
+        assert (full.cell_digest(cell) != heavier.cell_digest(cell)) is depends, name
 
 
 def test_a_few_label_run_with_adabn_ends_on_target_statistics(project: Path) -> None:
@@ -39,7 +46,7 @@ def test_a_few_label_run_with_adabn_ends_on_target_statistics(project: Path) -> 
     from adaptflow.models import build_classifier
     from adaptflow.train import Normalizer
 
-    spec = BenchmarkSpec(image_size=16, few_shot={"steps": 6, "batch_size": 8}, eval_points=3, with_adabn=["finetune"])
+    spec = BenchmarkSpec(image_size=16, few_shot={"steps": 6, "batch_size": 8}, eval_points=3, with_unlabeled={"adabn": ["finetune"]})
     data = _data(spec, "mnist", "uci_digits")
     classes = list_classes(split_dir(data, "uci_digits", "train"))
     test, unlabeled = (load_split(data, "uci_digits", split, classes) for split in ("test", "unlabeled"))
@@ -59,6 +66,34 @@ def test_a_few_label_run_with_adabn_ends_on_target_statistics(project: Path) -> 
     assert curve[-1]["seconds"] > curve[-2]["seconds"] and curve[-1]["epoch"] == curve[-2]["epoch"]
     got, exact, _ = running_means("finetune")
     assert not all(torch.allclose(a, b, atol=1e-3) for a, b in zip(got, exact, strict=True))
+
+
+def test_a_few_label_run_with_mcc_learns_from_the_unlabeled_target_split(project: Path) -> None:
+    """`+mcc`: MCC's loss on unlabeled target batches at every step lowers the class confusion of the
+    model's target predictions, against the same run on the labels alone."""
+    import torch
+
+    from adaptflow.adapt.mcc import mcc_loss
+    from adaptflow.benchmark.cells import _data, _few_shot, labeled_target
+    from adaptflow.benchmark.spec import Cell
+    from adaptflow.data import list_classes, load_split, split_dir
+    from adaptflow.models import build_classifier
+    from adaptflow.train import predict
+
+    spec = BenchmarkSpec(image_size=16, few_shot={"steps": 60, "batch_size": 10}, eval_points=2, adapt_weight=3.0)
+    data = _data(spec, "mnist", "uci_digits")
+    classes = list_classes(split_dir(data, "uci_digits", "train"))
+    test, unlabeled = (load_split(data, "uci_digits", split, classes) for split in ("test", "unlabeled"))
+    labeled = labeled_target(data, classes, 1, seed=0)
+
+    def confusion(name: str) -> float:
+        torch.manual_seed(0)
+        model = build_classifier(spec.arch, len(classes))
+        history, _ = _few_shot(spec, Cell("mnist", "uci_digits", "scratch", name, 1, 0), model, labeled, test, unlabeled)
+        assert len(history) == 60  # 10 labeled images in batches of 10: a step an epoch
+        return float(mcc_loss(predict(model, unlabeled.images)))
+
+    assert confusion("scratch+mcc") < 0.9 * confusion("scratch")
 
 
 def test_time_to_accuracy_compares_each_seed_with_its_own_scratch_run() -> None:
@@ -112,6 +147,12 @@ def test_bad_presets_name_the_file_and_field(tmp_path: Path) -> None:
     bad.write_text("methods: [adabn+magic]\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: invalid benchmark preset\n  methods: .*unknown method\(s\) \['magic'\]"):
         load_preset(bad)
+    bad.write_text("with_unlabeled: {none: [finetune]}\n")  # the control trains on source alone: nothing to add to a few-label run
+    with pytest.raises(ConfigError, match=r"with_unlabeled: .*'none': unknown method\(s\) \['none'\]; use names from"):
+        load_preset(bad)
+    bad.write_text("with_unlabeled: {mcc: [warp_speed]}\n")
+    with pytest.raises(ConfigError, match=r"with_unlabeled\.mcc\.0: Input should be 'linear_probe'"):
+        load_preset(bad)
 
 
 def test_benchmark_flow_writes_the_report_and_logs_child_runs(prefect_api, project: Path) -> None:
@@ -123,7 +164,7 @@ def test_benchmark_flow_writes_the_report_and_logs_child_runs(prefect_api, proje
 
     spec = BenchmarkSpec(
         name="tiny", image_size=16, pairs=[{"source": "mnist", "target": "uci_digits"}], seeds=[0, 1], shots=[1],
-        strategies=["finetune"], with_adabn=["finetune"], methods=["adabn", "coral"], source={"epochs": 1}, adapt={"epochs": 1},
+        strategies=["finetune"], with_unlabeled={"adabn": ["finetune"]}, methods=["adabn", "coral"], source={"epochs": 1}, adapt={"epochs": 1},
         few_shot={"steps": 4, "batch_size": 8}, eval_points=2, workers=2, output=project / "reports" / "benchmark",
     )
     result = benchmark(spec=spec, command="adaptflow benchmark --preset tiny")

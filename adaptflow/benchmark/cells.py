@@ -19,7 +19,7 @@ import torch
 from adaptflow import env
 from adaptflow.adapt import TargetData, score_model
 from adaptflow.adapt.adabn import adapt_batch_norm
-from adaptflow.benchmark.spec import CONTROL, TARGET_BN, BenchmarkSpec, Budget, Cell
+from adaptflow.benchmark.spec import CONTROL, TARGET_BN, BenchmarkSpec, Budget, Cell, few_label_parts
 from adaptflow.config import DataConfig
 from adaptflow.data import ImageSet, list_classes, load_split, split_dir
 from adaptflow.io import read_json, write_json
@@ -153,19 +153,22 @@ def _few_shot(spec: BenchmarkSpec, cell: Cell, model: Classifier, labeled: Image
               unlabeled: ImageSet) -> tuple[list[dict], list[dict]]:
     """A few-label run on the target, measured on the target test set along the way (time-to-accuracy).
 
-    A `+adabn` run also sees the unlabeled target images, for batch-norm statistics only: they are
-    re-estimated on them before training (the start it fine-tunes from) and after (in place of the
-    statistics of a few labeled images), both steps timed as part of training."""
+    A run named `strategy+methods` also sees the unlabeled target images. With `adabn`, batch-norm
+    statistics are re-estimated on them before training (the start it fine-tunes from) and after (in
+    place of the statistics of a few labeled images), both steps timed as part of training; the other
+    methods add their loss on an unlabeled target batch at every step."""
     budget = spec.few_shot
     steps_per_epoch = math.ceil(len(labeled) / budget.batch_size)
     epochs = max(2, round(budget.steps / steps_per_epoch)) if budget.steps else budget.epochs
     # Measured at geometrically spaced epochs: early progress (where transfer shows) at fine resolution.
     at = {round(epochs ** (i / (spec.eval_points - 1))) for i in range(spec.eval_points)}
-    target_bn = cell.name.endswith(TARGET_BN)
-    strategy = "finetune" if cell.kind == "scratch" else cell.name.removesuffix(TARGET_BN)
+    strategy, methods = few_label_parts(cell.name)
+    target_bn = TARGET_BN in methods
+    losses = [m for m in methods if m != TARGET_BN]
     blocks = len(backbone_blocks(model.backbone))
-    settings = _settings(budget, cell.seed, epochs, strategy=strategy, lp_epochs=max(1, epochs // 3),
-                         unfreeze_epochs=max(1, epochs // (blocks + 1)), layer_lr_decay=spec.layer_lr_decay)
+    settings = _settings(budget, cell.seed, epochs, strategy="finetune" if cell.kind == "scratch" else strategy,
+                         lp_epochs=max(1, epochs // 3), unfreeze_epochs=max(1, epochs // (blocks + 1)), layer_lr_decay=spec.layer_lr_decay,
+                         methods=losses, adapt_weight=spec.adapt_weight, pseudo_label_threshold=spec.pseudo_label_threshold)
     if cell.kind == "scratch":  # no pretrained backbone to protect: one learning rate for all
         settings = dataclasses.replace(settings, backbone_lr_scale=1.0)
     seconds = 0.0
@@ -186,7 +189,7 @@ def _few_shot(spec: BenchmarkSpec, cell: Cell, model: Classifier, labeled: Image
         if epoch in at:
             curve.append({"epoch": epoch, "steps": epoch * steps_per_epoch, "seconds": seconds, "accuracy": accuracy(model, test)})
 
-    history = fit(model, labeled, settings, on_epoch=measure, progress=False)
+    history = fit(model, labeled, settings, on_epoch=measure, progress=False, unlabeled=unlabeled if losses else None)
     if target_bn:
         statistics_on_target()
         curve.append({**curve[-1], "seconds": seconds, "accuracy": accuracy(model, test)})

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from adaptflow.benchmark.cells import _data, source_model_path
-from adaptflow.benchmark.spec import CONTROL, TARGET_BN, BenchmarkSpec
+from adaptflow.benchmark.spec import CONTROL, TARGET_BN, BenchmarkSpec, few_label_parts
 from adaptflow.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -102,10 +102,26 @@ def _semi(name: str) -> str:
 
 
 def _few_label_rows(spec: BenchmarkSpec) -> tuple[list[str], list[str]]:
-    """Names of the scratch rows, and of the strategies run with target batch-norm statistics."""
-    if not spec.with_adabn:
-        return ["scratch"], []
-    return ["scratch", "scratch" + TARGET_BN], [s + TARGET_BN for s in spec.with_adabn]
+    """Names of the scratch rows, and of the strategies run with the unlabeled target split too."""
+    scratch = [f"scratch+{combo}" for combo in spec.with_unlabeled]
+    strategies = [f"{s}+{combo}" for combo, names in spec.with_unlabeled.items() for s in names]
+    return ["scratch", *scratch], strategies
+
+
+def _with_unlabeled_note(spec: BenchmarkSpec) -> str:
+    """What the rows named strategy+methods add to the labels."""
+
+    def adds(combo: str) -> str:
+        methods = combo.split("+")
+        losses = [m for m in methods if m != TARGET_BN]
+        parts = ["batch-norm statistics re-estimated on them before and after training"] if TARGET_BN in methods else []
+        parts += [f"the {' + '.join(losses)} loss on an unlabeled target batch at every step"] if losses else []
+        return f"`+{combo}`: " + " and ".join(parts)
+
+    if not spec.with_unlabeled:
+        return ""
+    return ("\n\nRows named strategy+methods also use the unlabeled target images (" + "; ".join(map(adds, spec.with_unlabeled))
+            + "); 'from scratch+methods' gets the same.")
 
 
 def _few_label_name(name: str) -> str:
@@ -117,7 +133,7 @@ def _best(summary: dict, names: Sequence[str], k: int | str) -> tuple[str, float
 
 
 def few_label_table(spec: BenchmarkSpec, results: list[dict], target: str) -> tuple[str, dict]:
-    """Target accuracy per strategy (and scratch) at every k; as extra rows, the `with_adabn` runs and
+    """Target accuracy per strategy (and scratch) at every k; as extra rows, the `with_unlabeled` runs and
     adaptation methods given k labels per class (on top of the source's labels and the unlabeled
     target images)."""
     rows = [r for r in results if r["target"] == target and r["kind"] in ("strategy", "scratch")]
@@ -150,9 +166,7 @@ def few_label_table(spec: BenchmarkSpec, results: list[dict], target: str) -> tu
             diff = 100 * (best[1] - base[1])
             verdicts.append(f"- k = {k}, best {label}: **{best[0]}** {100 * best[1]:.1f}% vs {_few_label_name(base[0])} "
                             f"{100 * base[1]:.1f}% ({diff:+.1f} points{'' if diff >= -1 else '; transfer falls short here'})")
-    note = ("\n\nRows ending in `+adabn` also use the unlabeled target images, for batch-norm statistics only (re-estimated on "
-            "them before and after training); 'from scratch+adabn' gets the same.") if with_unlabeled else ""
-    return "\n".join(lines) + note + "\n\n" + "\n".join(verdicts), summary
+    return "\n".join(lines) + _with_unlabeled_note(spec) + "\n\n" + "\n".join(verdicts), summary
 
 
 def time_to_accuracy(results: list[dict], target: str, shots: int | str = 1, strategy: str = "finetune") -> dict:
@@ -259,10 +273,11 @@ def plot_label_efficiency(spec: BenchmarkSpec, results: list[dict], path: Path) 
                 m, s = _mean_std(acc) if acc else (float("nan"), 0.0)
                 means.append(100 * m)
                 stds.append(100 * s)
-            style = {"color": "black", "linestyle": "--", "linewidth": 2.5} if name.startswith("scratch") else {}
-            if name.endswith(TARGET_BN):  # dotted: these also use the unlabeled target images
-                style |= {"linestyle": ":"}
-            ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=_few_label_name(name), **style)
+            style = {"color": "black", "linestyle": "--", "linewidth": 2.5, "marker": "o"} if name.startswith("scratch") else {"marker": "o"}
+            combo = "+".join(few_label_parts(name)[1])
+            if combo:  # dotted, a marker per combination: these also use the unlabeled target images
+                style |= {"linestyle": ":", "marker": "s^Dvp"[list(spec.with_unlabeled).index(combo) % 5]}
+            ax.errorbar(xs, means, yerr=stds, capsize=3, label=_few_label_name(name), **style)
         zero = _group([r for r in results if r["target"] == target and r["shots"] == 0], "name")
         if ("source_only",) in zero:
             ax.axhline(100 * statistics.fmean(r["target_accuracy"] for r in zero[("source_only",)]), color="grey", linestyle=":",

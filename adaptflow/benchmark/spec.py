@@ -19,8 +19,8 @@ PRESETS = Path(__file__).resolve().parents[2] / "benchmarks" / "presets"
 LAYERWISE_STRATEGIES = ("discriminative", "gradual_unfreeze")
 #: The control: the source model trained for as many more steps as the methods, on source alone.
 CONTROL = "none"
-#: Suffix of a few-label run that also uses the unlabeled target split for batch-norm statistics (AdaBN before and after training).
-TARGET_BN = "+adabn"
+#: In a few-label run, AdaBN means batch-norm statistics re-estimated on the unlabeled target split before and after training.
+TARGET_BN = "adabn"
 #: Fields that say how the grid runs, not what it computes.
 EXECUTION = {"workers", "threads", "runner", "dask_address", "ray_address", "gpu_pool"}
 
@@ -64,9 +64,10 @@ class BenchmarkSpec(Spec):
         [CONTROL, "adabn", "dann", "coral", "mcc", "self_training", "adabn+self_training"],
         description="Adaptation runs: method names joined by +, applied in order; none: source training only (the control)",
     )
-    with_adabn: list[Strategy] = Field(
-        [], description="Strategies also run with target batch-norm statistics (AdaBN on the unlabeled target split before and after "
-                        "training), and scratch with them too: few labels plus unlabeled target images",
+    with_unlabeled: dict[str, list[Strategy]] = Field(
+        {}, description="Few labels plus the unlabeled target split: method names joined by + -> the strategies also run with them "
+                        "(scratch is, always). adabn: target batch-norm statistics before and after training; other methods add "
+                        "their loss on unlabeled target batches",
     )
     semi_supervised: list[str] = Field(
         [], description="Methods also run with method_shots labeled target images per class added to the source's labels"
@@ -95,12 +96,15 @@ class BenchmarkSpec(Spec):
     @field_validator("methods", "semi_supervised")
     @classmethod
     def _methods(cls, value: list[str]) -> list[str]:
-        known = set(AdaptMethod.__args__)
         for combo in value:
-            parts = combo.split("+")
-            unknown = [p for p in parts if p not in known and not (p == CONTROL and len(parts) == 1)]
-            if unknown:
-                raise ValueError(f"'{combo}': unknown method(s) {unknown}; use {CONTROL} or names from {sorted(known)} joined by +")
+            _check_combo(combo, control=True)
+        return value
+
+    @field_validator("with_unlabeled")
+    @classmethod
+    def _with_unlabeled(cls, value: dict[str, list[Strategy]]) -> dict[str, list[Strategy]]:
+        for combo in value:
+            _check_combo(combo, control=False)
         return value
 
     @model_validator(mode="after")
@@ -116,8 +120,11 @@ class BenchmarkSpec(Spec):
         """What a cell's result depends on (not the rest of the grid): presets that share a cell share its result."""
         shared = {"arch", "image_size", "data_root", "source"}
         shared |= {"adapt", "pseudo_label_threshold", "adapt_weight"} if cell.kind == "method" else {"few_shot", "eval_points"}
+        strategy, methods = few_label_parts(cell.name)
+        if cell.kind != "method" and set(methods) - {TARGET_BN}:  # losses on unlabeled target batches
+            shared |= {"pseudo_label_threshold", "adapt_weight"}
         extra = {} if cell.kind == "method" else {"curve": "geometric"}
-        if cell.name.removesuffix(TARGET_BN) in LAYERWISE_STRATEGIES:
+        if strategy in LAYERWISE_STRATEGIES:
             extra["layer_lr_decay"] = self.layer_lr_decay
         return content_digest({"cell": cell.to_dict(), **extra, **self.model_dump(mode="json", include=shared)}, 12)
 
@@ -125,7 +132,7 @@ class BenchmarkSpec(Spec):
 @dataclass(frozen=True)
 class Cell:
     """One run of the grid. kind: source_only, method (name = methods joined by +), strategy, scratch
-    (strategy and scratch names end in +adabn when the run re-estimates batch-norm statistics on the target)."""
+    (strategy and scratch names are followed by +methods when the run also uses the unlabeled target split)."""
 
     source: str
     target: str
@@ -155,11 +162,26 @@ def plan_cells(spec: BenchmarkSpec) -> list[Cell]:
             for k in spec.shots:
                 cells.append(Cell(pair.source, pair.target, "scratch", "scratch", k, seed))
                 cells += [Cell(pair.source, pair.target, "strategy", s, k, seed) for s in spec.strategies]
-                if spec.with_adabn:
-                    cells.append(Cell(pair.source, pair.target, "scratch", "scratch" + TARGET_BN, k, seed))
-                    cells += [Cell(pair.source, pair.target, "strategy", s + TARGET_BN, k, seed) for s in spec.with_adabn]
+                for combo, strategies in spec.with_unlabeled.items():
+                    cells.append(Cell(pair.source, pair.target, "scratch", f"scratch+{combo}", k, seed))
+                    cells += [Cell(pair.source, pair.target, "strategy", f"{s}+{combo}", k, seed) for s in strategies]
     first = [0, 1, 10, "all"]
     return sorted(cells, key=lambda c: first.index(c.shots) if c.shots in first else len(first))
+
+
+def few_label_parts(name: str) -> tuple[str, list[str]]:
+    """A few-label cell's strategy (or scratch) and the methods it adds with the unlabeled target split."""
+    strategy, *methods = name.split("+")
+    return strategy, methods
+
+
+def _check_combo(combo: str, control: bool) -> None:
+    known = set(AdaptMethod.__args__)
+    parts = combo.split("+")
+    unknown = [p for p in parts if p not in known and not (control and p == CONTROL and len(parts) == 1)]
+    if unknown:
+        names = f"{CONTROL} or names" if control else "names"
+        raise ValueError(f"'{combo}': unknown method(s) {unknown}; use {names} from {sorted(known)} joined by +")
 
 
 def source_jobs(spec: BenchmarkSpec) -> list[tuple[str, int]]:
