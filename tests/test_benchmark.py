@@ -96,6 +96,60 @@ def test_a_few_label_run_with_mcc_learns_from_the_unlabeled_target_split(project
     assert confusion("scratch+mcc") < 0.9 * confusion("scratch")
 
 
+def test_a_few_label_run_named_with_a_learning_rate_trains_at_it(project: Path) -> None:
+    """`scratch@lr1e-09` barely moves its weights in 20 steps; `scratch` (few_shot.lr) moves them."""
+    import torch
+
+    from adaptflow.benchmark.cells import _data, _few_shot, labeled_target
+    from adaptflow.benchmark.spec import Cell
+    from adaptflow.data import list_classes, load_split, split_dir
+    from adaptflow.models import build_classifier
+
+    spec = BenchmarkSpec(image_size=16, few_shot={"steps": 20, "batch_size": 10}, eval_points=2, lr_candidates=[1e-9])
+    assert {c.name for c in plan_cells(spec) if c.shots == 1} >= {"scratch@lr1e-09", "finetune@lr1e-09", "scratch", "finetune"}
+    data = _data(spec, "mnist", "uci_digits")
+    classes = list_classes(split_dir(data, "uci_digits", "train"))
+    test, unlabeled = (load_split(data, "uci_digits", split, classes) for split in ("test", "unlabeled"))
+    labeled = labeled_target(data, classes, 1, seed=0)
+
+    def largest_change(name: str) -> float:
+        torch.manual_seed(0)
+        model = build_classifier(spec.arch, len(classes))
+        start = [p.detach().clone() for p in model.parameters()]
+        _few_shot(spec, Cell("mnist", "uci_digits", "scratch", name, 1, 0), model, labeled, test, unlabeled)
+        return max(float((p.detach() - q).abs().max()) for p, q in zip(model.parameters(), start, strict=True))
+
+    assert largest_change("scratch@lr1e-09") < 1e-6 < 1e-3 < largest_change("scratch")
+
+
+def test_the_validator_picks_the_few_label_learning_rate_per_seed() -> None:
+    from adaptflow.benchmark.report import lr_selection
+
+    spec = BenchmarkSpec(pairs=[{"target": "t"}], shots=[1], strategies=["finetune"], methods=[], lr_candidates=[0.003])
+
+    def cell(name: str, seed: int, accuracy: float, score: float) -> dict:
+        kind = "scratch" if name.startswith("scratch") else "strategy"
+        return {"target": "t", "kind": kind, "name": name, "shots": 1, "seed": seed, "target_accuracy": accuracy,
+                "validators": {"information_maximization": score}}
+
+    results = [  # labels agree with the validator in seed 0 only, for both
+        cell("scratch", 0, 0.60, 0.1), cell("scratch@lr0.003", 0, 0.70, 0.2),
+        cell("scratch", 1, 0.74, 0.1), cell("scratch@lr0.003", 1, 0.62, 0.3),
+        cell("finetune", 0, 0.80, 0.5), cell("finetune@lr0.003", 0, 0.90, 0.6),
+        cell("finetune", 1, 0.84, 0.9), cell("finetune@lr0.003", 1, 0.86, 0.4),
+        cell("finetune+adabn", 1, 0.99, 9.9),  # uses unlabeled images: not a candidate
+    ]
+    text, summary = lr_selection(spec, results, "t")
+    assert "| from scratch | 67.0 ± 9.9 | 66.0 ± 5.7 | 66.0 ± 5.7 | 1/2 | 0.003 x2 |" in text
+    assert "| finetune | 82.0 ± 2.8 | 88.0 ± 2.8 | 87.0 ± 4.2 | 1/2 | 0.001 x1, 0.003 x1 |" in text
+    assert ("best transfer strategy **finetune** 87.0% vs from scratch 66.0% (+21.0 points); against scratch at its best "
+            "learning rate by target labels (0.001, 67.0%): +20.0 points") in text
+    finetune = summary["1"]["finetune"]
+    assert (finetune["picked"], finetune["agreement"]) == pytest.approx((0.87, 0.5))
+    assert finetune["per_lr"] == pytest.approx({"0.001": 0.82, "0.003": 0.88})
+    assert lr_selection(spec.model_copy(update={"lr_candidates": []}), results, "t") == ("", {})
+
+
 def test_time_to_accuracy_compares_each_seed_with_its_own_scratch_run() -> None:
     from adaptflow.benchmark.report import _time_text, time_to_accuracy, time_to_accuracy_summary
 
@@ -150,6 +204,12 @@ def test_bad_presets_name_the_file_and_field(tmp_path: Path) -> None:
     bad.write_text("with_unlabeled: {none: [finetune]}\n")  # the control trains on source alone: nothing to add to a few-label run
     with pytest.raises(ConfigError, match=r"with_unlabeled: .*'none': unknown method\(s\) \['none'\]; use names from"):
         load_preset(bad)
+    bad.write_text("lr_candidates: [0.003, 0.001]\n")  # few_shot.lr is 0.001
+    with pytest.raises(ConfigError, match=r"lr_candidates: \[0.003, 0.001\] repeats a value \(few_shot.lr 0.001 is always tried\)"):
+        load_preset(bad)
+    bad.write_text("lr_candidates: [-0.1]\n")
+    with pytest.raises(ConfigError, match=r"lr_candidates\.0: Input should be greater than 0"):
+        load_preset(bad)
     bad.write_text("with_unlabeled: {mcc: [warp_speed]}\n")
     with pytest.raises(ConfigError, match=r"with_unlabeled\.mcc\.0: Input should be 'linear_probe'"):
         load_preset(bad)
@@ -165,7 +225,7 @@ def test_benchmark_flow_writes_the_report_and_logs_child_runs(prefect_api, proje
     spec = BenchmarkSpec(
         name="tiny", image_size=16, pairs=[{"source": "mnist", "target": "uci_digits"}], seeds=[0, 1], shots=[1],
         strategies=["finetune"], with_unlabeled={"adabn": ["finetune"]}, methods=["adabn", "coral"], source={"epochs": 1}, adapt={"epochs": 1},
-        few_shot={"steps": 4, "batch_size": 8}, eval_points=2, workers=2, output=project / "reports" / "benchmark",
+        few_shot={"steps": 4, "batch_size": 8}, eval_points=2, lr_candidates=[0.003], workers=2, output=project / "reports" / "benchmark",
     )
     result = benchmark(spec=spec, command="adaptflow benchmark --preset tiny")
     out = project / "reports" / "benchmark"
@@ -179,6 +239,9 @@ def test_benchmark_flow_writes_the_report_and_logs_child_runs(prefect_api, proje
     metrics = read_json(out / "metrics.json")["uci_digits"]
     assert metrics["best_method"] in {"adabn", "coral"} and 0 <= metrics["validator"]["agreement"] <= 1
     assert metrics["time_to_accuracy_k1_summary"]["finetune"]["seeds"] == 2 and "| finetune | " in report
+    assert "- k = 1, learning rate picked by the validator on both sides: best transfer strategy **finetune**" in report
+    picked = metrics["lr_selection"]["1"]
+    assert set(picked) == {"scratch", "finetune"} and picked["finetune"]["per_lr"].keys() == {"0.001", "0.003"}
 
     client = MlflowClient(env.default_tracking_uri())
     parent = client.get_run(result["mlflow_run_id"])

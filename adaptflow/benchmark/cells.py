@@ -19,7 +19,7 @@ import torch
 from adaptflow import env
 from adaptflow.adapt import TargetData, score_model
 from adaptflow.adapt.adabn import adapt_batch_norm
-from adaptflow.benchmark.spec import CONTROL, TARGET_BN, BenchmarkSpec, Budget, Cell, few_label_parts
+from adaptflow.benchmark.spec import CONTROL, TARGET_BN, BenchmarkSpec, Budget, Cell, few_label_parts, tried_lr
 from adaptflow.config import DataConfig
 from adaptflow.data import ImageSet, list_classes, load_split, split_dir
 from adaptflow.io import read_json, write_json
@@ -156,8 +156,10 @@ def _few_shot(spec: BenchmarkSpec, cell: Cell, model: Classifier, labeled: Image
     A run named `strategy+methods` also sees the unlabeled target images. With `adabn`, batch-norm
     statistics are re-estimated on them before training (the start it fine-tunes from) and after (in
     place of the statistics of a few labeled images), both steps timed as part of training; the other
-    methods add their loss on an unlabeled target batch at every step."""
-    budget = spec.few_shot
+    methods add their loss on an unlabeled target batch at every step. A run named `strategy@lrX`
+    trains at learning rate X."""
+    lr = tried_lr(cell.name)
+    budget = spec.few_shot if lr is None else spec.few_shot.model_copy(update={"lr": lr})
     steps_per_epoch = math.ceil(len(labeled) / budget.batch_size)
     epochs = max(2, round(budget.steps / steps_per_epoch)) if budget.steps else budget.epochs
     # Measured at geometrically spaced epochs: early progress (where transfer shows) at fine resolution.

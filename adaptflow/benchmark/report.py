@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from adaptflow.benchmark.cells import _data, source_model_path
-from adaptflow.benchmark.spec import CONTROL, TARGET_BN, BenchmarkSpec, few_label_parts
+from adaptflow.benchmark.spec import CONTROL, TARGET_BN, BenchmarkSpec, few_label_parts, tried_lr
 from adaptflow.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,48 @@ def few_label_table(spec: BenchmarkSpec, results: list[dict], target: str) -> tu
             verdicts.append(f"- k = {k}, best {label}: **{best[0]}** {100 * best[1]:.1f}% vs {_few_label_name(base[0])} "
                             f"{100 * base[1]:.1f}% ({diff:+.1f} points{'' if diff >= -1 else '; transfer falls short here'})")
     return "\n".join(lines) + _with_unlabeled_note(spec) + "\n\n" + "\n".join(verdicts), summary
+
+
+def lr_selection(spec: BenchmarkSpec, results: list[dict], target: str) -> tuple[str, dict]:
+    """Few labels, at the learning rate the unsupervised validator picks per strategy, k and seed among
+    few_shot.lr and lr_candidates; beside it each learning rate's accuracy and how often the pick is
+    the one target labels would make."""
+    if not spec.lr_candidates:
+        return "", {}
+    lrs = spec.few_shot_lrs()
+    rows = [{**r, "base": few_label_parts(r["name"])[0], "lr": tried_lr(r["name"]) or spec.few_shot.lr} for r in results
+            if r["target"] == target and r["kind"] in ("strategy", "scratch") and not few_label_parts(r["name"])[1]]
+    text = ["### Learning rate picked without target labels", "",
+            f"Every few-label run on labels only also trained at each of {', '.join(f'{lr:g}' for lr in lrs)}. Per strategy, k and seed, the validator `{spec.validator}` picks one from the "
+            "unlabeled target images; the pick target labels would make is shown for comparison, not used."]
+    summary: dict = {}
+    for k in sorted({r["shots"] for r in rows}, key=_shots_order):
+        lines = ["| strategy | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | picked by the validator | picks agreeing with labels | "
+                 "learning rates picked |", "|---|" + "---|" * (len(lrs) + 3)]
+        for name in ["scratch", *spec.strategies]:
+            seeds = [g for g in _group([r for r in rows if r["base"] == name and r["shots"] == k], "seed").values() if len(g) == len(lrs)]
+            if not seeds:
+                continue
+            picks = [max(g, key=lambda r: r["validators"][spec.validator]) for g in seeds]
+            agree = sum(pick is max(g, key=lambda r: r["target_accuracy"]) for pick, g in zip(picks, seeds, strict=True))
+            per_lr = {lr: [r["target_accuracy"] for g in seeds for r in g if r["lr"] == lr] for lr in lrs}
+            picked = [r["target_accuracy"] for r in picks]
+            counts = ", ".join(f"{lr:g} x{n}" for lr in lrs if (n := sum(r["lr"] == lr for r in picks)))
+            lines.append(f"| {_few_label_name(name)} | " + " | ".join(_pct(a) for a in per_lr.values())
+                         + f" | {_pct(picked)} | {agree}/{len(seeds)} | {counts} |")
+            summary.setdefault(str(k), {})[name] = {"picked": statistics.fmean(picked), "agreement": agree / len(seeds),
+                                                    "per_lr": {f"{lr:g}": statistics.fmean(a) for lr, a in per_lr.items()}}
+        picked_means = {n: v["picked"] for n, v in summary.get(str(k), {}).items()}
+        transfer = max((n for n in picked_means if n != "scratch"), key=picked_means.get, default=None)
+        if transfer and "scratch" in picked_means:
+            # The validator may pick scratch's worse learning rates: compare with scratch's best one too (a label-based choice).
+            best_lr, best = max(summary[str(k)]["scratch"]["per_lr"].items(), key=lambda item: item[1])
+            diff, conservative = 100 * (picked_means[transfer] - picked_means["scratch"]), 100 * (picked_means[transfer] - best)
+            lines += ["", f"- k = {k}, learning rate picked by the validator on both sides: best transfer strategy **{transfer}** "
+                          f"{100 * picked_means[transfer]:.1f}% vs from scratch {100 * picked_means['scratch']:.1f}% ({diff:+.1f} points); "
+                          f"against scratch at its best learning rate by target labels ({best_lr}, {100 * best:.1f}%): {conservative:+.1f} points"]
+        text += ["", f"k = {k}:", "", *lines]
+    return "\n".join(text), summary
 
 
 def time_to_accuracy(results: list[dict], target: str, shots: int | str = 1, strategy: str = "finetune") -> dict:
@@ -389,7 +431,9 @@ def write_report(
         "MCC temperature 2.5, DANN's lambda schedule) and the project's training defaults; no hyperparameter was chosen on a "
         f"target test set. Where a method is chosen per seed, the unsupervised validator `{spec.validator}` chooses it, from "
         "unlabeled target images only; the label-based choice is shown beside it for comparison, not used. "
-        "A verdict 'helps' means the mean gain over source-only exceeds the seed standard deviation (and 1 point).",
+        "A verdict 'helps' means the mean gain over source-only exceeds the seed standard deviation (and 1 point)."
+        + (" The few-label learning rate is also tried at the preset's lr_candidates, and the same validator picks it "
+           "(section 'Learning rate picked without target labels')." if spec.lr_candidates else ""),
         "",
     ]
     models: dict[str, tuple[Path, Path]] = {}
@@ -401,6 +445,8 @@ def write_report(
         md += [table, ""] + ([selection, ""] if selection else [])
         few, few_summary = few_label_table(spec, results, target)
         md += ["### Few target labels: strategies versus training from scratch", "", few, ""]
+        lr_text, lr_summary = lr_selection(spec, results, target)
+        md += [lr_text, ""] if lr_text else []
         tta = time_to_accuracy(results, target)
         speed = time_to_accuracy_summary(results, target, spec.strategies)
         md += [_time_text(speed, tta, target, "finetune", 1), ""]
@@ -415,6 +461,7 @@ def write_report(
             "few_shot": few_summary,
             "time_to_accuracy_k1": tta["per_seed"],
             "time_to_accuracy_k1_summary": speed,
+            **({"lr_selection": lr_summary} if lr_summary else {}),
         }
         picked = [r for r in results if r["target"] == target and r["kind"] == "method" and r["name"] == best and r["shots"] == 0]
         if picked:

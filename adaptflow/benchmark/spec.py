@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,6 +21,8 @@ LAYERWISE_STRATEGIES = ("discriminative", "gradual_unfreeze")
 CONTROL = "none"
 #: In a few-label run, AdaBN means batch-norm statistics re-estimated on the unlabeled target split before and after training.
 TARGET_BN = "adabn"
+#: Marks a few-label run at one of `lr_candidates` (e.g. finetune@lr0.003); unmarked runs use few_shot.lr.
+LR_TAG = "@lr"
 #: Fields that say how the grid runs, not what it computes.
 EXECUTION = {"workers", "threads", "runner", "dask_address", "ray_address", "gpu_pool"}
 
@@ -82,6 +84,10 @@ class BenchmarkSpec(Spec):
     source: Budget = Budget()
     adapt: Budget = Budget()
     few_shot: Budget = Field(Budget(steps=200, batch_size=32), description="Few-label runs (strategies and scratch)")
+    lr_candidates: list[Annotated[float, Field(gt=0)]] = Field(
+        [], description="Few-label runs on labels only (strategies and scratch): learning rates tried besides few_shot.lr; per "
+                        "strategy, k and seed the unsupervised validator picks one, from unlabeled target images",
+    )
     eval_points: int = Field(10, ge=2, description="Target-test evaluations per few-label run, geometrically spaced (the time-to-accuracy curve)")
     workers: int = Field(2, ge=1, description="Cells run in parallel: threads, or processes of a local Dask cluster, or CPUs of a local Ray instance (torch threads per cell: threads)")
     threads: int = Field(1, ge=1, description="torch threads per cell")
@@ -111,6 +117,18 @@ class BenchmarkSpec(Spec):
     def _addresses(self) -> BenchmarkSpec:
         check_addresses(self)
         return self
+
+    @model_validator(mode="after")
+    def _lr_candidates(self) -> BenchmarkSpec:
+        lrs = [self.few_shot.lr, *self.lr_candidates]
+        if len(set(lrs)) < len(lrs):
+            raise ValueError(f"lr_candidates: {self.lr_candidates} repeats a value (few_shot.lr {self.few_shot.lr:g} is always tried); "
+                             "list each other learning rate once")
+        return self
+
+    def few_shot_lrs(self) -> list[float]:
+        """Every learning rate the few-label runs on labels only try, ascending."""
+        return sorted([self.few_shot.lr, *self.lr_candidates])
 
     def digest(self) -> str:
         """What the results depend on: not where or how parallel the cells ran, nor where results go."""
@@ -162,6 +180,9 @@ def plan_cells(spec: BenchmarkSpec) -> list[Cell]:
             for k in spec.shots:
                 cells.append(Cell(pair.source, pair.target, "scratch", "scratch", k, seed))
                 cells += [Cell(pair.source, pair.target, "strategy", s, k, seed) for s in spec.strategies]
+                for lr in spec.lr_candidates:
+                    cells.append(Cell(pair.source, pair.target, "scratch", with_lr("scratch", lr), k, seed))
+                    cells += [Cell(pair.source, pair.target, "strategy", with_lr(s, lr), k, seed) for s in spec.strategies]
                 for combo, strategies in spec.with_unlabeled.items():
                     cells.append(Cell(pair.source, pair.target, "scratch", f"scratch+{combo}", k, seed))
                     cells += [Cell(pair.source, pair.target, "strategy", f"{s}+{combo}", k, seed) for s in strategies]
@@ -171,8 +192,19 @@ def plan_cells(spec: BenchmarkSpec) -> list[Cell]:
 
 def few_label_parts(name: str) -> tuple[str, list[str]]:
     """A few-label cell's strategy (or scratch) and the methods it adds with the unlabeled target split."""
-    strategy, *methods = name.split("+")
+    strategy, *methods = name.split(LR_TAG)[0].split("+")
     return strategy, methods
+
+
+def with_lr(name: str, lr: float) -> str:
+    """The name of the few-label run `name` at learning rate `lr` (one of lr_candidates)."""
+    return f"{name}{LR_TAG}{lr:g}"
+
+
+def tried_lr(name: str) -> float | None:
+    """The learning rate a few-label run's name carries; None: it uses few_shot.lr."""
+    _, tagged, lr = name.partition(LR_TAG)
+    return float(lr) if tagged else None
 
 
 def _check_combo(combo: str, control: bool) -> None:
