@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
+import torch
 
 from adaptflow.benchmark import BenchmarkSpec, load_preset, plan_cells, source_jobs
 from adaptflow.config import ConfigError
+from adaptflow.data import ImageSet
 
 
 def test_presets_load_and_the_full_grid_has_every_dimension() -> None:
@@ -31,35 +35,47 @@ def test_presets_load_and_the_full_grid_has_every_dimension() -> None:
         assert (full.cell_digest(cell) != heavier.cell_digest(cell)) is depends, name
 
 
-def test_a_few_label_run_with_adabn_ends_on_target_statistics(project: Path) -> None:
-    """`+adabn`: batch-norm statistics are the exact ones of the unlabeled target split after training;
-    without it they are what the few labeled images left."""
-    import copy
+class FewLabelRun(NamedTuple):
+    initial: torch.nn.Module
+    model: torch.nn.Module
+    history: list[dict]
+    curve: list[dict]
+    unlabeled: ImageSet
 
-    import torch
 
-    from adaptflow.adapt import TargetData
-    from adaptflow.adapt.adabn import adapt_batch_norm
+def few_label_run(spec: BenchmarkSpec, name: str, kind: str = "scratch") -> FewLabelRun:
+    """One k = 1 cell on the test project's UCI digits, from a fresh network (seed 0), run in place."""
     from adaptflow.benchmark.cells import _data, _few_shot, labeled_target
     from adaptflow.benchmark.spec import Cell
     from adaptflow.data import list_classes, load_split, split_dir
     from adaptflow.models import build_classifier
-    from adaptflow.train import Normalizer
 
-    spec = BenchmarkSpec(image_size=16, few_shot={"steps": 6, "batch_size": 8}, eval_points=3, with_unlabeled={"adabn": ["finetune"]})
     data = _data(spec, "mnist", "uci_digits")
     classes = list_classes(split_dir(data, "uci_digits", "train"))
     test, unlabeled = (load_split(data, "uci_digits", split, classes) for split in ("test", "unlabeled"))
-    labeled = labeled_target(data, classes, 1, seed=0)
+    torch.manual_seed(0)
+    model = build_classifier(spec.arch, len(classes))
+    initial = copy.deepcopy(model)
+    cell = Cell("mnist", "uci_digits", kind, name, 1, 0)
+    history, curve = _few_shot(spec, cell, model, labeled_target(data, classes, 1, 0), test, unlabeled)
+    return FewLabelRun(initial, model, history, curve, unlabeled)
+
+
+def test_a_few_label_run_with_adabn_ends_on_target_statistics(project: Path) -> None:
+    """`+adabn`: batch-norm statistics are the exact ones of the unlabeled target split after training;
+    without it they are what the few labeled images left."""
+    from adaptflow.adapt import TargetData
+    from adaptflow.adapt.adabn import adapt_batch_norm
+    from adaptflow.train import Normalizer
+
+    spec = BenchmarkSpec(image_size=16, few_shot={"steps": 6, "batch_size": 8}, eval_points=3, with_unlabeled={"adabn": ["finetune"]})
 
     def running_means(name: str) -> tuple[list[torch.Tensor], list[torch.Tensor], list[dict]]:
-        torch.manual_seed(0)
-        model = build_classifier(spec.arch, len(classes))
-        _, curve = _few_shot(spec, Cell("mnist", "uci_digits", "strategy", name, 1, 0), model, labeled, test, unlabeled)
-        exact = copy.deepcopy(model)
-        adapt_batch_norm(exact, TargetData(unlabeled.images, Normalizer(torch.device("cpu"))))
+        run = few_label_run(spec, name, kind="strategy")
+        exact = copy.deepcopy(run.model)
+        adapt_batch_norm(exact, TargetData(run.unlabeled.images, Normalizer(torch.device("cpu"))))
         norms = lambda m: [b.running_mean.clone() for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)]  # noqa: E731
-        return norms(model), norms(exact), curve
+        return norms(run.model), norms(exact), run.curve
 
     got, exact, curve = running_means("finetune+adabn")
     assert got and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got, exact, strict=True))
@@ -71,53 +87,27 @@ def test_a_few_label_run_with_adabn_ends_on_target_statistics(project: Path) -> 
 def test_a_few_label_run_with_mcc_learns_from_the_unlabeled_target_split(project: Path) -> None:
     """`+mcc`: MCC's loss on unlabeled target batches at every step lowers the class confusion of the
     model's target predictions, against the same run on the labels alone."""
-    import torch
-
     from adaptflow.adapt.mcc import mcc_loss
-    from adaptflow.benchmark.cells import _data, _few_shot, labeled_target
-    from adaptflow.benchmark.spec import Cell
-    from adaptflow.data import list_classes, load_split, split_dir
-    from adaptflow.models import build_classifier
     from adaptflow.train import predict
 
     spec = BenchmarkSpec(image_size=16, few_shot={"steps": 60, "batch_size": 10}, eval_points=2, adapt_weight=3.0)
-    data = _data(spec, "mnist", "uci_digits")
-    classes = list_classes(split_dir(data, "uci_digits", "train"))
-    test, unlabeled = (load_split(data, "uci_digits", split, classes) for split in ("test", "unlabeled"))
-    labeled = labeled_target(data, classes, 1, seed=0)
 
     def confusion(name: str) -> float:
-        torch.manual_seed(0)
-        model = build_classifier(spec.arch, len(classes))
-        history, _ = _few_shot(spec, Cell("mnist", "uci_digits", "scratch", name, 1, 0), model, labeled, test, unlabeled)
-        assert len(history) == 60  # 10 labeled images in batches of 10: a step an epoch
-        return float(mcc_loss(predict(model, unlabeled.images)))
+        run = few_label_run(spec, name)
+        assert len(run.history) == 60  # 10 labeled images in batches of 10: a step an epoch
+        return float(mcc_loss(predict(run.model, run.unlabeled.images)))
 
     assert confusion("scratch+mcc") < 0.9 * confusion("scratch")
 
 
 def test_a_few_label_run_named_with_a_learning_rate_trains_at_it(project: Path) -> None:
     """`scratch@lr1e-09` barely moves its weights in 20 steps; `scratch` (few_shot.lr) moves them."""
-    import torch
-
-    from adaptflow.benchmark.cells import _data, _few_shot, labeled_target
-    from adaptflow.benchmark.spec import Cell
-    from adaptflow.data import list_classes, load_split, split_dir
-    from adaptflow.models import build_classifier
-
     spec = BenchmarkSpec(image_size=16, few_shot={"steps": 20, "batch_size": 10}, eval_points=2, lr_candidates=[1e-9])
     assert {c.name for c in plan_cells(spec) if c.shots == 1} >= {"scratch@lr1e-09", "finetune@lr1e-09", "scratch", "finetune"}
-    data = _data(spec, "mnist", "uci_digits")
-    classes = list_classes(split_dir(data, "uci_digits", "train"))
-    test, unlabeled = (load_split(data, "uci_digits", split, classes) for split in ("test", "unlabeled"))
-    labeled = labeled_target(data, classes, 1, seed=0)
 
     def largest_change(name: str) -> float:
-        torch.manual_seed(0)
-        model = build_classifier(spec.arch, len(classes))
-        start = [p.detach().clone() for p in model.parameters()]
-        _few_shot(spec, Cell("mnist", "uci_digits", "scratch", name, 1, 0), model, labeled, test, unlabeled)
-        return max(float((p.detach() - q).abs().max()) for p, q in zip(model.parameters(), start, strict=True))
+        run = few_label_run(spec, name)
+        return max(float((p - q).detach().abs().max()) for p, q in zip(run.model.parameters(), run.initial.parameters(), strict=True))
 
     assert largest_change("scratch@lr1e-09") < 1e-6 < 1e-3 < largest_change("scratch")
 
