@@ -19,7 +19,7 @@ import torch
 from adaptflow import env
 from adaptflow.adapt import TargetData, score_model
 from adaptflow.adapt.adabn import adapt_batch_norm
-from adaptflow.benchmark.spec import CONTROL, TARGET_BN, BenchmarkSpec, Budget, Cell, few_label_parts, tried_lr
+from adaptflow.benchmark.spec import CONTROL, TARGET_BN, BenchmarkSpec, Budget, Cell, few_label_parts, losses_on_unlabeled, tried_lr
 from adaptflow.config import DataConfig
 from adaptflow.data import ImageSet, list_classes, load_split, split_dir
 from adaptflow.io import read_json, write_json
@@ -166,7 +166,7 @@ def _few_shot(spec: BenchmarkSpec, cell: Cell, model: Classifier, labeled: Image
     at = {round(epochs ** (i / (spec.eval_points - 1))) for i in range(spec.eval_points)}
     strategy, methods = few_label_parts(cell.name)
     target_bn = TARGET_BN in methods
-    losses = [m for m in methods if m != TARGET_BN]
+    losses = losses_on_unlabeled(methods)
     blocks = len(backbone_blocks(model.backbone))
     settings = _settings(budget, cell.seed, epochs, strategy="finetune" if cell.kind == "scratch" else strategy,
                          lp_epochs=max(1, epochs // 3), unfreeze_epochs=max(1, epochs // (blocks + 1)), layer_lr_decay=spec.layer_lr_decay,

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from adaptflow.benchmark.cells import _data, source_model_path
-from adaptflow.benchmark.spec import CONTROL, TARGET_BN, BenchmarkSpec, few_label_parts, tried_lr
+from adaptflow.benchmark.spec import CONTROL, TARGET_BN, BenchmarkSpec, few_label_parts, losses_on_unlabeled, tried_lr
 from adaptflow.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def _with_unlabeled_note(spec: BenchmarkSpec) -> str:
 
     def adds(combo: str) -> str:
         methods = combo.split("+")
-        losses = [m for m in methods if m != TARGET_BN]
+        losses = losses_on_unlabeled(methods)
         parts = ["batch-norm statistics re-estimated on them before and after training"] if TARGET_BN in methods else []
         parts += [f"the {' + '.join(losses)} loss on an unlabeled target batch at every step"] if losses else []
         return f"`+{combo}`: " + " and ".join(parts)
@@ -179,8 +179,9 @@ def lr_selection(spec: BenchmarkSpec, results: list[dict], target: str) -> tuple
     rows = [{**r, "base": few_label_parts(r["name"])[0], "lr": tried_lr(r["name"]) or spec.few_shot.lr} for r in results
             if r["target"] == target and r["kind"] in ("strategy", "scratch") and not few_label_parts(r["name"])[1]]
     text = ["### Learning rate picked without target labels", "",
-            f"Every few-label run on labels only also trained at each of {', '.join(f'{lr:g}' for lr in lrs)}. Per strategy, k and seed, the validator `{spec.validator}` picks one from the "
-            "unlabeled target images; the pick target labels would make is shown for comparison, not used."]
+            f"Every few-label run on labels only also trained at each of {', '.join(f'{lr:g}' for lr in lrs)}. Per strategy, k and "
+            f"seed, the validator `{spec.validator}` picks one from the unlabeled target images; the pick target labels would make "
+            "is shown for comparison, not used."]
     summary: dict = {}
     for k in sorted({r["shots"] for r in rows}, key=_shots_order):
         lines = ["| strategy | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | picked by the validator | picks agreeing with labels | "

@@ -139,7 +139,7 @@ class BenchmarkSpec(Spec):
         shared = {"arch", "image_size", "data_root", "source"}
         shared |= {"adapt", "pseudo_label_threshold", "adapt_weight"} if cell.kind == "method" else {"few_shot", "eval_points"}
         strategy, methods = few_label_parts(cell.name)
-        if cell.kind != "method" and set(methods) - {TARGET_BN}:  # losses on unlabeled target batches
+        if cell.kind != "method" and losses_on_unlabeled(methods):
             shared |= {"pseudo_label_threshold", "adapt_weight"}
         extra = {} if cell.kind == "method" else {"curve": "geometric"}
         if strategy in LAYERWISE_STRATEGIES:
@@ -196,9 +196,14 @@ def few_label_parts(name: str) -> tuple[str, list[str]]:
     return strategy, methods
 
 
+def losses_on_unlabeled(methods: list[str]) -> list[str]:
+    """The few-label methods that add a loss on unlabeled target batches: all but adabn (statistics only)."""
+    return [m for m in methods if m != TARGET_BN]
+
+
 def with_lr(name: str, lr: float) -> str:
-    """The name of the few-label run `name` at learning rate `lr` (one of lr_candidates)."""
-    return f"{name}{LR_TAG}{lr:g}"
+    """The name of the few-label run `name` at learning rate `lr` (one of lr_candidates); `tried_lr` reads it back exactly."""
+    return f"{name}{LR_TAG}{lr!r}"
 
 
 def tried_lr(name: str) -> float | None:
