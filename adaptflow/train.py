@@ -79,6 +79,7 @@ class FitSettings:
     methods: Sequence[str] = ()
     adapt_weight: float = 1.0
     pseudo_label_threshold: float = 0.9
+    target_batch_size: int = 0  # unlabeled target images per step for the methods' losses; 0: as many as the labeled batch
 
     @classmethod
     def from_config(cls, cfg: object, **overrides: object) -> FitSettings:
@@ -390,7 +391,8 @@ def fit(
                 y = labels[idx].to(device, non_blocking=True)
                 target = None
                 if adaptation is not None and adaptation.uses_target_batch:
-                    t_idx = torch.randint(len(adaptation.target), (len(idx),), generator=generator).to(adaptation.target.images.device)
+                    rows = settings.target_batch_size or len(idx)
+                    t_idx = torch.randint(len(adaptation.target), (rows,), generator=generator).to(adaptation.target.images.device)
                     target = (normalize(adaptation.target.images[t_idx], generator if settings.augment else None), t_idx)
                 done = (epoch * steps_per_epoch + step) / max(1, total - 1)
                 if adaptation is None:

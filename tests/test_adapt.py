@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from adaptflow.adapt import METHODS, VALIDATORS, AdaptBatch, AdaptOptions, TargetData, build_methods
+from adaptflow.adapt import METHODS, VALIDATORS, Adaptation, AdaptBatch, AdaptOptions, TargetData, build_methods
 from adaptflow.adapt.adabn import adapt_batch_norm
 from adaptflow.adapt.coral import coral_loss
 from adaptflow.adapt.dann import dann_lambda, reverse_gradient
@@ -111,6 +111,22 @@ def test_each_method_trains_a_step_on_cpu(names: list[str]) -> None:
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     if "self_training" in names:
         assert history[0]["pseudo_label_fraction"] > 0 and 0 <= history[0]["pseudo_label_accuracy"] <= 1
+
+
+@pytest.mark.parametrize(("target_batch_size", "seen"), [(0, 10), (24, 24)])
+def test_the_unlabeled_batch_is_as_large_as_asked(monkeypatch, target_batch_size: int, seen: int) -> None:
+    """A few labeled images make a small labeled batch; `target_batch_size` sets the unlabeled one apart from it."""
+    sizes: list[int] = []
+    loss = Adaptation.loss
+
+    def recording(self, model, x, y, x_target, index, progress):
+        sizes.append(len(x_target))
+        return loss(self, model, x, y, x_target, index, progress)
+
+    monkeypatch.setattr(Adaptation, "loss", recording)
+    settings = FitSettings(epochs=3, batch_size=16, lr=1e-3, device="cpu", methods=["mcc"], target_batch_size=target_batch_size)
+    fit(build_classifier("small_cnn", 4), _images(10), settings, unlabeled=_images(40, shift=40, seed=1), progress=False)
+    assert sizes == [seen] * 3
 
 
 def test_method_loss_terms_have_gradients() -> None:

@@ -156,7 +156,8 @@ def _few_shot(spec: BenchmarkSpec, cell: Cell, model: Classifier, labeled: Image
     A run named `strategy+methods` also sees the unlabeled target images. With `adabn`, batch-norm
     statistics are re-estimated on them before training (the start it fine-tunes from) and after (in
     place of the statistics of a few labeled images), both steps timed as part of training; the other
-    methods add their loss on an unlabeled target batch at every step. A run named `strategy@lrX`
+    methods add their loss on a batch of `few_shot.batch_size` unlabeled target images at every step
+    (the labeled batch holds only the k images per class there are). A run named `strategy@lrX`
     trains at learning rate X."""
     lr = tried_lr(cell.name)
     budget = spec.few_shot if lr is None else spec.few_shot.model_copy(update={"lr": lr})
@@ -170,7 +171,8 @@ def _few_shot(spec: BenchmarkSpec, cell: Cell, model: Classifier, labeled: Image
     blocks = len(backbone_blocks(model.backbone))
     settings = _settings(budget, cell.seed, epochs, strategy="finetune" if cell.kind == "scratch" else strategy,
                          lp_epochs=max(1, epochs // 3), unfreeze_epochs=max(1, epochs // (blocks + 1)), layer_lr_decay=spec.layer_lr_decay,
-                         methods=losses, adapt_weight=spec.adapt_weight, pseudo_label_threshold=spec.pseudo_label_threshold)
+                         methods=losses, adapt_weight=spec.adapt_weight, pseudo_label_threshold=spec.pseudo_label_threshold,
+                         target_batch_size=budget.batch_size)
     if cell.kind == "scratch":  # no pretrained backbone to protect: one learning rate for all
         settings = dataclasses.replace(settings, backbone_lr_scale=1.0)
     seconds = 0.0

@@ -115,7 +115,7 @@ def _with_unlabeled_note(spec: BenchmarkSpec) -> str:
         methods = combo.split("+")
         losses = losses_on_unlabeled(methods)
         parts = ["batch-norm statistics re-estimated on them before and after training"] if TARGET_BN in methods else []
-        parts += [f"the {' + '.join(losses)} loss on an unlabeled target batch at every step"] if losses else []
+        parts += [f"the {' + '.join(losses)} loss on {spec.few_shot.batch_size} unlabeled target images at every step"] if losses else []
         return f"`+{combo}`: " + " and ".join(parts)
 
     if not spec.with_unlabeled:

@@ -69,7 +69,7 @@ class BenchmarkSpec(Spec):
     with_unlabeled: dict[str, list[Strategy]] = Field(
         {}, description="Few labels plus the unlabeled target split: method names joined by + -> the strategies also run with them "
                         "(scratch is, always). adabn: target batch-norm statistics before and after training; other methods add "
-                        "their loss on unlabeled target batches",
+                        "their loss on few_shot.batch_size unlabeled target images per step",
     )
     semi_supervised: list[str] = Field(
         [], description="Methods also run with method_shots labeled target images per class added to the source's labels"
@@ -139,9 +139,10 @@ class BenchmarkSpec(Spec):
         shared = {"arch", "image_size", "data_root", "source"}
         shared |= {"adapt", "pseudo_label_threshold", "adapt_weight"} if cell.kind == "method" else {"few_shot", "eval_points"}
         strategy, methods = few_label_parts(cell.name)
+        extra = {} if cell.kind == "method" else {"curve": "geometric"}
         if cell.kind != "method" and losses_on_unlabeled(methods):
             shared |= {"pseudo_label_threshold", "adapt_weight"}
-        extra = {} if cell.kind == "method" else {"curve": "geometric"}
+            extra["unlabeled_batch"] = "few_shot.batch_size"
         if strategy in LAYERWISE_STRATEGIES:
             extra["layer_lr_decay"] = self.layer_lr_decay
         return content_digest({"cell": cell.to_dict(), **extra, **self.model_dump(mode="json", include=shared)}, 12)
