@@ -112,22 +112,23 @@ def test_a_few_label_run_named_with_a_learning_rate_trains_at_it(project: Path) 
     assert largest_change("scratch@lr1e-09") < 1e-6 < 1e-3 < largest_change("scratch")
 
 
+def scored(name: str, seed: int, accuracy: float, score: float) -> dict:
+    """A finished few-label cell at k = 1 on target `t`, as the report reads it."""
+    kind = "scratch" if name.startswith("scratch") else "strategy"
+    return {"target": "t", "kind": kind, "name": name, "shots": 1, "seed": seed, "target_accuracy": accuracy,
+            "validators": {"information_maximization": score}}
+
+
 def test_the_validator_picks_the_few_label_learning_rate_per_seed() -> None:
     from adaptflow.benchmark.report import lr_selection
 
     spec = BenchmarkSpec(pairs=[{"target": "t"}], shots=[1], strategies=["finetune"], methods=[], lr_candidates=[0.003])
-
-    def cell(name: str, seed: int, accuracy: float, score: float) -> dict:
-        kind = "scratch" if name.startswith("scratch") else "strategy"
-        return {"target": "t", "kind": kind, "name": name, "shots": 1, "seed": seed, "target_accuracy": accuracy,
-                "validators": {"information_maximization": score}}
-
     results = [  # labels agree with the validator in seed 0 only, for both
-        cell("scratch", 0, 0.60, 0.1), cell("scratch@lr0.003", 0, 0.70, 0.2),
-        cell("scratch", 1, 0.74, 0.1), cell("scratch@lr0.003", 1, 0.62, 0.3),
-        cell("finetune", 0, 0.80, 0.5), cell("finetune@lr0.003", 0, 0.90, 0.6),
-        cell("finetune", 1, 0.84, 0.9), cell("finetune@lr0.003", 1, 0.86, 0.4),
-        cell("finetune+adabn", 1, 0.99, 9.9),  # uses unlabeled images: not a candidate
+        scored("scratch", 0, 0.60, 0.1), scored("scratch@lr0.003", 0, 0.70, 0.2),
+        scored("scratch", 1, 0.74, 0.1), scored("scratch@lr0.003", 1, 0.62, 0.3),
+        scored("finetune", 0, 0.80, 0.5), scored("finetune@lr0.003", 0, 0.90, 0.6),
+        scored("finetune", 1, 0.84, 0.9), scored("finetune@lr0.003", 1, 0.86, 0.4),
+        scored("finetune+adabn", 1, 0.99, 9.9),  # uses unlabeled images: not a candidate
     ]
     text, summary = lr_selection(spec, results, "t")
     assert "| from scratch | 67.0 ± 9.9 | 66.0 ± 5.7 | 66.0 ± 5.7 | 1/2 | 0.003 x2 |" in text
@@ -138,6 +139,23 @@ def test_the_validator_picks_the_few_label_learning_rate_per_seed() -> None:
     assert (finetune["picked"], finetune["agreement"]) == pytest.approx((0.87, 0.5))
     assert finetune["per_lr"] == pytest.approx({"0.001": 0.82, "0.003": 0.88})
     assert lr_selection(spec.model_copy(update={"lr_candidates": []}), results, "t") == ("", {})
+
+
+def test_the_validator_picks_the_few_label_strategy_per_seed() -> None:
+    from adaptflow.benchmark.report import strategy_selection
+
+    spec = BenchmarkSpec(pairs=[{"target": "t"}], shots=[1], strategies=["finetune", "linear_probe"], methods=[])
+    results = [  # the validator picks linear_probe in both seeds; labels would pick it in seed 1 only
+        scored("scratch", 0, 0.50, 0.9), scored("finetune", 0, 0.90, 0.1), scored("linear_probe", 0, 0.80, 0.2),
+        scored("scratch", 1, 0.70, 0.9), scored("finetune", 1, 0.60, 0.1), scored("linear_probe", 1, 0.84, 0.3),
+        scored("finetune+mcc", 1, 0.99, 9.9), scored("finetune@lr0.003", 1, 0.99, 9.9),  # not candidates
+        scored("finetune", 2, 0.99, 0.1), scored("linear_probe", 2, 0.99, 0.2),  # no scratch run for seed 2: left out
+    ]
+    text, summary = strategy_selection(spec, results, "t")
+    assert ("- k = 1: the picked strategy reaches 82.0 ± 2.8% (linear_probe x2) vs from scratch 60.0 ± 14.1% (+22.0 points); "
+            "the pick is the label-based one in 1/2 seeds, which reaches 87.0 ± 4.2%") in text
+    assert summary["1"] == pytest.approx({"picked": 0.82, "scratch": 0.60, "agreement": 0.5, "label_based": 0.87})
+    assert strategy_selection(spec.model_copy(update={"strategies": ["finetune"]}), results, "t") == ("", {})
 
 
 def test_time_to_accuracy_compares_each_seed_with_its_own_scratch_run() -> None:

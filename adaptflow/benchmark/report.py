@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -169,6 +169,41 @@ def few_label_table(spec: BenchmarkSpec, results: list[dict], target: str) -> tu
     return "\n".join(lines) + _with_unlabeled_note(spec) + "\n\n" + "\n".join(verdicts), summary
 
 
+def _validator_picks(groups: Sequence[list[dict]], validator: str) -> tuple[list[dict], int]:
+    """Per group (one seed's candidates), the run the validator scores highest; and how many of those
+    picks are the run target labels would pick."""
+    picks = [max(g, key=lambda r: r["validators"][validator]) for g in groups]
+    return picks, sum(pick is max(g, key=lambda r: r["target_accuracy"]) for pick, g in zip(picks, groups, strict=True))
+
+
+def strategy_selection(spec: BenchmarkSpec, results: list[dict], target: str) -> tuple[str, dict]:
+    """Few labels, with the transfer strategy the unsupervised validator picks per k and seed (labels
+    only, at few_shot.lr), against scratch of the same seeds; the label-based pick shown beside it."""
+    if len(spec.strategies) < 2:  # nothing to choose between
+        return "", {}
+    rows = [r for r in results if r["target"] == target and r["name"] in ("scratch", *spec.strategies)]
+    lines, summary = [], {}
+    for k in sorted({r["shots"] for r in rows}, key=_shots_order):
+        seeds = [g for g in _group([r for r in rows if r["shots"] == k], "seed").values()
+                 if len(g) == len(spec.strategies) + 1]
+        if not seeds:
+            continue
+        picks, agree = _validator_picks([[r for r in g if r["name"] != "scratch"] for g in seeds], spec.validator)
+        scratch = [r["target_accuracy"] for g in seeds for r in g if r["name"] == "scratch"]
+        best = [max(r["target_accuracy"] for r in g if r["name"] != "scratch") for g in seeds]
+        picked = [r["target_accuracy"] for r in picks]
+        counts = ", ".join(f"{name} x{n}" for name, n in Counter(r["name"] for r in picks).most_common())
+        diff = 100 * (statistics.fmean(picked) - statistics.fmean(scratch))
+        lines.append(f"- k = {k}: the picked strategy reaches {_pct(picked)}% ({counts}) vs from scratch {_pct(scratch)}% "
+                     f"({diff:+.1f} points); the pick is the label-based one in {agree}/{len(seeds)} seeds, which reaches {_pct(best)}%")
+        summary[str(k)] = {"picked": statistics.fmean(picked), "scratch": statistics.fmean(scratch), "agreement": agree / len(seeds),
+                           "label_based": statistics.fmean(best)}
+    if not lines:
+        return "", {}
+    return "\n".join([f"Strategy picked without target labels: per k and seed, the validator `{spec.validator}` picks one of the "
+                      "strategies (target labels only) from the unlabeled target images.", "", *lines]), summary
+
+
 def lr_selection(spec: BenchmarkSpec, results: list[dict], target: str) -> tuple[str, dict]:
     """Few labels, at the learning rate the unsupervised validator picks per strategy, k and seed among
     few_shot.lr and lr_candidates; beside it each learning rate's accuracy and how often the pick is
@@ -190,8 +225,7 @@ def lr_selection(spec: BenchmarkSpec, results: list[dict], target: str) -> tuple
             seeds = [g for g in _group([r for r in rows if r["base"] == name and r["shots"] == k], "seed").values() if len(g) == len(lrs)]
             if not seeds:
                 continue
-            picks = [max(g, key=lambda r: r["validators"][spec.validator]) for g in seeds]
-            agree = sum(pick is max(g, key=lambda r: r["target_accuracy"]) for pick, g in zip(picks, seeds, strict=True))
+            picks, agree = _validator_picks(seeds, spec.validator)
             per_lr = {lr: [r["target_accuracy"] for g in seeds for r in g if r["lr"] == lr] for lr in lrs}
             picked = [r["target_accuracy"] for r in picks]
             counts = ", ".join(f"{lr:g} x{n}" for lr in lrs if (n := sum(r["lr"] == lr for r in picks)))
@@ -446,6 +480,8 @@ def write_report(
         md += [table, ""] + ([selection, ""] if selection else [])
         few, few_summary = few_label_table(spec, results, target)
         md += ["### Few target labels: strategies versus training from scratch", "", few, ""]
+        picked_text, picked_summary = strategy_selection(spec, results, target)
+        md += [picked_text, ""] if picked_text else []
         lr_text, lr_summary = lr_selection(spec, results, target)
         md += [lr_text, ""] if lr_text else []
         tta = time_to_accuracy(results, target)
@@ -462,6 +498,7 @@ def write_report(
             "few_shot": few_summary,
             "time_to_accuracy_k1": tta["per_seed"],
             "time_to_accuracy_k1_summary": speed,
+            **({"strategy_selection": picked_summary} if picked_summary else {}),
             **({"lr_selection": lr_summary} if lr_summary else {}),
         }
         picked = [r for r in results if r["target"] == target and r["kind"] == "method" and r["name"] == best and r["shots"] == 0]
