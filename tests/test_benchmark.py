@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from adaptflow.benchmark import BenchmarkSpec, load_preset, plan_cells, source_jobs
+from adaptflow.benchmark.spec import PRESETS
 from adaptflow.config import ConfigError
 from adaptflow.data import ImageSet
 
@@ -28,6 +29,12 @@ def test_presets_load_and_the_full_grid_has_every_dimension() -> None:
         runs = {(c.kind, c.name) for c in cells if c.name.endswith("+" + combo) and c.kind != "method"}
         assert runs == {("scratch", f"scratch+{combo}")} | {("strategy", f"{s}+{combo}") for s in strategies} and strategies
     assert set(full.with_unlabeled) == {"adabn", "mcc"}
+    for path in sorted(PRESETS.glob("*.yaml")):  # every preset loads and plans each cell once
+        spec = load_preset(path.stem)
+        assert spec.name == path.stem and len({c.key for c in plan_cells(spec)}) == len(plan_cells(spec)), path.name
+    for name, base in (("resnet18", full), ("one_shot_resnet18", load_preset("one_shot"))):  # only the backbone differs
+        resnet = load_preset(name)
+        assert resnet.arch == "resnet18" and (resnet.source, resnet.few_shot, resnet.image_size) == (base.source, base.few_shot, base.image_size)
     # A method's loss makes its hyperparameters part of what a few-label cell depends on; batch-norm statistics alone do not.
     heavier = full.model_copy(update={"adapt_weight": 2.0})
     for name, depends in (("finetune+mcc", True), ("finetune+adabn", False), ("finetune", False)):
