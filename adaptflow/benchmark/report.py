@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -79,17 +80,15 @@ def validator_selection(spec: BenchmarkSpec, results: list[dict], target: str) -
     rows = [r for r in results if r["target"] == target and r["kind"] in ("source_only", "method") and r["shots"] == 0]
     if len({r["name"] for r in rows}) < 2:  # nothing to choose between
         return "", {}
-    picks, agree, picked_acc, best_acc = [], 0, [], []
-    for (seed,), group in sorted(_group(rows, "seed").items()):
-        chosen = max(group, key=lambda r: r["validators"][spec.validator])
-        best = max(group, key=lambda r: r["target_accuracy"])
-        agree += chosen["name"] == best["name"]
-        picked_acc.append(chosen["target_accuracy"])
-        best_acc.append(best["target_accuracy"])
-        picks.append(f"seed {seed}: picks **{chosen['name']}** ({100 * chosen['target_accuracy']:.1f}%), "
-                     f"target labels would pick **{best['name']}** ({100 * best['target_accuracy']:.1f}%)")
-    if not picks:
+    seeds = sorted(_group(rows, "seed").items())
+    if not seeds:
         return "", {}
+    chosen, best = _validator_picks([group for _, group in seeds], spec.validator)
+    agree = sum(map(operator.is_, chosen, best))
+    picked_acc, best_acc = [r["target_accuracy"] for r in chosen], [r["target_accuracy"] for r in best]
+    picks = [f"seed {seed}: picks **{c['name']}** ({100 * c['target_accuracy']:.1f}%), "
+             f"target labels would pick **{b['name']}** ({100 * b['target_accuracy']:.1f}%)"
+             for ((seed,), _), c, b in zip(seeds, chosen, best, strict=True)]
     n = len(picks)
     text = (f"Unsupervised validator `{spec.validator}` (computed on the unlabeled target split, no labels): agrees with the "
             f"label-based choice in {agree}/{n} seeds; its picks reach {_pct(picked_acc)}% versus {_pct(best_acc)}% for the "
@@ -169,11 +168,10 @@ def few_label_table(spec: BenchmarkSpec, results: list[dict], target: str) -> tu
     return "\n".join(lines) + _with_unlabeled_note(spec) + "\n\n" + "\n".join(verdicts), summary
 
 
-def _validator_picks(groups: Sequence[list[dict]], validator: str) -> tuple[list[dict], int]:
-    """Per group (one seed's candidates), the run the validator scores highest; and how many of those
-    picks are the run target labels would pick."""
-    picks = [max(g, key=lambda r: r["validators"][validator]) for g in groups]
-    return picks, sum(pick is max(g, key=lambda r: r["target_accuracy"]) for pick, g in zip(picks, groups, strict=True))
+def _validator_picks(groups: Sequence[list[dict]], validator: str) -> tuple[list[dict], list[dict]]:
+    """Per group (one seed's candidates): the run the validator scores highest, and the run target labels would pick."""
+    return ([max(g, key=lambda r: r["validators"][validator]) for g in groups],
+            [max(g, key=lambda r: r["target_accuracy"]) for g in groups])
 
 
 def strategy_selection(spec: BenchmarkSpec, results: list[dict], target: str) -> tuple[str, dict]:
@@ -188,9 +186,10 @@ def strategy_selection(spec: BenchmarkSpec, results: list[dict], target: str) ->
                  if len(g) == len(spec.strategies) + 1]
         if not seeds:
             continue
-        picks, agree = _validator_picks([[r for r in g if r["name"] != "scratch"] for g in seeds], spec.validator)
+        picks, labels = _validator_picks([[r for r in g if r["name"] != "scratch"] for g in seeds], spec.validator)
+        agree = sum(map(operator.is_, picks, labels))
         scratch = [r["target_accuracy"] for g in seeds for r in g if r["name"] == "scratch"]
-        best = [max(r["target_accuracy"] for r in g if r["name"] != "scratch") for g in seeds]
+        best = [r["target_accuracy"] for r in labels]
         picked = [r["target_accuracy"] for r in picks]
         counts = ", ".join(f"{name} x{n}" for name, n in Counter(r["name"] for r in picks).most_common())
         diff = 100 * (statistics.fmean(picked) - statistics.fmean(scratch))
@@ -225,7 +224,8 @@ def lr_selection(spec: BenchmarkSpec, results: list[dict], target: str) -> tuple
             seeds = [g for g in _group([r for r in rows if r["base"] == name and r["shots"] == k], "seed").values() if len(g) == len(lrs)]
             if not seeds:
                 continue
-            picks, agree = _validator_picks(seeds, spec.validator)
+            picks, labels = _validator_picks(seeds, spec.validator)
+            agree = sum(map(operator.is_, picks, labels))
             per_lr = {lr: [r["target_accuracy"] for g in seeds for r in g if r["lr"] == lr] for lr in lrs}
             picked = [r["target_accuracy"] for r in picks]
             counts = ", ".join(f"{lr:g} x{n}" for lr in lrs if (n := sum(r["lr"] == lr for r in picks)))

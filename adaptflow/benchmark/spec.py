@@ -142,7 +142,7 @@ class BenchmarkSpec(Spec):
         extra = {} if cell.kind == "method" else {"curve": "geometric"}
         if cell.kind != "method" and losses_on_unlabeled(methods):
             shared |= {"pseudo_label_threshold", "adapt_weight"}
-            extra["unlabeled_batch"] = "few_shot.batch_size"
+            extra["unlabeled_batch"] = "few_shot.batch_size"  # older results drew as many unlabeled images as labeled ones
         if strategy in LAYERWISE_STRATEGIES:
             extra["layer_lr_decay"] = self.layer_lr_decay
         return content_digest({"cell": cell.to_dict(), **extra, **self.model_dump(mode="json", include=shared)}, 12)
