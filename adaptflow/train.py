@@ -2,9 +2,11 @@
 
 A strategy is a list of phases (which parameters train, for how many epochs); the loop runs
 them in turn with one optimizer step function. Adaptation methods (`adaptflow.adapt`) plug into
-the same loop: hooks around epochs and a loss term over a batch of unlabeled target images. Batches are indexed from tensors that already
-sit on the device; normalisation and augmentation run there too, on the whole batch. The full
-training state is checkpointed atomically after every epoch, so a retried run resumes exactly.
+the same loop: hooks around epochs and a loss term over a batch of unlabeled target images. Batches
+come from tensors kept on the device, or, for a set too large for it, copied there from pinned host
+memory while the previous step computes (`adaptflow.data.feed`); normalisation and augmentation
+run on the device, on the whole batch. The full training state is checkpointed atomically after
+every epoch, so a retried run resumes exactly.
 
 Inside torchrun workers (`adaptflow.launch`) the same loop is data-parallel: every worker draws the
 same permutation and augmentation numbers, trains on its rows of each global batch under DDP, and
@@ -30,15 +32,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from adaptflow.adapt import Adaptation, AdaptOptions, TargetData, build_methods
+from adaptflow.data.feed import DeviceRows
 from adaptflow.data.folders import ImageSet
 from adaptflow.distributed import World
 from adaptflow.io import atomic_write, write_json
 from adaptflow.models import IMAGENET_MEAN, IMAGENET_STD, Classifier
 
 log = logging.getLogger(__name__)
-
-#: Keep a dataset on the accelerator when it is smaller than this.
-DEVICE_RESIDENT_BYTES = 2 << 30
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -227,9 +227,12 @@ def freeze_modes(model: Classifier, phase: Phase) -> None:
 
 
 def make_optimizer(name: str, groups: list[dict], weight_decay: float) -> torch.optim.Optimizer:
+    """SGD (Nesterov momentum) or AdamW over `groups`. When every parameter is on a CUDA device the
+    update runs as one fused kernel per step instead of a kernel per parameter tensor."""
+    fused = all(p.is_cuda for group in groups for p in group["params"]) or None
     if name == "sgd":
-        return torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    return torch.optim.AdamW(groups, weight_decay=weight_decay)
+        return torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=weight_decay, fused=fused)
+    return torch.optim.AdamW(groups, weight_decay=weight_decay, fused=fused)
 
 
 def train_step(
@@ -269,12 +272,6 @@ def train_step(
     return loss.detach(), logits.detach()
 
 
-def _to_device(data: ImageSet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    if device.type != "cpu" and data.images.nbytes < DEVICE_RESIDENT_BYTES:
-        return data.images.to(device), data.labels.to(device)
-    return data.images, data.labels
-
-
 def fit(
     model: Classifier,
     train: ImageSet,
@@ -311,8 +308,8 @@ def fit(
     model = world.sync_batch_norm(model, device)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     normalize = Normalizer(device, channels_last)
-    images, labels = _to_device(train, device)
-    n = len(labels)
+    rows = DeviceRows([train.images, train.labels], device)
+    n = len(rows)
     steps_per_epoch = world.steps(n, settings.batch_size)
     phases = plan_phases(settings.strategy, settings.epochs, settings.lp_epochs, len(backbone_blocks(model.backbone)), settings.unfreeze_epochs)
     layer_decay = settings.layer_lr_decay if settings.strategy in LAYERWISE_STRATEGIES else 1.0
@@ -377,23 +374,24 @@ def fit(
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             if mid_epoch:
-                order, first = resumed["order"].to(labels.device), start_step
+                order, first = resumed["order"].to(rows.index_device), start_step
                 if world.is_main:  # the saved sums cover every worker: count them once
                     loss_sum, correct = resumed["loss_sum"].to(device), resumed["correct"].to(device)
             else:
-                order, first = torch.randperm(n, generator=generator).to(labels.device), 0
+                order, first = torch.randperm(n, generator=generator).to(rows.index_device), 0
             for step in range(first, steps_per_epoch):
                 start = step * settings.batch_size
                 batch = order[start : start + settings.batch_size if step + 1 < steps_per_epoch else n]  # the global batch
                 draws = affine_draws(len(batch), generator) if settings.augment else None
                 idx = batch[world.shard()]  # this worker's rows: all of them on one device
-                x = normalize(images[idx].to(device, non_blocking=True), draws=draws[world.shard()] if draws is not None else None)
-                y = labels[idx].to(device, non_blocking=True)
+                images, y = rows.take(idx)
+                x = normalize(images, draws=draws[world.shard()] if draws is not None else None)
                 target = None
                 if adaptation is not None and adaptation.uses_target_batch:
-                    rows = settings.target_batch_size or len(idx)
-                    t_idx = torch.randint(len(adaptation.target), (rows,), generator=generator).to(adaptation.target.images.device)
-                    target = (normalize(adaptation.target.images[t_idx], generator if settings.augment else None), t_idx)
+                    size = settings.target_batch_size or len(idx)
+                    t_idx = torch.randint(len(adaptation.target), (size,), generator=generator)
+                    x_target = normalize(adaptation.target.take(t_idx), generator if settings.augment else None)
+                    target = (x_target, t_idx.to(device, non_blocking=True))
                 done = (epoch * steps_per_epoch + step) / max(1, total - 1)
                 if adaptation is None:
                     loss, logits = train_step(net, x, y, optimizer, scaler, amp_dtype, loss_scale=world.loss_scale(len(idx), len(batch)))
@@ -441,8 +439,8 @@ def _adaptation(
             "add images to the target's unlabeled split, or set finetune.methods=[]"
         )
     options = AdaptOptions(settings.adapt_weight, settings.pseudo_label_threshold, num_classes)
-    images, labels = _to_device(unlabeled, device)
-    adaptation = Adaptation(build_methods(settings.methods, options), TargetData(images, normalize, labels))
+    target = TargetData(unlabeled.images, normalize, unlabeled.labels, device=device)
+    adaptation = Adaptation(build_methods(settings.methods, options), target)
     adaptation.setup(model)
     return adaptation
 
@@ -473,8 +471,8 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512, devic
     normalize = Normalizer(dev, channels_last)
     amp_dtype = autocast_dtype(dev, "auto")
     outputs = []
-    for start in range(0, len(images), batch_size):
-        x = normalize(images[start : start + batch_size].to(dev, non_blocking=True))
+    for (batch,) in DeviceRows([images], dev).slices(batch_size):
+        x = normalize(batch)
         with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             outputs.append(model(x).float())
     return torch.cat(outputs).cpu()

@@ -137,9 +137,15 @@ def project(template_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     """A fresh copy of the template project, made the current project (ADAPTFLOW_ROOT)."""
     root = tmp_path / "project"
     shutil.copytree(template_project, root, symlinks=True)
+    return use_project(root, tmp_path / "cache", monkeypatch)
+
+
+def use_project(root: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make `root` the current project (ADAPTFLOW_ROOT, the working directory), with caches under `cache`."""
+    root.mkdir(parents=True, exist_ok=True)
     monkeypatch.setenv("ADAPTFLOW_ROOT", str(root))
-    monkeypatch.setenv("ADAPTFLOW_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "cache" / "torch"))
+    monkeypatch.setenv("ADAPTFLOW_CACHE", str(cache))
+    monkeypatch.setenv("TORCH_HOME", str(cache / "torch"))
     monkeypatch.chdir(root)
     return root
 

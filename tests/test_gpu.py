@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import pytest
 import torch
 
+import adaptflow.train
+from adaptflow.adapt import METHODS
 from adaptflow.data import ImageSet
 from adaptflow.models import build_classifier
 from adaptflow.train import FitSettings, autocast_dtype, fit, predict
-from test_detection import detection_config, scenes  # noqa: F401 - scenes is a fixture
+from conftest import use_project
+from test_adapt import _images
+from test_detection import TINY_SCENES, detection_config
 
 pytestmark = pytest.mark.gpu
 
@@ -17,6 +24,17 @@ pytestmark = pytest.mark.gpu
 def _needs_cuda() -> None:
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
+
+
+@pytest.fixture
+def scenes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Tiny detection domains in a bare project folder: the detector stages need neither git nor DVC,
+    so a GPU machine with torch but no DVC runs these tests too."""
+    from adaptflow.data.scenes import build_scene_data
+
+    root = use_project(tmp_path / "project", tmp_path / "cache", monkeypatch)
+    build_scene_data(root / "data", sizes=TINY_SCENES)
+    return root
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
@@ -36,8 +54,52 @@ def test_mixed_precision_training_on_cuda(precision: str) -> None:
     assert accuracy > 0.9
 
 
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_each_method_trains_on_cuda_with_fused_updates(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[torch.optim.Optimizer] = []
+    make = adaptflow.train.make_optimizer
+    monkeypatch.setattr(adaptflow.train, "make_optimizer", lambda *a, **kw: made.append(make(*a, **kw)) or made[-1])
+    torch.manual_seed(0)
+    model = build_classifier("small_cnn", 4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    settings = FitSettings(epochs=2, batch_size=16, lr=1e-3, device="cuda", precision="bf16", strategy="finetune", methods=[name],
+                           augment=True, pseudo_label_threshold=0.0)
+    history = fit(model, _images(), settings, unlabeled=_images(24, shift=40, seed=1), progress=False)
+    assert all(math.isfinite(h["train_loss"]) for h in history)
+    assert any(not torch.equal(before[k], v.cpu()) for k, v in model.state_dict().items())
+    assert made and all(o.defaults["fused"] for o in made), "every parameter (a DANN discriminator's too) sits on the GPU"
+
+
+def test_a_set_beyond_the_gpu_share_streams_from_pinned_memory_and_trains_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    import adaptflow.data.feed as feed
+
+    data = _images(200, seed=3)
+    device = torch.device("cuda")
+    share = feed.RESIDENT_SHARE
+    assert feed.DeviceRows([data.images, data.labels], device).resident
+    monkeypatch.setattr(feed, "RESIDENT_SHARE", 0.0)  # as if the set were larger than its share of free memory
+    rows = feed.DeviceRows([data.images, data.labels], device)
+    assert not rows.resident and rows.index_device.type == "cpu"
+    picks = [torch.randperm(200)[:48] for _ in range(5)]
+    taken = [rows.take(index) for index in picks]  # more batches in flight than pinned buffers: none may be overwritten
+    for index, (images, labels) in zip(picks, taken, strict=True):
+        assert images.device.type == "cuda"
+        assert torch.equal(images.cpu(), data.images[index]) and torch.equal(labels.cpu(), data.labels[index])
+    assert torch.equal(torch.cat([b[0] for b in rows.slices(64)]).cpu(), data.images)
+
+    def trained(share: float, methods: list[str]) -> list[dict[str, float]]:
+        monkeypatch.setattr(feed, "RESIDENT_SHARE", share)
+        torch.manual_seed(0)
+        settings = FitSettings(epochs=3, batch_size=32, lr=1e-3, device="cuda", precision="off", methods=methods, augment=True)
+        return fit(build_classifier("small_cnn", 4), data, settings, unlabeled=_images(64, shift=40, seed=1), progress=False)
+
+    for methods in ([], ["adabn", "dann", "self_training"]):
+        resident, streamed = trained(share, methods), trained(0.0, methods)
+        assert [h["train_loss"] for h in streamed] == pytest.approx([h["train_loss"] for h in resident], rel=1e-2)
+
+
 @pytest.mark.parametrize("arch", ["yolov8n", "fasterrcnn_mobilenet_v3_large_fpn"])
-def test_detectors_pretrain_on_cuda_and_predict(arch: str, scenes) -> None:  # noqa: ANN001 - the scenes project
+def test_detectors_pretrain_on_cuda_and_predict(arch: str, scenes: Path) -> None:
     from adaptflow.detection import stages
     from adaptflow.detection.models import load_detector, predict
 
@@ -51,7 +113,7 @@ def test_detectors_pretrain_on_cuda_and_predict(arch: str, scenes) -> None:  # n
     assert len(out) == len(test) and all(o["boxes"].device.type == "cpu" for o in out)
 
 
-def test_yolo_on_two_gpus_trains_in_ultralytics_ddp_and_reports_every_epoch(scenes) -> None:  # noqa: ANN001
+def test_yolo_on_two_gpus_trains_in_ultralytics_ddp_and_reports_every_epoch(scenes: Path) -> None:
     from adaptflow.detection import stages
     from adaptflow.detection.models import load_detector
 

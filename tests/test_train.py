@@ -193,3 +193,18 @@ def test_discriminative_rates_decay_from_the_top_block_down() -> None:
     assert n >= 3
     assert [g["lr"] for g in groups] == pytest.approx([1e-2] + [1e-2 * 0.5**depth for depth in range(n)])
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_rows_on_the_cpu_are_indexed_in_place_and_sliced_in_order() -> None:
+    from adaptflow.data.feed import DeviceRows
+
+    images = torch.arange(10 * 3 * 2 * 2, dtype=torch.uint8).view(10, 3, 2, 2)
+    labels = torch.arange(10) % 3
+    rows = DeviceRows([images, labels], torch.device("cpu"))
+    assert rows.resident and len(rows) == 10 and rows.index_device.type == "cpu"
+    index = torch.tensor([7, 0, 7, 3])
+    taken_images, taken_labels = rows.take(index)
+    assert torch.equal(taken_images, images[index]) and torch.equal(taken_labels, labels[index])
+    batches = list(rows.slices(4))
+    assert [len(b[0]) for b in batches] == [4, 4, 2]
+    assert torch.equal(torch.cat([b[0] for b in batches]), images) and torch.equal(torch.cat([b[1] for b in batches]), labels)

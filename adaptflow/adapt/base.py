@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from adaptflow.data.feed import DeviceRows
 
 #: name -> Method class; filled by `@register`.
 METHODS: dict[str, type[Method]] = {}
@@ -34,7 +36,7 @@ class AdaptOptions:
 
 @dataclass
 class TargetData:
-    """The unlabeled target images (uint8, on the training device) and how to feed them to the model.
+    """The unlabeled target images (uint8) and how to feed them to the model on the training device.
 
     `labels` are the true classes when the split has them: used only for diagnostics
     (pseudo-label accuracy), never for training.
@@ -44,13 +46,25 @@ class TargetData:
     normalize: Callable[[torch.Tensor], torch.Tensor]
     labels: torch.Tensor | None = None
     batch_size: int = 512
+    device: torch.device | None = None  # the training device; None: where `images` are
+
+    def __post_init__(self) -> None:
+        self.rows = DeviceRows([self.images], self.device or self.images.device)
+        self.device = self.rows.device
+        if self.labels is not None:
+            self.labels = self.labels.to(self.device)
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def batches(self) -> list[torch.Tensor]:
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        """The images at `index` (uint8), on the training device."""
+        return self.rows.take(index)[0]
+
+    def batches(self) -> Iterator[torch.Tensor]:
         """Normalised batches of every image, in order (no augmentation)."""
-        return [self.normalize(self.images[i : i + self.batch_size]) for i in range(0, len(self.images), self.batch_size)]
+        for (images,) in self.rows.slices(self.batch_size):
+            yield self.normalize(images)
 
     @torch.no_grad()
     def logits(self, model: nn.Module) -> torch.Tensor:
@@ -134,7 +148,7 @@ class Adaptation(nn.Module):
     def setup(self, model: nn.Module) -> None:
         for m in self.methods:
             m.setup(model, self.target)
-        self.to(self.target.images.device)
+        self.to(self.target.device)
 
     def before_fit(self, model: nn.Module) -> None:
         for m in self.methods:
