@@ -7,7 +7,7 @@ BIN    := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo demo-detection test test-all bench benchmark benchmark-quick data repro ui serve stack stack-down clean help
+.PHONY: install demo demo-detection test test-all bench bench-cuda benchmark benchmark-quick data repro ui serve stack stack-down clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ test-all: install  ## the test suite including slow end-to-end runs
 
 bench: install  ## flow overhead and training-loop throughput, as measured ratios
 	$(BIN)/python -m benchmarks.bench
+
+bench-cuda: install  ## on a CUDA GPU: training-loop images/s against a bare torch loop, host-memory data, share of the matmul rate
+	$(BIN)/python -m benchmarks.cuda
 
 benchmark-quick: install  ## transfer-learning benchmark, quick preset (about 15 min on 2 cores): reports/benchmark/
 	$(BIN)/adaptflow benchmark --preset quick
