@@ -389,9 +389,9 @@ def fit(
                 target = None
                 if adaptation is not None and adaptation.uses_target_batch:
                     size = settings.target_batch_size or len(idx)
-                    t_idx = torch.randint(len(adaptation.target), (size,), generator=generator)
+                    t_idx = torch.randint(len(adaptation.target), (size,), generator=generator).to(adaptation.target.rows.index_device)
                     x_target = normalize(adaptation.target.take(t_idx), generator if settings.augment else None)
-                    target = (x_target, t_idx.to(device, non_blocking=True))
+                    target = (x_target, t_idx.to(device, non_blocking=True))  # for the methods' own per-image state
                 done = (epoch * steps_per_epoch + step) / max(1, total - 1)
                 if adaptation is None:
                     loss, logits = train_step(net, x, y, optimizer, scaler, amp_dtype, loss_scale=world.loss_scale(len(idx), len(batch)))
