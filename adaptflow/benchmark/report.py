@@ -200,7 +200,7 @@ def strategy_selection(spec: BenchmarkSpec, results: list[dict], target: str) ->
     if not lines:
         return "", {}
     return "\n".join([f"Strategy picked without target labels: per k and seed, the validator `{spec.validator}` picks one of the "
-                      "strategies (target labels only) from the unlabeled target images.", "", *lines]), summary
+                      "strategies trained on target labels alone, by its score on the unlabeled target images.", "", *lines]), summary
 
 
 def lr_selection(spec: BenchmarkSpec, results: list[dict], target: str) -> tuple[str, dict]:
