@@ -35,7 +35,9 @@ DetectorArch = Literal[
 ]
 Arch = Literal[get_args(ClassifierArch) + get_args(DetectorArch)]
 Task = Literal["classification", "detection"]
-Strategy = Literal["linear_probe", "finetune", "lp_ft", "discriminative", "gradual_unfreeze"]
+Strategy = Literal["linear_probe", "finetune", "lp_ft", "discriminative", "gradual_unfreeze", "surgical"]
+#: Strategies that train a detector too; the others need a classifier's backbone blocks.
+DETECTION_STRATEGIES = ("finetune", "linear_probe")
 #: Unsupervised domain adaptation methods (`adaptflow.adapt.METHODS`); a test keeps the two in step.
 AdaptMethod = Literal["adabn", "dann", "coral", "mcc", "self_training"]
 Precision = Literal["auto", "bf16", "fp16", "off"]
@@ -143,7 +145,8 @@ class FinetuneConfig(TrainConfig):
     strategy: Strategy = Field(
         "lp_ft",
         description="linear_probe trains the head only; finetune trains all; lp_ft does both in turn; discriminative "
-        "trains all with lower rates for lower blocks; gradual_unfreeze unfreezes one block from the top at a time",
+        "trains all with lower rates for lower blocks; gradual_unfreeze unfreezes one block from the top at a time; surgical "
+        "trains the head and the first surgical_blocks blocks (for a shift in the input: a new camera, scanner or stain)",
     )
     lp_epochs: int = Field(5, ge=0, description="Head-only epochs before full fine-tuning (lp_ft)")
     backbone_lr_scale: float = Field(0.1, gt=0, le=1, description="Backbone learning rate = lr x this")
@@ -151,6 +154,7 @@ class FinetuneConfig(TrainConfig):
         0.5, gt=0, le=1, description="discriminative and gradual_unfreeze: each backbone block learns at this x the rate of the block above"
     )
     unfreeze_epochs: int = Field(1, ge=1, description="gradual_unfreeze: epochs between unfreezing one more backbone block")
+    surgical_blocks: int = Field(1, ge=1, description="surgical: backbone blocks that train, counted from the input")
     methods: list[AdaptMethod] = Field(
         [],
         description="Unsupervised domain adaptation on the target's unlabeled split, applied in order, e.g. [adabn, self_training]; "
@@ -223,8 +227,9 @@ class RunConfig(Section):
                 raise ValueError(f"{name}.arch '{arch}' is {kind} but task is {self.task}; use one of: {wanted}")
             self._check_devices(name, section)
         if self.task == "detection":
-            if self.finetune.strategy == "lp_ft":
-                raise ValueError("finetune.strategy lp_ft is for classifiers; with task detection use finetune or linear_probe")
+            if self.finetune.strategy not in DETECTION_STRATEGIES:
+                raise ValueError(f"finetune.strategy {self.finetune.strategy} is for classifiers; with task detection use "
+                                 f"{' or '.join(DETECTION_STRATEGIES)}")
             for key in ("metric", "guard_metric"):
                 if "accuracy" in (getattr(self.registry, key) or ""):
                     raise ValueError(f"registry.{key} '{getattr(self.registry, key)}' is a classification metric; with task "

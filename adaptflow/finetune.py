@@ -13,7 +13,7 @@ from adaptflow.io import sha256_file, write_json
 from adaptflow.launch import FitJob, fit_on_devices
 from adaptflow.models import Classifier, load_source_model, replace_head, save_checkpoint
 from adaptflow.pretrained import PretrainedRef
-from adaptflow.train import EpochCallback, FitSettings, seed_everything
+from adaptflow.train import EpochCallback, FitSettings, backbone_blocks, plan_phases, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,12 @@ def prepare_model(pretrained: PretrainedRef, arch: str, classes: tuple[str, ...]
 
 
 def check_pretrained(pretrained: PretrainedRef, cfg: FinetuneConfig, data: DataConfig) -> None:
-    """Load the pretrained model and fit it a head for the target classes, before any compute is spent."""
+    """Load the pretrained model, fit it a head for the target classes and plan the strategy's
+    phases on its backbone, before any compute is spent."""
     from adaptflow.data import list_classes, split_dir
 
-    prepare_model(pretrained, cfg.arch, list_classes(split_dir(data, data.target, "train")))
+    model, _ = prepare_model(pretrained, cfg.arch, list_classes(split_dir(data, data.target, "train")))
+    plan_phases(cfg.strategy, cfg.epochs, cfg.lp_epochs, len(backbone_blocks(model.backbone)), cfg.unfreeze_epochs, cfg.surgical_blocks)
 
 
 def content_digest(data: ImageSet) -> str:

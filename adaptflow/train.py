@@ -50,11 +50,18 @@ LAYERWISE_STRATEGIES = ("discriminative", "gradual_unfreeze")
 @dataclass(frozen=True)
 class Phase:
     """A stretch of epochs in which the head trains, and the backbone too when `train_backbone`:
-    all of it, or only its top `blocks` blocks."""
+    all of it, only its top `blocks` blocks, or, `from_input`, only its first `blocks` blocks."""
 
     epochs: int
     train_backbone: bool
     blocks: int | None = None
+    from_input: bool = False
+
+    def trained(self, blocks: list[nn.Module]) -> list[nn.Module]:
+        """Those of the backbone's `blocks` (input to output) that train in this phase, when the backbone trains."""
+        if self.blocks is None:
+            return blocks
+        return blocks[: self.blocks] if self.from_input else blocks[len(blocks) - self.blocks :]
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,7 @@ class FitSettings:
     checkpoint_every_steps: int = 0
     layer_lr_decay: float = 0.5  # used by LAYERWISE_STRATEGIES only
     unfreeze_epochs: int = 1
+    surgical_blocks: int = 1
     methods: Sequence[str] = ()
     adapt_weight: float = 1.0
     pseudo_label_threshold: float = 0.9
@@ -88,10 +96,14 @@ class FitSettings:
         return cls(**{**shared, **overrides})
 
 
-def plan_phases(strategy: str, epochs: int, lp_epochs: int = 0, num_blocks: int = 1, unfreeze_epochs: int = 1) -> list[Phase]:
+def plan_phases(
+    strategy: str, epochs: int, lp_epochs: int = 0, num_blocks: int = 1, unfreeze_epochs: int = 1, surgical_blocks: int = 1
+) -> list[Phase]:
     """Phases of a transfer strategy: `linear_probe`, `finetune`, `lp_ft` (probe, then fine-tune),
-    `discriminative` (fine-tune, lower blocks slower) or `gradual_unfreeze` (the head for
-    `unfreeze_epochs`, then one more backbone block from the top every `unfreeze_epochs`)."""
+    `discriminative` (fine-tune, lower blocks slower), `gradual_unfreeze` (the head for
+    `unfreeze_epochs`, then one more backbone block from the top every `unfreeze_epochs`) or
+    `surgical` (the head and the backbone's first `surgical_blocks` blocks: those that see a
+    shift in the input, such as a new camera, first; Lee et al., 2023)."""
     if strategy == "linear_probe":
         return [Phase(epochs, train_backbone=False)]
     if strategy in ("finetune", "discriminative"):
@@ -109,7 +121,12 @@ def plan_phases(strategy: str, epochs: int, lp_epochs: int = 0, num_blocks: int 
         if not 0 < lp_epochs < epochs:
             raise ValueError(f"lp_ft needs 0 < finetune.lp_epochs < finetune.epochs (got {lp_epochs} and {epochs})")
         return [Phase(lp_epochs, train_backbone=False), Phase(epochs - lp_epochs, train_backbone=True)]
-    raise ValueError(f"unknown strategy '{strategy}': use linear_probe, finetune, lp_ft, discriminative or gradual_unfreeze")
+    if strategy == "surgical":
+        if not 1 <= surgical_blocks <= num_blocks:
+            raise ValueError(f"surgical trains the first finetune.surgical_blocks backbone blocks, but this backbone has {num_blocks} "
+                             f"(got {surgical_blocks}): set it between 1 and {num_blocks}")
+        return [Phase(epochs, train_backbone=True, blocks=surgical_blocks, from_input=True)]
+    raise ValueError(f"unknown strategy '{strategy}': use linear_probe, finetune, lp_ft, discriminative, gradual_unfreeze or surgical")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -189,25 +206,22 @@ def backbone_blocks(backbone: nn.Module) -> list[nn.Module]:
     return blocks
 
 
-def param_groups(
-    model: Classifier, lr: float, backbone_lr_scale: float, train_backbone: bool, blocks: int | None = None, layer_decay: float = 1.0
-) -> list[dict]:
+def param_groups(model: Classifier, lr: float, backbone_lr_scale: float, phase: Phase, layer_decay: float = 1.0) -> list[dict]:
     """The head at `lr`; the backbone at `lr * backbone_lr_scale`, or frozen.
 
-    With `blocks`, only the backbone's top `blocks` blocks train; with `layer_decay` < 1 each block
+    Only the backbone blocks `phase` trains get gradients; with `layer_decay` < 1 each block
     trains at `layer_decay` times the rate of the block above it (discriminative learning rates).
     """
     for p in model.backbone.parameters():
         p.requires_grad_(False)
     groups = [{"params": list(model.head.parameters()), "lr": lr}]
-    if not train_backbone:
+    if not phase.train_backbone:
         return groups
-    if blocks is None and layer_decay == 1.0:
+    if phase.blocks is None and layer_decay == 1.0:
         for p in model.backbone.parameters():
             p.requires_grad_(True)
         return [*groups, {"params": list(model.backbone.parameters()), "lr": lr * backbone_lr_scale}]
-    trainable = backbone_blocks(model.backbone)
-    trainable = trainable[len(trainable) - blocks:] if blocks is not None else trainable
+    trainable = phase.trained(backbone_blocks(model.backbone))
     for depth, block in enumerate(reversed(trainable)):
         params = list(block.parameters())
         for p in params:
@@ -222,8 +236,10 @@ def freeze_modes(model: Classifier, phase: Phase) -> None:
         model.backbone.eval()
     elif phase.blocks is not None:
         blocks = backbone_blocks(model.backbone)
-        for block in blocks[: len(blocks) - phase.blocks]:
-            block.eval()
+        trained = {id(block) for block in phase.trained(blocks)}
+        for block in blocks:
+            if id(block) not in trained:
+                block.eval()
 
 
 def make_optimizer(name: str, groups: list[dict], weight_decay: float) -> torch.optim.Optimizer:
@@ -311,7 +327,8 @@ def fit(
     rows = DeviceRows([train.images, train.labels], device)
     n = len(rows)
     steps_per_epoch = world.steps(n, settings.batch_size)
-    phases = plan_phases(settings.strategy, settings.epochs, settings.lp_epochs, len(backbone_blocks(model.backbone)), settings.unfreeze_epochs)
+    phases = plan_phases(settings.strategy, settings.epochs, settings.lp_epochs, len(backbone_blocks(model.backbone)), settings.unfreeze_epochs,
+                         settings.surgical_blocks)
     layer_decay = settings.layer_lr_decay if settings.strategy in LAYERWISE_STRATEGIES else 1.0
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     adaptation = _adaptation(settings, model, unlabeled, normalize, device, len(train.classes))
@@ -352,7 +369,7 @@ def fit(
         epoch = phase_end
         if phase_end <= start_epoch:
             continue  # finished before the resume point
-        groups = param_groups(model, settings.lr, settings.backbone_lr_scale, phase.train_backbone, phase.blocks, layer_decay)
+        groups = param_groups(model, settings.lr, settings.backbone_lr_scale, phase, layer_decay)
         if adaptation is not None and any(True for _ in adaptation.parameters()):
             groups.append({"params": list(adaptation.parameters()), "lr": settings.lr})  # e.g. DANN's discriminator
         optimizer = make_optimizer(settings.optimizer, groups, settings.weight_decay)

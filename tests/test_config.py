@@ -57,6 +57,7 @@ def test_unknown_section_is_rejected() -> None:
         ("pretrained.sha256=abc", "pretrained.sha256"),
         ("data.image_size=2", "data.image_size"),
         ("finetune.lp_epochs=20", "finetune"),
+        ("finetune.surgical_blocks=0", "finetune.surgical_blocks"),
     ],
 )
 def test_bad_values_name_their_field(override: str, field: str) -> None:

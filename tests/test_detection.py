@@ -66,6 +66,9 @@ def test_detection_config_errors_name_the_field_and_the_fix() -> None:
         tiny_config("finetune.arch=yolov8n")
     with pytest.raises(ConfigError, match="registry.metric 'target_accuracy' is a classification metric"):
         tiny_config(*DETECTION[:5], "pretrain.arch=yolov8n", "finetune.arch=yolov8n", "registry.metric=target_accuracy")
+    for strategy in ("lp_ft", "discriminative", "gradual_unfreeze", "surgical"):  # none of them would change how a detector trains
+        with pytest.raises(ConfigError, match=f"finetune.strategy {strategy} is for classifiers; with task detection use finetune or linear_probe"):
+            detection_config("yolov8n", f"finetune.strategy={strategy}", "finetune.epochs=3")
 
 
 @pytest.fixture

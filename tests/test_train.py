@@ -9,7 +9,7 @@ import torch
 
 from adaptflow.data import ImageSet
 from adaptflow.models import build_classifier, load_checkpoint, load_source_model, save_checkpoint
-from adaptflow.train import FitSettings, fit, plan_phases, predict, random_affine, train_step
+from adaptflow.train import FitSettings, Phase, fit, plan_phases, predict, random_affine, train_step
 from conftest import Crash, crash_at
 
 
@@ -60,7 +60,7 @@ def test_finetune_gives_the_backbone_a_lower_learning_rate() -> None:
     from adaptflow.train import param_groups
 
     model = build_classifier("mobilenet_v3_small", 3)
-    groups = param_groups(model, lr=1e-2, backbone_lr_scale=0.1, train_backbone=True)
+    groups = param_groups(model, lr=1e-2, backbone_lr_scale=0.1, phase=Phase(1, train_backbone=True))
     assert [g["lr"] for g in groups] == pytest.approx([1e-2, 1e-3])
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
@@ -184,11 +184,30 @@ def test_gradual_unfreezing_opens_one_block_at_a_time_from_the_top() -> None:
     assert changed == [False] * (len(blocks) - 1) + [True]  # two epochs: the head, then the top block only
 
 
+def test_surgical_trains_the_head_and_the_first_blocks_and_keeps_the_rest_with_source_statistics() -> None:
+    from adaptflow.train import backbone_blocks
+
+    phases = plan_phases("surgical", 4, num_blocks=5, surgical_blocks=2)
+    assert [(p.epochs, p.train_backbone, p.blocks, p.from_input) for p in phases] == [(4, True, 2, True)]
+    with pytest.raises(ValueError, match="finetune.surgical_blocks backbone blocks, but this backbone has 5 .got 6.: set it between 1 and 5"):
+        plan_phases("surgical", 4, num_blocks=5, surgical_blocks=6)
+
+    torch.manual_seed(0)
+    model = build_classifier("small_cnn", 4)
+    blocks = backbone_blocks(model.backbone)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fit(model, _images(), _settings(strategy="surgical", epochs=2, surgical_blocks=1), progress=False)
+    changed = {k.split(".")[1] for k, v in model.state_dict().items() if k.startswith("backbone.") and not torch.equal(before[k], v)}
+    first = {name for name, child in model.backbone.named_children() if child is blocks[0]}
+    assert changed == first  # weights and batch-norm statistics of the first block only
+    assert not torch.equal(before["head.weight"], model.state_dict()["head.weight"])
+
+
 def test_discriminative_rates_decay_from_the_top_block_down() -> None:
     from adaptflow.train import backbone_blocks, param_groups
 
     model = build_classifier("small_cnn", 3)
-    groups = param_groups(model, lr=1e-2, backbone_lr_scale=1.0, train_backbone=True, layer_decay=0.5)
+    groups = param_groups(model, lr=1e-2, backbone_lr_scale=1.0, phase=Phase(1, train_backbone=True), layer_decay=0.5)
     n = len(backbone_blocks(model.backbone))
     assert n >= 3
     assert [g["lr"] for g in groups] == pytest.approx([1e-2] + [1e-2 * 0.5**depth for depth in range(n)])

@@ -79,6 +79,7 @@ class BenchmarkSpec(Spec):
         "information_maximization", description="Unsupervised validator that picks the adaptation method per seed"
     )
     layer_lr_decay: float = Field(0.5, gt=0, le=1, description="discriminative and gradual_unfreeze: rate of each block / the block above")
+    surgical_blocks: int = Field(1, ge=1, description="surgical: backbone blocks that train, counted from the input")
     pseudo_label_threshold: float = Field(0.9, ge=0, le=1)
     adapt_weight: float = Field(1.0, ge=0)
     source: Budget = Budget()
@@ -145,6 +146,8 @@ class BenchmarkSpec(Spec):
             extra["unlabeled_batch"] = "few_shot.batch_size"  # older results drew as many unlabeled images as labeled ones
         if strategy in LAYERWISE_STRATEGIES:
             extra["layer_lr_decay"] = self.layer_lr_decay
+        if strategy == "surgical":
+            extra["surgical_blocks"] = self.surgical_blocks
         return content_digest({"cell": cell.to_dict(), **extra, **self.model_dump(mode="json", include=shared)}, 12)
 
 
