@@ -162,6 +162,10 @@ class FinetuneConfig(TrainConfig):
     )
     adapt_weight: float = Field(1.0, ge=0, description="Weight of each adaptation method's loss term")
     pseudo_label_threshold: float = Field(0.9, ge=0, le=1, description="self_training: confidence a pseudo-label needs")
+    target_batch_size: int = Field(
+        0, ge=0, le=65_536, description="Unlabeled target images per step for the methods' losses (dann, coral, mcc, self_training); "
+        "0: as many as the labeled batch",
+    )
     epochs: int = Field(15, ge=1, le=10_000)
     batch_size: int = Field(32, ge=1, le=65_536)
 
@@ -234,6 +238,9 @@ class RunConfig(Section):
                 if "accuracy" in (getattr(self.registry, key) or ""):
                     raise ValueError(f"registry.{key} '{getattr(self.registry, key)}' is a classification metric; with task "
                                      "detection use target_map50 or target_map50_95 (guard: source_map50)")
+            if self.finetune.target_batch_size:
+                raise ValueError("finetune.target_batch_size sizes the unlabeled batch of a classifier's methods; a detector's "
+                                 "self-training labels the whole unlabeled split: set it to 0")
             unsupported = sorted(set(self.finetune.methods) - {"adabn", "self_training"})
             if unsupported:
                 raise ValueError(f"finetune.methods {unsupported} adapt classifiers; with task detection use adabn and/or self_training")

@@ -36,6 +36,14 @@ def test_overrides_are_typed_and_nested(tmp_path: Path) -> None:
     assert cfg.pretrained.sha256 is None
 
 
+def test_every_training_setting_reaches_the_training_loop() -> None:
+    from adaptflow.train import FitSettings
+
+    cfg = load_config(None, ["finetune.target_batch_size=64", "finetune.surgical_blocks=3", "finetune.strategy=surgical"])
+    settings = FitSettings.from_config(cfg.finetune)
+    assert (settings.target_batch_size, settings.surgical_blocks, settings.strategy) == (64, 3, "surgical")
+
+
 def test_unknown_key_names_the_field_and_suggests_the_fix() -> None:
     with pytest.raises(ConfigError) as err:
         load_config(None, ["finetune.epoch=3"])
@@ -58,6 +66,7 @@ def test_unknown_section_is_rejected() -> None:
         ("data.image_size=2", "data.image_size"),
         ("finetune.lp_epochs=20", "finetune"),
         ("finetune.surgical_blocks=0", "finetune.surgical_blocks"),
+        ("finetune.target_batch_size=-1", "finetune.target_batch_size"),
     ],
 )
 def test_bad_values_name_their_field(override: str, field: str) -> None:

@@ -69,6 +69,8 @@ def test_detection_config_errors_name_the_field_and_the_fix() -> None:
     for strategy in ("lp_ft", "discriminative", "gradual_unfreeze", "surgical"):  # none of them would change how a detector trains
         with pytest.raises(ConfigError, match=f"finetune.strategy {strategy} is for classifiers; with task detection use finetune or linear_probe"):
             detection_config("yolov8n", f"finetune.strategy={strategy}", "finetune.epochs=3")
+    with pytest.raises(ConfigError, match="finetune.target_batch_size sizes the unlabeled batch of a classifier's methods"):
+        detection_config("yolov8n", "finetune.target_batch_size=8")
 
 
 @pytest.fixture
