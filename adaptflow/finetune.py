@@ -13,7 +13,7 @@ from adaptflow.io import sha256_file, write_json
 from adaptflow.launch import FitJob, fit_on_devices
 from adaptflow.models import Classifier, load_source_model, replace_head, save_checkpoint
 from adaptflow.pretrained import PretrainedRef
-from adaptflow.train import EpochCallback, FitSettings, backbone_blocks, plan_phases, seed_everything
+from adaptflow.train import EpochCallback, FitSettings, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def check_pretrained(pretrained: PretrainedRef, cfg: FinetuneConfig, data: DataC
     from adaptflow.data import list_classes, split_dir
 
     model, _ = prepare_model(pretrained, cfg.arch, list_classes(split_dir(data, data.target, "train")))
-    plan_phases(cfg.strategy, cfg.epochs, cfg.lp_epochs, len(backbone_blocks(model.backbone)), cfg.unfreeze_epochs, cfg.surgical_blocks)
+    FitSettings.from_config(cfg).phases(model)
 
 
 def content_digest(data: ImageSet) -> str:

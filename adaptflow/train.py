@@ -95,6 +95,11 @@ class FitSettings:
         shared = {f.name: getattr(cfg, f.name) for f in fields(cls) if hasattr(cfg, f.name)}
         return cls(**{**shared, **overrides})
 
+    def phases(self, model: Classifier) -> list[Phase]:
+        """The strategy's phases on `model`'s backbone (a ValueError when it cannot be planned there)."""
+        return plan_phases(self.strategy, self.epochs, self.lp_epochs, len(backbone_blocks(model.backbone)), self.unfreeze_epochs,
+                           self.surgical_blocks)
+
 
 def plan_phases(
     strategy: str, epochs: int, lp_epochs: int = 0, num_blocks: int = 1, unfreeze_epochs: int = 1, surgical_blocks: int = 1
@@ -327,8 +332,7 @@ def fit(
     rows = DeviceRows([train.images, train.labels], device)
     n = len(rows)
     steps_per_epoch = world.steps(n, settings.batch_size)
-    phases = plan_phases(settings.strategy, settings.epochs, settings.lp_epochs, len(backbone_blocks(model.backbone)), settings.unfreeze_epochs,
-                         settings.surgical_blocks)
+    phases = settings.phases(model)
     layer_decay = settings.layer_lr_decay if settings.strategy in LAYERWISE_STRATEGIES else 1.0
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     adaptation = _adaptation(settings, model, unlabeled, normalize, device, len(train.classes))

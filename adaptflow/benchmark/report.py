@@ -463,9 +463,8 @@ def write_report(
         "",
         "Hyperparameters are the preset's, not searched: literature defaults (pseudo-label threshold "
         f"{spec.pseudo_label_threshold}, adaptation weight {spec.adapt_weight}, layer-wise decay {spec.layer_lr_decay}, "
-        + (f"surgical blocks {spec.surgical_blocks}, " if "surgical" in spec.strategies else "")
-        + "MCC temperature 2.5, DANN's lambda schedule) and the project's training defaults; no hyperparameter was chosen on a "
-        f"target test set. Where a method is chosen per seed, the unsupervised validator `{spec.validator}` chooses it, from "
+        f"surgical blocks {spec.surgical_blocks}, MCC temperature 2.5, DANN's lambda schedule) and the project's training "
+        f"defaults; no hyperparameter was chosen on a target test set. Where a method is chosen per seed, the unsupervised validator `{spec.validator}` chooses it, from "
         "unlabeled target images only; the label-based choice is shown beside it for comparison, not used. "
         "A verdict 'helps' means the mean gain over source-only exceeds the seed standard deviation (and 1 point)."
         + (" The few-label learning rate is also tried at the preset's lr_candidates, and the same validator picks it "
