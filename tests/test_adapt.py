@@ -13,7 +13,7 @@ from adaptflow.adapt.coral import coral_loss
 from adaptflow.adapt.dann import dann_lambda, reverse_gradient
 from adaptflow.adapt.mcc import mcc_loss
 from adaptflow.adapt.self_training import select_pseudo_labels
-from adaptflow.adapt.validators import information_maximization, neg_entropy
+from adaptflow.adapt.validators import TargetPredictions, information_maximization, mixed_probe_consistency, mixed_probes, neg_entropy, score_model
 from adaptflow.config import AdaptMethod
 from adaptflow.data import ImageSet
 from adaptflow.models import build_classifier
@@ -96,7 +96,42 @@ def test_validators_prefer_confident_diverse_predictions() -> None:
     assert information_maximization(diverse) > information_maximization(collapsed)
     assert information_maximization(diverse) > information_maximization(uniform)
     assert neg_entropy(diverse) > neg_entropy(uniform)
-    assert set(VALIDATORS) >= {"information_maximization", "entropy", "snd"}
+    assert set(VALIDATORS) >= {"information_maximization", "entropy", "snd", "mixval"}
+
+
+def test_mixval_averages_probes_within_and_across_predicted_classes() -> None:
+    one_hot = torch.eye(2) * 5
+    pseudo = torch.tensor([0, 0, 1, 1, 1])
+    partner = torch.tensor([1, 2, 3, 4, 0])  # within a class: 0-1, 2-3, 3-4; across: 1-2, 4-0
+    kept = torch.tensor([1, 0, 1, 1, 1])  # probe 1 (across) flips to its smaller part's class
+    probe = torch.where(kept.bool(), pseudo, 1 - pseudo)
+    score = mixed_probe_consistency(TargetPredictions(one_hot[pseudo], one_hot[probe], partner))
+    assert float(score) == pytest.approx((3 / 3 + 1 / 2) / 2)
+    collapsed = TargetPredictions(one_hot[torch.zeros(5, dtype=torch.long)], one_hot[torch.zeros(5, dtype=torch.long)], partner)
+    assert float(mixed_probe_consistency(collapsed)) == 0.5  # no probe across classes: that half scores 0
+
+
+class Brightness(torch.nn.Module):
+    """Class 1 when an image's mean (normalised) brightness is above `threshold`; confidence grows with `scale`."""
+
+    def __init__(self, threshold: float, scale: float = 1.0) -> None:
+        super().__init__()
+        self.threshold, self.scale = threshold, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        margin = self.scale * (x.mean((1, 2, 3)) - self.threshold)
+        return torch.stack([-margin, margin], 1)
+
+
+def test_mixval_scores_where_the_boundary_lies_not_how_confident_the_model_is() -> None:
+    images = torch.cat([torch.full((20, 3, 4, 4), 10), torch.full((20, 3, 4, 4), 245)]).to(torch.uint8)
+    probes, partner = mixed_probes(images)
+    assert torch.equal(probes, mixed_probes(images, chunk=7)[0]) and torch.equal(partner, mixed_probes(images)[1])
+    assert int(probes[0, 0, 0, 0]) == round(0.55 * int(images[0, 0, 0, 0]) + 0.45 * int(images[partner[0], 0, 0, 0]))
+    centred, near_dark = Brightness(0.23), Brightness(-1.0, scale=100.0)  # both separate the groups (means -1.81 and 2.27)
+    assert score_model(centred, images)["mixval"] == 1.0
+    assert score_model(near_dark, images)["mixval"] < 0.8  # probes led by a dark image cross its boundary
+    assert score_model(near_dark, images)["entropy"] > score_model(centred, images)["entropy"]  # yet it is more confident
 
 
 @pytest.mark.parametrize("names", [[name] for name in sorted(METHODS)] + [["adabn", "self_training"]])

@@ -123,7 +123,7 @@ def scored(name: str, seed: int, accuracy: float, score: float) -> dict:
     """A finished few-label cell at k = 1 on target `t`, as the report reads it."""
     kind = "scratch" if name.startswith("scratch") else "strategy"
     return {"target": "t", "kind": kind, "name": name, "shots": 1, "seed": seed, "target_accuracy": accuracy,
-            "validators": {"information_maximization": score}}
+            "key": f"{name}-{seed}", "validators": {"information_maximization": score}}
 
 
 def test_the_validator_picks_the_few_label_learning_rate_per_seed() -> None:
@@ -162,6 +162,14 @@ def test_the_validator_picks_the_few_label_strategy_per_seed() -> None:
     assert ("- k = 1: the picked strategy reaches 82.0 ± 2.8% (linear_probe x2) vs from scratch 60.0 ± 14.1% (+22.0 points); "
             "the pick is the label-based one in 1/2 seeds, which reaches 87.0 ± 4.2%") in text
     assert summary["1"] == pytest.approx({"picked": 0.82, "scratch": 0.60, "agreement": 0.5, "label_based": 0.87})
+    assert "Every validator's picks" not in text  # one validator measured: nothing to compare
+    for r in results:  # mixval prefers the most accurate run in seed 0 and the least in seed 1
+        r["validators"]["mixval"] = {(0, "finetune"): 0.9, (1, "finetune"): 0.9}.get((r["seed"], r["name"]), 0.5)
+    text, _ = strategy_selection(spec, results, "t")
+    assert "| validator | k = 1 |\n|---|---|\n| information_maximization (used) | 1/2, 82.0 ± 2.8% |\n| mixval | 1/2, 75.0 ± 21.2% |" in text
+    del results[1]["validators"]["mixval"]
+    with pytest.raises(ValueError, match=r"cell finetune-0 was measured before the validator 'mixval' existed: delete its result"):
+        strategy_selection(spec.model_copy(update={"validator": "mixval"}), results, "t")
     assert strategy_selection(spec.model_copy(update={"strategies": ["finetune"]}), results, "t") == ("", {})
 
 

@@ -163,7 +163,7 @@ def test_sweep_on_a_local_dask_cluster_logs_child_runs_and_picks_without_target_
     assert [t["overrides"] for t in trials] == [{"finetune.lr": 0.001}, {"finetune.lr": 0.003}]
     for trial in trials:
         assert 0 <= trial["metrics"]["target_accuracy"] <= 1 and 0 <= trial["metrics"]["source_accuracy"] <= 1
-        assert {"information_maximization", "entropy", "snd"} <= set(trial["metrics"])
+        assert {"information_maximization", "entropy", "snd", "mixval"} <= set(trial["metrics"])
         assert trial["gpu_pool"] is None  # CPU, no pool: no slots taken
     assert len({t["worker"] for t in trials}) == 2, "the trials ran in the cluster's two worker processes"
     best = result["best"]

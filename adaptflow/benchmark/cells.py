@@ -118,7 +118,7 @@ def run_cell(spec: BenchmarkSpec, cell: Cell) -> dict:
         "source_accuracy": accuracy(model, source_test),
         "train_seconds": curve[-1]["seconds"] if curve else sum(h["epoch_seconds"] for h in history),
         "epochs": len(history),
-        "validators": score_model(predict(model, unlabeled.images)),
+        "validators": score_model(model, unlabeled.images),
         "curve": curve,
         **{k: history[-1][k] for k in ("pseudo_label_fraction", "pseudo_label_accuracy") if history and k in history[-1]},
     }

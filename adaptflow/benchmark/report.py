@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from adaptflow.benchmark.cells import _data, source_model_path
+from adaptflow.adapt.validators import VALIDATORS
 from adaptflow.benchmark.spec import CONTROL, TARGET_BN, BenchmarkSpec, few_label_parts, losses_on_unlabeled, tried_lr
 from adaptflow.io import atomic_write, write_json
 
@@ -93,6 +94,8 @@ def validator_selection(spec: BenchmarkSpec, results: list[dict], target: str) -
     text = (f"Unsupervised validator `{spec.validator}` (computed on the unlabeled target split, no labels): agrees with the "
             f"label-based choice in {agree}/{n} seeds; its picks reach {_pct(picked_acc)}% versus {_pct(best_acc)}% for the "
             "best-by-labels choice.\n\n" + "\n".join(f"- {p}" for p in picks))
+    comparison = validator_comparison(spec, {"no target labels": [group for _, group in seeds]})
+    text += f"\n\n{comparison}" if comparison else ""
     return text, {"agreement": agree / n, "picked_accuracy": statistics.fmean(picked_acc)}
 
 
@@ -170,8 +173,29 @@ def few_label_table(spec: BenchmarkSpec, results: list[dict], target: str) -> tu
 
 def _validator_picks(groups: Sequence[list[dict]], validator: str) -> tuple[list[dict], list[dict]]:
     """Per group (one seed's candidates): the run the validator scores highest, and the run target labels would pick."""
+    for r in (r for g in groups for r in g if validator not in r["validators"]):
+        raise ValueError(f"cell {r['key']} was measured before the validator {validator!r} existed: delete its result "
+                         "(cells/<key>-*.json in the benchmark cache) to re-run it, or pick another validator")
     return ([max(g, key=lambda r: r["validators"][validator]) for g in groups],
             [max(g, key=lambda r: r["target_accuracy"]) for g in groups])
+
+
+def validator_comparison(spec: BenchmarkSpec, columns: dict[str, Sequence[list[dict]]]) -> str:
+    """A table: per validator that every run measured and per column (its groups: one seed's candidates
+    each), how often its pick is the label-based one and what its picks reach."""
+    runs = [r for groups in columns.values() for g in groups for r in g]
+    names = [v for v in VALIDATORS if all(v in r["validators"] for r in runs)]
+    if len(names) < 2:
+        return ""
+    lines = ["| validator | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for name in names:
+        cells = []
+        for groups in columns.values():
+            picks, labels = _validator_picks(groups, name)
+            cells.append(f"{sum(map(operator.is_, picks, labels))}/{len(groups)}, {_pct([r['target_accuracy'] for r in picks])}%")
+        lines.append(f"| {name}{' (used)' if name == spec.validator else ''} | " + " | ".join(cells) + " |")
+    return ("Every validator's picks, for comparison (seeds where the pick is the label-based one, and the picks' "
+            "target accuracy):\n\n" + "\n".join(lines))
 
 
 def strategy_selection(spec: BenchmarkSpec, results: list[dict], target: str) -> tuple[str, dict]:
@@ -180,13 +204,14 @@ def strategy_selection(spec: BenchmarkSpec, results: list[dict], target: str) ->
     if len(spec.strategies) < 2:  # nothing to choose between
         return "", {}
     rows = [r for r in results if r["target"] == target and r["name"] in ("scratch", *spec.strategies)]
-    lines, summary = [], {}
+    lines, summary, columns = [], {}, {}
     for k in sorted({r["shots"] for r in rows}, key=_shots_order):
         seeds = [g for g in _group([r for r in rows if r["shots"] == k], "seed").values()
                  if len(g) == len(spec.strategies) + 1]
         if not seeds:
             continue
-        picks, labels = _validator_picks([[r for r in g if r["name"] != "scratch"] for g in seeds], spec.validator)
+        columns[f"k = {k}"] = [[r for r in g if r["name"] != "scratch"] for g in seeds]
+        picks, labels = _validator_picks(columns[f"k = {k}"], spec.validator)
         agree = sum(map(operator.is_, picks, labels))
         scratch = [r["target_accuracy"] for g in seeds for r in g if r["name"] == "scratch"]
         best = [r["target_accuracy"] for r in labels]
@@ -199,8 +224,10 @@ def strategy_selection(spec: BenchmarkSpec, results: list[dict], target: str) ->
                            "label_based": statistics.fmean(best)}
     if not lines:
         return "", {}
+    comparison = validator_comparison(spec, columns)
     return "\n".join([f"Strategy picked without target labels: per k and seed, the validator `{spec.validator}` picks one of the "
-                      "strategies trained on target labels alone, by its score on the unlabeled target images.", "", *lines]), summary
+                      "strategies trained on target labels alone, by its score on the unlabeled target images.", "", *lines]
+                     + (["", comparison] if comparison else [])), summary
 
 
 def lr_selection(spec: BenchmarkSpec, results: list[dict], target: str) -> tuple[str, dict]:

@@ -75,7 +75,7 @@ class BenchmarkSpec(Spec):
         [], description="Methods also run with method_shots labeled target images per class added to the source's labels"
     )
     method_shots: list[int] = Field([1], description="Labeled target images per class for the semi_supervised runs")
-    validator: Literal["information_maximization", "entropy", "snd"] = Field(
+    validator: Literal["information_maximization", "entropy", "snd", "mixval"] = Field(
         "information_maximization", description="Unsupervised validator that picks the adaptation method per seed"
     )
     layer_lr_decay: float = Field(0.5, gt=0, le=1, description="discriminative and gradual_unfreeze: rate of each block / the block above")

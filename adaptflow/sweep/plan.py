@@ -17,7 +17,7 @@ from adaptflow.data import split_dir
 from adaptflow.execution import DaskAddressField, GpuPoolField, RayAddressField, RunnerField, check_addresses
 
 #: The unsupervised validators of `adaptflow.adapt.validators` (a test keeps the two equal).
-VALIDATORS = ("information_maximization", "entropy", "snd")
+VALIDATORS = ("information_maximization", "entropy", "snd", "mixval")
 #: What the evaluate stage measures that can pick a trial (higher is better for each).
 EVALUATED = {
     "classification": ("source_accuracy", "target_accuracy", "target_macro_f1", "gain"),
@@ -26,7 +26,7 @@ EVALUATED = {
 #: Metrics measured on the target test set: choosing by them makes the winner's score optimistic.
 ON_TARGET_TEST = ("target_accuracy", "target_macro_f1", "target_map50", "target_map50_95", "gain")
 #: Every trial score a sweep can pick by (VALIDATORS and EVALUATED; a test keeps them equal).
-SelectionMetric = Literal["information_maximization", "entropy", "snd", "source_accuracy", "target_accuracy", "target_macro_f1",
+SelectionMetric = Literal["information_maximization", "entropy", "snd", "mixval", "source_accuracy", "target_accuracy", "target_macro_f1",
                           "source_map50", "source_map50_95", "target_map50", "target_map50_95", "gain"]
 #: Sections whose keys change what a trial trains or measures.
 SWEPT_SECTIONS = ("data", "pretrained", "finetune")

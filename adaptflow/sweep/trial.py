@@ -27,13 +27,12 @@ def unsupervised_scores(cfg: EvaluateConfig, data: DataConfig, model_path: str |
     labels used); empty when the target has no unlabeled split."""
     from adaptflow.adapt import score_model
     from adaptflow.models import load_checkpoint
-    from adaptflow.train import predict
 
     if not split_dir(data, data.target, "unlabeled").is_dir():
         return {}
     model, meta = load_checkpoint(model_path)
     unlabeled = load_split(data, data.target, "unlabeled", meta["classes"])
-    return score_model(predict(model, unlabeled.images, cfg.batch_size, device))
+    return score_model(model, unlabeled.images, cfg.batch_size, device)
 
 
 def run_trial(trial: Trial, pretrained: PretrainedRef, work_dir: Path, parent_run_id: str, threads: int = 1) -> dict:
