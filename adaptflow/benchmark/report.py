@@ -16,8 +16,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from adaptflow.benchmark.cells import _data, source_model_path
 from adaptflow.adapt.validators import VALIDATORS
+from adaptflow.benchmark.cells import _data, source_model_path
 from adaptflow.benchmark.spec import CONTROL, TARGET_BN, BenchmarkSpec, few_label_parts, losses_on_unlabeled, tried_lr
 from adaptflow.io import atomic_write, write_json
 
