@@ -20,7 +20,9 @@ def test_presets_load_and_the_full_grid_has_every_dimension() -> None:
     assert quick.workers >= 1 and len(quick.seeds) >= 3
     cells = plan_cells(full)
     kinds = {c.kind for c in cells}
-    assert kinds == {"source_only", "method", "strategy", "scratch"}
+    assert kinds == {"source_only", "method", "strategy", "scratch", "holdout"}
+    assert {(c.name, c.shots) for c in cells if c.kind == "holdout" and c.target == "mnist_m" and c.seed == 0} == {
+        (f"{s}~holdout", k) for s in full.strategies for k in (5, 10, "all")}  # k = 1 has no label to spare
     assert {c.shots for c in cells if c.kind == "scratch"} == {1, 5, 10, "all"}
     assert {c.seed for c in cells} == {0, 1, 2} and {c.target for c in cells} == {"uci_digits", "mnist_m"}
     assert len({c.key for c in cells}) == len(cells)
@@ -119,10 +121,29 @@ def test_a_few_label_run_named_with_a_learning_rate_trains_at_it(project: Path) 
     assert largest_change("scratch@lr1e-09") < 1e-6 < 1e-3 < largest_change("scratch")
 
 
-def scored(name: str, seed: int, accuracy: float, score: float) -> dict:
-    """A finished few-label cell at k = 1 on target `t`, as the report reads it."""
+def test_a_strategy_run_with_labels_held_out_trains_on_the_rest_and_scores_them(project: Path) -> None:
+    """A holdout cell trains on the labels it does not hold out (fewer steps an epoch, so more epochs for the
+    same steps) and reports its accuracy and loss on the held-out ones; the plain cell is unchanged."""
+    from adaptflow.benchmark.cells import run_cell, train_source
+
+    spec = BenchmarkSpec(image_size=16, pairs=[{"target": "uci_digits"}], seeds=[0], shots=[3], strategies=["finetune"], methods=[],
+                         holdout_fraction=0.3, source={"epochs": 1}, few_shot={"steps": 12, "batch_size": 8}, eval_points=2)
+    cells = {c.kind: c for c in plan_cells(spec) if c.name.startswith("finetune")}
+    assert cells["holdout"].key == "uci_digits-finetune~holdout-k3-s0"
+    train_source(spec, "mnist", 0)
+    plain, held = run_cell(spec, cells["strategy"]), run_cell(spec, cells["holdout"])
+    assert (plain["epochs"], held["epochs"]) == (3, 4)  # 30 images: 4 steps an epoch; 30% of 3 a class held out, 20 images: 3
+    assert "holdout_accuracy" not in plain and held["holdout_loss"] > 0
+    assert round(10 * held["holdout_accuracy"], 6).is_integer()  # 10 held-out images
+    two = spec.model_copy(update={"holdout_fraction": 0.6})
+    assert two.cell_digest(cells["holdout"]) != spec.cell_digest(cells["holdout"])
+    assert two.cell_digest(cells["strategy"]) == spec.cell_digest(cells["strategy"])
+
+
+def scored(name: str, seed: int, accuracy: float, score: float, shots: int = 1) -> dict:
+    """A finished few-label cell on target `t`, as the report reads it."""
     kind = "scratch" if name.startswith("scratch") else "strategy"
-    return {"target": "t", "kind": kind, "name": name, "shots": 1, "seed": seed, "target_accuracy": accuracy,
+    return {"target": "t", "kind": kind, "name": name, "shots": shots, "seed": seed, "target_accuracy": accuracy,
             "key": f"{name}-{seed}", "validators": {"information_maximization": score}}
 
 
@@ -166,11 +187,32 @@ def test_the_validator_picks_the_few_label_strategy_per_seed() -> None:
     for r in results:  # mixval prefers the most accurate run in seed 0 and the least in seed 1
         r["validators"]["mixval"] = {(0, "finetune"): 0.9, (1, "finetune"): 0.9}.get((r["seed"], r["name"]), 0.5)
     text, _ = strategy_selection(spec, results, "t")
-    assert "| validator | k = 1 |\n|---|---|\n| information_maximization (used) | 1/2, 82.0 ± 2.8% |\n| mixval | 1/2, 75.0 ± 21.2% |" in text
+    assert "| picked by | k = 1 |\n|---|---|\n| information_maximization (used) | 1/2, 82.0 ± 2.8% |\n| mixval | 1/2, 75.0 ± 21.2% |" in text
     del results[1]["validators"]["mixval"]
     with pytest.raises(ValueError, match=r"cell finetune-0 was measured before the validator 'mixval' existed: delete its result"):
         strategy_selection(spec.model_copy(update={"validator": "mixval"}), results, "t")
     assert strategy_selection(spec.model_copy(update={"strategies": ["finetune"]}), results, "t") == ("", {})
+
+
+def test_held_out_labels_pick_the_few_label_strategy_where_k_allows() -> None:
+    from adaptflow.benchmark.report import strategy_selection
+
+    spec = BenchmarkSpec(pairs=[{"target": "t"}], shots=[1, 5], strategies=["finetune", "linear_probe"], methods=[], holdout_fraction=0.2)
+    results = [  # labels pick finetune in seed 0, linear_probe in seed 1; the validator picks linear_probe in both
+        scored("scratch", 0, 0.50, 0.9, 5), scored("finetune", 0, 0.90, 0.1, 5), scored("linear_probe", 0, 0.80, 0.2, 5),
+        scored("scratch", 1, 0.70, 0.9, 5), scored("finetune", 1, 0.60, 0.1, 5), scored("linear_probe", 1, 0.84, 0.3, 5),
+        scored("scratch", 0, 0.40, 0.9), scored("finetune", 0, 0.70, 0.1), scored("linear_probe", 0, 0.60, 0.2),
+    ]
+    # Held out: seed 0 ties on accuracy and the lower loss (finetune) wins; seed 1 linear_probe is more accurate.
+    for seed, name, acc, loss in ((0, "finetune", 0.9, 0.3), (0, "linear_probe", 0.9, 0.5), (1, "finetune", 0.7, 0.2), (1, "linear_probe", 0.8, 0.9)):
+        results.append({**scored(f"{name}~holdout", seed, 0.0, 0.0, 5), "kind": "holdout", "holdout_accuracy": acc, "holdout_loss": loss})
+    text, summary = strategy_selection(spec, results, "t")
+    assert ("  - picked by held-out target labels instead: 87.0 ± 4.2% (finetune x1, linear_probe x1), "
+            "the label-based one in 2/2 seeds") in text
+    assert summary["5"]["holdout"] == pytest.approx({"picked": 0.87, "agreement": 1.0}) and "holdout" not in summary["1"]
+    assert "| picked by | k = 1 | k = 5 |" in text and "| held-out target labels (20% a class, at least 1) |  | 2/2, 87.0 ± 4.2% |" in text
+    text, summary = strategy_selection(spec, results[:-1], "t")  # a candidate without its held-out run: no held-out pick
+    assert "held-out" not in text and "holdout" not in summary["5"]
 
 
 def test_time_to_accuracy_compares_each_seed_with_its_own_scratch_run() -> None:
@@ -232,6 +274,9 @@ def test_bad_presets_name_the_file_and_field(tmp_path: Path) -> None:
         load_preset(bad)
     bad.write_text("lr_candidates: [-0.1]\n")
     with pytest.raises(ConfigError, match=r"lr_candidates\.0: Input should be greater than 0"):
+        load_preset(bad)
+    bad.write_text("shots: [1]\nholdout_fraction: 0.2\n")
+    with pytest.raises(ConfigError, match=r"holdout_fraction: 0.2 needs a k of 2 or more \(or all\) in shots \[1\]: at k = 1 no label"):
         load_preset(bad)
     bad.write_text("with_unlabeled: {mcc: [warp_speed]}\n")
     with pytest.raises(ConfigError, match=r"with_unlabeled\.mcc\.0: Input should be 'linear_probe'"):

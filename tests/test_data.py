@@ -92,6 +92,20 @@ def test_per_class_subset_is_seeded_and_balanced(project: Path) -> None:
     assert data.per_class(None) is data
 
 
+def test_held_out_labels_are_a_seeded_share_of_each_class_and_leave_the_rest_to_train(project: Path) -> None:
+    data = load_image_folder(project / "data" / "uci_digits" / "train", 16)  # 4 labeled images a class
+    rest, held = data.hold_out(0.4, seed=4)  # 1.6 rounds to 2
+    assert torch.bincount(held.labels).tolist() == [2] * 10 and torch.bincount(rest.labels).tolist() == [2] * 10
+    images = lambda s: sorted(x.tobytes() for x in s.images.numpy())  # noqa: E731 - the set's images, as a multiset
+    assert images(rest.concat(held)) == images(data)  # disjoint, and all of it
+    assert torch.equal(held.images, data.hold_out(0.4, seed=4)[1].images)
+    assert not torch.equal(held.images, data.hold_out(0.4, seed=5)[1].images)
+    assert torch.bincount(data.hold_out(0.01)[1].labels).tolist() == [1] * 10  # at least one
+    assert torch.bincount(data.hold_out(0.99)[0].labels).tolist() == [1] * 10  # at least one left to train on
+    with pytest.raises(ValueError, match=r"class '0' has 1 labeled image\(s\): holding one out would leave none to train on"):
+        data.per_class(1).hold_out(0.2)
+
+
 def test_missing_domains_are_built_only_when_they_are_the_demos(tmp_path: Path) -> None:
     from adaptflow.data import ensure_domains
 

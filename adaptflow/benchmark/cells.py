@@ -77,6 +77,13 @@ def train_source(spec: BenchmarkSpec, source: str, seed: int) -> dict:
     return result
 
 
+def holdout_scores(model: Classifier, held_out: ImageSet) -> dict:
+    """Accuracy and mean cross-entropy on held-out labeled target images (they pick a strategy; the loss breaks ties)."""
+    logits = predict(model, held_out.images)
+    return {"holdout_accuracy": float((logits.argmax(1) == held_out.labels).float().mean()),
+            "holdout_loss": float(torch.nn.functional.cross_entropy(logits, held_out.labels))}
+
+
 def labeled_target(data: DataConfig, classes: tuple[str, ...], shots: int | str, seed: int) -> ImageSet:
     """k labeled target images per class; `all`: every labeled target image (train and the unlabeled split's true labels)."""
     train = load_split(data, data.target, "train", classes)
@@ -106,10 +113,16 @@ def run_cell(spec: BenchmarkSpec, cell: Cell) -> dict:
                 raise ValueError(f"{cell.source} classes {meta['classes']} differ from {cell.target}'s {classes}: the benchmark needs the same classes")
     history: list[dict] = []
     curve: list[dict] = []
+    held_out: dict = {}
     if cell.kind == "method":
         history = _adapt(spec, cell, model, data, classes, unlabeled)
-    elif cell.kind in ("strategy", "scratch"):
-        history, curve = _few_shot(spec, cell, model, labeled_target(data, classes, cell.shots, cell.seed), test, unlabeled)
+    elif cell.kind in ("strategy", "scratch", "holdout"):
+        labeled = labeled_target(data, classes, cell.shots, cell.seed)
+        if cell.kind == "holdout":
+            labeled, validation = labeled.hold_out(spec.holdout_fraction, seed=cell.seed)
+        history, curve = _few_shot(spec, cell, model, labeled, test, unlabeled)
+        if cell.kind == "holdout":
+            held_out = holdout_scores(model, validation)
     source_test = load_split(data, cell.source, "test", classes)
     result = {
         **cell.to_dict(),
@@ -120,6 +133,7 @@ def run_cell(spec: BenchmarkSpec, cell: Cell) -> dict:
         "epochs": len(history),
         "validators": score_model(model, unlabeled.images),
         "curve": curve,
+        **held_out,
         **{k: history[-1][k] for k in ("pseudo_label_fraction", "pseudo_label_accuracy") if history and k in history[-1]},
     }
     if cell.kind == "method":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from adaptflow.adapt.validators import VALIDATORS
 from adaptflow.benchmark.cells import _data, source_model_path
-from adaptflow.benchmark.spec import CONTROL, TARGET_BN, BenchmarkSpec, few_label_parts, losses_on_unlabeled, tried_lr
+from adaptflow.benchmark.spec import CONTROL, HOLDOUT_TAG, TARGET_BN, BenchmarkSpec, few_label_parts, losses_on_unlabeled, tried_lr
 from adaptflow.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -171,29 +171,44 @@ def few_label_table(spec: BenchmarkSpec, results: list[dict], target: str) -> tu
     return "\n".join(lines) + _with_unlabeled_note(spec) + "\n\n" + "\n".join(verdicts), summary
 
 
+def _picks(groups: Sequence[list[dict]], score: Callable[[dict], object]) -> tuple[list[dict], list[dict]]:
+    """Per group (one seed's candidates): the run `score` ranks highest, and the run target labels would pick."""
+    return [max(g, key=score) for g in groups], [max(g, key=lambda r: r["target_accuracy"]) for g in groups]
+
+
 def _validator_picks(groups: Sequence[list[dict]], validator: str) -> tuple[list[dict], list[dict]]:
     """Per group (one seed's candidates): the run the validator scores highest, and the run target labels would pick."""
     for r in (r for g in groups for r in g if validator not in r["validators"]):
         raise ValueError(f"cell {r['key']} was measured before the validator {validator!r} existed: delete its result "
                          "(cells/<key>-*.json in the benchmark cache) to re-run it, or pick another validator")
-    return ([max(g, key=lambda r: r["validators"][validator]) for g in groups],
-            [max(g, key=lambda r: r["target_accuracy"]) for g in groups])
+    return _picks(groups, lambda r: r["validators"][validator])
+
+
+def _holdout_score(run: dict) -> tuple[float, float]:
+    """A candidate's score on the labels held out from it: accuracy, ties broken by the lower loss."""
+    return run["holdout"]["holdout_accuracy"], -run["holdout"]["holdout_loss"]
+
+
+def _pick_cells(picks: list[dict], labels: list[dict]) -> str:
+    return f"{sum(map(operator.is_, picks, labels))}/{len(picks)}, {_pct([r['target_accuracy'] for r in picks])}%"
 
 
 def validator_comparison(spec: BenchmarkSpec, columns: dict[str, Sequence[list[dict]]]) -> str:
     """A table: per validator that every run measured and per column (its groups: one seed's candidates
-    each), how often its pick is the label-based one and what its picks reach."""
+    each), how often its pick is the label-based one and what its picks reach; a last row for the
+    held-out labels where the candidates carry their held-out scores (`holdout`)."""
     runs = [r for groups in columns.values() for g in groups for r in g]
     names = [v for v in VALIDATORS if all(v in r["validators"] for r in runs)]
-    if len(names) < 2:
+    held = {c: all("holdout" in r for g in groups for r in g) for c, groups in columns.items()}
+    if len(names) + any(held.values()) < 2:
         return ""
-    lines = ["| validator | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    lines = ["| picked by | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for name in names:
-        cells = []
-        for groups in columns.values():
-            picks, labels = _validator_picks(groups, name)
-            cells.append(f"{sum(map(operator.is_, picks, labels))}/{len(groups)}, {_pct([r['target_accuracy'] for r in picks])}%")
+        cells = [_pick_cells(*_validator_picks(groups, name)) for groups in columns.values()]
         lines.append(f"| {name}{' (used)' if name == spec.validator else ''} | " + " | ".join(cells) + " |")
+    if any(held.values()):
+        cells = [_pick_cells(*_picks(groups, _holdout_score)) if held[c] else "" for c, groups in columns.items()]
+        lines.append(f"| held-out target labels ({spec.holdout_fraction:.0%} a class, at least 1) | " + " | ".join(cells) + " |")
     return ("Every validator's picks, for comparison (seeds where the pick is the label-based one, and the picks' "
             "target accuracy):\n\n" + "\n".join(lines))
 
@@ -204,14 +219,19 @@ def strategy_selection(spec: BenchmarkSpec, results: list[dict], target: str) ->
     if len(spec.strategies) < 2:  # nothing to choose between
         return "", {}
     rows = [r for r in results if r["target"] == target and r["name"] in ("scratch", *spec.strategies)]
+    held_out = {(r["name"].removesuffix(HOLDOUT_TAG), r["shots"], r["seed"]): r
+                for r in results if r["target"] == target and r["kind"] == "holdout"}
     lines, summary, columns = [], {}, {}
     for k in sorted({r["shots"] for r in rows}, key=_shots_order):
         seeds = [g for g in _group([r for r in rows if r["shots"] == k], "seed").values()
                  if len(g) == len(spec.strategies) + 1]
         if not seeds:
             continue
-        columns[f"k = {k}"] = [[r for r in g if r["name"] != "scratch"] for g in seeds]
-        picks, labels = _validator_picks(columns[f"k = {k}"], spec.validator)
+        candidates = [[r for r in g if r["name"] != "scratch"] for g in seeds]
+        if all((r["name"], k, r["seed"]) in held_out for g in candidates for r in g):
+            candidates = [[{**r, "holdout": held_out[r["name"], k, r["seed"]]} for r in g] for g in candidates]
+        columns[f"k = {k}"] = candidates
+        picks, labels = _validator_picks(candidates, spec.validator)
         agree = sum(map(operator.is_, picks, labels))
         scratch = [r["target_accuracy"] for g in seeds for r in g if r["name"] == "scratch"]
         best = [r["target_accuracy"] for r in labels]
@@ -222,12 +242,24 @@ def strategy_selection(spec: BenchmarkSpec, results: list[dict], target: str) ->
                      f"({diff:+.1f} points); the pick is the label-based one in {agree}/{len(seeds)} seeds, which reaches {_pct(best)}%")
         summary[str(k)] = {"picked": statistics.fmean(picked), "scratch": statistics.fmean(scratch), "agreement": agree / len(seeds),
                            "label_based": statistics.fmean(best)}
+        if "holdout" in candidates[0][0]:
+            held, _ = _picks(candidates, _holdout_score)
+            agree_held = sum(map(operator.is_, held, labels))
+            accuracy = [r["target_accuracy"] for r in held]
+            counts = ", ".join(f"{name} x{n}" for name, n in Counter(r["name"] for r in held).most_common())
+            lines.append(f"  - picked by held-out target labels instead: {_pct(accuracy)}% ({counts}), the label-based one in "
+                         f"{agree_held}/{len(seeds)} seeds")
+            summary[str(k)]["holdout"] = {"picked": statistics.fmean(accuracy), "agreement": agree_held / len(seeds)}
     if not lines:
         return "", {}
     comparison = validator_comparison(spec, columns)
-    return "\n".join([f"Strategy picked without target labels: per k and seed, the validator `{spec.validator}` picks one of the "
-                      "strategies trained on target labels alone, by its score on the unlabeled target images.", "", *lines]
-                     + (["", comparison] if comparison else [])), summary
+    intro = (f"Strategy picked without target labels: per k and seed, the validator `{spec.validator}` picks one of the "
+             "strategies trained on target labels alone, by its score on the unlabeled target images.")
+    if any("holdout" in v for v in summary.values()):
+        intro += (f" From k = 2, each strategy is also trained with {spec.holdout_fraction:.0%} of each class's labels held out "
+                  "(at least one), and its accuracy on them picks instead (ties: the lower loss), as a validation split would; "
+                  "the picked strategy's accuracy is that of its run on all k labels.")
+    return "\n".join([intro, "", *lines] + (["", comparison] if comparison else [])), summary
 
 
 def lr_selection(spec: BenchmarkSpec, results: list[dict], target: str) -> tuple[str, dict]:

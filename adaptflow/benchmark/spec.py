@@ -23,6 +23,8 @@ CONTROL = "none"
 TARGET_BN = "adabn"
 #: Marks a few-label run at one of `lr_candidates` (e.g. finetune@lr0.003); unmarked runs use few_shot.lr.
 LR_TAG = "@lr"
+#: Marks a strategy's run with holdout_fraction of its labels held out to score it (e.g. finetune~holdout).
+HOLDOUT_TAG = "~holdout"
 #: Fields that say how the grid runs, not what it computes.
 EXECUTION = {"workers", "threads", "runner", "dask_address", "ray_address", "gpu_pool"}
 
@@ -89,6 +91,11 @@ class BenchmarkSpec(Spec):
         [], description="Few-label runs on labels only (strategies and scratch): learning rates tried besides few_shot.lr; per "
                         "strategy, k and seed the unsupervised validator picks one, from unlabeled target images",
     )
+    holdout_fraction: float = Field(
+        0.0, ge=0, lt=1, description="When positive: at every k from 2 (and all), each strategy also trains with this fraction of "
+                                     "each class's labels held out (at least one) and is scored on them; per k and seed the best "
+                                     "held-out score picks a strategy, which the report compares with the validators' picks",
+    )
     eval_points: int = Field(10, ge=2, description="Target-test evaluations per few-label run, geometrically spaced (the time-to-accuracy curve)")
     workers: int = Field(2, ge=1, description="Cells run in parallel: threads, or processes of a local Dask cluster, or CPUs of a local Ray instance (torch threads per cell: threads)")
     threads: int = Field(1, ge=1, description="torch threads per cell")
@@ -127,6 +134,17 @@ class BenchmarkSpec(Spec):
                              "list each other learning rate once")
         return self
 
+    @model_validator(mode="after")
+    def _holdout(self) -> BenchmarkSpec:
+        if self.holdout_fraction and not self.holdout_shots():
+            raise ValueError(f"holdout_fraction: {self.holdout_fraction:g} needs a k of 2 or more (or all) in shots {self.shots}: "
+                             "at k = 1 no label can be held out; add one, or set holdout_fraction to 0")
+        return self
+
+    def holdout_shots(self) -> list[int | str]:
+        """The k whose strategies are also trained with labels held out (a class needs two labels to spare one)."""
+        return [k for k in self.shots if k == "all" or k >= 2] if self.holdout_fraction else []
+
     def few_shot_lrs(self) -> list[float]:
         """Every learning rate the few-label runs on labels only try, ascending."""
         return sorted([self.few_shot.lr, *self.lr_candidates])
@@ -148,13 +166,16 @@ class BenchmarkSpec(Spec):
             extra["layer_lr_decay"] = self.layer_lr_decay
         if strategy == "surgical":
             extra["surgical_blocks"] = self.surgical_blocks
+        if cell.kind == "holdout":
+            extra["holdout_fraction"] = self.holdout_fraction
         return content_digest({"cell": cell.to_dict(), **extra, **self.model_dump(mode="json", include=shared)}, 12)
 
 
 @dataclass(frozen=True)
 class Cell:
     """One run of the grid. kind: source_only, method (name = methods joined by +), strategy, scratch
-    (strategy and scratch names are followed by +methods when the run also uses the unlabeled target split)."""
+    (strategy and scratch names are followed by +methods when the run also uses the unlabeled target split),
+    holdout (a strategy trained with some labels held out to score it: name = strategy~holdout)."""
 
     source: str
     target: str
@@ -190,13 +211,15 @@ def plan_cells(spec: BenchmarkSpec) -> list[Cell]:
                 for combo, strategies in spec.with_unlabeled.items():
                     cells.append(Cell(pair.source, pair.target, "scratch", f"scratch+{combo}", k, seed))
                     cells += [Cell(pair.source, pair.target, "strategy", f"{s}+{combo}", k, seed) for s in strategies]
+                if k in spec.holdout_shots():
+                    cells += [Cell(pair.source, pair.target, "holdout", f"{s}{HOLDOUT_TAG}", k, seed) for s in spec.strategies]
     first = [0, 1, 10, "all"]
     return sorted(cells, key=lambda c: first.index(c.shots) if c.shots in first else len(first))
 
 
 def few_label_parts(name: str) -> tuple[str, list[str]]:
     """A few-label cell's strategy (or scratch) and the methods it adds with the unlabeled target split."""
-    strategy, *methods = name.split(LR_TAG)[0].split("+")
+    strategy, *methods = name.split(LR_TAG)[0].removesuffix(HOLDOUT_TAG).split("+")
     return strategy, methods
 
 

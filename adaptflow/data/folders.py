@@ -48,6 +48,25 @@ class ImageSet:
             idx = torch.nonzero(self.labels == cls).flatten()
             keep.append(idx[torch.randperm(len(idx), generator=g)[:k]])
         index = torch.cat(keep).sort().values
+        return self._take(index)
+
+    def hold_out(self, fraction: float, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+        """(the rest, a seeded `fraction` of each class held out, at least one image): a labeled validation
+        split taken from a training set."""
+        g = torch.Generator().manual_seed(seed)
+        held = []
+        for cls, name in enumerate(self.classes):
+            idx = torch.nonzero(self.labels == cls).flatten()
+            if len(idx) < 2:
+                raise ValueError(f"class '{name}' has {len(idx)} labeled image(s): holding one out would leave none to train on; "
+                                 "hold out labels only where every class has two or more")
+            n = min(len(idx) - 1, max(1, round(fraction * len(idx))))
+            held.append(idx[torch.randperm(len(idx), generator=g)[:n]])
+        out = torch.zeros(len(self), dtype=torch.bool)
+        out[torch.cat(held)] = True
+        return self._take(torch.nonzero(~out).flatten()), self._take(torch.nonzero(out).flatten())
+
+    def _take(self, index: torch.Tensor) -> ImageSet:
         return ImageSet(self.images[index], self.labels[index], self.classes)
 
     def concat(self, other: ImageSet) -> ImageSet:
