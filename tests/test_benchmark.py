@@ -126,12 +126,15 @@ def test_a_strategy_run_with_labels_held_out_trains_on_the_rest_and_scores_them(
     same steps) and reports its accuracy and loss on the held-out ones; the plain cell is unchanged."""
     from adaptflow.benchmark.cells import run_cell, train_source
 
+    threads = torch.get_num_threads()
     spec = BenchmarkSpec(image_size=16, pairs=[{"target": "uci_digits"}], seeds=[0], shots=[3], strategies=["finetune"], methods=[],
-                         holdout_fraction=0.3, source={"epochs": 1}, few_shot={"steps": 12, "batch_size": 8}, eval_points=2)
+                         holdout_fraction=0.3, source={"epochs": 1}, few_shot={"steps": 12, "batch_size": 8}, eval_points=2,
+                         threads=threads + 1)
     cells = {c.kind: c for c in plan_cells(spec) if c.name.startswith("finetune")}
     assert cells["holdout"].key == "uci_digits-finetune~holdout-k3-s0"
     train_source(spec, "mnist", 0)
     plain, held = run_cell(spec, cells["strategy"]), run_cell(spec, cells["holdout"])
+    assert torch.get_num_threads() == threads  # restored: the caller's floats do not change
     assert (plain["epochs"], held["epochs"]) == (3, 4)  # 30 images: 4 steps an epoch; 30% of 3 a class held out, 20 images: 3
     assert "holdout_accuracy" not in plain and held["holdout_loss"] > 0
     assert round(10 * held["holdout_accuracy"], 6).is_integer()  # 10 held-out images

@@ -24,7 +24,7 @@ from adaptflow.config import DataConfig
 from adaptflow.data import ImageSet, list_classes, load_split, split_dir
 from adaptflow.io import read_json, write_json
 from adaptflow.models import Classifier, build_classifier, load_checkpoint, save_checkpoint
-from adaptflow.train import FitSettings, Normalizer, backbone_blocks, fit, predict, seed_everything
+from adaptflow.train import FitSettings, Normalizer, backbone_blocks, fit, predict, seed_everything, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +62,17 @@ def train_source(spec: BenchmarkSpec, source: str, seed: int) -> dict:
     meta = path.with_name("metrics.json")
     if meta.exists():
         return read_json(meta)
-    torch.set_num_threads(spec.threads)
     data = _data(spec, source, source)
     train = load_split(data, source, "train")
     test = load_split(data, source, "test", train.classes)
     with _INIT:
         seed_everything(seed)
         model = build_classifier(spec.arch, len(train.classes))
-    history = fit(model, train, _settings(spec.source, seed, strategy="finetune"), progress=False)
+    with torch_threads(spec.threads):
+        history = fit(model, train, _settings(spec.source, seed, strategy="finetune"), progress=False)
+        result = {"source": source, "seed": seed, "source_accuracy": accuracy(model, test),
+                  "train_seconds": sum(h["epoch_seconds"] for h in history)}
     save_checkpoint(path, model, arch=spec.arch, classes=train.classes, image_size=spec.image_size, extra={"domain": source})
-    result = {"source": source, "seed": seed, "source_accuracy": accuracy(model, test),
-              "train_seconds": sum(h["epoch_seconds"] for h in history)}
     write_json(meta, result)
     return result
 
@@ -98,7 +98,15 @@ def run_cell(spec: BenchmarkSpec, cell: Cell) -> dict:
     out = work_dir(spec) / "cells" / f"{name}.json"
     if out.exists():
         return read_json(out)
-    torch.set_num_threads(spec.threads)
+    with torch_threads(spec.threads):
+        result = _measure(spec, cell, name)
+    write_json(out, result)
+    log.info("%s: target accuracy %.4f", cell.key, result["target_accuracy"])
+    return result
+
+
+def _measure(spec: BenchmarkSpec, cell: Cell, name: str) -> dict:
+    """Train and measure one cell (the adapted model of a method cell is saved under `name`)."""
     data = _data(spec, cell.source, cell.target)
     classes = list_classes(split_dir(data, cell.target, "train"))
     test = load_split(data, cell.target, "test", classes)
@@ -139,8 +147,6 @@ def run_cell(spec: BenchmarkSpec, cell: Cell) -> dict:
     if cell.kind == "method":
         result["model_path"] = str(work_dir(spec) / "models" / f"{name}.pt")
         save_checkpoint(result["model_path"], model, arch=spec.arch, classes=classes, image_size=spec.image_size)
-    write_json(out, result)
-    log.info("%s: target accuracy %.4f", cell.key, result["target_accuracy"])
     return result
 
 

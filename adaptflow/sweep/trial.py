@@ -8,8 +8,6 @@ import contextlib
 import logging
 from pathlib import Path
 
-import torch
-
 from adaptflow import tracking
 from adaptflow.config import DataConfig, EvaluateConfig, RunConfig
 from adaptflow.data import load_split, split_dir
@@ -17,6 +15,7 @@ from adaptflow.io import read_json, write_json
 from adaptflow.pretrained import PretrainedRef
 from adaptflow.stages import for_task
 from adaptflow.sweep.plan import Trial
+from adaptflow.train import torch_threads
 from adaptflow.versioning import VersioningError, read_version
 
 log = logging.getLogger(__name__)
@@ -38,16 +37,16 @@ def unsupervised_scores(cfg: EvaluateConfig, data: DataConfig, model_path: str |
 def run_trial(trial: Trial, pretrained: PretrainedRef, work_dir: Path, parent_run_id: str, threads: int = 1) -> dict:
     """Fine-tune and evaluate `trial` in `work_dir` (a retry resumes from its last epoch and
     reuses its MLflow run); returns its metrics and validator scores."""
-    torch.set_num_threads(threads)
     cfg = trial.config
     run_id = _child_run(trial, work_dir, parent_run_id)
     try:
         stages = for_task(cfg.task)
         stages.check_pretrained(pretrained, cfg.finetune, cfg.data)
-        model = stages.finetune(cfg.finetune, cfg.data, pretrained, work_dir / "finetune", tracking.epoch_logger(cfg.tracking, run_id))
-        metrics = stages.evaluate(cfg.evaluate, cfg.data, model.path, pretrained, work_dir / "evaluate", cfg.finetune.device)
-        if cfg.task == "classification":
-            metrics |= unsupervised_scores(cfg.evaluate, cfg.data, model.path, cfg.finetune.device)
+        with torch_threads(threads):
+            model = stages.finetune(cfg.finetune, cfg.data, pretrained, work_dir / "finetune", tracking.epoch_logger(cfg.tracking, run_id))
+            metrics = stages.evaluate(cfg.evaluate, cfg.data, model.path, pretrained, work_dir / "evaluate", cfg.finetune.device)
+            if cfg.task == "classification":
+                metrics |= unsupervised_scores(cfg.evaluate, cfg.data, model.path, cfg.finetune.device)
     except Exception:
         with contextlib.suppress(tracking.TrackingUnavailable):  # the trial's own error is the one to see
             tracking.finish_run(cfg.tracking, run_id, status="FAILED")
