@@ -121,7 +121,7 @@ def _measure(spec: BenchmarkSpec, cell: Cell, name: str) -> dict:
                 raise ValueError(f"{cell.source} classes {meta['classes']} differ from {cell.target}'s {classes}: the benchmark needs the same classes")
     history: list[dict] = []
     curve: list[dict] = []
-    held_out: dict = {}
+    validation: ImageSet | None = None
     if cell.kind == "method":
         history = _adapt(spec, cell, model, data, classes, unlabeled)
     elif cell.kind in ("strategy", "scratch", "holdout"):
@@ -129,8 +129,6 @@ def _measure(spec: BenchmarkSpec, cell: Cell, name: str) -> dict:
         if cell.kind == "holdout":
             labeled, validation = labeled.hold_out(spec.holdout_fraction, seed=cell.seed)
         history, curve = _few_shot(spec, cell, model, labeled, test, unlabeled)
-        if cell.kind == "holdout":
-            held_out = holdout_scores(model, validation)
     source_test = load_split(data, cell.source, "test", classes)
     result = {
         **cell.to_dict(),
@@ -141,7 +139,7 @@ def _measure(spec: BenchmarkSpec, cell: Cell, name: str) -> dict:
         "epochs": len(history),
         "validators": score_model(model, unlabeled.images),
         "curve": curve,
-        **held_out,
+        **(holdout_scores(model, validation) if validation is not None else {}),
         **{k: history[-1][k] for k in ("pseudo_label_fraction", "pseudo_label_accuracy") if history and k in history[-1]},
     }
     if cell.kind == "method":

@@ -189,6 +189,11 @@ def _holdout_score(run: dict) -> tuple[float, float]:
     return run["holdout"]["holdout_accuracy"], -run["holdout"]["holdout_loss"]
 
 
+def _counts(picks: list[dict]) -> str:
+    """How often each run name was picked, most often first (e.g. 'finetune x2, lp_ft x1')."""
+    return ", ".join(f"{name} x{n}" for name, n in Counter(r["name"] for r in picks).most_common())
+
+
 def _pick_cells(picks: list[dict], labels: list[dict]) -> str:
     return f"{sum(map(operator.is_, picks, labels))}/{len(picks)}, {_pct([r['target_accuracy'] for r in picks])}%"
 
@@ -236,9 +241,8 @@ def strategy_selection(spec: BenchmarkSpec, results: list[dict], target: str) ->
         scratch = [r["target_accuracy"] for g in seeds for r in g if r["name"] == "scratch"]
         best = [r["target_accuracy"] for r in labels]
         picked = [r["target_accuracy"] for r in picks]
-        counts = ", ".join(f"{name} x{n}" for name, n in Counter(r["name"] for r in picks).most_common())
         diff = 100 * (statistics.fmean(picked) - statistics.fmean(scratch))
-        lines.append(f"- k = {k}: the picked strategy reaches {_pct(picked)}% ({counts}) vs from scratch {_pct(scratch)}% "
+        lines.append(f"- k = {k}: the picked strategy reaches {_pct(picked)}% ({_counts(picks)}) vs from scratch {_pct(scratch)}% "
                      f"({diff:+.1f} points); the pick is the label-based one in {agree}/{len(seeds)} seeds, which reaches {_pct(best)}%")
         summary[str(k)] = {"picked": statistics.fmean(picked), "scratch": statistics.fmean(scratch), "agreement": agree / len(seeds),
                            "label_based": statistics.fmean(best)}
@@ -246,8 +250,7 @@ def strategy_selection(spec: BenchmarkSpec, results: list[dict], target: str) ->
             held, _ = _picks(candidates, _holdout_score)
             agree_held = sum(map(operator.is_, held, labels))
             accuracy = [r["target_accuracy"] for r in held]
-            counts = ", ".join(f"{name} x{n}" for name, n in Counter(r["name"] for r in held).most_common())
-            lines.append(f"  - picked by held-out target labels instead: {_pct(accuracy)}% ({counts}), the label-based one in "
+            lines.append(f"  - picked by held-out target labels instead: {_pct(accuracy)}% ({_counts(held)}), the label-based one in "
                          f"{agree_held}/{len(seeds)} seeds")
             summary[str(k)]["holdout"] = {"picked": statistics.fmean(accuracy), "agreement": agree_held / len(seeds)}
     if not lines:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,29 +43,28 @@ class ImageSet:
         """A seeded subset with at most k images per class (all of them when k is None)."""
         if k is None:
             return self
-        g = torch.Generator().manual_seed(seed)
-        keep = []
-        for cls in range(len(self.classes)):
-            idx = torch.nonzero(self.labels == cls).flatten()
-            keep.append(idx[torch.randperm(len(idx), generator=g)[:k]])
-        index = torch.cat(keep).sort().values
-        return self._take(index)
+        return self._take(self._draw(lambda n: k, seed).sort().values)
 
     def hold_out(self, fraction: float, seed: int = 0) -> tuple[ImageSet, ImageSet]:
         """(the rest, a seeded `fraction` of each class held out, at least one image): a labeled validation
         split taken from a training set."""
-        g = torch.Generator().manual_seed(seed)
-        held = []
-        for cls, name in enumerate(self.classes):
-            idx = torch.nonzero(self.labels == cls).flatten()
-            if len(idx) < 2:
-                raise ValueError(f"class '{name}' has {len(idx)} labeled image(s): holding one out would leave none to train on; "
+        counts = torch.bincount(self.labels, minlength=len(self.classes))
+        for name, n in zip(self.classes, counts.tolist(), strict=True):
+            if n < 2:
+                raise ValueError(f"class '{name}' has {n} labeled image(s): holding one out would leave none to train on; "
                                  "hold out labels only where every class has two or more")
-            n = min(len(idx) - 1, max(1, round(fraction * len(idx))))
-            held.append(idx[torch.randperm(len(idx), generator=g)[:n]])
         out = torch.zeros(len(self), dtype=torch.bool)
-        out[torch.cat(held)] = True
+        out[self._draw(lambda n: min(n - 1, max(1, round(fraction * n))), seed)] = True
         return self._take(torch.nonzero(~out).flatten()), self._take(torch.nonzero(out).flatten())
+
+    def _draw(self, size: Callable[[int], int], seed: int) -> torch.Tensor:
+        """Indices of a seeded draw from each class, in class order: `size(n)` of a class's n images."""
+        g = torch.Generator().manual_seed(seed)
+        drawn = []
+        for cls in range(len(self.classes)):
+            idx = torch.nonzero(self.labels == cls).flatten()
+            drawn.append(idx[torch.randperm(len(idx), generator=g)[:size(len(idx))]])
+        return torch.cat(drawn)
 
     def _take(self, index: torch.Tensor) -> ImageSet:
         return ImageSet(self.images[index], self.labels[index], self.classes)
