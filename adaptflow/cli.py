@@ -353,7 +353,8 @@ def sweep(
     grid: Annotated[list[str] | None, typer.Option(
         "--grid", "-g", help="KEY=V1,V2,...: values of one config key to try; repeat for more keys (a trial per combination)")] = None,
     metric: Annotated[str, typer.Option(help="Trial score that picks the best (higher is better); default: an unsupervised "
-                                        "validator on the target's unlabeled images, not the target test set")] = "information_maximization",
+                                        "validator on the target's unlabeled images; target_val_accuracy: labeled images held out of training "
+                                        "(data.val_fraction or a val folder); never the target test set unless asked")] = "information_maximization",
     runner: RunnerOption = None,
     workers: Annotated[int, typer.Option(help="Trials run in parallel")] = 2,
     address: AddressOption = None,

@@ -63,6 +63,11 @@ class DataConfig(Section):
     labeled_per_class: int | None = Field(
         None, ge=0, description="Labeled target images per class to train on; empty uses the whole labeled split"
     )
+    val_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Hold out this share of each class of the target's labeled split (at least one image) as a "
+        "validation set: not trained on, scored by evaluate (target_val_accuracy), a sweep metric that leaves the test set alone. "
+        "A <target>/val folder, when there is one, is the validation set instead (keep this at 0 then)",
+    )
     remote: str | None = Field(None, description="DVC remote to push to; empty uses the default remote")
 
 
@@ -244,9 +249,12 @@ class RunConfig(Section):
             unsupported = sorted(set(self.finetune.methods) - {"adabn", "self_training"})
             if unsupported:
                 raise ValueError(f"finetune.methods {unsupported} adapt classifiers; with task detection use adabn and/or self_training")
-            if self.data.labeled_per_class is not None:
-                raise ValueError("data.labeled_per_class counts images per class, which detection scenes do not have; "
-                                 "leave it empty (the target train split is the labeled part)")
+            per_class = {"labeled_per_class": (self.data.labeled_per_class is not None, "empty"),
+                         "val_fraction": (self.data.val_fraction > 0, "0")}
+            for key, (set_, unset) in per_class.items():
+                if set_:
+                    raise ValueError(f"data.{key} counts images per class, which detection scenes do not have; "
+                                     f"leave it {unset} (the target train split is the labeled part)")
         return self
 
     def _check_devices(self, name: str, section: TrainConfig) -> None:

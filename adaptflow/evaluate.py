@@ -1,5 +1,6 @@
 """The evaluate stage: the adapted model on the target test set, on the source test set
-(forgetting), and the source-only baseline on the same target test set."""
+(forgetting), on the target's labeled validation set when it has one, and the source-only
+baseline on the same target test set."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import torch
 
 from adaptflow.config import DataConfig, EvaluateConfig
-from adaptflow.data import ImageSet, list_classes, load_split, split_dir
+from adaptflow.data import ImageSet, list_classes, load_split, split_dir, target_validation
 from adaptflow.io import write_json
 from adaptflow.metrics import classification_report
 from adaptflow.models import Classifier, load_checkpoint, load_source_model
@@ -26,30 +27,34 @@ def _report(model: Classifier, data: ImageSet, cfg: EvaluateConfig, device: str)
 
 @dataclass(frozen=True)
 class TestSets:
-    """The target test set, and the source test set when its classes are among the model's."""
+    """The target test set, the source test set when its classes are among the model's, and the
+    target's labeled validation set when it has one (`data.val_fraction` or a `val` folder)."""
 
     target: ImageSet
     source: ImageSet | None
+    target_val: ImageSet | None = None
 
     @classmethod
     def load(cls, data: DataConfig, classes: tuple[str, ...]) -> TestSets:
         source_classes = list_classes(split_dir(data, data.source, "test"))
         source = load_split(data, data.source, "test", classes) if set(source_classes) <= set(classes) else None
-        return cls(load_split(data, data.target, "test", classes), source)
+        return cls(load_split(data, data.target, "test", classes), source, target_validation(data, classes))
 
     def score(self, model: Classifier, cfg: EvaluateConfig, device: str) -> dict[str, dict]:
-        """Classification reports on each set ('target', and 'source' when present)."""
-        reports = {"target": _report(model, self.target, cfg, device)}
-        if self.source is not None:
-            reports["source"] = _report(model, self.source, cfg, device)
-        return reports
+        """Classification reports on each set ('target', and 'source' and 'target_val' when present)."""
+        sets = {"target": self.target, "source": self.source, "target_val": self.target_val}
+        return {name: _report(model, images, cfg, device) for name, images in sets.items() if images is not None}
 
 
 def headline(reports: dict[str, dict], prefix: str = "") -> dict[str, float]:
-    """The metrics that are tracked and compared: target accuracy and macro-F1, source accuracy."""
+    """The metrics that are tracked and compared: target accuracy and macro-F1, source accuracy, and
+    accuracy and macro-F1 on the target's validation set when it has one."""
     metrics = {f"{prefix}target_accuracy": reports["target"]["accuracy"], f"{prefix}target_macro_f1": reports["target"]["macro_f1"]}
     if "source" in reports:
         metrics[f"{prefix}source_accuracy"] = reports["source"]["accuracy"]
+    if "target_val" in reports:
+        metrics[f"{prefix}target_val_accuracy"] = reports["target_val"]["accuracy"]
+        metrics[f"{prefix}target_val_macro_f1"] = reports["target_val"]["macro_f1"]
     return metrics
 
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from adaptflow.config import DataConfig, FinetuneConfig
-from adaptflow.data import ImageSet, load_split
+from adaptflow.data import ImageSet, load_split, target_labels
 from adaptflow.io import sha256_file, write_json
 from adaptflow.launch import FitJob, fit_on_devices
 from adaptflow.models import Classifier, load_source_model, replace_head, save_checkpoint
@@ -57,8 +57,9 @@ def content_digest(data: ImageSet) -> str:
 
 
 def training_sets(cfg: FinetuneConfig, data: DataConfig) -> tuple[ImageSet, ImageSet | None]:
-    """(labeled training images, unlabeled target images or None) for a fine-tune run."""
-    train = load_split(data, data.target, "train").per_class(data.labeled_per_class, seed=cfg.seed)
+    """(labeled training images, unlabeled target images or None) for a fine-tune run; the target's
+    validation images (`data.val_fraction` or its `val` folder) are never among them."""
+    train = target_labels(data)[0].per_class(data.labeled_per_class, seed=cfg.seed)
     if not cfg.methods:
         if len(train) == 0:
             raise ValueError("data.labeled_per_class=0 leaves no labeled target images: raise it, or set finetune.methods "

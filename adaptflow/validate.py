@@ -266,11 +266,34 @@ def _check_target(config: RunConfig, report: Report) -> None:
     elif config.finetune.methods:
         report.error(unlabeled, f"no unlabeled split, but finetune.methods {config.finetune.methods} adapt from one",
                      "add unlabeled target images there (one folder per class, or any single folder), or set finetune.methods=[]")
-    for digest in sorted(set(train_hashes) & set(test_hashes)):
-        report.warn(test_hashes[digest], f"also in the training split ({train_hashes[digest]})",
-                    "remove it from one split: test images must be unseen")
-    if data.labeled_per_class is not None and train.is_dir():
-        counts = {cls.name: sum(1 for p in cls.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) for cls in train.iterdir() if cls.is_dir()}
+    val = split_dir(data, data.target, "val")
+    val_hashes = check_image_split(val, report, train_classes) if val.exists() else {}
+    if val.exists() and data.val_fraction:
+        report.error(val, f"a validation folder, and data.val_fraction={data.val_fraction} asks to hold out another from {train}",
+                     "set data.val_fraction=0 to validate on the folder, or remove the folder")
+    for split, hashes in (("test", test_hashes), ("val", val_hashes)):
+        for digest in sorted(set(train_hashes) & set(hashes)):
+            report.warn(hashes[digest], f"also in the training split ({train_hashes[digest]})",
+                        f"remove it from one split: {split} images must be unseen")
+    for key in ("metric", "guard_metric"):
+        metric = getattr(config.registry, key) or ""
+        if metric.startswith("target_val_") and not val.exists() and not data.val_fraction:
+            report.error(val, f"registry.{key} {metric} is measured on the target's validation set, and it has none",
+                         f"set data.val_fraction (e.g. 0.2), add {val}/<class>/*.png, or choose another registry.{key}")
+    counts = _class_counts(train)
+    if data.labeled_per_class is not None:
         short = {c: n for c, n in counts.items() if n < data.labeled_per_class}
         if short:
             report.warn(train, f"fewer than {data.labeled_per_class} labeled images in classes {short}", "those classes train on what there is")
+    if data.val_fraction and not val.exists():
+        single = {c: n for c, n in counts.items() if n < 2}
+        if single:
+            report.error(train, f"data.val_fraction={data.val_fraction} holds out at least one image a class, and classes {single} "
+                         "have fewer than two: none would be left to train on", "add labeled images to those classes, or set data.val_fraction=0")
+
+
+def _class_counts(folder: Path) -> dict[str, int]:
+    """Images per class folder of a split ({} when there is no such folder)."""
+    if not folder.is_dir():
+        return {}
+    return {cls.name: sum(1 for p in cls.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) for cls in folder.iterdir() if cls.is_dir()}

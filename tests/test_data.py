@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -104,6 +105,30 @@ def test_held_out_labels_are_a_seeded_share_of_each_class_and_leave_the_rest_to_
     assert torch.bincount(data.hold_out(0.99)[0].labels).tolist() == [1] * 10  # at least one left to train on
     with pytest.raises(ValueError, match=r"class '0' has 1 labeled image\(s\): holding one out would leave none to train on"):
         data.per_class(1).hold_out(0.2)
+
+
+def test_a_validation_share_is_held_out_of_fine_tuning_whatever_the_seed(project: Path) -> None:
+    from adaptflow.data import target_labels, target_validation
+    from adaptflow.finetune import training_sets
+    from conftest import tiny_config
+
+    images = lambda s: {x.tobytes() for x in s.images.numpy()}  # noqa: E731 - the set's images
+    cfg = tiny_config("data.val_fraction=0.25", "data.labeled_per_class=2")  # 4 labeled images a class: 1 validates
+    train, val = target_labels(cfg.data)
+    assert torch.bincount(val.labels).tolist() == [1] * 10 and torch.bincount(train.labels).tolist() == [3] * 10
+    assert images(target_validation(cfg.data, train.classes)) == images(val)
+    for seed in (0, 1):
+        labeled, _ = training_sets(cfg.finetune.model_copy(update={"seed": seed}), cfg.data)
+        assert len(labeled) == 20 and not images(labeled) & images(val)
+        assert images(target_labels(cfg.data)[1]) == images(val)  # the same images for every run
+    assert target_validation(tiny_config().data, train.classes) is None
+
+    shutil.copytree(project / "data" / "uci_digits" / "test", project / "data" / "uci_digits" / "val")
+    train, val = target_labels(tiny_config().data)
+    assert (len(train), len(val)) == (40, 60)
+    with pytest.raises(ValueError, match=r"uci_digits/val: the target has a validation folder and data.val_fraction=0.25 .*"
+                                         r"set data.val_fraction=0 to validate on the folder"):
+        target_labels(cfg.data)
 
 
 def test_missing_domains_are_built_only_when_they_are_the_demos(tmp_path: Path) -> None:

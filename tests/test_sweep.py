@@ -95,6 +95,17 @@ def test_selection_metric_matches_what_trials_measure() -> None:
         plan_trials(tiny_config(*detection), {"finetune.lr": [1e-3]}, "information_maximization")
 
 
+def test_a_validation_metric_needs_one_labeled_validation_set_for_every_trial() -> None:
+    from adaptflow.sweep import plan_trials
+
+    with pytest.raises(ConfigError, match=r"labeled target images held out of training, and there are none: set data.val_fraction "
+                                          r"\(e.g. 0.2\) or add .*uci_digits/val/<class>/\*.png"):
+        plan_trials(tiny_config(), {"finetune.lr": [1e-3]}, "target_val_accuracy")
+    with pytest.raises(ConfigError, match=r"the grid changes which images validate \(data.root, data.target or data.val_fraction\)"):
+        plan_trials(tiny_config(), {"data.val_fraction": [0.2, 0.5]}, "target_val_macro_f1")
+    assert len(plan_trials(tiny_config("data.val_fraction=0.2"), {"finetune.lr": [1e-3, 3e-3]}, "target_val_accuracy")) == 2
+
+
 def test_runner_settings_build_the_task_runner() -> None:
     from prefect.task_runners import ThreadPoolTaskRunner
     from prefect_dask import DaskTaskRunner
@@ -187,6 +198,27 @@ def test_sweep_on_a_local_dask_cluster_logs_child_runs_and_picks_without_target_
 
     parent = MlflowClient(env.default_tracking_uri()).get_run(result["mlflow_run_id"])
     assert parent.data.tags["adaptflow.best_trial"] == best["name"] and parent.info.status == "FINISHED"
+
+
+def test_a_sweep_picks_by_labeled_target_images_held_out_of_training(prefect_api, sweep_project: Path) -> None:
+    from adaptflow.data import target_validation
+    from adaptflow.models import load_checkpoint
+    from adaptflow.sweep import sweep_settings
+    from adaptflow.train import predict
+    from flows.sweep import sweep
+
+    config = tiny_config("data.val_fraction=0.25")  # 1 of the 4 labeled images a class validates
+    result = sweep(config=config, grid={"finetune.lr": [1e-3, 1e-2]}, settings=sweep_settings(metric="target_val_accuracy"))
+    for trial in result["trials"]:
+        model, meta = load_checkpoint(trial["model_path"])
+        val = target_validation(config.data, meta["classes"])
+        assert len(val) == 10
+        assert trial["metrics"]["target_val_accuracy"] == pytest.approx((predict(model, val.images).argmax(1) == val.labels).float().mean().item())
+        assert 0 <= trial["metrics"]["target_val_macro_f1"] <= 1 and "target_accuracy" in trial["metrics"]
+    best = result["best"]
+    assert best["score"] == max(t["metrics"]["target_val_accuracy"] for t in result["trials"])
+    summary = Path(result["summary"]).read_text()
+    assert "labeled target images held out of training" in summary and "optimistic" not in summary
 
 
 def test_a_failed_trial_is_kept_as_a_row_and_never_picked(prefect_api, sweep_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:

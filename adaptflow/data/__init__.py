@@ -19,6 +19,37 @@ def load_split(cfg: DataConfig, domain: str, split: str, classes: tuple[str, ...
     return load_image_folder(split_dir(cfg, domain, split), cfg.image_size, classes)
 
 
+#: Seed of the validation share held out by `data.val_fraction`: every run of a project, whatever its
+#: finetune.seed, holds out the same images, so their scores compare across runs and sweep trials.
+VAL_SEED = 0
+
+
+def target_labels(cfg: DataConfig, classes: tuple[str, ...] | None = None) -> tuple[ImageSet, ImageSet | None]:
+    """(the target's labeled images to train on, its validation set or None): the `val` folder when
+    the target has one, else a `data.val_fraction` share of each class held out of the train split."""
+    train = load_split(cfg, cfg.target, "train", classes)
+    folder = split_dir(cfg, cfg.target, "val")
+    if folder.is_dir():
+        if cfg.val_fraction:
+            raise ValueError(f"{folder}: the target has a validation folder and data.val_fraction={cfg.val_fraction} asks to hold "
+                             "out another from its train split; set data.val_fraction=0 to validate on the folder, or remove the folder")
+        return train, load_split(cfg, cfg.target, "val", train.classes)
+    if not cfg.val_fraction:
+        return train, None
+    try:
+        return train.hold_out(cfg.val_fraction, seed=VAL_SEED)
+    except ValueError as exc:
+        raise ValueError(f"{split_dir(cfg, cfg.target, 'train')}: data.val_fraction={cfg.val_fraction}: {exc}; "
+                         "or set data.val_fraction=0") from None
+
+
+def target_validation(cfg: DataConfig, classes: tuple[str, ...]) -> ImageSet | None:
+    """The target's labeled validation set (see `target_labels`), or None without loading anything."""
+    if not cfg.val_fraction and not split_dir(cfg, cfg.target, "val").is_dir():
+        return None
+    return target_labels(cfg, classes)[1]
+
+
 def build_all(root: str | Path) -> Path:
     """Every demo domain under `root`, byte-identical every time (what `data.dvc` records):
     MNIST -> UCI digits for classification, digit scenes -> on photographs for detection."""
@@ -46,4 +77,5 @@ def ensure_domains(root: str | Path, domains: list[str]) -> list[str]:
     return missing
 
 
-__all__ = ["ImageSet", "build_all", "ensure_domains", "list_classes", "load_image_folder", "load_split", "split_dir"]
+__all__ = ["ImageSet", "build_all", "ensure_domains", "list_classes", "load_image_folder", "load_split", "split_dir", "target_labels",
+           "target_validation"]

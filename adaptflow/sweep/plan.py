@@ -20,14 +20,17 @@ from adaptflow.execution import DaskAddressField, GpuPoolField, RayAddressField,
 VALIDATORS = ("information_maximization", "entropy", "snd", "mixval")
 #: What the evaluate stage measures that can pick a trial (higher is better for each).
 EVALUATED = {
-    "classification": ("source_accuracy", "target_accuracy", "target_macro_f1", "gain"),
+    "classification": ("source_accuracy", "target_accuracy", "target_macro_f1", "gain", "target_val_accuracy", "target_val_macro_f1"),
     "detection": ("source_map50", "source_map50_95", "target_map50", "target_map50_95", "gain"),
 }
 #: Metrics measured on the target test set: choosing by them makes the winner's score optimistic.
 ON_TARGET_TEST = ("target_accuracy", "target_macro_f1", "target_map50", "target_map50_95", "gain")
+#: Metrics measured on the target's labeled validation set (`data.val_fraction` or a `val` folder).
+ON_TARGET_VAL = ("target_val_accuracy", "target_val_macro_f1")
 #: Every trial score a sweep can pick by (VALIDATORS and EVALUATED; a test keeps them equal).
 SelectionMetric = Literal["information_maximization", "entropy", "snd", "mixval", "source_accuracy", "target_accuracy", "target_macro_f1",
-                          "source_map50", "source_map50_95", "target_map50", "target_map50_95", "gain"]
+                          "target_val_accuracy", "target_val_macro_f1", "source_map50", "source_map50_95", "target_map50",
+                          "target_map50_95", "gain"]
 #: Sections whose keys change what a trial trains or measures.
 SWEPT_SECTIONS = ("data", "pretrained", "finetune")
 
@@ -44,7 +47,8 @@ class SweepSettings(BaseModel):
     metric: SelectionMetric = Field(
         "information_maximization",
         description="Trial score that picks the best (higher is better): an unsupervised validator on the target's unlabeled "
-        f"split ({', '.join(VALIDATORS)}), or an evaluate metric; target_* and gain use the target test set and are optimistic",
+        f"split ({', '.join(VALIDATORS)}), or an evaluate metric: target_val_* on labeled target images held out of training "
+        "(data.val_fraction or a val folder); target_accuracy, target_macro_f1 and gain use the target test set and are optimistic",
     )
     runner: RunnerField = "thread"
     workers: int = Field(2, ge=1, description="Trials run in parallel: threads, processes of a local Dask cluster, or CPUs of a local Ray instance")
@@ -160,19 +164,29 @@ def canonical_grid(trials: list[Trial]) -> Grid:
 
 def check_metric(trials: list[Trial], metric: str) -> None:
     """The selection metric must be one every trial measures: validators need classifiers and the
-    target's unlabeled split."""
+    target's unlabeled split; validation metrics one labeled validation set shared by every trial."""
     task = trials[0].config.task
+    datas = {t.config.data.model_dump_json(): t.config.data for t in trials}.values()
     if metric in VALIDATORS:
         if task != "classification":
             raise ConfigError(f"metric {metric} scores classifier outputs; with task {task} pick the best by "
                               f"one of {', '.join(EVALUATED[task])} (source_map50 keeps the choice off the target test set)")
-        for data in {t.config.data.model_dump_json(): t.config.data for t in trials}.values():
+        for data in datas:
             folder = split_dir(data, data.target, "unlabeled")
             if not folder.is_dir():
                 raise ConfigError(f"{folder}: missing; metric {metric} scores trials on the target's unlabeled images. Add "
                                   f"that split, or pick by source_accuracy (or target_accuracy, knowing it selects on the test set)")
     elif metric not in EVALUATED[task]:
         raise ConfigError(f"metric {metric} is not measured for task {task}; use one of {', '.join(EVALUATED[task])}")
+    elif metric in ON_TARGET_VAL:
+        for data in datas:
+            folder = split_dir(data, data.target, "val")
+            if not data.val_fraction and not folder.is_dir():
+                raise ConfigError(f"metric {metric} scores trials on labeled target images held out of training, and there are "
+                                  f"none: set data.val_fraction (e.g. 0.2) or add {folder}/<class>/*.png, or pick by a validator")
+        if len({(d.root, d.target, d.val_fraction) for d in datas}) > 1:
+            raise ConfigError(f"metric {metric} compares trials on one validation set, but the grid changes which images validate "
+                              "(data.root, data.target or data.val_fraction): keep those fixed, or pick by a validator")
 
 
 def _stop_if(problems: list[str]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from adaptflow import tracking
 from adaptflow.config import RunConfig
 from adaptflow.io import write_json
-from adaptflow.sweep.plan import ON_TARGET_TEST, VALIDATORS, override_text
+from adaptflow.sweep.plan import ON_TARGET_TEST, ON_TARGET_VAL, VALIDATORS, override_text
 
 
 def pick_best(results: list[dict], metric: str) -> dict:
@@ -27,6 +27,9 @@ def selection_note(metric: str) -> str:
     if metric in VALIDATORS:
         return (f"Picked by the unsupervised validator `{metric}` on the target's unlabeled split: no target label, "
                 "and not the target test set, took part in the choice, so the target test numbers below are fair estimates.")
+    if metric in ON_TARGET_VAL:
+        return (f"Picked by `{metric}` on labeled target images held out of training (data.val_fraction or the target's "
+                "val folder): the target test set took no part in the choice, so the target test numbers below are fair estimates.")
     if metric in ON_TARGET_TEST:
         return (f"Picked by `{metric}`, measured on the target test set: the winner's test score is optimistic (it was "
                 "chosen on it). Confirm it with a transfer run on data the sweep did not see.")

@@ -119,6 +119,17 @@ def _missing_domain(root: Path) -> list[str]:
     return ["data.target=uci_digitz"]
 
 
+def _validation_share_of_one_image(root: Path) -> list[str]:
+    for p in sorted((root / TARGET / "train" / "3").iterdir())[1:]:
+        p.unlink()
+    return ["data.val_fraction=0.2"]
+
+
+def _validation_folder_and_share(root: Path) -> list[str]:
+    shutil.copytree(root / TARGET / "test", root / TARGET / "val")
+    return ["data.val_fraction=0.2"]
+
+
 def _overrides(*items: str) -> Callable[[Path], list[str]]:
     return lambda root: list(items)
 
@@ -162,6 +173,11 @@ CASES: list[Case] = [
     ("missing split", _missing_split, ["uci_digits/test", "no such split folder"]),
     ("split without classes", _no_classes, ["mnist/train", "no class folders"]),
     ("missing domain", _missing_domain, ["uci_digitz/train", "no such split folder"]),
+    ("validation share of a one-image class", _validation_share_of_one_image,
+     ["uci_digits/train", "data.val_fraction=0.2 holds out at least one image a class", "'3': 1", "or set data.val_fraction=0"]),
+    ("validation folder and share", _validation_folder_and_share, ["uci_digits/val", "set data.val_fraction=0 to validate on the folder"]),
+    ("registry metric without a validation set", _overrides("registry.metric=target_val_accuracy"),
+     ["uci_digits/val", "registry.metric target_val_accuracy is measured on the target's validation set", "set data.val_fraction"]),
     ("unknown scheme", _overrides("pretrained.uri=s3://bucket/m.pt"), ["pretrained.uri", "unknown scheme"]),
     ("missing pretrained file", _overrides("pretrained.uri=models/none.pt"), ["models/none.pt", "no such file", "run the pretrain step"]),
     ("malformed registry uri", _overrides("pretrained.uri=models:/onlyname"), ["not a registry address", "models:/<name>@<alias>"]),
@@ -183,6 +199,10 @@ CONFIG_CASES = [
     ("surgical on no block", ["finetune.surgical_blocks=0"], "finetune.surgical_blocks: Input should be greater than or equal to 1"),
     ("unknown adaptation method", ["finetune.methods=[adabn, magic]"], "finetune.methods.1: Input should be 'adabn', 'dann', 'coral', 'mcc' or 'self_training'"),
     ("adaptation method listed twice", ["finetune.methods=[coral, coral]"], "lists ['coral'] more than once"),
+    ("validation share of everything", ["data.val_fraction=1"], "data.val_fraction: Input should be less than 1"),
+    ("validation share on detection", ["task=detection", "pretrain.arch=yolov8n", "finetune.arch=yolov8n", "finetune.strategy=finetune",
+                                       "registry.metric=target_map50", "registry.guard_metric=source_map50", "data.val_fraction=0.2"],
+     "data.val_fraction counts images per class, which detection scenes do not have; leave it 0"),
     ("bad sha256", ["pretrained.sha256=xyz"], "pretrained.sha256: Value error, sha256 must be 64 hexadecimal"),
     ("text where a number goes", ["data.image_size=big"], "data.image_size: Input should be a valid integer"),
 ]
