@@ -41,6 +41,9 @@ DETECTION_STRATEGIES = ("finetune", "linear_probe")
 #: Unsupervised domain adaptation methods (`adaptflow.adapt.METHODS`); a test keeps the two in step.
 AdaptMethod = Literal["adabn", "dann", "coral", "mcc", "self_training"]
 Precision = Literal["auto", "bf16", "fp16", "off"]
+#: Which fine-tune epoch becomes the model: the last, or the best by the target's labeled validation
+#: set or by an unsupervised validator (`adaptflow.adapt.VALIDATORS`; a test keeps the two in step).
+KeepEpoch = Literal["last", "target_val_accuracy", "information_maximization", "entropy", "snd", "mixval"]
 
 
 class ConfigError(ValueError):
@@ -171,6 +174,11 @@ class FinetuneConfig(TrainConfig):
         0, ge=0, le=65_536, description="Unlabeled target images per step for the methods' losses (dann, coral, mcc, self_training); "
         "0: as many as the labeled batch",
     )
+    keep_epoch: KeepEpoch = Field(
+        "last", description="The epoch that becomes the model: the last, or the one scoring highest (scored after every epoch) on "
+        "the target's labeled validation set (target_val_accuracy: data.val_fraction or a val folder) or by an unsupervised "
+        "validator on its unlabeled split (information_maximization, entropy, snd, mixval)",
+    )
     epochs: int = Field(15, ge=1, le=10_000)
     batch_size: int = Field(32, ge=1, le=65_536)
 
@@ -249,6 +257,9 @@ class RunConfig(Section):
             unsupported = sorted(set(self.finetune.methods) - {"adabn", "self_training"})
             if unsupported:
                 raise ValueError(f"finetune.methods {unsupported} adapt classifiers; with task detection use adabn and/or self_training")
+            if self.finetune.keep_epoch != "last":
+                raise ValueError(f"finetune.keep_epoch {self.finetune.keep_epoch} scores a classifier's epochs; with task detection "
+                                 "set it to last")
             per_class = {"labeled_per_class": (self.data.labeled_per_class is not None, "empty"),
                          "val_fraction": (self.data.val_fraction > 0, "0")}
             for key, (set_, unset) in per_class.items():

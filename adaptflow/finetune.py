@@ -7,13 +7,15 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 from adaptflow.config import DataConfig, FinetuneConfig
-from adaptflow.data import ImageSet, load_split, target_labels
+from adaptflow.data import ImageSet, load_split, split_dir, target_labels, target_validation
 from adaptflow.io import sha256_file, write_json
 from adaptflow.launch import FitJob, fit_on_devices
 from adaptflow.models import Classifier, load_source_model, replace_head, save_checkpoint
 from adaptflow.pretrained import PretrainedRef
-from adaptflow.train import EpochCallback, FitSettings, seed_everything
+from adaptflow.train import EpochCallback, EpochScore, FitSettings, predict, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,33 @@ def training_sets(cfg: FinetuneConfig, data: DataConfig) -> tuple[ImageSet, Imag
     return source.concat(train), unlabeled
 
 
+def epoch_score(cfg: FinetuneConfig, data: DataConfig, classes: tuple[str, ...]) -> EpochScore | None:
+    """What scores each fine-tune epoch: accuracy and loss on the target's labeled validation set
+    when it has one, and the unsupervised validators on its unlabeled split when `keep_epoch` is one
+    of them; None when there is nothing to score."""
+    from adaptflow.adapt import VALIDATORS, score_model
+
+    val = target_validation(data, classes)
+    unlabeled = load_split(data, data.target, "unlabeled", classes) if cfg.keep_epoch in VALIDATORS else None
+    if cfg.keep_epoch == "target_val_accuracy" and val is None:
+        raise ValueError("finetune.keep_epoch target_val_accuracy needs the target's validation set: set data.val_fraction "
+                         f"(e.g. 0.2) or add {split_dir(data, data.target, 'val')}/<class>/*.png")
+    if val is None and unlabeled is None:
+        return None
+
+    def score(model: torch.nn.Module, device: torch.device) -> dict[str, float]:
+        scores = {}
+        if val is not None:
+            logits = predict(model, val.images, device=str(device))
+            scores = {"target_val_accuracy": (logits.argmax(1) == val.labels).float().mean().item(),
+                      "target_val_loss": torch.nn.functional.cross_entropy(logits, val.labels).item()}
+        if unlabeled is not None:
+            scores |= score_model(model, unlabeled.images, device=str(device))
+        return scores
+
+    return score
+
+
 def fit_job(spec: dict) -> FitJob:
     """The fine-tune's training job, made from the JSON `spec` that `finetune` writes: by `finetune`
     itself and, with `devices` > 1, by each torchrun worker (the same data, seed and initial weights)."""
@@ -79,7 +108,7 @@ def fit_job(spec: dict) -> FitJob:
     seed_everything(cfg.seed)  # a new head's initial weights are part of what the seed fixes
     model, arch = prepare_model(pretrained, cfg.arch, train.classes)
     fingerprint = f"finetune:{cfg.model_dump_json()}:{pretrained.sha256}:{content_digest(train)}"
-    return FitJob(model, arch, train, FitSettings.from_config(cfg), work_dir, fingerprint, unlabeled)
+    return FitJob(model, arch, train, FitSettings.from_config(cfg), work_dir, fingerprint, unlabeled, epoch_score(cfg, data, train.classes))
 
 
 def finetune(

@@ -40,7 +40,7 @@ from adaptflow.data.folders import ImageSet
 from adaptflow.distributed import devices_problem, launched_by_torchrun
 from adaptflow.io import atomic_write, read_json, write_json
 from adaptflow.models import Classifier
-from adaptflow.train import EpochCallback, FitSettings, fit, resolve_device
+from adaptflow.train import EpochCallback, EpochScore, FitSettings, fit, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,12 @@ class FitJob:
     work_dir: Path
     fingerprint: str
     unlabeled: ImageSet | None = None
+    score: EpochScore | None = None  # scores each epoch (`fit`'s `score`)
 
     def run(self, on_epoch: EpochCallback | None = None, progress: bool = True) -> list[dict[str, float]]:
         """`fit` this job in this process (data-parallel when it is a torchrun worker); returns the epochs' records."""
         return fit(self.model, self.train, self.settings, state_path=self.work_dir / "train_state.pt", fingerprint=self.fingerprint,
-                   on_epoch=on_epoch, progress=progress, unlabeled=self.unlabeled)
+                   on_epoch=on_epoch, progress=progress, unlabeled=self.unlabeled, score=self.score)
 
 
 #: Builds a FitJob from a JSON-able spec; a module-level function, so that workers can import it by name.

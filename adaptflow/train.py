@@ -41,6 +41,8 @@ from adaptflow.models import IMAGENET_MEAN, IMAGENET_STD, Classifier
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+#: Scores the model after an epoch on the device it trains on (e.g. on a validation set); higher is better.
+EpochScore = Callable[[nn.Module, torch.device], dict[str, float]]
 
 
 #: Strategies that give each backbone block `layer_lr_decay` times the learning rate of the block above.
@@ -88,6 +90,7 @@ class FitSettings:
     adapt_weight: float = 1.0
     pseudo_label_threshold: float = 0.9
     target_batch_size: int = 0  # unlabeled target images per step for the methods' losses; 0: as many as the labeled batch
+    keep_epoch: str = "last"  # or a score of `fit`'s `score`: the epoch scoring highest is the one kept
 
     @classmethod
     def from_config(cls, cfg: object, **overrides: object) -> FitSettings:
@@ -315,11 +318,16 @@ def fit(
     on_epoch: EpochCallback | None = None,
     progress: bool = True,
     unlabeled: ImageSet | None = None,
+    score: EpochScore | None = None,
 ) -> list[dict[str, float]]:
     """Train `model` on `train` following the strategy in `settings`; returns per-epoch metrics.
 
     `settings.methods` name adaptation methods that also learn from `unlabeled` target images
     (their labels, when the split has them, serve only to measure pseudo-label accuracy).
+
+    `score`, when given, scores the model after every epoch into that epoch's record. With
+    `settings.keep_epoch` naming one of its scores, `model` ends with the weights of the epoch that
+    scored highest on it (the earliest on a tie) instead of the last epoch's.
 
     With `state_path`, the full state (model, optimizer, scheduler, scaler, RNG, epoch and step) is
     saved there after every epoch and every `checkpoint_every_steps` steps, and a later call with
@@ -349,11 +357,15 @@ def fit(
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     adaptation = _adaptation(settings, model, unlabeled, normalize, device, len(train.classes))
 
+    keep = None if settings.keep_epoch == "last" else settings.keep_epoch
+    if keep is not None and score is None:
+        raise ValueError(f"keep_epoch {keep} needs the model scored after every epoch; nothing scores {keep} here")
     history: list[dict[str, float]] = []
+    best: dict = {}  # the kept epoch: its number, score and weights (on the CPU)
     start_epoch, start_step = 0, 0
     resumed = _load_state(state_path, fingerprint)
     if resumed is not None:
-        start_epoch, start_step, history = resumed["epoch"], resumed["step"], resumed["history"]
+        start_epoch, start_step, history, best = resumed["epoch"], resumed["step"], resumed["history"], resumed.get("best", {})
         log.info("resuming from %s at epoch %d step %d", state_path, start_epoch, start_step)
         model.load_state_dict(resumed["model"])
         generator.set_state(resumed["generator"])
@@ -373,7 +385,7 @@ def fit(
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else {},
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "worker_rngs": worker_rngs, "history": history,
-                "adaptation": adaptation.state_dict() if adaptation is not None else {},
+                "adaptation": adaptation.state_dict() if adaptation is not None else {}, "best": best,
             })
 
     total = settings.epochs * steps_per_epoch
@@ -448,16 +460,33 @@ def fit(
                 "images_per_second": n / (time.perf_counter() - t0),
                 **(adaptation.metrics() if adaptation is not None else {}),
             }
+            if score is not None:
+                record |= _scored(score, model, device, keep, epoch, best)
             history.append(record)
             bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=f"{record['train_accuracy']:.3f}")
             save(epoch, 0, order, loss_sum, correct)
             if on_epoch is not None:
                 on_epoch(epoch, record)
     bar.close()
+    if best:
+        log.info("keeping epoch %d of %d: %s %.4f", best["epoch"], settings.epochs, keep, best["score"])
+        model.load_state_dict(best["model"])
     if adaptation is not None:
         adaptation.after_fit(model)
     model.eval()
     return history
+
+
+def _scored(score: EpochScore, model: nn.Module, device: torch.device, keep: str | None, epoch: int, best: dict) -> dict[str, float]:
+    """The epoch's scores; when it beats the kept epoch on `keep`, it becomes the kept one (`best`, updated in place)."""
+    scores = score(model, device)
+    if keep is None:
+        return scores
+    if keep not in scores:
+        raise ValueError(f"keep_epoch {keep} is not among the epoch's scores {sorted(scores)}")
+    if not best or scores[keep] > best["score"]:
+        best |= {"epoch": epoch, "score": scores[keep], "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
+    return scores
 
 
 def _adaptation(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from adaptflow.adapt.validators import VALIDATORS
 from adaptflow.config import RunConfig
 from adaptflow.data import split_dir
 from adaptflow.data.folders import IMAGE_SUFFIXES, natural_key
@@ -275,11 +276,15 @@ def _check_target(config: RunConfig, report: Report) -> None:
         for digest in sorted(set(train_hashes) & set(hashes)):
             report.warn(hashes[digest], f"also in the training split ({train_hashes[digest]})",
                         f"remove it from one split: {split} images must be unseen")
-    for key in ("metric", "guard_metric"):
-        metric = getattr(config.registry, key) or ""
+    chosen = {"registry.metric": config.registry.metric, "registry.guard_metric": config.registry.guard_metric or "",
+              "finetune.keep_epoch": config.finetune.keep_epoch}
+    for key, metric in chosen.items():
         if metric.startswith("target_val_") and not val.exists() and not data.val_fraction:
-            report.error(val, f"registry.{key} {metric} is measured on the target's validation set, and it has none",
-                         f"set data.val_fraction (e.g. 0.2), add {val}/<class>/*.png, or choose another registry.{key}")
+            report.error(val, f"{key} {metric} is measured on the target's validation set, and it has none",
+                         f"set data.val_fraction (e.g. 0.2), add {val}/<class>/*.png, or choose another {key}")
+    if config.finetune.keep_epoch in VALIDATORS and not unlabeled.exists():
+        report.error(unlabeled, f"no unlabeled split, but finetune.keep_epoch {config.finetune.keep_epoch} scores epochs on one",
+                     "add unlabeled target images there, or set finetune.keep_epoch to last or target_val_accuracy")
     counts = _class_counts(train)
     if data.labeled_per_class is not None:
         short = {c: n for c, n in counts.items() if n < data.labeled_per_class}

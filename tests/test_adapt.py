@@ -221,3 +221,37 @@ def test_finetune_adapts_from_source_labels_and_unlabeled_target(project) -> Non
     assert meta["extra"]["methods"] == ["adabn", "self_training"]
     with pytest.raises(ValueError, match="labeled_per_class=0 leaves no labeled target images"):
         training_sets(tiny_config("data.labeled_per_class=0").finetune, tiny_config("data.labeled_per_class=0").data)
+
+
+def test_finetune_keeps_the_epoch_best_on_the_validation_set_or_by_a_validator(project) -> None:
+    from conftest import tiny_config
+
+    from adaptflow.adapt import score_model
+    from adaptflow.config import EvaluateConfig
+    from adaptflow.data import load_split
+    from adaptflow.evaluate import measure
+    from adaptflow.finetune import finetune
+    from adaptflow.io import read_json
+    from adaptflow.models import load_checkpoint
+    from adaptflow.pretrained import fetch_pretrained
+
+    pretrained = fetch_pretrained(tiny_config().pretrained.uri)
+    cfg = tiny_config("data.val_fraction=0.25", "finetune.keep_epoch=target_val_accuracy", "finetune.strategy=finetune", "finetune.epochs=4")
+    model = finetune(cfg.finetune, cfg.data, pretrained, project / "val")
+    history = read_json(project / "val" / "history.json")
+    assert len(history) == 4 and all(0 <= h["target_val_accuracy"] <= 1 and h["target_val_loss"] > 0 for h in history)
+    kept = measure(EvaluateConfig(batch_size=7), cfg.data, model.path)  # another batch size than the epochs' scoring
+    assert kept["target_val_accuracy"] == pytest.approx(max(h["target_val_accuracy"] for h in history))
+
+    cfg = tiny_config("finetune.keep_epoch=information_maximization", "finetune.strategy=finetune", "finetune.epochs=4")
+    model = finetune(cfg.finetune, cfg.data, pretrained, project / "im")
+    history = read_json(project / "im" / "history.json")
+    assert all({"information_maximization", "entropy", "snd", "mixval"} <= set(h) for h in history) and "target_val_accuracy" not in history[0]
+    weights, meta = load_checkpoint(model.path)
+    unlabeled = load_split(cfg.data, cfg.data.target, "unlabeled", meta["classes"])
+    assert score_model(weights, unlabeled.images)["information_maximization"] == pytest.approx(
+        max(h["information_maximization"] for h in history), abs=1e-5)
+
+    with pytest.raises(ValueError, match=r"finetune.keep_epoch target_val_accuracy needs the target's validation set: set data.val_fraction"):
+        no_val = tiny_config("finetune.keep_epoch=target_val_accuracy")
+        finetune(no_val.finetune, no_val.data, pretrained, project / "none")

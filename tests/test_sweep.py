@@ -87,7 +87,10 @@ def test_selection_metric_matches_what_trials_measure() -> None:
     from adaptflow.sweep import plan_trials
     from adaptflow.sweep.plan import EVALUATED, VALIDATORS as NAMES, SelectionMetric
 
+    from adaptflow.config import KeepEpoch
+
     assert set(NAMES) == set(VALIDATORS) == set(get_args(BenchmarkSpec.model_fields["validator"].annotation))
+    assert set(get_args(KeepEpoch)) == {"last", "target_val_accuracy", *VALIDATORS}
     assert set(get_args(SelectionMetric)) == {*NAMES, *(m for names in EVALUATED.values() for m in names)}
     detection = ["task=detection", "pretrain.arch=yolov8n", "finetune.arch=yolov8n", "finetune.strategy=finetune",
                  "registry.metric=target_map50", "registry.guard_metric=source_map50"]

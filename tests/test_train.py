@@ -227,3 +227,37 @@ def test_rows_on_the_cpu_are_indexed_in_place_and_sliced_in_order() -> None:
     batches = list(rows.slices(4))
     assert [len(b[0]) for b in batches] == [4, 4, 2]
     assert torch.equal(torch.cat([b[0] for b in batches]), images) and torch.equal(torch.cat([b[1] for b in batches]), labels)
+
+
+def test_keep_epoch_ends_with_the_best_scored_epoch_and_a_resume_keeps_it(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_classifier(SMALL, 4)
+    start = _snapshot(model)
+
+    def closeness(m: torch.nn.Module, device: torch.device) -> dict[str, float]:  # higher the nearer the weights stay to the start
+        moved = sum((v.detach().cpu() - start[k]).norm().item() for k, v in m.state_dict().items() if v.is_floating_point())
+        return {"closeness": -moved}
+
+    settings = _settings(epochs=3, keep_epoch="closeness")
+    after: dict[int, dict[str, torch.Tensor]] = {}
+    history = fit(model, _images(), settings, on_epoch=lambda epoch, record: after.update({epoch: _snapshot(model)}),
+                  progress=False, score=closeness)
+    scores = [h["closeness"] for h in history]
+    assert len(scores) == 3 and scores[0] == max(scores) and scores[0] > scores[2]
+    assert all(torch.equal(model.state_dict()[k], after[1][k]) for k in after[1])
+    assert not all(torch.equal(after[1][k], after[3][k]) for k in after[3])
+
+    state = tmp_path / "train_state.pt"
+    torch.manual_seed(0)
+    with pytest.raises(Crash):
+        fit(build_classifier(SMALL, 4), _images(), settings, state_path=state, fingerprint="f", on_epoch=crash_at(2), progress=False,
+            score=closeness)
+    torch.manual_seed(123)  # other initial weights: the kept epoch comes from the saved state
+    resumed = build_classifier(SMALL, 4)
+    fit(resumed, _images(), settings, state_path=state, fingerprint="f", progress=False, score=closeness)
+    assert all(torch.equal(resumed.state_dict()[k], after[1][k]) for k in after[1])
+
+    with pytest.raises(ValueError, match="keep_epoch closeness needs the model scored after every epoch"):
+        fit(build_classifier(SMALL, 4), _images(), settings, progress=False)
+    with pytest.raises(ValueError, match=r"keep_epoch closeness is not among the epoch's scores \['other'\]"):
+        fit(build_classifier(SMALL, 4), _images(), settings, progress=False, score=lambda m, d: {"other": 0.0})

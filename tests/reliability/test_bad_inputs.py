@@ -130,6 +130,14 @@ def _validation_folder_and_share(root: Path) -> list[str]:
     return ["data.val_fraction=0.2"]
 
 
+def _without_unlabeled(*items: str) -> Callable[[Path], list[str]]:
+    def make(root: Path) -> list[str]:
+        shutil.rmtree(root / TARGET / "unlabeled")
+        return list(items)
+
+    return make
+
+
 def _overrides(*items: str) -> Callable[[Path], list[str]]:
     return lambda root: list(items)
 
@@ -178,6 +186,10 @@ CASES: list[Case] = [
     ("validation folder and share", _validation_folder_and_share, ["uci_digits/val", "set data.val_fraction=0 to validate on the folder"]),
     ("registry metric without a validation set", _overrides("registry.metric=target_val_accuracy"),
      ["uci_digits/val", "registry.metric target_val_accuracy is measured on the target's validation set", "set data.val_fraction"]),
+    ("epoch kept by a validation set there is not", _overrides("finetune.keep_epoch=target_val_accuracy"),
+     ["uci_digits/val", "finetune.keep_epoch target_val_accuracy is measured on the target's validation set"]),
+    ("epoch kept by a validator without unlabeled images", _without_unlabeled("finetune.keep_epoch=mixval"),
+     ["uci_digits/unlabeled", "finetune.keep_epoch mixval scores epochs on one", "set finetune.keep_epoch to last"]),
     ("unknown scheme", _overrides("pretrained.uri=s3://bucket/m.pt"), ["pretrained.uri", "unknown scheme"]),
     ("missing pretrained file", _overrides("pretrained.uri=models/none.pt"), ["models/none.pt", "no such file", "run the pretrain step"]),
     ("malformed registry uri", _overrides("pretrained.uri=models:/onlyname"), ["not a registry address", "models:/<name>@<alias>"]),
@@ -203,6 +215,10 @@ CONFIG_CASES = [
     ("validation share on detection", ["task=detection", "pretrain.arch=yolov8n", "finetune.arch=yolov8n", "finetune.strategy=finetune",
                                        "registry.metric=target_map50", "registry.guard_metric=source_map50", "data.val_fraction=0.2"],
      "data.val_fraction counts images per class, which detection scenes do not have; leave it 0"),
+    ("epoch kept by validation on detection", ["task=detection", "pretrain.arch=yolov8n", "finetune.arch=yolov8n",
+                                               "finetune.strategy=finetune", "registry.metric=target_map50",
+                                               "registry.guard_metric=source_map50", "finetune.keep_epoch=mixval"],
+     "finetune.keep_epoch mixval scores a classifier's epochs; with task detection set it to last"),
     ("bad sha256", ["pretrained.sha256=xyz"], "pretrained.sha256: Value error, sha256 must be 64 hexadecimal"),
     ("text where a number goes", ["data.image_size=big"], "data.image_size: Input should be a valid integer"),
 ]
