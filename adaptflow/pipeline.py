@@ -42,7 +42,20 @@ def lineage(config: RunConfig, data: DataVersion, pretrained: PretrainedRef, ori
         "task": config.task,
         "arch": config.finetune.arch,
         "target_domain": config.data.target,
+        "validation_digest": validation_digest(config),
     }
+
+
+def validation_digest(config: RunConfig) -> str:
+    """A hash of the labeled images held out to validate the run ('' without a validation set): the
+    registry gate compares validation metrics only between versions that held out the same images."""
+    from adaptflow.data import list_classes, split_dir, target_validation
+    from adaptflow.finetune import content_digest
+
+    if config.task != "classification":
+        return ""
+    val = target_validation(config.data, list_classes(split_dir(config.data, config.data.target, "train")))
+    return content_digest(val) if val is not None else ""
 
 
 def write_run_record(

@@ -354,7 +354,7 @@ def register_model(
     with scoped_tracking_uri(tracking_uri(tracking)):
         version = retrying(mlflow.register_model, info.model_uri, cfg.model_name, tags=tags, what="register_model").version
     with _gate_lock(tracking):
-        alias, decision, reason = gate(cfg, tracking, str(version), metrics, champion_metrics)
+        alias, decision, reason = gate(cfg, tracking, str(version), metrics, champion_metrics, lineage.get("validation_digest", ""))
     for key, value in {"alias": alias, "decision": decision, "reason": reason}.items():
         c.set_model_version_tag(cfg.model_name, version, f"{TAG}{key}", value)
     set_tags(tracking, run_id, {"registered_model": f"{cfg.model_name}/{version}", "decision": decision, "reason": reason})
@@ -406,12 +406,15 @@ def gate(
     version: str,
     metrics: dict[str, float],
     champion_metrics: dict[str, float] | None = None,
+    validation_digest: str = "",
 ) -> tuple[str, str, str]:
     """Give `version` the champion alias if it beats the champion by `min_delta` on `metric` and
     loses at most `guard_tolerance` on `guard_metric`; otherwise the challenger alias.
 
     `champion_metrics` are the champion's metrics measured again on the same test sets; without
-    them the champion's recorded metrics are used. Returns (alias, decision, reason).
+    them the champion's recorded metrics are used. Metrics of the target's validation set compare
+    the two only when the champion held out the same images (its `validation_digest` tag is
+    `validation_digest`): a champion that trained on them would win unfairly. Returns (alias, decision, reason).
     """
     current = champion(cfg, tracking)
     c = client(tracking)
@@ -422,7 +425,11 @@ def gate(
     new, ref = float(metrics[cfg.metric]), old.get(cfg.metric, float("-inf"))
     name = f"champion v{current.version}"
     guard = cfg.guard_metric
-    if not new > ref + cfg.min_delta:
+    on_validation = [m for m in (cfg.metric, guard) if m and m.startswith("target_val_")]
+    if on_validation and (not validation_digest or current.tags.get(f"{TAG}validation_digest") != validation_digest):
+        reason = (f"{name} did not hold out this validation set (it may have trained on its images), so {' and '.join(on_validation)} "
+                  f"cannot compare the two: gate this run on target_accuracy, or promote it by hand (adaptflow registry promote {version})")
+    elif not new > ref + cfg.min_delta:
         reason = f"{cfg.metric} {new:.4f} does not beat {name} ({ref:.4f}) by more than {cfg.min_delta}"
     elif guard and guard in metrics and guard in old and metrics[guard] < old[guard] - cfg.guard_tolerance:
         reason = (f"{cfg.metric} {new:.4f} beats {name} ({ref:.4f}) but {guard} fell from {old[guard]:.4f} to "

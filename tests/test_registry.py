@@ -90,3 +90,23 @@ def test_gate_refuses_an_unknown_metric(project: Path) -> None:
     run_id = tracking.start_run(TRACK, "x", {}, {})
     with pytest.raises(KeyError, match="registry.metric 'target_accuracy'"):
         tracking.register_model(REG, TRACK, run_id, _checkpoint(project / "m.pt", 0), {"accuracy": 0.5}, {})
+
+
+def test_validation_metrics_gate_only_versions_that_held_out_the_same_images(project: Path) -> None:
+    reg = RegistryConfig(model_name="digits", metric="target_val_accuracy", guard_metric=None)
+
+    def register(seed: int, accuracy: float, held_out: str) -> tracking.Registration:
+        run_id = tracking.start_run(TRACK, f"run-{seed}", {}, {})
+        return tracking.register_model(reg, TRACK, run_id, _checkpoint(project / f"m{seed}.pt", seed),
+                                       {"target_val_accuracy": accuracy}, {"validation_digest": held_out})
+
+    assert register(1, 0.99, "").alias == "champion"  # trained with no validation set: perhaps on today's validation images
+    unfair = register(2, 0.90, "abc")
+    assert (unfair.alias, unfair.decision) == ("challenger", "kept champion")
+    assert unfair.reason == ("champion v1 did not hold out this validation set (it may have trained on its images), so "
+                             "target_val_accuracy cannot compare the two: gate this run on target_accuracy, or promote it by hand "
+                             "(adaptflow registry promote 2)")
+    tracking.promote(reg, TRACK, unfair.version, "validated on held-out images")
+    assert register(3, 0.85, "abc").reason == "target_val_accuracy 0.8500 does not beat champion v2 (0.9000) by more than 0.0"
+    assert register(4, 0.95, "abc").decision == "promoted" and _champion_version() == "4"
+    assert "did not hold out this validation set" in register(5, 0.99, "xyz").reason  # another validation set
