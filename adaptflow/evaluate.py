@@ -48,13 +48,14 @@ class TestSets:
 
 def headline(reports: dict[str, dict], prefix: str = "") -> dict[str, float]:
     """The metrics that are tracked and compared: target accuracy and macro-F1, source accuracy, and
-    accuracy and macro-F1 on the target's validation set when it has one."""
+    accuracy, macro-F1 and loss on the target's validation set when it has one."""
     metrics = {f"{prefix}target_accuracy": reports["target"]["accuracy"], f"{prefix}target_macro_f1": reports["target"]["macro_f1"]}
     if "source" in reports:
         metrics[f"{prefix}source_accuracy"] = reports["source"]["accuracy"]
     if "target_val" in reports:
         metrics[f"{prefix}target_val_accuracy"] = reports["target_val"]["accuracy"]
         metrics[f"{prefix}target_val_macro_f1"] = reports["target_val"]["macro_f1"]
+        metrics[f"{prefix}target_val_loss"] = reports["target_val"]["loss"]
     return metrics
 
 

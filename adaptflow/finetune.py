@@ -13,6 +13,7 @@ from adaptflow.config import DataConfig, FinetuneConfig
 from adaptflow.data import ImageSet, load_split, split_dir, target_labels, target_validation
 from adaptflow.io import sha256_file, write_json
 from adaptflow.launch import FitJob, fit_on_devices
+from adaptflow.metrics import classification_report
 from adaptflow.models import Classifier, load_source_model, replace_head, save_checkpoint
 from adaptflow.pretrained import PretrainedRef
 from adaptflow.train import EpochCallback, EpochScore, FitSettings, predict, seed_everything
@@ -89,9 +90,8 @@ def epoch_score(cfg: FinetuneConfig, data: DataConfig, classes: tuple[str, ...])
     def score(model: torch.nn.Module, device: torch.device) -> dict[str, float]:
         scores = {}
         if val is not None:
-            logits = predict(model, val.images, device=str(device))
-            scores = {"target_val_accuracy": (logits.argmax(1) == val.labels).float().mean().item(),
-                      "target_val_loss": torch.nn.functional.cross_entropy(logits, val.labels).item()}
+            report = classification_report(val.labels, predict(model, val.images, device=str(device)), classes)
+            scores = {"target_val_accuracy": report["accuracy"], "target_val_loss": report["loss"]}
         if unlabeled is not None:
             scores |= score_model(model, unlabeled.images, device=str(device))
         return scores

@@ -11,8 +11,18 @@ def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classe
     return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
+#: Scores that a small validation set often ties on, and the score whose lower value breaks a tie.
+TIE_BREAKERS = {"target_val_accuracy": "target_val_loss", "target_val_macro_f1": "target_val_loss"}
+
+
+def rank(scores: dict[str, float], metric: str) -> tuple[float, float]:
+    """Sort key of `scores` by `metric` (higher is better), a tie broken by the lower TIE_BREAKERS score when there is one."""
+    breaker = TIE_BREAKERS.get(metric)
+    return scores[metric], -scores[breaker] if breaker in scores else 0.0
+
+
 def classification_report(labels: torch.Tensor, logits: torch.Tensor, classes: tuple[str, ...]) -> dict:
-    """Accuracy, macro-F1 and per-class precision / recall / F1 / support."""
+    """Accuracy, macro-F1, mean cross-entropy loss and per-class precision / recall / F1 / support."""
     cm = confusion_matrix(labels, logits.argmax(1), len(classes)).double()
     tp = cm.diag()
     support = cm.sum(1)
@@ -25,6 +35,7 @@ def classification_report(labels: torch.Tensor, logits: torch.Tensor, classes: t
     return {
         "accuracy": float(tp.sum() / cm.sum()),
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "loss": float(torch.nn.functional.cross_entropy(logits.float(), labels)),
         "per_class": {
             name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
             for i, name in enumerate(classes)

@@ -36,6 +36,7 @@ from adaptflow.data.feed import DeviceRows
 from adaptflow.data.folders import ImageSet
 from adaptflow.distributed import World
 from adaptflow.io import atomic_write, write_json
+from adaptflow.metrics import rank
 from adaptflow.models import IMAGENET_MEAN, IMAGENET_STD, Classifier
 
 log = logging.getLogger(__name__)
@@ -327,7 +328,8 @@ def fit(
 
     `score`, when given, scores the model after every epoch into that epoch's record. With
     `settings.keep_epoch` naming one of its scores, `model` ends with the weights of the epoch that
-    scored highest on it (the earliest on a tie) instead of the last epoch's.
+    scored highest on it instead of the last epoch's (a tie goes to the lower validation loss, see
+    `adaptflow.metrics.rank`, then to the earlier epoch).
 
     With `state_path`, the full state (model, optimizer, scheduler, scaler, RNG, epoch and step) is
     saved there after every epoch and every `checkpoint_every_steps` steps, and a later call with
@@ -484,8 +486,10 @@ def _scored(score: EpochScore, model: nn.Module, device: torch.device, keep: str
         return scores
     if keep not in scores:
         raise ValueError(f"keep_epoch {keep} is not among the epoch's scores {sorted(scores)}")
-    if not best or scores[keep] > best["score"]:
-        best |= {"epoch": epoch, "score": scores[keep], "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
+    key = list(rank(scores, keep))
+    if not best or key > best["rank"]:
+        best |= {"epoch": epoch, "score": scores[keep], "rank": key,
+                 "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
     return scores
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, f1_score, log_loss, precision_recall_fscore_support
 
-from adaptflow.metrics import classification_report
+from adaptflow.metrics import classification_report, rank
 
 
 def test_report_matches_scikit_learn() -> None:
@@ -22,3 +22,11 @@ def test_report_matches_scikit_learn() -> None:
     assert [report["per_class"][c]["recall"] for c in "abcde"] == pytest.approx(r.tolist())
     assert [report["per_class"][c]["support"] for c in "abcde"] == s.tolist()
     assert sum(map(sum, report["confusion_matrix"])) == 300
+    assert report["loss"] == pytest.approx(log_loss(labels.numpy(), torch.softmax(logits, 1).numpy(), labels=range(5)), rel=1e-5)
+
+
+def test_a_tie_on_a_validation_score_goes_to_the_lower_validation_loss() -> None:
+    epochs = [{"target_val_accuracy": 0.95, "target_val_loss": 0.40}, {"target_val_accuracy": 0.95, "target_val_loss": 0.15},
+              {"target_val_accuracy": 0.90, "target_val_loss": 0.01}]
+    assert max(range(3), key=lambda i: rank(epochs[i], "target_val_accuracy")) == 1
+    assert rank({"mixval": 0.7, "target_val_loss": 0.2}, "mixval") == (0.7, 0.0)  # no tie-breaker for the others

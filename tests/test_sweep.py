@@ -109,6 +109,17 @@ def test_a_validation_metric_needs_one_labeled_validation_set_for_every_trial() 
     assert len(plan_trials(tiny_config("data.val_fraction=0.2"), {"finetune.lr": [1e-3, 3e-3]}, "target_val_accuracy")) == 2
 
 
+def test_the_best_trial_on_a_tied_validation_score_has_the_lower_validation_loss() -> None:
+    from adaptflow.sweep.report import pick_best
+
+    rows = [{"index": i, "name": f"trial-00{i}", "overrides": {"finetune.lr": lr}, "metrics": m} for i, (lr, m) in enumerate([
+        (1e-3, {"target_val_accuracy": 0.9, "target_val_loss": 0.5, "source_accuracy": 0.7}),
+        (3e-3, {"target_val_accuracy": 0.9, "target_val_loss": 0.3, "source_accuracy": 0.7}),
+        (1e-2, {"target_val_accuracy": 0.8, "target_val_loss": 0.1, "source_accuracy": 0.6})])]
+    assert pick_best(rows, "target_val_accuracy")["name"] == "trial-001"
+    assert pick_best(rows, "source_accuracy")["name"] == "trial-000"  # no tie-breaker: the first trial
+
+
 def test_runner_settings_build_the_task_runner() -> None:
     from prefect.task_runners import ThreadPoolTaskRunner
     from prefect_dask import DaskTaskRunner

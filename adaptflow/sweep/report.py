@@ -8,16 +8,18 @@ from pathlib import Path
 from adaptflow import tracking
 from adaptflow.config import RunConfig
 from adaptflow.io import write_json
+from adaptflow.metrics import rank
 from adaptflow.sweep.plan import ON_TARGET_TEST, ON_TARGET_VAL, VALIDATORS, override_text
 
 
 def pick_best(results: list[dict], metric: str) -> dict:
-    """The finished trial with the highest `metric` (the first one on a tie)."""
+    """The finished trial with the highest `metric` (a tie goes to the lower validation loss, see
+    `adaptflow.metrics.rank`, then to the first trial)."""
     done = [r for r in results if metric in r["metrics"]]
     if not done:
         errors = "; ".join(f"{r['name']}: {r.get('error', f'no {metric}')}" for r in results)
         raise RuntimeError(f"no trial finished with a {metric} score: {errors}")
-    best = max(done, key=lambda r: (r["metrics"][metric], -r["index"]))
+    best = max(done, key=lambda r: (*rank(r["metrics"], metric), -r["index"]))
     return {"name": best["name"], "index": best["index"], "overrides": best["overrides"], "score": best["metrics"][metric],
             "metric": metric, "cli_overrides": [override_text(k, v) for k, v in best["overrides"].items()]}
 
