@@ -364,6 +364,7 @@ def sweep(
     print the table and the best overrides, and the transfer command that trains and registers them."""
     from adaptflow.sweep import parse_grid, plan_trials, sweep_settings
     from adaptflow.sweep.plan import override_text
+    from adaptflow.sweep.report import transfer_command
 
     cfg = _config(config, overrides)
     if not grid:
@@ -383,8 +384,7 @@ def sweep(
         typer.echo(f"  {row['name']}  {settings.metric} {shown}  {' '.join(override_text(k, v) for k, v in row['overrides'].items())}")
     best = result["best"]
     typer.echo(f"best: {best['name']} ({settings.metric} {best['score']:.4f}); summary {result['summary']}")
-    base = " ".join([*([] if config == DEFAULT_CONFIG else ["-c", str(config)]), *(overrides or [])])
-    typer.echo(f"train and register it: adaptflow run transfer {base + ' ' if base else ''}{' '.join(best['cli_overrides'])}")
+    typer.echo(f"train and register it: {transfer_command(Path(result['run_dir']))}")
 
 
 @app.command()

@@ -50,4 +50,4 @@ def sweep(config: RunConfig = RunConfig(), grid: Grid = DEFAULT_GRID, settings: 
     results = sweep_trials.with_options(task_runner=runner)(trials, pretrained, folder, parent, settings)
     summary = sweep_report_task(config, grid, results, settings.metric, parent, folder)
     return {"trials": results, "best": summary["best"], "metric": settings.metric, "summary": summary["summary"],
-            "mlflow_run_id": parent, "run_dir": str(folder)}
+            "best_config": summary["best_config"], "mlflow_run_id": parent, "run_dir": str(folder)}

@@ -49,9 +49,9 @@ def sweep_report_task(config: RunConfig, grid: dict, results: list[dict], metric
     except RuntimeError:
         report.fail_parent_run(config, parent_run_id)
         raise
-    markdown = report.summary_markdown(config, grid, results, best)
-    paths = report.write_summary(folder, markdown, results, best)
+    markdown = report.summary_markdown(config, grid, results, best, folder)
+    paths = report.write_summary(folder, markdown, results, best, config)
     report.close_parent_run(config, parent_run_id, paths, best)
     key = re.sub(r"[^a-z0-9-]", "-", f"sweep-{config.data.target}-{config.finetune.arch}".lower())
     create_markdown_artifact(markdown, key=key, description=f"Sweep over {', '.join(grid)}")
-    return {"best": best, "summary": str(paths["summary"])}
+    return {"best": best, "summary": str(paths["summary"]), "best_config": str(paths["best_config"])}

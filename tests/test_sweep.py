@@ -200,6 +200,11 @@ def test_sweep_on_a_local_dask_cluster_logs_child_runs_and_picks_without_target_
 
     summary = Path(result["summary"]).read_text()
     assert "**best**" in summary and "unsupervised validator `information_maximization`" in summary
+    from adaptflow.config import load_config
+
+    assert f"adaptflow run transfer -c runs/{Path(result['run_dir']).name}/best.yaml" in summary
+    winner = load_config(result["best_config"])  # the trial's whole config: the base's own overrides too
+    assert winner.finetune.lr == best["overrides"]["finetune.lr"] and winner.finetune.epochs == tiny_config().finetune.epochs == 3
     assert read_json(Path(result["run_dir"]) / "trials.json")["best"] == best
 
     children = _children(result["mlflow_run_id"])

@@ -212,13 +212,18 @@ def _key_problems(key: str) -> list[str]:
     return []
 
 
-def _configure(base: dict, overrides: dict[str, Any], problems: list[str]) -> RunConfig | None:
+def with_overrides(base: dict, overrides: dict[str, Any]) -> dict:
+    """A copy of the config dict `base` with the `section.key` values of `overrides` set."""
     raw = copy.deepcopy(base)
     for key, value in overrides.items():
         section, name = key.split(".")
         raw[section][name] = value
+    return raw
+
+
+def _configure(base: dict, overrides: dict[str, Any], problems: list[str]) -> RunConfig | None:
     try:
-        return RunConfig.model_validate(raw)
+        return RunConfig.model_validate(with_overrides(base, overrides))
     except ValidationError as exc:
         label = " ".join(override_text(k, v) for k, v in overrides.items())
         reasons = []

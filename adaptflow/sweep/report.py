@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adaptflow import tracking
-from adaptflow.config import RunConfig
+from adaptflow import env, tracking
+from adaptflow.config import RunConfig, dump_params
 from adaptflow.io import write_json
 from adaptflow.metrics import rank
-from adaptflow.sweep.plan import ON_TARGET_TEST, ON_TARGET_VAL, VALIDATORS, override_text
+from adaptflow.sweep.plan import ON_TARGET_TEST, ON_TARGET_VAL, VALIDATORS, override_text, with_overrides
+
+#: The best trial's whole config, beside the summary: what `adaptflow run transfer -c` trains again.
+BEST_CONFIG = "best.yaml"
 
 
 def pick_best(results: list[dict], metric: str) -> dict:
@@ -39,7 +42,19 @@ def selection_note(metric: str) -> str:
             "adapts best; the target test numbers below took no part in the choice.")
 
 
-def summary_markdown(config: RunConfig, grid: dict, results: list[dict], best: dict) -> str:
+def best_config(config: RunConfig, best: dict) -> RunConfig:
+    """The sweep's base config with the best trial's values: the config its trial trained with."""
+    return RunConfig.model_validate(with_overrides(config.model_dump(mode="json"), best["overrides"]))
+
+
+def transfer_command(folder: Path) -> str:
+    """The command that trains and registers the best trial's config (relative to the project when inside it)."""
+    path = folder / BEST_CONFIG
+    shown = path.relative_to(env.project_root()) if path.is_relative_to(env.project_root()) else path
+    return f"adaptflow run transfer -c {shown}"
+
+
+def summary_markdown(config: RunConfig, grid: dict, results: list[dict], best: dict, folder: Path) -> str:
     """The table of trials (grid values, selection score, test metrics, time) and the best overrides."""
     metric = best["metric"]
     suffix = "map50" if config.task == "detection" else "accuracy"
@@ -58,17 +73,19 @@ def summary_markdown(config: RunConfig, grid: dict, results: list[dict], best: d
         mark = "**best**" if r["name"] == best["name"] else f"failed: {r['error'][:80]}" if "error" in r else ""
         seconds = f"{r['train_seconds']:.1f}" if "train_seconds" in r else ""
         lines.append(f"| {r['name']} | " + " | ".join(values) + " | " + " | ".join(scores) + f" | {seconds} | {mark} |")
-    lines += ["", f"Best: **{best['name']}** ({metric} {best['score']:.4f}). Train and register it through the champion gate with:",
-              "", "```", f"adaptflow run transfer {' '.join(best['cli_overrides'])}", "```", ""]
+    lines += ["", f"Best: **{best['name']}** ({metric} {best['score']:.4f}): {' '.join(best['cli_overrides'])}. Train and register "
+              f"it through the champion gate with its whole config (`{BEST_CONFIG}` beside this summary):",
+              "", "```", transfer_command(folder), "```", ""]
     return "\n".join(lines)
 
 
-def write_summary(folder: Path, markdown: str, results: list[dict], best: dict) -> dict[str, Path]:
-    """`summary.md` and `trials.json` in the sweep's run folder."""
+def write_summary(folder: Path, markdown: str, results: list[dict], best: dict, config: RunConfig) -> dict[str, Path]:
+    """`summary.md`, `trials.json` and the best trial's config (`best.yaml`) in the sweep's run folder."""
     folder.mkdir(parents=True, exist_ok=True)
+    dump_params(best_config(config, best), folder / BEST_CONFIG, f"# The best trial of this sweep, {best['name']}: {transfer_command(folder)}\n")
     (folder / "summary.md").write_text(markdown)
     write_json(folder / "trials.json", {"best": best, "trials": results})
-    return {"summary": folder / "summary.md", "trials": folder / "trials.json"}
+    return {"summary": folder / "summary.md", "trials": folder / "trials.json", "best_config": folder / BEST_CONFIG}
 
 
 def close_parent_run(config: RunConfig, run_id: str, paths: dict[str, Path], best: dict) -> None:
