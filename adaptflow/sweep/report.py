@@ -74,7 +74,7 @@ def summary_markdown(config: RunConfig, grid: dict, results: list[dict], best: d
         seconds = f"{r['train_seconds']:.1f}" if "train_seconds" in r else ""
         lines.append(f"| {r['name']} | " + " | ".join(values) + " | " + " | ".join(scores) + f" | {seconds} | {mark} |")
     lines += ["", f"Best: **{best['name']}** ({metric} {best['score']:.4f}): {' '.join(best['cli_overrides'])}. Train and register "
-              f"it through the champion gate with its whole config (`{BEST_CONFIG}` beside this summary):",
+              f"it through the champion gate with its whole config (`{BEST_CONFIG}` in the sweep's run folder):",
               "", "```", transfer_command(folder), "```", ""]
     return "\n".join(lines)
 
@@ -90,7 +90,8 @@ def write_summary(folder: Path, markdown: str, results: list[dict], best: dict, 
 
 def close_parent_run(config: RunConfig, run_id: str, paths: dict[str, Path], best: dict) -> None:
     """The summary and the trials on the sweep's run, the best score as its metric, the best overrides as a tag."""
-    tracking.log_artifacts(config.tracking, run_id, paths.values())
+    # best.yaml stays in the run folder: it is runnable, so its secrets (a tracking URI's password) are not masked.
+    tracking.log_artifacts(config.tracking, run_id, [paths["summary"], paths["trials"]])
     tracking.log_metrics(config.tracking, run_id, {f"best_{best['metric']}": best["score"]})
     tracking.set_tags(config.tracking, run_id, {"best_trial": best["name"], "best_overrides": " ".join(best["cli_overrides"])})
     tracking.finish_run(config.tracking, run_id)
