@@ -236,14 +236,14 @@ def test_finetune_keeps_the_epoch_best_on_the_validation_set_or_by_a_validator(p
     from adaptflow.pretrained import fetch_pretrained
 
     pretrained = fetch_pretrained(tiny_config().pretrained.uri)
-    cfg = tiny_config("data.val_fraction=0.25", "finetune.keep_epoch=target_val_accuracy", "finetune.strategy=finetune", "finetune.epochs=4")
+    cfg = tiny_config("data.val_fraction=0.25", "finetune.keep_epoch=target_val_accuracy", "finetune.strategy=finetune")
     model = finetune(cfg.finetune, cfg.data, pretrained, project / "val")
     history = read_json(project / "val" / "history.json")
-    assert len(history) == 4 and all(0 <= h["target_val_accuracy"] <= 1 and h["target_val_loss"] > 0 for h in history)
+    assert len(history) == 3 and all(0 <= h["target_val_accuracy"] <= 1 and h["target_val_loss"] > 0 for h in history)
     kept = measure(EvaluateConfig(batch_size=7), cfg.data, model.path)  # another batch size than the epochs' scoring
     assert kept["target_val_accuracy"] == pytest.approx(max(h["target_val_accuracy"] for h in history))
 
-    cfg = tiny_config("finetune.keep_epoch=information_maximization", "finetune.strategy=finetune", "finetune.epochs=4")
+    cfg = tiny_config("finetune.keep_epoch=information_maximization", "finetune.strategy=finetune")
     model = finetune(cfg.finetune, cfg.data, pretrained, project / "im")
     history = read_json(project / "im" / "history.json")
     assert all({"information_maximization", "entropy", "snd", "mixval"} <= set(h) for h in history) and "target_val_accuracy" not in history[0]
