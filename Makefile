@@ -30,7 +30,7 @@ DETECTION_CONFIG = $(if $(filter fasterrcnn,$(DETECTOR)),configs/detection-faste
 demo-detection: install  ## the detection demo: YOLO (DETECTOR=fasterrcnn: Faster R-CNN) adapted to photographs
 	$(BIN)/adaptflow demo -c $(DETECTION_CONFIG)
 
-test: install  ## the test suite (CPU, offline; about 25 minutes on 2 cores)
+test: install  ## the test suite (CPU, offline; about 30 minutes on 2 cores)
 	$(BIN)/python -m pytest
 
 test-all: install  ## the test suite including slow end-to-end runs
