@@ -363,7 +363,7 @@ def fit(
     if keep is not None and score is None:
         raise ValueError(f"keep_epoch {keep} needs the model scored after every epoch; nothing scores {keep} here")
     history: list[dict[str, float]] = []
-    best: dict = {}  # the kept epoch: its number, score and weights (on the CPU)
+    best: dict = {}  # the kept epoch: its number, rank (`adaptflow.metrics.rank`) and weights (on the CPU)
     start_epoch, start_step = 0, 0
     resumed = _load_state(state_path, fingerprint)
     if resumed is not None:
@@ -471,7 +471,7 @@ def fit(
                 on_epoch(epoch, record)
     bar.close()
     if best:
-        log.info("keeping epoch %d of %d: %s %.4f", best["epoch"], settings.epochs, keep, best["score"])
+        log.info("keeping epoch %d of %d: %s %.4f", best["epoch"], settings.epochs, keep, best["rank"][0])
         model.load_state_dict(best["model"])
     if adaptation is not None:
         adaptation.after_fit(model)
@@ -486,10 +486,9 @@ def _scored(score: EpochScore, model: nn.Module, device: torch.device, keep: str
         return scores
     if keep not in scores:
         raise ValueError(f"keep_epoch {keep} is not among the epoch's scores {sorted(scores)}")
-    key = list(rank(scores, keep))
+    key = list(rank(scores, keep))  # [the score, its tie-breaker]
     if not best or key > best["rank"]:
-        best |= {"epoch": epoch, "score": scores[keep], "rank": key,
-                 "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
+        best |= {"epoch": epoch, "rank": key, "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
     return scores
 
 

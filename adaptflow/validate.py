@@ -19,7 +19,7 @@ from PIL import Image
 
 from adaptflow.adapt.validators import VALIDATORS
 from adaptflow.config import RunConfig
-from adaptflow.data import split_dir
+from adaptflow.data import has_validation, split_dir
 from adaptflow.data.folders import IMAGE_SUFFIXES, natural_key
 
 log = logging.getLogger(__name__)
@@ -279,7 +279,7 @@ def _check_target(config: RunConfig, report: Report) -> None:
     chosen = {"registry.metric": config.registry.metric, "registry.guard_metric": config.registry.guard_metric or "",
               "finetune.keep_epoch": config.finetune.keep_epoch}
     for key, metric in chosen.items():
-        if metric.startswith("target_val_") and not val.exists() and not data.val_fraction:
+        if metric.startswith("target_val_") and not has_validation(data):
             report.error(val, f"{key} {metric} is measured on the target's validation set, and it has none",
                          f"set data.val_fraction (e.g. 0.2), add {val}/<class>/*.png, or choose another {key}")
     if config.finetune.keep_epoch in VALIDATORS and not unlabeled.exists():

@@ -43,11 +43,14 @@ def target_labels(cfg: DataConfig, classes: tuple[str, ...] | None = None) -> tu
                          "or set data.val_fraction=0") from None
 
 
+def has_validation(cfg: DataConfig) -> bool:
+    """Whether the target has a labeled validation set: a `val` folder or a `data.val_fraction` share."""
+    return bool(cfg.val_fraction) or split_dir(cfg, cfg.target, "val").is_dir()
+
+
 def target_validation(cfg: DataConfig, classes: tuple[str, ...]) -> ImageSet | None:
     """The target's labeled validation set (see `target_labels`), or None without loading anything."""
-    if not cfg.val_fraction and not split_dir(cfg, cfg.target, "val").is_dir():
-        return None
-    return target_labels(cfg, classes)[1]
+    return target_labels(cfg, classes)[1] if has_validation(cfg) else None
 
 
 def build_all(root: str | Path) -> Path:
@@ -77,5 +80,5 @@ def ensure_domains(root: str | Path, domains: list[str]) -> list[str]:
     return missing
 
 
-__all__ = ["ImageSet", "build_all", "ensure_domains", "list_classes", "load_image_folder", "load_split", "split_dir", "target_labels",
-           "target_validation"]
+__all__ = ["ImageSet", "build_all", "ensure_domains", "list_classes", "load_image_folder", "load_split", "has_validation", "split_dir",
+           "target_labels", "target_validation"]

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from adaptflow.config import ConfigError, RunConfig
-from adaptflow.data import split_dir
+from adaptflow.data import has_validation, split_dir
 from adaptflow.execution import DaskAddressField, GpuPoolField, RayAddressField, RunnerField, check_addresses
 
 #: The unsupervised validators of `adaptflow.adapt.validators` (a test keeps the two equal).
@@ -180,10 +180,10 @@ def check_metric(trials: list[Trial], metric: str) -> None:
         raise ConfigError(f"metric {metric} is not measured for task {task}; use one of {', '.join(EVALUATED[task])}")
     elif metric in ON_TARGET_VAL:
         for data in datas:
-            folder = split_dir(data, data.target, "val")
-            if not data.val_fraction and not folder.is_dir():
-                raise ConfigError(f"metric {metric} scores trials on labeled target images held out of training, and there are "
-                                  f"none: set data.val_fraction (e.g. 0.2) or add {folder}/<class>/*.png, or pick by a validator")
+            if not has_validation(data):
+                raise ConfigError(f"metric {metric} scores trials on labeled target images held out of training, and there are none: "
+                                  f"set data.val_fraction (e.g. 0.2) or add {split_dir(data, data.target, 'val')}/<class>/*.png, "
+                                  "or pick by a validator")
         if len({(d.root, d.target, d.val_fraction) for d in datas}) > 1:
             raise ConfigError(f"metric {metric} compares trials on one validation set, but the grid changes which images validate "
                               "(data.root, data.target or data.val_fraction): keep those fixed, or pick by a validator")
