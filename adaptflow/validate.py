@@ -20,7 +20,7 @@ from PIL import Image
 from adaptflow.adapt.validators import VALIDATORS
 from adaptflow.config import RunConfig
 from adaptflow.data import has_validation, split_dir
-from adaptflow.data.folders import IMAGE_SUFFIXES, natural_key
+from adaptflow.data.folders import IMAGE_SUFFIXES, held_out_count, natural_key
 
 log = logging.getLogger(__name__)
 
@@ -286,19 +286,24 @@ def _check_target(config: RunConfig, report: Report) -> None:
         report.error(unlabeled, f"no unlabeled split, but finetune.keep_epoch {config.finetune.keep_epoch} scores epochs on one",
                      "add unlabeled target images there, or set finetune.keep_epoch to last or target_val_accuracy")
     counts = _class_counts(train)
+    share = data.val_fraction if not val.exists() else 0.0
+    if share:
+        single = {c: n for c, n in counts.items() if n < 2}
+        if single:
+            report.error(train, f"data.val_fraction={share} holds out at least one image a class, and classes {single} "
+                         "have fewer than two: none would be left to train on", "add labeled images to those classes, or set data.val_fraction=0")
+        counts = {c: n - held_out_count(n, share) for c, n in counts.items() if n >= 2}
     if data.labeled_per_class is not None:
         short = {c: n for c, n in counts.items() if n < data.labeled_per_class}
         if short:
-            report.warn(train, f"fewer than {data.labeled_per_class} labeled images in classes {short}", "those classes train on what there is")
-    if data.val_fraction and not val.exists():
-        single = {c: n for c, n in counts.items() if n < 2}
-        if single:
-            report.error(train, f"data.val_fraction={data.val_fraction} holds out at least one image a class, and classes {single} "
-                         "have fewer than two: none would be left to train on", "add labeled images to those classes, or set data.val_fraction=0")
+            held = f" once data.val_fraction={share} is held out" if share else ""
+            report.warn(train, f"fewer than {data.labeled_per_class} labeled images in classes {short}{held}",
+                        "those classes train on what there is")
 
 
 def _class_counts(folder: Path) -> dict[str, int]:
     """Images per class folder of a split ({} when there is no such folder)."""
     if not folder.is_dir():
         return {}
-    return {cls.name: sum(1 for p in cls.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) for cls in folder.iterdir() if cls.is_dir()}
+    classes = sorted((c for c in folder.iterdir() if c.is_dir()), key=lambda c: natural_key(c.name))
+    return {cls.name: sum(1 for p in cls.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) for cls in classes}

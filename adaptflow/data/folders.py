@@ -28,6 +28,12 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 _CACHE_FORMAT = 1
 
 
+def held_out_count(n: int, fraction: float) -> int:
+    """How many of a class's n labeled images `ImageSet.hold_out` holds out: `fraction` of them,
+    at least one, and never all."""
+    return min(n - 1, max(1, round(fraction * n)))
+
+
 @dataclass(frozen=True)
 class ImageSet:
     """Decoded images (uint8, N x 3 x H x W), their labels (int64, N) and the class names."""
@@ -54,7 +60,7 @@ class ImageSet:
                 raise ValueError(f"class '{name}' has {n} labeled image(s): holding one out would leave none to train on; "
                                  "hold out labels only where every class has two or more")
         out = torch.zeros(len(self), dtype=torch.bool)
-        out[self._draw(lambda n: min(n - 1, max(1, round(fraction * n))), seed)] = True
+        out[self._draw(lambda n: held_out_count(n, fraction), seed)] = True
         return self._take(torch.nonzero(~out).flatten()), self._take(torch.nonzero(out).flatten())
 
     def _draw(self, size: Callable[[int], int], seed: int) -> torch.Tensor:

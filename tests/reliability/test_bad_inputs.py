@@ -298,3 +298,15 @@ def test_duplicates_warn_but_do_not_stop(project: Path) -> None:
     shutil.copy(first, first.with_name("copy.png"))
     report = validate(load_config(None, [*TINY, "pretrained.uri=torchvision:resnet18"]))
     assert report.ok and any("duplicate of" in str(w) for w in report.warnings)
+
+
+def test_short_classes_are_counted_after_the_validation_share(project: Path) -> None:
+    from adaptflow.validate import validate
+
+    # 4 labeled images a class; a 0.2 share holds out 1, so 4 a class leaves every class short, 3 none
+    config = [*TINY, "pretrained.uri=torchvision:resnet18", "data.val_fraction=0.2"]
+    short = validate(load_config(None, [*config, "data.labeled_per_class=4"]))
+    assert short.ok
+    assert any("fewer than 4 labeled images in classes {'0': 3, '1': 3" in str(w) and "once data.val_fraction=0.2 is held out" in str(w)
+               for w in short.warnings), [str(w) for w in short.warnings]
+    assert not any("fewer than" in str(w) for w in validate(load_config(None, [*config, "data.labeled_per_class=3"])).warnings)
