@@ -77,20 +77,28 @@ def epoch_score(cfg: FinetuneConfig, data: DataConfig, classes: tuple[str, ...])
     """What scores each fine-tune epoch: accuracy and loss on the target's labeled validation set
     when it has one, and the unsupervised validators on its unlabeled split when `keep_epoch` is one
     of them; None when there is nothing to score."""
-    from adaptflow.adapt import VALIDATORS, score_model
+    from adaptflow.adapt import VALIDATORS
 
     val = target_validation(data, classes)
     unlabeled = load_split(data, data.target, "unlabeled", classes) if cfg.keep_epoch in VALIDATORS else None
     if cfg.keep_epoch == "target_val_accuracy" and val is None:
         raise ValueError("finetune.keep_epoch target_val_accuracy needs the target's validation set: set data.val_fraction "
                          f"(e.g. 0.2) or add {split_dir(data, data.target, 'val')}/<class>/*.png")
+    return scorer(val, unlabeled)
+
+
+def scorer(val: ImageSet | None, unlabeled: ImageSet | None) -> EpochScore | None:
+    """An epoch's scores: accuracy and loss on the labeled `val` images, and every unsupervised
+    validator on the `unlabeled` ones (None when both are None)."""
+    from adaptflow.adapt import score_model
+
     if val is None and unlabeled is None:
         return None
 
     def score(model: torch.nn.Module, device: torch.device) -> dict[str, float]:
         scores = {}
         if val is not None:
-            report = classification_report(val.labels, predict(model, val.images, device=str(device)), classes)
+            report = classification_report(val.labels, predict(model, val.images, device=str(device)), val.classes)
             scores = {"target_val_accuracy": report["accuracy"], "target_val_loss": report["loss"]}
         if unlabeled is not None:
             scores |= score_model(model, unlabeled.images, device=str(device))

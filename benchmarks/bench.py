@@ -346,6 +346,7 @@ def bench_fit(template: Path, measurer: Measurer, n_images: int, epochs: int, ro
 
     from adaptflow.config import load_config
     from adaptflow.data import ImageSet, load_split
+    from adaptflow.finetune import scorer
     from adaptflow.models import build_classifier
     from adaptflow.train import FitSettings, fit
 
@@ -375,6 +376,21 @@ def bench_fit(template: Path, measurer: Measurer, n_images: int, epochs: int, ro
         timed.images_per_s = k_epochs * len(subset) / timed.seconds
         return timed
 
+    # Per-epoch scoring (finetune.keep_epoch): a labeled validation set and an unlabeled split, each a
+    # quarter of the training set's size, scored after every epoch.
+    held = load_split(cfg.data, cfg.data.source, "test")
+    quarter = n_images // 4
+    score = scorer(ImageSet(held.images[:quarter], held.labels[:quarter], held.classes),
+                   ImageSet(held.images[quarter : 2 * quarter], held.labels[quarter : 2 * quarter], held.classes))
+
+    def scored(model) -> Timed:
+        settings = FitSettings(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                               strategy="finetune", augment=False, device="cpu", keep_epoch="information_maximization")
+        with Timed() as timed:
+            fit(model, data, settings, progress=False, score=score)
+        timed.images_per_s = epochs * len(data) / timed.seconds
+        return timed
+
     def bare(model, k_epochs: int = epochs, subset: ImageSet = data) -> Timed:
         with Timed() as timed:
             bare_loop(model, subset.images, subset.labels, k_epochs, batch_size, lr, weight_decay)
@@ -387,31 +403,30 @@ def bench_fit(template: Path, measurer: Measurer, n_images: int, epochs: int, ro
     log.info("training loop: warm-up of each on %d images; %d threads", len(warm), threads)
     ours(fresh_model(), 1, warm)
     bare(fresh_model(), 1, warm)
-    ours_runs: list[Timed] = []
-    bare_runs: list[Timed] = []
+    runs: dict[str, list[Timed]] = {"ours": [], "bare": [], "scored": []}
     for i in range(rounds):
-        ours_runs.append(measurer.measure(f"ours {i + 1}", fresh_model, ours))
-        log.info("round %d/%d ours: %s", i + 1, rounds, describe(ours_runs[-1]))
-        bare_runs.append(measurer.measure(f"bare {i + 1}", fresh_model, bare))
-        log.info("round %d/%d bare: %s", i + 1, rounds, describe(bare_runs[-1]))
+        for name, run in (("ours", ours), ("bare", bare), ("scored", scored)):
+            runs[name].append(measurer.measure(f"{name} {i + 1}", fresh_model, run))
+            log.info("round %d/%d %s: %s", i + 1, rounds, name, describe(runs[name][-1]))
 
-    ours_med = statistics.median(r.images_per_s for r in ours_runs)
-    bare_med = statistics.median(r.images_per_s for r in bare_runs)
+    median = {name: statistics.median(r.images_per_s for r in timed) for name, timed in runs.items()}
     return {
-        "ratio": ours_med / bare_med,
-        "ours_median_images_per_s": ours_med,
-        "bare_median_images_per_s": bare_med,
+        "ratio": median["ours"] / median["bare"],
+        "ours_median_images_per_s": median["ours"],
+        "bare_median_images_per_s": median["bare"],
+        "scored_ratio": median["scored"] / median["ours"],
+        "scored_median_images_per_s": median["scored"],
         "runs_each": rounds,
-        "ours_runs": [{"images_per_s": r.images_per_s, **r.to_dict()} for r in ours_runs],
-        "bare_runs": [{"images_per_s": r.images_per_s, **r.to_dict()} for r in bare_runs],
+        **{f"{name}_runs": [{"images_per_s": r.images_per_s, **r.to_dict()} for r in timed] for name, timed in runs.items()},
         "images": len(data),
+        "scored_images": {"validation": quarter, "unlabeled": quarter},
         "epochs_per_run": epochs,
         "batch_size": batch_size,
         "arch": "resnet18",
         "image_size": cfg.data.image_size,
         "threads": threads,
         "flush_denormal": True,
-        "contended_runs": sum(r.contended for r in ours_runs + bare_runs),
+        "contended_runs": sum(r.contended for timed in runs.values() for r in timed),
     }
 
 
@@ -480,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
           f"one-time Prefect server start {f['prefect_server_start_s']:.1f} s not included)")
     print(f"training loop / bare torch loop (images/s): {t['ratio']:.3f}  (ours {t['ours_median_images_per_s']:.0f}, "
           f"bare {t['bare_median_images_per_s']:.0f}, median of {t['runs_each']})")
+    print(f"training with per-epoch scoring / without (images/s): {t['scored_ratio']:.3f}  (validation and unlabeled sets "
+          f"each a quarter of the training set's size, scored after every epoch)")
     kept = f["contended_runs"] + t["contended_runs"]
     if measurer.discarded or kept:
         print(f"note: other processes shared the CPUs: {len(measurer.discarded)} disturbed run(s) discarded and re-run, "
