@@ -30,11 +30,13 @@ DETECTION_CONFIG = $(if $(filter fasterrcnn,$(DETECTOR)),configs/detection-faste
 demo-detection: install  ## the detection demo: YOLO (DETECTOR=fasterrcnn: Faster R-CNN) adapted to photographs
 	$(BIN)/adaptflow demo -c $(DETECTION_CONFIG)
 
-test: install  ## the test suite (CPU, offline; about 30 minutes on 2 cores)
-	$(BIN)/python -m pytest
+TEST_WORKERS ?= 2
+
+test: install  ## the test suite (CPU, offline; TEST_WORKERS=2 parallel workers)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 test-all: install  ## the test suite including slow end-to-end runs
-	$(BIN)/python -m pytest -m 'not gpu'
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m 'not gpu'
 
 bench: install  ## flow overhead and training-loop throughput, as measured ratios
 	$(BIN)/python -m benchmarks.bench

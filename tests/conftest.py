@@ -53,7 +53,26 @@ import netguard  # noqa: E402
 
 #: Python processes the tests start load the guard too (tests/netguard/sitecustomize.py).
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(netguard.__file__).parent), os.environ.get("PYTHONPATH")]))
-os.environ.setdefault(netguard.LOG_VARIABLE, str(Path(os.environ.get("TMPDIR", "/tmp")) / f"adaptflow-network-{os.getpid()}.log"))
+_guard_log = str(Path(os.environ.get("TMPDIR", "/tmp")) / f"adaptflow-network-{os.getpid()}.log")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker its own log: workers start with the controller's environment
+    os.environ[netguard.LOG_VARIABLE] = _guard_log
+else:
+    os.environ.setdefault(netguard.LOG_VARIABLE, _guard_log)
+
+
+# --- parallel workers (pytest -n N) ----------------------------------------------------------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With N xdist workers, each worker and the processes its tests start get 1/N of the cores as
+    torch threads: N workers at full thread count oversubscribe the CPU and run slower than one."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
@@ -208,6 +227,19 @@ def faults() -> Tally:
 @pytest.fixture
 def bad_inputs() -> Tally:
     return Tally("bad inputs")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if hasattr(session.config, "workeroutput"):  # an xdist worker: its counts go to the controller
+        session.config.workeroutput["tally"] = TALLY
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:  # noqa: ANN001 - xdist's worker node
+    """The controller adds up what each worker counted."""
+    for name, (tried, handled) in node.workeroutput.get("tally", {}).items():
+        TALLY[name][0] += tried
+        TALLY[name][1] += handled
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest's reporter

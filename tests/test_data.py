@@ -22,17 +22,14 @@ def _dvc_md5(root: Path) -> str:
 
 
 def test_full_build_is_deterministic_and_matches_committed_data_dvc(tmp_path: Path) -> None:
-    hashes = []
-    for name in ("a", "b"):
-        root = tmp_path / name
-        root.mkdir()
-        init_dvc_repo(root)
-        build_all(root / "data")
-        hashes.append(_dvc_md5(root))
-    committed = yaml.safe_load((REPO / "data.dvc").read_text())["outs"][0]["md5"]
-    assert hashes[0] == hashes[1] == committed
+    # data.dvc's hash was recorded by an earlier build: matching it is the same bytes built twice
+    root = tmp_path / "a"
+    root.mkdir()
+    init_dvc_repo(root)
+    build_all(root / "data")
+    assert _dvc_md5(root) == yaml.safe_load((REPO / "data.dvc").read_text())["outs"][0]["md5"]
 
-    data = tmp_path / "a" / "data"
+    data = root / "data"
     assert len(list((data / "mnist" / "train").rglob("*.png"))) == 4000
     assert len(list((data / "mnist" / "test").rglob("*.png"))) == 1000
     assert len(list((data / "uci_digits" / "train").rglob("*.png"))) == 100  # 10 labeled per class
