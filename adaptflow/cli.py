@@ -451,17 +451,25 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "alembic", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        app()
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The errors shown as one line: bad input, not bugs. Imported only once one was raised, so that
+    `--help` and commands that need no torch or MLflow start without importing them."""
     from adaptflow.config import ConfigError
     from adaptflow.pretrained import FetchError
     from adaptflow.tracking import RegistryError, TrackingUnavailable
     from adaptflow.validate import DataValidationError
     from adaptflow.versioning import VersioningError
 
-    try:
-        app()
-    except (ConfigError, FetchError, VersioningError, DataValidationError, TrackingUnavailable, RegistryError, FileNotFoundError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+    return ConfigError, FetchError, VersioningError, DataValidationError, TrackingUnavailable, RegistryError, FileNotFoundError
 
 
 if __name__ == "__main__":

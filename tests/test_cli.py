@@ -26,3 +26,13 @@ def test_wrong_key_exits_2_naming_the_field() -> None:
     assert out.returncode == 2
     assert "finetune.epoch: unknown field (did you mean 'epochs'?)" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_help_and_config_start_without_torch_or_mlflow() -> None:
+    probe = ("import sys\nfrom adaptflow.cli import main\nsys.argv = ['adaptflow', *sys.argv[1:]]\ntry:\n    main()\n"
+             "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
+             "print('loaded:', sorted(m for m in ('torch', 'mlflow', 'prefect', 'dvc') if m in sys.modules), file=sys.stderr)")
+    for args in (["--help"], ["finetune", "--help"], ["config", "finetune.seed=3"]):
+        out = subprocess.run([sys.executable, "-c", probe, *args], cwd=REPO, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert "loaded: []" in out.stderr, (args, out.stderr[-500:])
