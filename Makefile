@@ -35,7 +35,7 @@ TEST_WORKERS ?= 2
 test: install  ## the test suite (CPU, offline; TEST_WORKERS=2 parallel workers)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
-test-all: install  ## the test suite including slow end-to-end runs
+test-all: install  ## the test suite including tests marked slow (none at present)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m 'not gpu'
 
 bench: install  ## flow overhead and training-loop throughput, as measured ratios
