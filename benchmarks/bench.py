@@ -348,7 +348,7 @@ def bench_fit(template: Path, measurer: Measurer, n_images: int, epochs: int, ro
     from adaptflow.data import ImageSet, load_split
     from adaptflow.finetune import scorer
     from adaptflow.models import build_classifier
-    from adaptflow.train import FitSettings, fit
+    from adaptflow.train import EpochScore, FitSettings, fit
 
     use_root(template)
     torch.set_flush_denormal(True)  # fit() sets it as well; the bare loop runs under the same flag
@@ -368,28 +368,23 @@ def bench_fit(template: Path, measurer: Measurer, n_images: int, epochs: int, ro
         model.load_state_dict(initial)
         return model
 
-    def ours(model, k_epochs: int = epochs, subset: ImageSet = data) -> Timed:
-        settings = FitSettings(epochs=k_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                               strategy="finetune", augment=False, device="cpu")
-        with Timed() as timed:
-            fit(model, subset, settings, progress=False)
-        timed.images_per_s = k_epochs * len(subset) / timed.seconds
-        return timed
-
     # Per-epoch scoring (finetune.keep_epoch): a labeled validation set and an unlabeled split, each a
     # quarter of the training set's size, scored after every epoch.
     held = load_split(cfg.data, cfg.data.source, "test")
     quarter = n_images // 4
-    score = scorer(ImageSet(held.images[:quarter], held.labels[:quarter], held.classes),
-                   ImageSet(held.images[quarter : 2 * quarter], held.labels[quarter : 2 * quarter], held.classes))
+    epoch_score = scorer(ImageSet(held.images[:quarter], held.labels[:quarter], held.classes),
+                         ImageSet(held.images[quarter : 2 * quarter], held.labels[quarter : 2 * quarter], held.classes))
+
+    def ours(model, k_epochs: int = epochs, subset: ImageSet = data, score: EpochScore | None = None) -> Timed:
+        settings = FitSettings(epochs=k_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, strategy="finetune",
+                               augment=False, device="cpu", keep_epoch="information_maximization" if score else "last")
+        with Timed() as timed:
+            fit(model, subset, settings, progress=False, score=score)
+        timed.images_per_s = k_epochs * len(subset) / timed.seconds
+        return timed
 
     def scored(model) -> Timed:
-        settings = FitSettings(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                               strategy="finetune", augment=False, device="cpu", keep_epoch="information_maximization")
-        with Timed() as timed:
-            fit(model, data, settings, progress=False, score=score)
-        timed.images_per_s = epochs * len(data) / timed.seconds
-        return timed
+        return ours(model, score=epoch_score)
 
     def bare(model, k_epochs: int = epochs, subset: ImageSet = data) -> Timed:
         with Timed() as timed:

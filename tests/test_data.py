@@ -23,8 +23,7 @@ def _dvc_md5(root: Path) -> str:
 
 def test_full_build_is_deterministic_and_matches_committed_data_dvc(tmp_path: Path) -> None:
     # data.dvc's hash was recorded by an earlier build: matching it is the same bytes built twice
-    root = tmp_path / "a"
-    root.mkdir()
+    root = tmp_path
     init_dvc_repo(root)
     build_all(root / "data")
     assert _dvc_md5(root) == yaml.safe_load((REPO / "data.dvc").read_text())["outs"][0]["md5"]
