@@ -90,7 +90,9 @@ class TrainConfig(Section):
         1, ge=1, le=1024, description="Train on this many devices: 1 in this process; N > 1 as N data-parallel workers (torchrun + DDP "
         "on CUDA; gloo on CPU, for tests), batch_size staying the global batch (each worker takes 1/N of it)",
     )
-    precision: Precision = Field("auto", description="Mixed precision on CUDA: auto picks bf16 where supported")
+    precision: Precision = Field(
+        "auto", description="Mixed precision on CUDA: auto picks bf16 where supported (YOLO: Ultralytics' fp16 AMP); off trains in fp32",
+    )
     checkpoint_every_steps: int = Field(
         0, ge=0, description="Also checkpoint every N optimizer steps (0: at the end of each epoch only)"
     )
@@ -243,6 +245,9 @@ class RunConfig(Section):
                 wanted = ", ".join(detectors if self.task == "detection" else get_args(ClassifierArch))
                 raise ValueError(f"{name}.arch '{arch}' is {kind} but task is {self.task}; use one of: {wanted}")
             self._check_devices(name, section)
+            if arch in detectors and not arch.startswith("fasterrcnn") and section.precision == "bf16":
+                raise ValueError(f"{name}.precision=bf16: Ultralytics trains YOLO in fp16 mixed precision only; set {name}.precision "
+                                 "to auto or fp16 (mixed), or off (fp32)")
         if self.task == "detection":
             if self.finetune.strategy not in DETECTION_STRATEGIES:
                 raise ValueError(f"finetune.strategy {self.finetune.strategy} is for classifiers; with task detection use "

@@ -71,6 +71,10 @@ def test_detection_config_errors_name_the_field_and_the_fix() -> None:
             detection_config("yolov8n", f"finetune.strategy={strategy}", "finetune.epochs=3")
     with pytest.raises(ConfigError, match="finetune.target_batch_size sizes the unlabeled batch of a classifier's methods"):
         detection_config("yolov8n", "finetune.target_batch_size=8")
+    with pytest.raises(ConfigError, match=r"pretrain.precision=bf16: Ultralytics trains YOLO in fp16 mixed precision only; set "
+                                          r"pretrain.precision to auto or fp16 \(mixed\), or off \(fp32\)"):
+        detection_config("yolov8n", "pretrain.precision=bf16")
+    assert detection_config("fasterrcnn_mobilenet_v3_large_fpn", "finetune.precision=bf16").finetune.precision == "bf16"
 
 
 @pytest.fixture
@@ -118,13 +122,17 @@ def test_yolo_flows_register_a_detector_that_predicts_boxes_from_the_registry(pr
     assert netguard.refused() == [], "a connection beyond 127.0.0.1 was attempted (here or in the training process)"
 
 
-def test_the_adapter_leaves_the_thread_count_of_later_processes_alone() -> None:
+def test_the_adapter_leaves_the_thread_count_of_later_processes_alone_and_keeps_its_files_in_the_cache(tmp_path: Path) -> None:
     """Importing Ultralytics sets OMP_NUM_THREADS=1, which every process started later (a DVC stage,
-    torchrun workers) would inherit: trained on another thread count, their models would differ."""
-    probe = "import os; from adaptflow.detection import yolo; yolo.ultralytics(); print(os.environ.get('OMP_NUM_THREADS'))"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    torchrun workers) would inherit: trained on another thread count, their models would differ.
+    Its folders (where its AMP check looks for its reference model) are the project cache's from the
+    first import in a fresh cache on."""
+    probe = ("import os; from adaptflow.detection import yolo; yolo.ultralytics(); from ultralytics import utils; "
+             "print(os.environ.get('OMP_NUM_THREADS'), utils.WEIGHTS_DIR, utils.DATASETS_DIR, utils.RUNS_DIR)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"ADAPTFLOW_CACHE": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "None"
+    folders = tmp_path / "ultralytics"
+    assert out.stdout.split() == ["None", str(folders / "weights"), str(folders / "datasets"), str(folders / "runs")]
 
 
 def test_faster_rcnn_pretrains_finetunes_and_is_measured_by_the_same_map(scenes: Path) -> None:

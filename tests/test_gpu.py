@@ -113,6 +113,16 @@ def test_detectors_pretrain_on_cuda_and_predict(arch: str, scenes: Path) -> None
     assert len(out) == len(test) and all(o["boxes"].device.type == "cpu" for o in out)
 
 
+@pytest.mark.parametrize("precision", ["auto", "off"])
+def test_yolo_trains_in_the_precision_asked_for_without_downloading_the_amp_check_model(precision: str, scenes: Path) -> None:
+    from adaptflow.detection import stages
+
+    cfg = detection_config("yolov8n", "pretrain.epochs=1", "pretrain.device=cuda", f"pretrain.precision={precision}")
+    stages.pretrain(cfg.pretrain, cfg.data, scenes / "work")  # the network guard fails the test on any download attempt
+    last = torch.load(scenes / "work" / "ultralytics" / "weights" / "last.pt", weights_only=False, map_location="cpu")
+    assert last["train_args"]["amp"] is (precision == "auto")
+
+
 def test_yolo_on_two_gpus_trains_in_ultralytics_ddp_and_reports_every_epoch(scenes: Path) -> None:
     from adaptflow.detection import stages
     from adaptflow.detection.models import load_detector

@@ -67,6 +67,7 @@ def train(
     device: str,
     freeze_backbone: bool = False,
     augment: bool = False,
+    precision: str = "auto",
     state_path: Path | None = None,
     fingerprint: str = "",
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
@@ -77,7 +78,7 @@ def train(
 
     torch.set_flush_denormal(True)
     dev = resolve_device(device)
-    amp_dtype = autocast_dtype(dev, "auto")
+    amp_dtype = autocast_dtype(dev, precision)
     seed_everything(seed)
     generator = torch.Generator().manual_seed(seed)
     model.to(dev)

@@ -49,12 +49,13 @@ def _train(model: nn.Module, arch: str, cfg: TrainConfig, data: DataConfig, spli
         freeze = len(model.model) - 1 if head_only else cfg.freeze  # everything but the Detect head
         return yolo.train(model, arch, dataset, work_dir, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                           weight_decay=cfg.weight_decay, image_size=data.image_size, freeze=freeze, seed=cfg.seed,
-                          device=yolo.ultralytics_device(cfg), optimizer=cfg.optimizer, augment=cfg.augment, on_epoch=on_epoch)
+                          device=yolo.ultralytics_device(cfg), optimizer=cfg.optimizer, augment=cfg.augment, precision=cfg.precision,
+                          on_epoch=on_epoch)
     parts = splits["train"] if isinstance(splits["train"], list) else [splits["train"]]
     train = DetectionSet.join([load_detection_split(part, data.image_size, classes) for part in parts])
     history = frcnn.train(model, train, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                           optimizer=cfg.optimizer, seed=cfg.seed, device=cfg.device, freeze_backbone=head_only or cfg.freeze > 0, augment=cfg.augment,
-                          state_path=work_dir / "train_state.pt", fingerprint=fingerprint, on_epoch=on_epoch)
+                          precision=cfg.precision, state_path=work_dir / "train_state.pt", fingerprint=fingerprint, on_epoch=on_epoch)
     return model, history
 
 

@@ -30,6 +30,8 @@ ARCHS = ("yolov8n", "yolov8s", "yolo11n", "yolo11s")
 _INTEGRATIONS = ("sync", "mlflow", "dvc", "wandb", "clearml", "comet", "raytune", "tensorboard")
 #: Where `ultralytics:NAME` assets are published.
 ASSETS_URL = "https://github.com/ultralytics/assets/releases/download/v8.4.0"
+#: The reference model of Ultralytics' AMP self-check, looked for in its weights folder (and downloaded there when absent).
+AMP_CHECK_WEIGHTS = "yolo26n.pt"
 
 
 @functools.cache
@@ -52,9 +54,10 @@ def ultralytics():  # noqa: ANN201 - the module
         os.environ.pop("OMP_NUM_THREADS", None)
 
     cache = env.cache_dir() / "ultralytics"
-    settings.update({key: False for key in _INTEGRATIONS} | {
-        "weights_dir": str(cache / "weights"), "datasets_dir": str(cache / "datasets"), "runs_dir": str(cache / "runs"),
-    })
+    folders = {"weights_dir": cache / "weights", "datasets_dir": cache / "datasets", "runs_dir": cache / "runs"}
+    settings.update({key: False for key in _INTEGRATIONS} | {key: str(path) for key, path in folders.items()})
+    for key, path in folders.items():  # the module's copies were read from the settings file at import, before this update
+        setattr(module.utils, key.upper(), path)
     return module
 
 
@@ -162,19 +165,21 @@ def fit(
     device: str,
     optimizer: str,
     augment: bool = True,
+    precision: str = "auto",
     emit: Callable[[dict[str, float]], None] | None = None,
 ) -> nn.Module:
     """`train` in this process; `emit` gets each epoch's record. With several GPUs (`device` "0,1")
     Ultralytics trains in DDP workers of its own: rank 0 emits the epochs (the callbacks travel
     with the trainer, pickled), and the trained weights are read back from its last checkpoint.
-    `device` is Ultralytics' own device argument, as `ultralytics_device` makes it."""
+    `device` is Ultralytics' own device argument, as `ultralytics_device` makes it. On a GPU it trains
+    in Ultralytics' fp16 mixed precision unless `precision` is off."""
     ultralytics()
     from ultralytics.models.yolo.detect import DetectionTrainer
 
     args = {
         "model": f"{arch}.yaml", "data": str(data_yaml), "epochs": epochs, "batch": batch_size, "imgsz": image_size,
         "lr0": lr, "weight_decay": weight_decay, "optimizer": "SGD" if optimizer == "sgd" else "AdamW",
-        "freeze": freeze or None, "seed": seed, "deterministic": True, "device": device, "amp": device != "cpu",
+        "freeze": freeze or None, "seed": seed, "deterministic": True, "device": device, "amp": device != "cpu" and precision != "off",
         "project": str(work_dir), "name": "ultralytics", "exist_ok": True, "val": False, "plots": False,
         "verbose": False, "nbs": batch_size, "warmup_epochs": min(3, max(epochs - 1, 0)), "pretrained": False,
         "workers": 2, "fliplr": 0.0,  # mirrored digits or text are other symbols: no flips
@@ -197,10 +202,29 @@ def fit(
             emit(row)
 
     trainer.add_callback("on_fit_epoch_end", record)
+    import ultralytics.engine.trainer as engine
+
+    engine.check_amp = amp_check  # this process's trainer; Ultralytics' DDP workers import their own
     trainer.train()
     if trainer.ema is None:  # DDP: the workers trained; their EMA weights are in the last checkpoint (stored in fp16)
         return from_ultralytics_file(Path(trainer.last))[0]
     return copy.deepcopy(trainer.ema.ema).float().cpu()
+
+
+def amp_check(model: nn.Module) -> bool:
+    """Ultralytics' AMP self-check where its reference weights are at hand. Without them it would
+    download them in the middle of training (and fail offline): AMP stays on unchecked instead, and
+    the log says how to run the check or turn AMP off."""
+    from ultralytics.utils import WEIGHTS_DIR
+    from ultralytics.utils.checks import check_amp
+
+    reference = WEIGHTS_DIR / AMP_CHECK_WEIGHTS
+    if next(model.parameters()).device.type != "cuda" or reference.is_file():
+        return check_amp(model)
+    log.warning("AMP self-check skipped: its reference model %s is not in %s, and nothing is downloaded during training; "
+                "training in fp16 mixed precision. Put the file there to run the check, or set precision=off if losses turn NaN",
+                AMP_CHECK_WEIGHTS, reference.parent)
+    return True
 
 
 @torch.inference_mode()
