@@ -84,6 +84,11 @@ class TrainConfig(Section):
     weight_decay: float = Field(1e-4, ge=0)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     augment: bool = Field(False, description="Augment training batches: classifiers random affine (on the device); YOLO Ultralytics' mosaic, colour and scale; Faster R-CNN colour jitter")
+    low_resolution: float = Field(
+        0.0, ge=0, le=1, description="Classifiers, with augment: this share of the training images is seen at a random lower resolution "
+        "(downsampled to between a quarter of image_size and full, then scaled back up), for a model that holds up on a blurrier or "
+        "lower-resolution camera than its training images'",
+    )
     seed: int = Field(0, ge=0)
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     devices: int = Field(
@@ -245,6 +250,10 @@ class RunConfig(Section):
                 wanted = ", ".join(detectors if self.task == "detection" else get_args(ClassifierArch))
                 raise ValueError(f"{name}.arch '{arch}' is {kind} but task is {self.task}; use one of: {wanted}")
             self._check_devices(name, section)
+            if section.low_resolution and (self.task == "detection" or not section.augment):
+                fix = ("detectors augment in their own way" if self.task == "detection"
+                       else f"it is part of augmentation: set {name}.augment=true too")
+                raise ValueError(f"{name}.low_resolution={section.low_resolution:g}: {fix}, or {name}.low_resolution=0")
             if arch in detectors and not arch.startswith("fasterrcnn") and section.precision == "bf16":
                 raise ValueError(f"{name}.precision=bf16: Ultralytics trains YOLO in fp16 mixed precision only; set {name}.precision "
                                  "to auto or fp16 (mixed), or off (fp32)")

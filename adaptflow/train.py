@@ -77,6 +77,7 @@ class FitSettings:
     weight_decay: float = 1e-4
     optimizer: str = "adamw"
     augment: bool = False
+    low_resolution: float = 0.0  # with augment: the share of images seen at a random lower resolution
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -176,25 +177,64 @@ def seed_everything(seed: int) -> None:
 
 
 class Normalizer(nn.Module):
-    """uint8 N x C x H x W -> float, scaled to [0, 1], optional random affine, then mean/std."""
+    """uint8 N x C x H x W -> float, scaled to [0, 1], optionally augmented, then mean/std.
 
-    def __init__(self, device: torch.device, channels_last: bool = False) -> None:
+    Augmentation is a random affine and, with `low_resolution` > 0, that share of the images seen at
+    a random lower resolution (`random_low_resolution`).
+    """
+
+    def __init__(self, device: torch.device, channels_last: bool = False, low_resolution: float = 0.0) -> None:
         super().__init__()
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.low_resolution = low_resolution
+
+    def draws(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """The random numbers augmenting `n` images takes (uniform in [0, 1)): drawn once for a global
+        batch, so that data-parallel workers can each apply their own rows."""
+        return torch.rand(n, AFFINE_DRAWS + (LOW_RESOLUTION_DRAWS if self.low_resolution else 0), generator=generator)
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None, draws: torch.Tensor | None = None) -> torch.Tensor:
-        """Augment with numbers from `generator`, or with `draws` made earlier by `affine_draws`."""
+        """Augment with numbers from `generator`, or with rows of `self.draws` drawn earlier."""
         x = images.float().div_(255.0)
         if generator is not None or draws is not None:
-            x = random_affine(x, generator, draws=draws)
+            u = (draws if draws is not None else self.draws(len(x), generator)).to(x.device)
+            if self.low_resolution:
+                x = random_low_resolution(x, self.low_resolution, u[:, AFFINE_DRAWS:])
+            x = random_affine(x, None, draws=u[:, :AFFINE_DRAWS])
         return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+
+
+#: Random numbers per image: the affine's angle, scale and two shifts; the low resolution's whether and how low.
+AFFINE_DRAWS, LOW_RESOLUTION_DRAWS = 4, 2
+#: A low-resolution image is shown at one of this many sides, geometrically spaced from LOWEST_SIDE x its side up to it.
+LOW_RESOLUTION_LEVELS = 8
+LOWEST_SIDE = 0.25
 
 
 def affine_draws(n: int, generator: torch.Generator) -> torch.Tensor:
     """The random numbers `random_affine` uses for `n` images (n x 4, uniform in [0, 1))."""
-    return torch.rand(n, 4, generator=generator)
+    return torch.rand(n, AFFINE_DRAWS, generator=generator)
+
+
+def random_low_resolution(x: torch.Tensor, fraction: float, draws: torch.Tensor) -> torch.Tensor:
+    """A `fraction` of the images downsampled (antialiased) to a random lower side and scaled back up:
+    the blur and lost detail of a lower-resolution or defocused camera. `draws` (n x 2, uniform in
+    [0, 1)) pick the images and their sides among LOW_RESOLUTION_LEVELS, from LOWEST_SIDE of the side
+    up to the full side (shown as it is); each side is one pair of resizes of all the images drawn for it."""
+    n, _, h, w = x.shape
+    sides = torch.logspace(math.log10(LOWEST_SIDE), 0, LOW_RESOLUTION_LEVELS, device=draws.device).mul(h).round().long().clamp(1, h)
+    side = sides[(draws[:, 1] * LOW_RESOLUTION_LEVELS).long().clamp(max=LOW_RESOLUTION_LEVELS - 1)]
+    side[draws[:, 0] >= fraction] = h
+    out = x.clone()
+    for s in side.unique().tolist():
+        if s == h:
+            continue
+        rows = (side == s).nonzero().squeeze(1).to(x.device)
+        low = F.interpolate(x[rows], size=(s, max(1, round(s * w / h))), mode="bilinear", antialias=True, align_corners=False)
+        out[rows] = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+    return out
 
 
 def random_affine(
@@ -350,7 +390,7 @@ def fit(
     generator = torch.Generator().manual_seed(settings.seed)  # the same on every worker: same permutations, same draws
     model = world.sync_batch_norm(model, device)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    normalize = Normalizer(device, channels_last)
+    normalize = Normalizer(device, channels_last, settings.low_resolution)
     rows = DeviceRows([train.images, train.labels], device)
     n = len(rows)
     steps_per_epoch = world.steps(n, settings.batch_size)
@@ -429,7 +469,7 @@ def fit(
             for step in range(first, steps_per_epoch):
                 start = step * settings.batch_size
                 batch = order[start : start + settings.batch_size if step + 1 < steps_per_epoch else n]  # the global batch
-                draws = affine_draws(len(batch), generator) if settings.augment else None
+                draws = normalize.draws(len(batch), generator) if settings.augment else None
                 idx = batch[world.shard()]  # this worker's rows: all of them on one device
                 images, y = rows.take(idx)
                 x = normalize(images, draws=draws[world.shard()] if draws is not None else None)

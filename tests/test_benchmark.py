@@ -37,6 +37,17 @@ def test_presets_load_and_the_full_grid_has_every_dimension() -> None:
     for name, base in (("resnet18", full), ("one_shot_resnet18", load_preset("one_shot"))):  # only the backbone differs
         resnet = load_preset(name)
         assert resnet.arch == "resnet18" and (resnet.source, resnet.few_shot, resnet.image_size) == (base.source, base.few_shot, base.image_size)
+    # Source models seeing low-resolution images are other models, and their cells other cells; without it the keys
+    # are those of results measured before the setting existed.
+    from adaptflow.benchmark.cells import source_model_path
+
+    low, control = load_preset("low_resolution"), load_preset("low_resolution_control")
+    assert low.source.low_resolution == 0.5 and control.source == full.source
+    assert low.model_dump(exclude={"name", "source", "output"}) == control.model_dump(exclude={"name", "source", "output"})
+    assert source_model_path(control, "mnist", 0) == source_model_path(full, "mnist", 0) != source_model_path(low, "mnist", 0)
+    assert source_model_path(full, "mnist", 0).parent.name == "mnist-small_cnn-514c36c59d-s0"
+    finetune = next(c for c in plan_cells(low) if c.name == "finetune")
+    assert control.cell_digest(finetune) == full.cell_digest(finetune) != low.cell_digest(finetune)
     # A method's loss makes its hyperparameters part of what a few-label cell depends on; batch-norm statistics alone do not.
     heavier = full.model_copy(update={"adapt_weight": 2.0})
     for name, depends in (("finetune+mcc", True), ("finetune+adabn", False), ("finetune", False)):
@@ -280,6 +291,9 @@ def test_bad_presets_name_the_file_and_field(tmp_path: Path) -> None:
         load_preset(bad)
     bad.write_text("shots: [1]\nholdout_fraction: 0.2\n")
     with pytest.raises(ConfigError, match=r"holdout_fraction: 0.2 needs a k of 2 or more \(or all\) in shots \[1\]: at k = 1 no label"):
+        load_preset(bad)
+    bad.write_text("source: {augment: false, low_resolution: 0.5}\n")
+    with pytest.raises(ConfigError, match=r"source: .*low_resolution=0.5 is part of augmentation: set augment: true too"):
         load_preset(bad)
     bad.write_text("with_unlabeled: {mcc: [warp_speed]}\n")
     with pytest.raises(ConfigError, match=r"with_unlabeled\.mcc\.0: Input should be 'linear_probe'"):

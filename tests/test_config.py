@@ -39,9 +39,20 @@ def test_overrides_are_typed_and_nested(tmp_path: Path) -> None:
 def test_every_training_setting_reaches_the_training_loop() -> None:
     from adaptflow.train import FitSettings
 
-    cfg = load_config(None, ["finetune.target_batch_size=64", "finetune.surgical_blocks=3", "finetune.strategy=surgical"])
+    cfg = load_config(None, ["finetune.target_batch_size=64", "finetune.surgical_blocks=3", "finetune.strategy=surgical",
+                             "finetune.augment=true", "finetune.low_resolution=0.5"])
     settings = FitSettings.from_config(cfg.finetune)
     assert (settings.target_batch_size, settings.surgical_blocks, settings.strategy) == (64, 3, "surgical")
+    assert (settings.augment, settings.low_resolution) == (True, 0.5)
+
+
+def test_low_resolution_needs_augmentation_and_a_classifier() -> None:
+    with pytest.raises(ConfigError, match="finetune.low_resolution=0.5: it is part of augmentation: set finetune.augment=true too, "
+                                          "or finetune.low_resolution=0"):
+        load_config(None, ["finetune.low_resolution=0.5"])
+    with pytest.raises(ConfigError, match=r"pretrain.low_resolution: Input should be less than or equal to 1 \(got 1.5\)"):
+        load_config(None, ["pretrain.low_resolution=1.5"])
+    assert load_config(None, ["pretrain.low_resolution=0.5"]).pretrain.low_resolution == 0.5  # pretrain augments by default
 
 
 def test_unknown_key_names_the_field_and_suggests_the_fix() -> None:

@@ -75,6 +75,8 @@ def test_detection_config_errors_name_the_field_and_the_fix() -> None:
                                           r"pretrain.precision to auto or fp16 \(mixed\), or off \(fp32\)"):
         detection_config("yolov8n", "pretrain.precision=bf16")
     assert detection_config("fasterrcnn_mobilenet_v3_large_fpn", "finetune.precision=bf16").finetune.precision == "bf16"
+    with pytest.raises(ConfigError, match="pretrain.low_resolution=0.5: detectors augment in their own way, or pretrain.low_resolution=0"):
+        detection_config("yolov8n", "pretrain.low_resolution=0.5")
 
 
 @pytest.fixture

@@ -98,6 +98,16 @@ def test_a_set_beyond_the_gpu_share_streams_from_pinned_memory_and_trains_alike(
         assert [h["train_loss"] for h in streamed] == pytest.approx([h["train_loss"] for h in resident], rel=1e-2)
 
 
+def test_augmentation_with_low_resolution_on_cuda_matches_the_cpu() -> None:
+    from adaptflow.train import Normalizer
+
+    images = _images(64).images
+    draws = Normalizer(torch.device("cpu"), low_resolution=0.5).draws(len(images), torch.Generator().manual_seed(0))
+    on_cpu = Normalizer(torch.device("cpu"), low_resolution=0.5)(images, draws=draws)
+    on_cuda = Normalizer(torch.device("cuda"), low_resolution=0.5)(images.cuda(), draws=draws)
+    assert on_cuda.device.type == "cuda" and torch.allclose(on_cuda.cpu(), on_cpu, atol=1e-4)
+
+
 @pytest.mark.parametrize("arch", ["yolov8n", "fasterrcnn_mobilenet_v3_large_fpn"])
 def test_detectors_pretrain_on_cuda_and_predict(arch: str, scenes: Path) -> None:
     from adaptflow.detection import stages

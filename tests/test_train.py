@@ -9,7 +9,9 @@ import torch
 
 from adaptflow.data import ImageSet
 from adaptflow.models import build_classifier, load_checkpoint, load_source_model, save_checkpoint
-from adaptflow.train import FitSettings, Phase, fit, plan_phases, predict, random_affine, train_step
+from adaptflow.train import (
+    FitSettings, Normalizer, Phase, affine_draws, fit, plan_phases, predict, random_affine, random_low_resolution, train_step,
+)
 from conftest import Crash, crash_at
 
 
@@ -140,6 +142,40 @@ def test_random_affine_keeps_shape_and_moves_pixels() -> None:
     x = _images().images.float() / 255
     out = random_affine(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and not torch.allclose(out, x)
+
+
+def test_low_resolution_shows_the_drawn_share_of_images_at_a_lower_side_and_leaves_the_rest_alone() -> None:
+    import torch.nn.functional as F
+
+    board = ((torch.arange(32).view(1, -1) + torch.arange(32).view(-1, 1)) % 2).float().expand(3, 32, 32)  # 1-pixel detail
+    x = torch.stack([board, board * 0.3 + 0.5, board.flip(1)] * 4)
+    draws = torch.rand(len(x), 2, generator=torch.Generator().manual_seed(0))
+    draws[:, 1] = torch.linspace(0, 0.6, len(x))  # sides from 8 px to about 16 px of 32
+    out = random_low_resolution(x, 0.5, draws)
+    kept, lowered = draws[:, 0] >= 0.5, draws[:, 0] < 0.5
+    assert kept.any() and lowered.any()
+    assert torch.equal(out[kept], x[kept])
+    assert (out[lowered].std((1, 2, 3)) < 0.3 * x[lowered].std((1, 2, 3))).all(), "detail finer than the lower side is gone"
+    first = int(lowered.nonzero()[0])  # drawn the lowest side, a quarter of 32
+    expected = F.interpolate(F.interpolate(x[first : first + 1], size=(8, 8), mode="bilinear", antialias=True), size=(32, 32), mode="bilinear")
+    assert torch.allclose(out[first], expected[0]) and draws[first, 1] < 1 / 8
+    assert torch.equal(random_low_resolution(x, 0.0, draws), x)
+
+
+def test_augmentation_without_low_resolution_draws_and_augments_as_the_affine_alone() -> None:
+    """Runs trained before low_resolution existed are reproduced: the same random numbers, the same batches."""
+    images = _images().images
+    plain = Normalizer(torch.device("cpu"))
+    assert torch.equal(plain.draws(5, torch.Generator().manual_seed(3)), affine_draws(5, torch.Generator().manual_seed(3)))
+    assert torch.equal(plain(images, torch.Generator().manual_seed(3)),
+                       plain(images, draws=affine_draws(len(images), torch.Generator().manual_seed(3))))
+    lowered = Normalizer(torch.device("cpu"), low_resolution=1.0)
+    assert lowered.draws(5, torch.Generator()).shape == (5, 6)
+    lowered_batch = lowered(images, torch.Generator().manual_seed(3))
+    assert lowered_batch.shape == images.shape and not torch.allclose(lowered_batch, plain(images, torch.Generator().manual_seed(3)))
+    model = build_classifier(SMALL, 4)
+    history = fit(model, _images(), _settings(epochs=1, augment=True, low_resolution=0.5), progress=False)
+    assert len(history) == 1 and history[0]["train_loss"] > 0
 
 
 def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -49,7 +49,7 @@ def source_model_path(spec: BenchmarkSpec, source: str, seed: int) -> Path:
 
 def _settings(budget: Budget, seed: int, epochs: int | None = None, **kw: object) -> FitSettings:
     return FitSettings(epochs=epochs or budget.epochs, batch_size=budget.batch_size, lr=budget.lr, augment=budget.augment,
-                       seed=seed, backbone_lr_scale=budget.backbone_lr_scale, **kw)
+                       low_resolution=budget.low_resolution, seed=seed, backbone_lr_scale=budget.backbone_lr_scale, **kw)
 
 
 def accuracy(model: Classifier, data: ImageSet) -> float:

@@ -520,7 +520,7 @@ def write_report(
     seeds = ", ".join(map(str, spec.seeds))
     md += [
         f"Architecture `{spec.arch}` at {spec.image_size} px, seeds {seeds}; values are target-test accuracy, mean ± std over seeds. "
-        f"Source models: {spec.source.epochs} epochs on the source with augmentation "
+        f"Source models: {spec.source.epochs} epochs on the source {spec.source.describe_augmentation()} "
         + ", ".join(f"{s['source']} seed {s['seed']}: {100 * s['source_accuracy']:.1f}% on source test" for s in sources) + ".",
         "",
         "Hyperparameters are the preset's, not searched: literature defaults (pseudo-label threshold "

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, field_validator, model_serializer, model_validator
 
 from adaptflow.config import AdaptMethod, Arch, ConfigError, Strategy, TrackingConfig
 from adaptflow.detection.benchmark import DetectionBenchmark
@@ -49,6 +49,27 @@ class Budget(Spec):
     lr: float = Field(1e-3, gt=0)
     backbone_lr_scale: float = Field(1.0, gt=0, le=1)
     augment: bool = True
+    low_resolution: float = Field(0.0, ge=0, le=1, description="With augment: the share of images seen at a random lower resolution")
+
+    @model_validator(mode="after")
+    def _low_resolution(self) -> Budget:
+        if self.low_resolution and not self.augment:
+            raise ValueError(f"low_resolution={self.low_resolution:g} is part of augmentation: set augment: true too, or low_resolution: 0")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """Without low_resolution when it is 0, as before it existed: cached source models and cells keep their keys."""
+        data = handler(self)
+        if not self.low_resolution:
+            data.pop("low_resolution", None)
+        return data
+
+    def describe_augmentation(self) -> str:
+        if not self.augment:
+            return "without augmentation"
+        low = f" ({self.low_resolution:.0%} of the images at a random lower resolution)" if self.low_resolution else ""
+        return f"with augmentation{low}"
 
 
 class BenchmarkSpec(Spec):
