@@ -57,11 +57,12 @@ def _weights(path: str) -> dict[str, torch.Tensor]:
 def test_two_cpu_workers_match_one_process_and_resume_after_a_crash(project: Path) -> None:
     from adaptflow.io import read_json
 
-    cfg = tiny_config("finetune.device=cpu", "finetune.strategy=linear_probe", "finetune.augment=true")
+    augment = ("finetune.augment=true", "finetune.low_resolution=0.5")  # each worker applies its rows of the global batch's draws
+    cfg = tiny_config("finetune.device=cpu", "finetune.strategy=linear_probe", *augment)
     single = _finetune(cfg, project / "single")
     expected = read_json(project / "single" / "history.json")
 
-    ddp = tiny_config("finetune.device=cpu", "finetune.strategy=linear_probe", "finetune.augment=true", "finetune.devices=2")
+    ddp = tiny_config("finetune.device=cpu", "finetune.strategy=linear_probe", *augment, "finetune.devices=2")
     run_dir, relayed = project / "ddp", []
     with pytest.raises(Crash):  # the parent's epoch callback fails: the workers are stopped, nothing is published
         _finetune(ddp, run_dir, crash_at(1))
