@@ -223,7 +223,7 @@ def random_low_resolution(x: torch.Tensor, fraction: float, draws: torch.Tensor)
     the blur and lost detail of a lower-resolution or defocused camera. `draws` (n x 2, uniform in
     [0, 1)) pick the images and their sides among LOW_RESOLUTION_LEVELS, from LOWEST_SIDE of the side
     up to the full side (shown as it is); each side is one pair of resizes of all the images drawn for it."""
-    n, _, h, w = x.shape
+    h, w = x.shape[-2:]
     sides = torch.logspace(math.log10(LOWEST_SIDE), 0, LOW_RESOLUTION_LEVELS, device=draws.device).mul(h).round().long().clamp(1, h)
     side = sides[(draws[:, 1] * LOW_RESOLUTION_LEVELS).long().clamp(max=LOW_RESOLUTION_LEVELS - 1)]
     side[draws[:, 0] >= fraction] = h
