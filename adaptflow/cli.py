@@ -299,7 +299,7 @@ def _run_flow(name: str, cfg) -> dict:  # noqa: ANN001 - RunConfig
     return flow_fn(config=cfg)
 
 
-RunnerOption = Annotated[str | None, typer.Option(help="Where task runs execute: thread, dask or ray (ray needs the ray extra: pip install adaptflow with [ray])")]
+RunnerOption = Annotated[str | None, typer.Option(help="Where task runs execute: thread, dask or ray (ray needs the ray extra: pip install 'adaptflow\\[ray]')")]
 AddressOption = Annotated[str | None, typer.Option(help="Scheduler address of a running Dask (or Ray) cluster; empty: start a local one")]
 GpuPoolOption = Annotated[str | None, typer.Option(help="Cap trainings by the Prefect limit gpu-POOL (created with one slot per GPU)")]
 

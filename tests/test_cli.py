@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -36,3 +37,12 @@ def test_help_and_config_start_without_torch_or_mlflow() -> None:
         out = subprocess.run([sys.executable, "-c", probe, *args], cwd=REPO, capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         assert "loaded: []" in out.stderr, (args, out.stderr[-500:])
+
+
+def test_help_keeps_the_install_extras_it_names() -> None:
+    """Help text is rich markup: an unescaped `[ray]` would vanish from the install command it names."""
+    for command in ("benchmark", "sweep"):
+        out = subprocess.run([sys.executable, "-m", "adaptflow", command, "--help"], cwd=REPO, capture_output=True, text=True,
+                             env={**os.environ, "COLUMNS": "250"})
+        assert out.returncode == 0, out.stderr
+        assert "pip install 'adaptflow[ray]'" in out.stdout, out.stdout
