@@ -201,7 +201,10 @@ def ui(
 
 
 @app.command()
-def fetch(uri: str, sha256: Annotated[str | None, typer.Option(help="expected sha256")] = None) -> None:
+def fetch(
+    uri: Annotated[str, typer.Argument(help="torchvision:ARCH[:WEIGHTS], ultralytics:ASSET.pt, an http(s) URL, models:/NAME@ALIAS or a local path")],
+    sha256: Annotated[str | None, typer.Option(help="expected sha256")] = None,
+) -> None:
     """Resolve a pretrained URI to a verified local file and print where it is."""
     from adaptflow.pretrained import fetch_pretrained
 

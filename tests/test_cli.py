@@ -39,10 +39,11 @@ def test_help_and_config_start_without_torch_or_mlflow() -> None:
         assert "loaded: []" in out.stderr, (args, out.stderr[-500:])
 
 
-def test_help_keeps_the_install_extras_it_names() -> None:
-    """Help text is rich markup: an unescaped `[ray]` would vanish from the install command it names."""
-    for command in ("benchmark", "sweep"):
+def test_help_keeps_the_bracketed_text_it_shows() -> None:
+    """Help text is rich markup: an unescaped `[ray]` vanishes from the install command it names."""
+    for command, shown in (("benchmark", "pip install 'adaptflow[ray]'"), ("sweep", "pip install 'adaptflow[ray]'"),
+                           ("fetch", "torchvision:ARCH[:WEIGHTS], ultralytics:ASSET.pt")):
         out = subprocess.run([sys.executable, "-m", "adaptflow", command, "--help"], cwd=REPO, capture_output=True, text=True,
                              env={**os.environ, "COLUMNS": "250"})
         assert out.returncode == 0, out.stderr
-        assert "pip install 'adaptflow[ray]'" in out.stdout, out.stdout
+        assert shown in out.stdout, out.stdout
