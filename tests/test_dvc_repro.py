@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,11 @@ def test_repro_reproduces_the_flow_and_second_repro_is_a_no_op(prefect_api, clon
     assert "Running stage" not in second and "up to date" in second
     shown = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], cwd=clone, capture_output=True, text=True)
     assert json.dumps(flow_metrics["target_accuracy"]) in shown.stdout
+
+    # a val folder added to the target (it scores fine-tune epochs) reruns fine-tuning, not pre-training
+    shutil.copytree(clone / "data" / "uci_digits" / "train", clone / "data" / "uci_digits" / "val")
+    third = _repro(clone, "register@classifier")
+    assert "Running stage 'finetune@classifier'" in third and "Running stage 'pretrain@classifier'" not in third
 
 
 def test_repro_reproduces_the_yolo_detection_flow(prefect_api, clone: Path) -> None:
