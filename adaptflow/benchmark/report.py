@@ -454,6 +454,7 @@ def plot_time_to_accuracy(spec: BenchmarkSpec, results: list[dict], path: Path, 
         ax.set(xlabel="training seconds (2-core CPU)", ylabel="target test accuracy %", title=f"mnist -> {target}, k = {shots}",
                ylim=(0, 100))
         ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlim(left=0)  # symlog pads below zero, where no time lies
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     fig.tight_layout()
