@@ -275,31 +275,32 @@ def test_a_grid_of_few_labels_only_reports_its_semi_supervised_rows() -> None:
     assert validator_selection(spec, results, "t") == ("", {})
 
 
-def test_bad_presets_name_the_file_and_field(tmp_path: Path) -> None:
+BAD_PRESETS = [  # (preset text, what the error must say)
+    ("methods: [adabn+magic]\n", r"bad.yaml: invalid benchmark preset\n  methods: .*unknown method\(s\) \['magic'\]"),
+    # the control trains on source alone: nothing to add to a few-label run
+    ("with_unlabeled: {none: [finetune]}\n", r"with_unlabeled: .*'none': unknown method\(s\) \['none'\]; use names from"),
+    ("with_unlabeled: {mcc: [warp_speed]}\n", r"with_unlabeled\.mcc\.0: Input should be 'linear_probe'"),
+    # few_shot.lr is 0.001
+    ("lr_candidates: [0.003, 0.001]\n", r"lr_candidates: \[0.003, 0.001\] repeats a value \(few_shot.lr 0.001 is always tried\)"),
+    ("lr_candidates: [-0.1]\n", r"lr_candidates\.0: Input should be greater than 0"),
+    ("shots: [1]\nholdout_fraction: 0.2\n", r"holdout_fraction: 0.2 needs a k of 2 or more \(or all\) in shots \[1\]: at k = 1 no label"),
+    ("source: {augment: false, low_resolution: 0.5}\n", r"source: .*low_resolution=0.5 is part of augmentation: set augment: true too"),
+]
+
+
+@pytest.mark.parametrize(("text", "error"), BAD_PRESETS, ids=[text.split(":")[0] for text, _ in BAD_PRESETS])
+def test_bad_presets_name_the_file_and_field(tmp_path: Path, text: str, error: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=r"bad.yaml: invalid benchmark preset\n"):
+        load_preset(bad)
+    with pytest.raises(ConfigError, match=error):
+        load_preset(bad)
+
+
+def test_an_unknown_preset_name_is_refused() -> None:
     with pytest.raises(ConfigError, match="no such benchmark preset"):
         load_preset("nope")
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("methods: [adabn+magic]\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: invalid benchmark preset\n  methods: .*unknown method\(s\) \['magic'\]"):
-        load_preset(bad)
-    bad.write_text("with_unlabeled: {none: [finetune]}\n")  # the control trains on source alone: nothing to add to a few-label run
-    with pytest.raises(ConfigError, match=r"with_unlabeled: .*'none': unknown method\(s\) \['none'\]; use names from"):
-        load_preset(bad)
-    bad.write_text("lr_candidates: [0.003, 0.001]\n")  # few_shot.lr is 0.001
-    with pytest.raises(ConfigError, match=r"lr_candidates: \[0.003, 0.001\] repeats a value \(few_shot.lr 0.001 is always tried\)"):
-        load_preset(bad)
-    bad.write_text("lr_candidates: [-0.1]\n")
-    with pytest.raises(ConfigError, match=r"lr_candidates\.0: Input should be greater than 0"):
-        load_preset(bad)
-    bad.write_text("shots: [1]\nholdout_fraction: 0.2\n")
-    with pytest.raises(ConfigError, match=r"holdout_fraction: 0.2 needs a k of 2 or more \(or all\) in shots \[1\]: at k = 1 no label"):
-        load_preset(bad)
-    bad.write_text("source: {augment: false, low_resolution: 0.5}\n")
-    with pytest.raises(ConfigError, match=r"source: .*low_resolution=0.5 is part of augmentation: set augment: true too"):
-        load_preset(bad)
-    bad.write_text("with_unlabeled: {mcc: [warp_speed]}\n")
-    with pytest.raises(ConfigError, match=r"with_unlabeled\.mcc\.0: Input should be 'linear_probe'"):
-        load_preset(bad)
 
 
 def test_benchmark_flow_writes_the_report_and_logs_child_runs(prefect_api, project: Path) -> None:
