@@ -275,7 +275,7 @@ def test_a_grid_of_few_labels_only_reports_its_semi_supervised_rows() -> None:
 
 
 BAD_PRESETS = [  # (preset text, what the error must say)
-    ("methods: [adabn+magic]\n", r"bad.yaml: invalid benchmark preset\n  methods: .*unknown method\(s\) \['magic'\]"),
+    ("methods: [adabn+magic]\n", r"\n  methods: .*unknown method\(s\) \['magic'\]"),
     # the control trains on source alone: nothing to add to a few-label run
     ("with_unlabeled: {none: [finetune]}\n", r"with_unlabeled: .*'none': unknown method\(s\) \['none'\]; use names from"),
     ("with_unlabeled: {mcc: [warp_speed]}\n", r"with_unlabeled\.mcc\.0: Input should be 'linear_probe'"),
@@ -291,10 +291,9 @@ BAD_PRESETS = [  # (preset text, what the error must say)
 def test_bad_presets_name_the_file_and_field(tmp_path: Path, text: str, error: str) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
-    with pytest.raises(ConfigError, match=r"bad.yaml: invalid benchmark preset\n"):
+    with pytest.raises(ConfigError, match=error) as raised:
         load_preset(bad)
-    with pytest.raises(ConfigError, match=error):
-        load_preset(bad)
+    assert f"{bad}: invalid benchmark preset\n" in str(raised.value)
 
 
 def test_an_unknown_preset_name_is_refused() -> None:
