@@ -53,9 +53,11 @@ benchmark: install  ## the full benchmark grid (over an hour on 2 shared cores):
 data: install  ## build the demo domains under data/ (matches data.dvc)
 	$(BIN)/adaptflow data build
 
-repro: install  ## reproduce the classifier and YOLO pipelines with DVC (dvc.yaml), then show their metrics
-	$(BIN)/dvc repro register@classifier register@yolo
-	$(BIN)/dvc metrics show
+PIPELINES ?= classifier yolo
+
+repro: install  ## reproduce the pipelines with DVC (dvc.yaml; PIPELINES="classifier yolo fasterrcnn"), then show their metrics
+	$(BIN)/dvc repro $(PIPELINES:%=register@%)
+	$(BIN)/dvc metrics show $(PIPELINES:%=outputs/%/evaluate/metrics.json)
 
 ui: install  ## start the Prefect and MLflow UIs on the project's stores (127.0.0.1:4200 and :5000)
 	$(BIN)/adaptflow ui
