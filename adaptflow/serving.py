@@ -14,6 +14,8 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+COLUMNS = {"index": "long", "class": "string", "score": "float"}
+
 
 class ClassifierModel(mlflow.pyfunc.PythonModel):
     """Wraps `artifacts/model.pt`; resizes inputs to the size the model was trained at."""
@@ -28,7 +30,8 @@ class ClassifierModel(mlflow.pyfunc.PythonModel):
         self.model.eval()
         return self
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001 - untyped keeps MLflow's tensor signature
+    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:  # noqa: ANN001 - MLflow's context type
+        # np.ndarray is a hint MLflow infers no schema from: the logged tensor signature stays the one that validates inputs.
         import torch
         import torch.nn.functional as F
 
@@ -44,7 +47,7 @@ class ClassifierModel(mlflow.pyfunc.PythonModel):
         probs = predict(self.model, images.contiguous(), device="cpu").softmax(1)
         score, index = probs.max(1)
         classes = np.asarray(self.meta["classes"])
-        return pd.DataFrame({"index": index.numpy(), "class": classes[index.numpy()], "score": score.numpy()})
+        return pd.DataFrame({"index": index.numpy(), "class": classes[index.numpy()], "score": score.numpy()}, columns=list(COLUMNS))
 
 
 MODEL_CLASS = ClassifierModel

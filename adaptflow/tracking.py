@@ -305,7 +305,7 @@ def register_model(
     """
     import mlflow
     import numpy as np
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature, infer_signature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
     from adaptflow.io import sha256_file
@@ -329,11 +329,11 @@ def register_model(
     size = probe.meta["image_size"]
     example = np.zeros((2, size, size, 3), dtype=np.uint8)  # batch of 2: the batch dimension stays free
     params = getattr(serving, "PARAMS", None)  # inference options a caller may pass, with their defaults
-    signature = infer_signature(example, probe.predict(None, example), params=params)
-    # Any batch size and any image size: the model resizes to the size it was trained at.
-    signature.inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))])
-    if hasattr(serving, "COLUMNS"):  # a table whose rows may be none for a blank image: declare its columns
-        signature.outputs = Schema([ColSpec(kind, name) for name, kind in serving.COLUMNS.items()])
+    # Any batch size and any image size: the model resizes to the size it was trained at. The output
+    # table's columns are declared (a detector's has no rows for a blank image to infer them from).
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+                               outputs=Schema([ColSpec(kind, name) for name, kind in serving.COLUMNS.items()]),
+                               params=infer_signature(example, params=params).params)
 
     def log_model():  # noqa: ANN202
         with mlflow.start_run(run_id=run_id):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,10 @@ def test_registering_the_same_run_twice_creates_one_version(project: Path) -> No
 def test_champion_loads_from_models_uri_and_predicts_any_batch(project: Path) -> None:
     import mlflow
 
-    reg = _register(project, 1, 0.8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reg = _register(project, 1, 0.8)
+    assert not [w for w in caught if issubclass(w.category, UserWarning) and "mlflow" in w.filename], "logging the model warned"
     mv = tracking.client(TRACK).get_model_version("digits", reg.version)
     assert mv.tags["adaptflow.data_version"] == "md5-1" and mv.tags["adaptflow.git_commit"] == "abc"
     model = mlflow.pyfunc.load_model("models:/digits@champion")
@@ -75,6 +79,7 @@ def test_champion_loads_from_models_uri_and_predicts_any_batch(project: Path) ->
         out = model.predict(np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8))
         assert len(out) == shape[0] and set(out["class"]) <= {"cat", "dog", "owl"}
         assert ((out["score"] > 0) & (out["score"] <= 1)).all()
+    assert model.metadata.get_output_schema().input_names() == list(out.columns) == ["index", "class", "score"]
 
 
 def test_models_uri_resolves_to_the_registered_checkpoint(project: Path) -> None:

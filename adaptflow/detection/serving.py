@@ -30,7 +30,8 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
         self.model, self.meta = load_detector(path)
         return self
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001 - untyped keeps MLflow's tensor signature
+    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:  # noqa: ANN001 - MLflow's context type
+        # np.ndarray is a hint MLflow infers no schema from: the logged tensor signature stays the one that validates inputs.
         import torch
         import torch.nn.functional as F
 
