@@ -1,17 +1,39 @@
-"""Small file helpers: atomic writes and content hashes. Nothing here is ever half-written."""
+"""Small I/O helpers: atomic writes, content hashes, and retries of transient failures.
+Nothing here is ever half-written."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import random
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 CHUNK = 1 << 20
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+def with_retries(call: Callable[[], T], transient: Callable[[Exception], bool], what: str, attempts: int,
+                 base_delay: float = 0.5, max_delay: float = 30.0, reason: Callable[[Exception], str] = str) -> T:
+    """`call()`, called again after a transient failure, `attempts` times at most, with jittered
+    exponential backoff between. A failure that is not transient, or the last one, is raised as is."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except Exception as exc:
+            if attempt == attempts or not transient(exc):
+                raise
+            delay = min(max_delay, base_delay * 2 ** (attempt - 1)) * (0.5 + random.random())
+            log.warning("%s failed (%s); retry %d/%d in %.1fs", what, reason(exc), attempt, attempts - 1, delay)
+            time.sleep(delay)
+    raise ValueError(f"attempts must be >= 1, got {attempts}")
 
 
 @contextlib.contextmanager

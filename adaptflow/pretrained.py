@@ -24,12 +24,10 @@ from __future__ import annotations
 import http.client
 import logging
 import os
-import random
 import re
 import shutil
 import socket
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, replace
@@ -40,7 +38,7 @@ from urllib.parse import urlparse
 from filelock import FileLock
 
 from adaptflow import env
-from adaptflow.io import CHUNK, atomic_write, sha256_file
+from adaptflow.io import CHUNK, atomic_write, sha256_file, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -245,19 +243,13 @@ def _fetch_url(url: str, expected: str | None, attempts: int, timeout: float) ->
 def _download(url: str, dest: Path, expected: str | None, attempts: int, timeout: float) -> str:
     """Stream `url` to `dest` (atomically) and return its sha256; retry transient failures."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    last: Exception | None = None
-    for attempt in range(attempts):
-        try:
-            digest = _download_once(url, dest, expected, timeout)
-            log.info("downloaded %s (sha256 %s)", url, digest)
-            return digest
-        except TransientFetchError as exc:
-            last = exc
-            delay = min(30.0, 0.5 * 2**attempt) * (0.5 + random.random())
-            log.warning("download of %s failed (%s); retry %d/%d in %.1fs", url, exc, attempt + 1, attempts - 1, delay)
-            if attempt + 1 < attempts:
-                time.sleep(delay)
-    raise FetchError(f"{url}: download failed after {attempts} attempts: {last}")
+    try:
+        digest = with_retries(lambda: _download_once(url, dest, expected, timeout), lambda exc: isinstance(exc, TransientFetchError),
+                              f"download of {url}", attempts)
+    except TransientFetchError as exc:
+        raise FetchError(f"{url}: download failed after {attempts} attempts: {exc}") from exc
+    log.info("downloaded %s (sha256 %s)", url, digest)
+    return digest
 
 
 def _download_once(url: str, dest: Path, expected: str | None, timeout: float) -> str:

@@ -12,7 +12,6 @@ import functools
 import hashlib
 import logging
 import os
-import random
 import re
 import subprocess
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 from adaptflow import env
 from adaptflow.config import RegistryConfig, TrackingConfig
+from adaptflow.io import with_retries
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +71,14 @@ def _transient(exc: Exception) -> bool:
 
 def retrying(call, *args, attempts: int = 6, base_delay: float = 0.5, what: str = "", **kwargs):  # noqa: ANN001, ANN201
     """Call `call`, retrying transient store failures with jittered exponential backoff."""
-    for attempt in range(attempts):
-        try:
-            return call(*args, **kwargs)
-        except Exception as exc:
-            if not _transient(exc):
-                raise
-            if attempt + 1 == attempts:
-                raise TrackingUnavailable(f"tracking store unreachable after {attempts} attempts ({what or getattr(call, '__name__', call)}): {exc}") from exc
-            delay = min(20.0, base_delay * 2**attempt) * (0.5 + random.random())
-            log.warning("tracking store busy or unreachable (%s); retry %d/%d in %.1fs", type(exc).__name__, attempt + 1, attempts - 1, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+    what = what or getattr(call, "__name__", str(call))
+    try:
+        return with_retries(lambda: call(*args, **kwargs), _transient, f"tracking store ({what})", attempts,
+                            base_delay=base_delay, max_delay=20.0, reason=lambda exc: type(exc).__name__)
+    except Exception as exc:
+        if _transient(exc):
+            raise TrackingUnavailable(f"tracking store unreachable after {attempts} attempts ({what}): {exc}") from exc
+        raise
 
 
 class RetryingClient:

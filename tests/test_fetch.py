@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,6 +88,15 @@ def test_server_errors_are_retried(project: Path, server: Server) -> None:
     server.fail_first["/flaky.pt"] = 2
     assert fetch_pretrained(f"{server.url}/flaky.pt", sha, attempts=3).sha256 == sha
     assert server.hits["/flaky.pt"] == 3
+
+
+def test_a_download_that_keeps_failing_stops_after_its_attempts(project: Path, server: Server, caplog: pytest.LogCaptureFixture) -> None:
+    _publish(server, "down.pt", b"never served")
+    server.fail_first["/down.pt"] = 10
+    with caplog.at_level(logging.WARNING, logger="adaptflow.io"), pytest.raises(FetchError, match="download failed after 3 attempts: HTTP 500"):
+        fetch_pretrained(f"{server.url}/down.pt", attempts=3)
+    assert server.hits["/down.pt"] == 3
+    assert [r.getMessage().split("; ")[1][:9] for r in caplog.records] == ["retry 1/2", "retry 2/2"]
 
 
 def test_local_file_is_checked_against_its_sidecar(project: Path) -> None:

@@ -115,3 +115,30 @@ def test_validation_metrics_gate_only_versions_that_held_out_the_same_images(pro
     assert register(3, 0.85, "abc").reason == "target_val_accuracy 0.8500 does not beat champion v2 (0.9000) by more than 0.0"
     assert register(4, 0.95, "abc").decision == "promoted" and _champion_version() == "4"
     assert "did not hold out this validation set" in register(5, 0.99, "xyz").reason  # another validation set
+
+
+def test_store_calls_retry_transient_failures_only() -> None:
+    import sqlite3
+
+    calls: list[int] = []
+
+    def locked_twice() -> str:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+        return "written"
+
+    assert tracking.retrying(locked_twice, attempts=3, base_delay=0) == "written" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(tracking.TrackingUnavailable, match=r"after 2 attempts \(locked_twice\): database is locked"):
+        tracking.retrying(locked_twice, attempts=2, base_delay=0)
+    assert len(calls) == 2
+
+    def wrong() -> None:
+        calls.append(1)
+        raise ValueError("no such experiment")
+
+    calls.clear()
+    with pytest.raises(ValueError, match="no such experiment"):
+        tracking.retrying(wrong, attempts=5, base_delay=0)
+    assert len(calls) == 1
