@@ -77,16 +77,7 @@ def check_uri(uri: str) -> tuple[str, str] | None:
     if not uri:
         return "is empty", f"name a model: {FORMS}"
     if uri.startswith("torchvision:"):
-        _, arch, *rest = uri.split(":")
-        try:
-            import torchvision
-
-            enum = torchvision.models.get_model_weights(arch)
-            if rest and rest[0] != "DEFAULT":
-                enum[rest[0]]
-        except (ValueError, KeyError):
-            return f"'{uri}': torchvision has no weights '{rest[0] if rest else 'DEFAULT'}' for '{arch}'", "check the names in torchvision's model docs"
-        return None
+        return _check_torchvision(uri)
     if uri.startswith("ultralytics:"):
         name = uri.removeprefix("ultralytics:")
         return None if _ASSET_NAME.match(name) else (f"'{uri}': not an Ultralytics asset name", "write ultralytics:<name>.pt, e.g. ultralytics:yolo11n.pt")
@@ -100,7 +91,30 @@ def check_uri(uri: str) -> tuple[str, str] | None:
         return f"'{uri}': unknown scheme", f"use {FORMS}"
     path = Path(uri.removeprefix("file://").partition("#")[0]).expanduser()
     path = env.project_path(path)
-    return None if path.is_file() else (f"'{uri}': no such file ({path})", "run the pretrain step or fix the path")
+    if path.is_file():
+        return None
+    if _ASSET_NAME.match(uri) and uri.lower().startswith(("yolo", "rtdetr", "sam")):
+        return f"'{uri}': no such file ({path})", f"for the Ultralytics asset write ultralytics:{uri}"
+    return f"'{uri}': no such file ({path})", "run the pretrain step or fix the path"
+
+
+def _check_torchvision(uri: str) -> tuple[str, str] | None:
+    import difflib
+
+    import torchvision
+
+    _, arch, *rest = uri.split(":")
+    weights = rest[0] if rest else "DEFAULT"
+    if not arch or "/" in arch or len(rest) > 1:
+        return f"'{uri}': not a torchvision address", "write torchvision:<arch> or torchvision:<arch>:<weights>, e.g. torchvision:resnet18:IMAGENET1K_V1"
+    try:
+        enum = torchvision.models.get_model_weights(arch)
+    except ValueError:
+        close = difflib.get_close_matches(arch, torchvision.models.list_models(), n=1)
+        return f"'{uri}': torchvision has no model '{arch}'", f"did you mean '{close[0]}'?" if close else "see torchvision.models.list_models()"
+    if weights != "DEFAULT" and weights not in enum.__members__:
+        return f"'{uri}': torchvision has no weights '{weights}' for '{arch}'", f"use one of DEFAULT, {', '.join(w.name for w in enum)}"
+    return None
 
 
 def fetch_pretrained(

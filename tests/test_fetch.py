@@ -122,7 +122,10 @@ def test_torchvision_cache_entry_with_a_wrong_hash_is_refused(project: Path) -> 
 @pytest.mark.parametrize(
     ("uri", "message"),
     [
-        ("torchvision:resnet18:NO_SUCH_WEIGHTS", "torchvision has no weights"),
+        ("torchvision:resnet18:NO_SUCH_WEIGHTS", "torchvision has no weights 'NO_SUCH_WEIGHTS' for 'resnet18'; use one of DEFAULT, IMAGENET1K_V1"),
+        ("torchvision:resnt18", "torchvision has no model 'resnt18'; did you mean 'resnet18'"),
+        ("torchvision://resnet18", "not a torchvision address; write torchvision:<arch>"),
+        ("yolov8n.pt", "no such file .*; for the Ultralytics asset write ultralytics:yolov8n.pt"),
         ("s3://bucket/model.pt", "unknown scheme"),
         ("", "pretrained.uri is empty"),
     ],
