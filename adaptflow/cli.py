@@ -129,7 +129,10 @@ def registry_promote(
 
     cfg = _config(config, overrides)
     previous = promote(cfg.registry, cfg.tracking, version, reason)
-    typer.echo(f"{cfg.registry.model_name}: champion v{previous or '-'} -> v{version}")
+    if previous == version:
+        typer.echo(f"{cfg.registry.model_name}: v{version} is already the champion; nothing changed")
+    else:
+        typer.echo(f"{cfg.registry.model_name}: champion v{previous or '-'} -> v{version}")
 
 
 @registry_app.command("rollback")

@@ -442,7 +442,9 @@ def gate(
 
 
 def promote(cfg: RegistryConfig, tracking: TrackingConfig, version: str, reason: str) -> str:
-    """Make `version` the champion by hand, remembering the one it replaces; returns that one."""
+    """Make `version` the champion by hand, remembering the one it replaces; returns that one.
+
+    Promoting the champion itself changes nothing (its record of what it replaced stays, for rollback)."""
     current = champion(cfg, tracking)
     c = client(tracking)
     try:
@@ -450,7 +452,11 @@ def promote(cfg: RegistryConfig, tracking: TrackingConfig, version: str, reason:
     except Exception as exc:  # MlflowException: RESOURCE_DOES_NOT_EXIST
         raise RegistryError(f"{cfg.model_name} has no version {version}") from exc
     previous = str(current.version) if current is not None else ""
+    if previous == str(version):
+        return previous
     c.set_registered_model_alias(cfg.model_name, CHAMPION, version)
+    if str(c.get_registered_model(cfg.model_name).aliases.get(CHALLENGER, "")) == str(version):
+        c.delete_registered_model_alias(cfg.model_name, CHALLENGER)
     for key, value in {"previous_champion": previous, "decision": "promoted by hand", "reason": reason}.items():
         c.set_model_version_tag(cfg.model_name, version, f"{TAG}{key}", value)
     return previous

@@ -117,6 +117,21 @@ def test_validation_metrics_gate_only_versions_that_held_out_the_same_images(pro
     assert "did not hold out this validation set" in register(5, 0.99, "xyz").reason  # another validation set
 
 
+def test_promote_by_hand_and_roll_back(project: Path) -> None:
+    first, second = _register(project, 1, 0.80), _register(project, 2, 0.70)
+    assert (first.alias, second.alias) == ("champion", "challenger")
+    assert tracking.promote(REG, TRACK, second.version, "better on the new camera") == first.version
+    aliases = tracking.client(TRACK).get_registered_model("digits").aliases
+    assert aliases == {"champion": int(second.version)}, "the promoted challenger keeps no challenger alias"
+    assert tracking.promote(REG, TRACK, second.version, "again") == second.version  # already champion: nothing changes
+    assert tracking.rollback(REG, TRACK, "worse in production") == (second.version, first.version)
+    assert _champion_version() == first.version
+    with pytest.raises(tracking.RegistryError, match="replaced no earlier champion: nothing to roll back to"):
+        tracking.rollback(REG, TRACK, "once more")
+    with pytest.raises(tracking.RegistryError, match="digits has no version 9"):
+        tracking.promote(REG, TRACK, "9", "typo")
+
+
 def test_store_calls_retry_transient_failures_only() -> None:
     import sqlite3
 
