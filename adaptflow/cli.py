@@ -110,11 +110,10 @@ def registry_list(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = 
     if not rows:
         typer.echo(f"{cfg.registry.model_name}: no versions")
         return
-    columns = list(rows[0])
-    typer.echo("  ".join(f"{c:<14}" for c in columns[:-1]) + "  " + columns[-1])
-    for row in rows:
-        cells = [f"{v:.4f}" if isinstance(v, float) else str(v if v is not None else "") for v in row.values()]
-        typer.echo("  ".join(f"{c:<14}" for c in cells[:-1]) + "  " + cells[-1])
+    lines = [list(rows[0])] + [[f"{v:.4f}" if isinstance(v, float) else str(v if v is not None else "") for v in row.values()] for row in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]) - 1)]  # the last column runs on
+    for line in lines:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[-1])
 
 
 @registry_app.command("promote")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -130,6 +132,23 @@ def test_promote_by_hand_and_roll_back(project: Path) -> None:
         tracking.rollback(REG, TRACK, "once more")
     with pytest.raises(tracking.RegistryError, match="digits has no version 9"):
         tracking.promote(REG, TRACK, "9", "typo")
+
+
+def test_registry_commands_show_aligned_versions_and_say_what_changed(project: Path) -> None:
+    def cli(*args: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "adaptflow", "registry", *args, "registry.model_name=digits"],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    _register(project, 1, 0.80), _register(project, 2, 0.70)
+    assert cli("promote", "2", "--reason", "better on the new camera") == "digits: champion v1 -> v2\n"
+    assert cli("promote", "2") == "digits: v2 is already the champion; nothing changed\n"
+    header, *rows = cli("list").splitlines()
+    assert header.split() == ["version", "aliases", "target_accuracy", "source_accuracy", "data_version", "decision", "reason"]
+    assert [row[:header.index("aliases") + 8] for row in rows] == ["2        champion", "1                "]
+    assert {row.index("promoted") for row in rows} == {header.index("decision")}, "a column starts at one place in every row"
+    assert rows[0].endswith("promoted by hand  better on the new camera")
 
 
 def test_store_calls_retry_transient_failures_only() -> None:
