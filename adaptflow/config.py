@@ -322,6 +322,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{path}: the top level must be a mapping of sections (data, finetune, ...)")
     for item in overrides:
         _apply_override(raw, item)
+    if overrides:
         source = f"{source} + overrides"
     return parse_config(raw, source)
 
@@ -357,6 +358,8 @@ def _explain(exc: ValidationError) -> str:
             lines.append(f"  {where}: unknown field{hint}; remove it or fix its name")
         elif not where:  # a check across sections
             lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
+        elif isinstance(err.get("input"), dict):  # a check across a section's fields: its message names them
+            lines.append(f"  {where}: {err['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  {where}: {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)

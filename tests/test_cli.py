@@ -29,6 +29,14 @@ def test_wrong_key_exits_2_naming_the_field() -> None:
     assert "Traceback" not in out.stderr
 
 
+def test_a_check_across_fields_names_them_and_not_the_whole_section() -> None:
+    out = _cli("config", "finetune.strategy=lp_ft", "finetune.epochs=3", "finetune.lp_epochs=5")
+    assert out.returncode == 2
+    assert out.stderr == ("error: params.yaml + overrides: invalid configuration\n"
+                          "  finetune: lp_ft needs 0 < lp_epochs < epochs (got lp_epochs=5, epochs=3); "
+                          "lower finetune.lp_epochs or raise finetune.epochs\n")
+
+
 def test_help_and_config_start_without_torch_or_mlflow() -> None:
     probe = ("import sys\nfrom adaptflow.cli import main\nsys.argv = ['adaptflow', *sys.argv[1:]]\ntry:\n    main()\n"
              "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
