@@ -69,10 +69,10 @@ class Report:
 class DataValidationError(ValueError):
     """The data or config cannot be used; the message lists each problem with its fix."""
 
-    def __init__(self, report: Report) -> None:
+    def __init__(self, report: Report, outcome: str = "found before training; nothing was trained or registered") -> None:
         self.report = report
         lines = "\n".join(f"  - {p}" for p in report.errors)
-        super().__init__(f"{len(report.errors)} problem(s) found before training; nothing was trained or registered:\n{lines}")
+        super().__init__(f"{len(report.errors)} problem(s) {outcome}:\n{lines}")
 
 
 def _inspect(path: Path) -> tuple[str | None, tuple[int, int] | None, str | None, str | None]:

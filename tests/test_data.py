@@ -135,3 +135,32 @@ def test_missing_domains_are_built_only_when_they_are_the_demos(tmp_path: Path) 
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'factory'}: no such domain folder"):
         ensure_domains(tmp_path, ["mine", "factory", "mnist"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"], "nothing is built when a domain cannot be"
+
+
+def test_data_add_checks_everything_first_and_names_images_by_content(project: Path, tmp_path: Path) -> None:
+    from adaptflow.data.ingest import add_images
+    from adaptflow.validate import DataValidationError
+
+    split = project / "data" / "uci_digits" / "train"
+    inbox = tmp_path / "inbox"
+    for cls in ("3", "7"):
+        (inbox / cls).mkdir(parents=True)
+        for image in sorted((project / "data" / "uci_digits" / "unlabeled" / cls).iterdir())[:2]:
+            shutil.copy(image, inbox / cls / image.name)
+    before = sorted(split.rglob("*.png"))
+    assert add_images(inbox, split) == {"3": 2, "7": 2}
+    assert add_images(inbox, split) == {}  # the same images again add nothing
+    added = sorted(set(split.rglob("*.png")) - set(before))
+    assert [p.parent.name for p in added] == ["3", "3", "7", "7"] and all(p.name.startswith("added-") for p in added)
+
+    (inbox / "11").mkdir()
+    shutil.copy(added[0], inbox / "11" / "new.png")
+    (inbox / "7" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(DataValidationError) as caught:
+        add_images(inbox, split)
+    message = str(caught.value)
+    assert message.startswith("2 problem(s) in the new images; nothing was added:\n")
+    assert f"{inbox / '11'}: class '11' is not in the training split" in message and f"{inbox / '7' / 'broken.png'}: corrupt" in message
+    assert set(split.rglob("*.png")) == set(before) | set(added), "nothing is copied when anything is wrong"
+    with pytest.raises(DataValidationError, match=r"nothing was added:\n  - .*/nowhere: no such folder; give the folder of the new labeled images \(CLASS/IMAGE\)"):
+        add_images(tmp_path / "nowhere", split)

@@ -4,10 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from adaptflow.data.folders import IMAGE_SUFFIXES, list_classes
 from adaptflow.validate import DataValidationError, Report, check_image_split
+
+NOTHING_ADDED = "in the new images; nothing was added"
+
+
+def _checked(source: Path, check: Callable[[Report], None], layout: str) -> None:
+    """Raise DataValidationError listing every problem of the new images at `source` (checked before any copy)."""
+    report = Report()
+    if not source.is_dir():
+        report.error(source, "no such folder", f"give the folder of the new labeled images ({layout})")
+    else:
+        check(report)
+    if not report.ok:
+        raise DataValidationError(report, NOTHING_ADDED)
 
 
 def add_images(source: Path, split: Path) -> dict[str, int]:
@@ -16,10 +30,7 @@ def add_images(source: Path, split: Path) -> dict[str, int]:
     Everything is checked first (nothing is copied if any file is bad). Files are named by their
     content hash, so adding the same images twice adds nothing and never overwrites.
     """
-    report = Report()
-    check_image_split(source, report, list_classes(split) if split.is_dir() else None)
-    if not report.ok:
-        raise DataValidationError(report)
+    _checked(source, lambda report: check_image_split(source, report, list_classes(split) if split.is_dir() else None), "CLASS/IMAGE")
     added: dict[str, int] = {}
     for class_dir in sorted(p for p in source.iterdir() if p.is_dir()):
         target = split / class_dir.name
@@ -38,10 +49,7 @@ def add_detection_images(source: Path, split: Path, num_classes: int) -> dict[st
     from adaptflow.detection.data import image_files, label_file
     from adaptflow.validate import check_detection_split
 
-    report = Report()
-    check_detection_split(source, num_classes, report)
-    if not report.ok:
-        raise DataValidationError(report)
+    _checked(source, lambda report: check_detection_split(source, num_classes, report), "images/ and labels/")
     (split / "images").mkdir(parents=True, exist_ok=True)
     (split / "labels").mkdir(parents=True, exist_ok=True)
     added = 0
