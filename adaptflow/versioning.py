@@ -79,6 +79,6 @@ def version_data(cfg: DataConfig, push: bool = True) -> DataVersion:
         version = read_version(cfg)
         if push:
             dvc("push", str(_dvc_file(cfg)), *(["--remote", cfg.remote] if cfg.remote else []), cwd=root)
-            version = DataVersion(**{**version.to_dict(), "pushed_to": cfg.remote or "default"})
+            version = DataVersion(**{**version.to_dict(), "pushed_to": cfg.remote or dvc("remote", "default", cwd=root).strip()})
     log.info("data %s at version %s (%d files)", cfg.root, version.md5, version.files)
     return version

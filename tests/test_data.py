@@ -164,3 +164,13 @@ def test_data_add_checks_everything_first_and_names_images_by_content(project: P
     assert set(split.rglob("*.png")) == set(before) | set(added), "nothing is copied when anything is wrong"
     with pytest.raises(DataValidationError, match=r"nothing was added:\n  - .*/nowhere: no such folder; give the folder of the new labeled images \(CLASS/IMAGE\)"):
         add_images(tmp_path / "nowhere", split)
+
+
+def test_versioning_pushes_to_the_remote_it_names(project: Path) -> None:
+    from adaptflow.config import DataConfig
+    from adaptflow.versioning import version_data
+
+    version = version_data(DataConfig())
+    assert version.pushed_to == "local" and version.md5.endswith(".dir")
+    pushed = project / "remote" / "files" / "md5" / version.md5[:2] / version.md5[2:]
+    assert pushed.is_file(), "the folder's listing is in the remote"
