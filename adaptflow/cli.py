@@ -257,12 +257,12 @@ def finetune(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None,
 @app.command()
 def evaluate(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None, run_dir: RunDir = Path("outputs")) -> None:
     """Stage: measure the fine-tuned model of a run folder (no orchestrator)."""
-    from adaptflow.io import read_json
+    from adaptflow.pipeline import read_run_record
     from adaptflow.pretrained import PretrainedRef
     from adaptflow.stages import for_task
 
     cfg = _config(config, overrides)
-    pretrained = PretrainedRef(**read_json(run_dir / "run.json")["pretrained"])
+    pretrained = PretrainedRef(**read_run_record(run_dir)["pretrained"])
     metrics = for_task(cfg.task).evaluate(cfg.evaluate, cfg.data, run_dir / "finetune" / "model.pt", pretrained, run_dir / "evaluate", cfg.finetune.device)
     typer.echo(json.dumps(metrics, indent=2))
 

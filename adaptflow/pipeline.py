@@ -71,6 +71,16 @@ def write_run_record(
     })
 
 
+def read_run_record(run_dir: Path, *, evaluated: bool = False) -> dict:
+    """`<run_dir>/run.json` of a run folder the finetune stage (and, if `evaluated`, the evaluate stage) filled."""
+    needs = {"run.json": "finetune", "finetune/model.pt": "finetune"} | ({"evaluate/metrics.json": "evaluate"} if evaluated else {})
+    for name, stage in needs.items():
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir}: no {name} in this run folder; run the {stage} stage into it first: "
+                                    f"adaptflow {stage} --run-dir {run_dir}")
+    return read_json(run_dir / "run.json")
+
+
 def open_run(config: RunConfig, data: DataVersion, pretrained: PretrainedRef, run_dir: Path, origin: str, run_name: str) -> str:
     """Open the MLflow run for this pipeline run (so epochs log live) and record it in run.json.
 
@@ -105,7 +115,7 @@ def register_run(config: RunConfig, run_dir: Path) -> Registration:
 
 
 def _register_run(config: RunConfig, run_dir: Path) -> Registration:
-    record = read_json(run_dir / "run.json")
+    record = read_run_record(run_dir, evaluated=True)
     data = DataVersion(**record["data"])
     pretrained = PretrainedRef(**record["pretrained"])
     run_id = record["mlflow_run_id"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -55,3 +56,14 @@ def test_help_keeps_the_bracketed_text_it_shows() -> None:
                              env={**os.environ, "COLUMNS": "250"})
         assert out.returncode == 0, out.stderr
         assert shown in out.stdout, out.stdout
+
+
+def test_stages_on_an_unfinished_run_folder_name_the_stage_to_run_first(tmp_path: Path) -> None:
+    out = _cli("evaluate", "--run-dir", str(tmp_path))
+    assert (out.returncode, out.stderr) == (2, f"error: {tmp_path}: no run.json in this run folder; run the finetune stage "
+                                               f"into it first: adaptflow finetune --run-dir {tmp_path}\n")
+    (tmp_path / "finetune").mkdir()
+    (tmp_path / "finetune" / "model.pt").write_bytes(b"")
+    (tmp_path / "run.json").write_text("{}")
+    out = _cli("register", "--run-dir", str(tmp_path))
+    assert out.returncode == 2 and "no evaluate/metrics.json in this run folder; run the evaluate stage" in out.stderr, out.stderr
