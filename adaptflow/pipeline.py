@@ -18,8 +18,8 @@ from pathlib import Path
 
 from adaptflow import tracking
 from adaptflow.config import RunConfig
-from adaptflow.io import read_json, write_json, write_yaml
-from adaptflow.pretrain import PublishedModel
+from adaptflow.io import read_json, sha256_file, write_json, write_yaml
+from adaptflow.pretrain import PublishedModel, published_dir
 from adaptflow.pretrained import PretrainedRef, fetch_pretrained
 from adaptflow.stages import for_task
 from adaptflow.tracking import Registration
@@ -183,7 +183,18 @@ def record_skip(config: RunConfig, data: DataVersion, reason: str, origin: str) 
 
 
 def run_pretrain(config: RunConfig, run_dir: Path, data: DataVersion, origin: str = "local") -> PublishedModel:
-    """Train and publish the source model, recorded as an MLflow run of its own."""
+    """Train and publish the source model, recorded as an MLflow run of its own.
+
+    A published model made from the same inputs (task, pretrain and data settings, data version,
+    and the same commit of a checkout without changes) is kept and nothing trains: `inputs.json`
+    beside it records them. Deleting the published folder trains again regardless.
+    """
+    inputs = {"task": config.task, "pretrain": config.pretrain.model_dump(mode="json"), "data": config.data.model_dump(mode="json"),
+              "data_version": data.md5, "git_commit": tracking.git_commit()}
+    kept = _published_from(published_dir(config.pretrain), inputs)
+    if kept is not None:
+        log.info("source model %s is up to date (same data version, settings and commit): not trained again", kept.path)
+        return kept
     tags = {"git_commit": tracking.git_commit(), "data_version": data.md5, "origin": origin, "stage": "pretrain",
             "arch": config.pretrain.arch, "source_domain": config.data.source}
     params = {"pretrain": config.pretrain.model_dump(mode="json"), "data": config.data.model_dump(mode="json")}
@@ -192,7 +203,25 @@ def run_pretrain(config: RunConfig, run_dir: Path, data: DataVersion, origin: st
     tracking.log_metrics(config.tracking, run_id, published.metrics)
     tracking.set_tags(config.tracking, run_id, {"published_path": published.path, "published_sha256": published.sha256})
     tracking.finish_run(config.tracking, run_id)
+    write_json(Path(published.path).with_name("inputs.json"), inputs)  # last: a folder without it is trained again
     return published
+
+
+def _published_from(folder: Path, inputs: dict) -> PublishedModel | None:
+    """The model published in `folder` if it was made from `inputs` and is intact; None otherwise
+    (always for a checkout with changes or outside git, where the code it ran cannot be named)."""
+    commit = inputs["git_commit"]
+    if commit == "unknown" or commit.endswith("-dirty"):
+        return None
+    model = folder / "model.pt"
+    try:
+        if read_json(folder / "inputs.json") != inputs:
+            return None
+        recorded = (folder / "model.pt.sha256").read_text().split()[0]
+        metrics = read_json(folder / "metrics.json")
+    except (OSError, ValueError, IndexError):
+        return None
+    return PublishedModel(str(model), recorded, metrics) if model.is_file() and sha256_file(model) == recorded else None
 
 
 def run_transfer(config: RunConfig, run_dir: Path, origin: str = "local", version: bool = True) -> dict:

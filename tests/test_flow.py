@@ -72,3 +72,33 @@ def test_flow_fails_before_training_when_the_pretrained_model_is_missing(flows, 
         transfer(config=tiny_config("pretrained.uri=models/none/model.pt"))
     assert not list((project / "runs").rglob("model.pt")) if (project / "runs").exists() else True
     assert MlflowClient(env.default_tracking_uri()).search_registered_models() == []
+
+
+def test_pretraining_again_on_the_same_inputs_keeps_the_published_model(project: Path) -> None:
+    from mlflow import MlflowClient
+
+    from adaptflow import env
+    from adaptflow.pipeline import run_pretrain
+    from adaptflow.versioning import read_version
+    from conftest import run
+
+    def pretrain_runs() -> int:
+        client = MlflowClient(env.default_tracking_uri())
+        return len(client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`adaptflow.stage` = 'pretrain'"))
+
+    (project / "notes.txt").write_text("v1\n")
+    run(["git", "add", "notes.txt"], project)
+    run(["git", "commit", "-qam", "a clean checkout"], project)
+    cfg = tiny_config()
+    data = read_version(cfg.data)
+    first = run_pretrain(cfg, project / "runs" / "a", data)
+    model = Path(first.path)
+    made = model.stat().st_mtime_ns
+    again = run_pretrain(cfg, project / "runs" / "b", data)
+    assert (again.sha256, again.metrics, model.stat().st_mtime_ns, pretrain_runs()) == (first.sha256, first.metrics, made, 1)
+
+    run_pretrain(tiny_config("pretrain.epochs=2"), project / "runs" / "c", data)  # other settings: trained again
+    assert pretrain_runs() == 2
+    (project / "notes.txt").write_text("v2\n")  # a checkout with changes: the code it runs cannot be named
+    run_pretrain(tiny_config("pretrain.epochs=2"), project / "runs" / "d", data)
+    assert pretrain_runs() == 3
