@@ -15,7 +15,7 @@ from adaptflow.data import ensure_domains
 from adaptflow.detection import benchmark as detection
 from adaptflow.execution import gpu_pool_for
 from adaptflow.io import read_json, write_json
-from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE
+from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE, QUIET
 from tasks.gpu import gpu_slot
 
 
@@ -45,10 +45,6 @@ def run_cell_task(spec: BenchmarkSpec, cell: Cell, parent_run_id: str) -> dict:
         result = cells.run_cell(spec, cell)
     record.log_cell(spec, parent_run_id, cell, result)
     return result
-
-
-#: pycocotools prints its summary tables: with the flow's log_prints they would bypass the metrics' stdout redirect into the run log.
-QUIET = {"log_prints": False}
 
 
 @task(name="detection-source", task_run_name="detection source seed {seed}", retries=1, **QUIET, **NO_RESULT_CACHE)

@@ -87,7 +87,7 @@ def scenes(project: Path) -> Path:
     return project
 
 
-def test_yolo_flows_register_a_detector_that_predicts_boxes_from_the_registry(prefect_api, scenes: Path) -> None:
+def test_yolo_flows_register_a_detector_that_predicts_boxes_from_the_registry(prefect_api, scenes: Path, capfd: pytest.CaptureFixture) -> None:
     import mlflow.pyfunc
     from mlflow import MlflowClient
 
@@ -122,6 +122,8 @@ def test_yolo_flows_register_a_detector_that_predicts_boxes_from_the_registry(pr
     assert len(boxes) > 0 and set(boxes["image"]) <= {0, 1}
     assert (boxes["x2"] <= image.shape[1] + 1).all() and (boxes["x1"] >= -1).all()
     assert netguard.refused() == [], "a connection beyond 127.0.0.1 was attempted (here or in the training process)"
+    shown = "".join(capfd.readouterr())
+    assert "finetune" in shown and "Average Precision" not in shown, "pycocotools' summary tables reached the run log"
 
 
 def test_the_adapter_leaves_the_thread_count_of_later_processes_alone_and_keeps_its_files_in_the_cache(tmp_path: Path) -> None:
