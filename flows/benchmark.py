@@ -35,7 +35,7 @@ def benchmark_grid(spec: BenchmarkSpec, parent_run_id: str) -> tuple[list[dict],
     return sources, results
 
 
-@flow(name="benchmark", flow_run_name=benchmark_run_name, log_prints=True)
+@flow(name="benchmark", flow_run_name=benchmark_run_name)
 def benchmark(spec: BenchmarkSpec = BenchmarkSpec(), command: str = "") -> dict:
     """Run the grid of the preset (`spec.workers` cells at a time on `spec.runner`) and write its report to `spec.output`."""
     runner = task_runner(spec)  # a runner whose package is missing stops here, before any task

@@ -14,7 +14,7 @@ from tasks.training import pretrain_task
 from tasks.validation import validate_task
 
 
-@flow(name="pretrain", flow_run_name=pretrain_run_name, log_prints=True)
+@flow(name="pretrain", flow_run_name=pretrain_run_name)
 def pretrain(config: RunConfig = RunConfig()) -> dict:
     """Train a source model on the source domain; transfer runs then fetch it like any pretrained model."""
     validate_task(config, "pretrain")

@@ -17,7 +17,7 @@ from tasks.retraining import record_skip_task, retrain_decision_task
 from tasks.validation import validate_task
 
 
-@flow(name="retrain", flow_run_name=retrain_run_name, log_prints=True)
+@flow(name="retrain", flow_run_name=retrain_run_name)
 def retrain(config: RunConfig = RunConfig(), force: bool = False) -> dict:
     """Scheduled or triggered retraining. `force` trains even when nothing changed."""
     validate_task(config)

@@ -31,7 +31,7 @@ def sweep_trials(trials: list[Trial], pretrained: list[PretrainedRef], folder: P
     return [out if isinstance(out, dict) else failed_trial(trial, out) for trial, out in zip(trials, outcomes)]
 
 
-@flow(name="sweep", flow_run_name=sweep_run_name, log_prints=True)
+@flow(name="sweep", flow_run_name=sweep_run_name)
 def sweep(config: RunConfig = RunConfig(), grid: Grid = DEFAULT_GRID, settings: SweepSettings = SweepSettings()) -> dict:
     """Fine-tune and evaluate every combination of `grid` (dotted config keys -> values) on top of
     `config`, `settings.workers` at a time on `settings.runner`; pick the best by `settings.metric`."""

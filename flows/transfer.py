@@ -17,7 +17,7 @@ from tasks.training import finetune_task
 from tasks.validation import validate_task
 
 
-@flow(name="transfer", flow_run_name=transfer_run_name, log_prints=True)
+@flow(name="transfer", flow_run_name=transfer_run_name)
 def transfer(config: RunConfig = RunConfig()) -> dict:
     """Adapt a pretrained model to the target domain and register it if it beats the champion."""
     folder = run_dir()

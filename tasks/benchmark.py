@@ -15,7 +15,7 @@ from adaptflow.data import ensure_domains
 from adaptflow.detection import benchmark as detection
 from adaptflow.execution import gpu_pool_for
 from adaptflow.io import read_json, write_json
-from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE, QUIET
+from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE
 from tasks.gpu import gpu_slot
 
 
@@ -47,13 +47,13 @@ def run_cell_task(spec: BenchmarkSpec, cell: Cell, parent_run_id: str) -> dict:
     return result
 
 
-@task(name="detection-source", task_run_name="detection source seed {seed}", retries=1, **QUIET, **NO_RESULT_CACHE)
+@task(name="detection-source", task_run_name="detection source seed {seed}", retries=1, **NO_RESULT_CACHE)
 def detection_source_task(spec: BenchmarkSpec, seed: int) -> dict:
     """The source detector of one seed (reused when already trained)."""
     return detection.source_model(spec.detection, spec.data_root, cells.work_dir(spec), seed)
 
 
-@task(name="detection-cell", task_run_name="detection {method} seed={seed}", retries=1, **QUIET, **NO_RESULT_CACHE)
+@task(name="detection-cell", task_run_name="detection {method} seed={seed}", retries=1, **NO_RESULT_CACHE)
 def detection_cell_task(spec: BenchmarkSpec, seed: int, method: str, parent_run_id: str) -> dict:
     """One detection method on one seed, logged as a child run of the benchmark's run."""
     result = detection.run_cell(spec.detection, spec.data_root, cells.work_dir(spec), seed, method)

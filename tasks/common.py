@@ -1,4 +1,4 @@
-"""What every task shares: no result caching (stages cache by content themselves), backoff, quiet library prints."""
+"""What every task shares: no result caching (stages cache by content themselves) and backoff."""
 
 from __future__ import annotations
 
@@ -8,6 +8,3 @@ from prefect.tasks import exponential_backoff
 #: Defaults for tasks that talk to the network or a server: three retries with jittered backoff.
 NETWORK_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2), "retry_jitter_factor": 0.5}
 NO_RESULT_CACHE = {"cache_policy": NO_CACHE}
-#: For tasks that measure detectors: pycocotools prints its summary tables, and with the flow's
-#: log_prints each print would bypass the metrics' stdout redirect into the run log.
-QUIET = {"log_prints": False}
