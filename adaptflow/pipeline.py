@@ -195,10 +195,9 @@ def run_pretrain(config: RunConfig, run_dir: Path, data: DataVersion, origin: st
     if kept is not None:
         log.info("source model %s is up to date (same data version, settings and commit): not trained again", kept.path)
         return kept
-    tags = {"git_commit": tracking.git_commit(), "data_version": data.md5, "origin": origin, "stage": "pretrain",
+    tags = {"git_commit": inputs["git_commit"], "data_version": data.md5, "origin": origin, "stage": "pretrain",
             "arch": config.pretrain.arch, "source_domain": config.data.source}
-    params = {"pretrain": config.pretrain.model_dump(mode="json"), "data": config.data.model_dump(mode="json")}
-    run_id = tracking.start_run(config.tracking, f"pretrain-{run_dir.name}", tags, params)
+    run_id = tracking.start_run(config.tracking, f"pretrain-{run_dir.name}", tags, {"pretrain": inputs["pretrain"], "data": inputs["data"]})
     published = for_task(config.task).pretrain(config.pretrain, config.data, run_dir / "pretrain", tracking.epoch_logger(config.tracking, run_id))
     tracking.log_metrics(config.tracking, run_id, published.metrics)
     tracking.set_tags(config.tracking, run_id, {"published_path": published.path, "published_sha256": published.sha256})
