@@ -50,5 +50,4 @@ class ClassifierModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"index": index.numpy(), "class": classes[index.numpy()], "score": score.numpy()}, columns=list(COLUMNS))
 
 
-MODEL_CLASS = ClassifierModel
 mlflow.models.set_model(ClassifierModel())

@@ -321,8 +321,8 @@ def register_model(
     log_metrics(tracking, run_id, metrics)
     for path in artifacts:
         c.log_artifact(run_id, str(path))
-    serving, probe = _serving(lineage.get("task", "classification"), checkpoint)
-    size = probe.meta["image_size"]
+    serving = _serving(lineage.get("task", "classification"))
+    size = _image_size(checkpoint)
     example = np.zeros((2, size, size, 3), dtype=np.uint8)  # batch of 2: the batch dimension stays free
     params = getattr(serving, "PARAMS", None)  # inference options a caller may pass, with their defaults
     # Any batch size and any image size: the model resizes to the size it was trained at. The output
@@ -358,13 +358,21 @@ def register_model(
     return Registration(cfg.model_name, str(version), alias, decision, reason, run_id, f"models:/{cfg.model_name}/{version}")
 
 
-def _serving(task: str, checkpoint: str | Path):  # noqa: ANN202 - (module, loaded pyfunc)
-    """The pyfunc code file for a task's models, and an instance holding `checkpoint` for the signature."""
+def _serving(task: str):  # noqa: ANN202 - a module
+    """The pyfunc code file for a task's models (its `COLUMNS` and `PARAMS` shape the signature)."""
     if task == "detection":
         from adaptflow.detection import serving
     else:
         from adaptflow import serving
-    return serving, serving.MODEL_CLASS().load(str(checkpoint))
+    return serving
+
+
+def _image_size(checkpoint: str | Path) -> int:
+    """The image size an adaptflow model file records (classifier or detector), read without building the model;
+    MLflow's check of the input example loads the model itself."""
+    import torch
+
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["image_size"])
 
 
 def _gate_lock(tracking: TrackingConfig):  # noqa: ANN202 - a context manager

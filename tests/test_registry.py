@@ -141,7 +141,8 @@ def test_registry_commands_show_aligned_versions_and_say_what_changed(project: P
         assert out.returncode == 0, out.stderr
         return out.stdout
 
-    _register(project, 1, 0.80), _register(project, 2, 0.70)
+    _register(project, 1, 0.80)
+    _register(project, 2, 0.70)
     assert cli("promote", "2", "--reason", "better on the new camera") == "digits: champion v1 -> v2\n"
     assert cli("promote", "2") == "digits: v2 is already the champion; nothing changed\n"
     header, *rows = cli("list").splitlines()

@@ -61,5 +61,4 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
         })
 
 
-MODEL_CLASS = DetectorModel
 mlflow.models.set_model(DetectorModel())
