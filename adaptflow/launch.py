@@ -102,13 +102,15 @@ def fit_on_devices(
 def launch(build: Builder, spec: dict, devices: int, job_dir: Path, on_epoch: EpochCallback | None = None) -> dict:
     """Run `build(spec)` in `devices` torchrun workers; returns rank 0's {"model": state dict, "history": epochs}.
 
-    Raises WorkerFailed with the first failing worker's message. `job_dir` is emptied first and
-    removed after a success; after a failure it keeps the workers' log.
+    Raises WorkerFailed with the first failing worker's message. `job_dir` (torchrun's log folder
+    included) is emptied first and removed after a success; after a failure it keeps the workers' log.
     """
     shutil.rmtree(job_dir, ignore_errors=True)
     job_dir.mkdir(parents=True)
     write_json(job_dir / "job.json", {"build": f"{build.__module__}:{build.__qualname__}", "spec": spec})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}", "-m", "adaptflow.launch", str(job_dir)]
+    # torchrun's own log folder goes in the job folder too (by default it leaves one in the system temp folder per run).
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
+           f"--log-dir={job_dir / 'torchrun'}", "-m", "adaptflow.launch", str(job_dir)]
     log.info("training on %d devices: %s", devices, " ".join(cmd))
     with open(job_dir / "workers.log", "wb") as out:
         # A session of its own: a Ctrl-C reaches the caller alone, which then stops torchrun (and so the workers) itself.

@@ -111,9 +111,13 @@ def test_backbone_phases_keep_the_workers_in_sync(project: Path, workers_import_
     assert not torch.equal(before["backbone.conv1.weight"], trained["backbone.conv1.weight"])  # the backbone trained too
 
 
-def test_pretrain_publishes_what_two_workers_trained(project: Path) -> None:
+def test_pretrain_publishes_what_two_workers_trained(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from adaptflow.io import read_json
     from adaptflow.pretrain import pretrain
+
+    temp = project / "system-temp"  # what the workers and torchrun see as the system temp folder
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
 
     cfg = tiny_config("pretrain.device=cpu", "pretrain.devices=2", "pretrain.arch=small_cnn", "pretrain.output=models/source-ddp")
     relayed: list[dict] = []
@@ -122,6 +126,7 @@ def test_pretrain_publishes_what_two_workers_trained(project: Path) -> None:
     assert relayed == read_json(project / "models" / "source-ddp" / "history.json") and len(relayed) == cfg.pretrain.epochs
     assert 0.0 <= published.metrics["source_accuracy"] <= 1.0
     assert sorted(p.name for p in (project / "work-ddp").iterdir()) == []  # no state, no workers' folder
+    assert sorted(p.name for p in temp.iterdir()) == []  # nothing left behind in the temp folder either
 
 
 # --- failures --------------------------------------------------------------------------------------
@@ -147,7 +152,7 @@ def test_a_failing_worker_raises_its_message_and_publishes_nothing(project: Path
     with pytest.raises(WorkerFailed, match="rank 1 failed: RuntimeError: injected fault in worker 1"):
         _finetune(tiny_config("finetune.device=cpu", "finetune.devices=2", "finetune.epochs=2"), run_dir)
     assert not (run_dir / "model.pt").exists() and not (run_dir / "history.json").exists()
-    assert (run_dir / "workers" / "workers.log").exists()  # kept for a post-mortem
+    assert (run_dir / "workers" / "workers.log").exists() and (run_dir / "workers" / "torchrun").is_dir()  # kept for a post-mortem
 
 
 # --- configuration and sharding, without workers ------------------------------------------------------
