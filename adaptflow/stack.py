@@ -13,9 +13,11 @@ same protocol.
 
 `start` picks free loopback ports, waits until each service answers, and writes into the state
 folder (default `.stack/`) one log per service, `state.json` (what it started: what `stop` reads)
-and `env` (export lines for clients: `source .stack/env`). A start that fails midway stops what it
-had started and names the failing service with the end of its log. `stop` ends every process it
-started, process groups and children included, checks that none is left, and deletes the cluster.
+and `env` (export lines for clients: `source .stack/env`). The services' temp folder (`TMPDIR`: the
+worker's per-run folders, the flows' own) is `tmp/` in the state folder too. A start that fails
+midway stops what it had started and names the failing service with the end of its log. `stop`
+ends every process it started, process groups and children included, checks that none is left,
+and deletes the cluster and the temp folder.
 The stack is ephemeral: moto keeps objects in memory, so the cluster goes with them.
 
     python -m adaptflow.stack start [--state-dir .stack] [--project .]
@@ -149,6 +151,11 @@ class Stack:
     def logs(self) -> Path:
         return self.state_dir / "logs"
 
+    @property
+    def temp(self) -> Path:
+        """The services' temp folder, so that what they leave behind goes with the stack."""
+        return self.state_dir / "tmp"
+
     def save(self) -> None:
         data = asdict(self) | {"state_dir": str(self.state_dir), "project": str(self.project)}
         _write_private(self.state_dir / "state.json", json.dumps(data, indent=2))
@@ -191,8 +198,9 @@ def start(state_dir: Path = DEFAULT_STATE_DIR, project: Path | None = None, *, b
     state_dir.mkdir(parents=True, exist_ok=True)
     state_dir.chmod(0o700)
     stack = Stack(state_dir, project, bucket=bucket, pool=pool)
-    shutil.rmtree(stack.logs, ignore_errors=True)  # each start's logs only: a failure quotes its own
-    stack.logs.mkdir()
+    for folder in (stack.logs, stack.temp):  # each start's logs only: a failure quotes its own
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
     for name in LISTENING:
         stack.ports[name] = _free_port()
     stack.save()
@@ -242,7 +250,7 @@ def _service_env(stack: Stack) -> dict[str, str]:
     """The environment of every service: offline, and not pointed at any other stack."""
     base = {k: v for k, v in os.environ.items()
             if not k.startswith(("PREFECT_", "MLFLOW_", "AWS_", "PG")) and k != "ADAPTFLOW_ROOT"}
-    return base | env.OFFLINE_DEFAULTS | {"PYTHONUNBUFFERED": "1"}
+    return base | env.OFFLINE_DEFAULTS | {"PYTHONUNBUFFERED": "1", "TMPDIR": str(stack.temp)}
 
 
 def _spawn(stack: Stack, name: str, cmd: list[str], environ: dict[str, str], cwd: Path | None = None) -> Proc:
@@ -503,6 +511,7 @@ def stop(state_dir: Path = DEFAULT_STATE_DIR, timeout: float = 30) -> list[Proc]
             log.warning("could not remove the DVC remote: %s", exc)
     if stack.pg_cluster:
         shutil.rmtree(stack.pg_cluster, ignore_errors=True)
+    shutil.rmtree(stack.temp, ignore_errors=True)
     for name in ("state.json", "env", "pg-password"):
         (state_dir / name).unlink(missing_ok=True)
     return stopped

@@ -71,13 +71,17 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_flows_run_on_the_stack_and_leave_model_artifacts_and_data_in_its_stores(project: Path, tmp_path: Path) -> None:
+def test_flows_run_on_the_stack_and_leave_model_artifacts_and_data_in_its_stores(project: Path, tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow import MlflowClient
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from adaptflow import stack as local_stack
     from adaptflow.io import sha256_file
 
+    system_temp = tmp_path / "system-temp"  # the temp folder the stack's processes would otherwise share
+    system_temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(system_temp))
     began = time.monotonic()
     stack = local_stack.start(tmp_path / "stack", project)
     ready = time.monotonic()
@@ -133,6 +137,7 @@ def test_flows_run_on_the_stack_and_leave_model_artifacts_and_data_in_its_stores
     assert not [f"{name} {pid}" for name, pid in pids.items() if _alive(pid)]
     assert set(ports) == set(local_stack.LISTENING) and all(_port_closed(port) for port in ports.values())
     assert not (stack.state_dir / "state.json").exists() and not Path(stack.pg_cluster).exists()
+    assert not stack.temp.exists() and sorted(p.name for p in system_temp.iterdir()) == []  # nothing left in any temp folder
     assert "stack" not in (project / ".dvc" / "config.local").read_text()  # the committed default remote is back
     print(f"\nstack: start {ready - began:.0f}s, pretrain + transfer through the worker {flows_done - ready:.0f}s, "
           f"checks + stop {done - flows_done:.0f}s, total {done - began:.0f}s (pid {os.getpid()})")
