@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 .PHONY: install demo demo-detection test test-all bench bench-cuda benchmark benchmark-quick data repro ui serve stack stack-down clean help
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "adaptflow needs Python >= 3.11"'
