@@ -181,8 +181,10 @@ def ui(
     bin_dir = Path(sys.executable).parent
     procs = [
         subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", host, "--port", str(prefect_port)]),
+        # One worker process (MLflow's default is four) serves one person's browser.
         subprocess.Popen([str(bin_dir / "mlflow"), "ui", "--backend-store-uri", tracking_uri(TrackingConfig()),
-                          "--default-artifact-root", env.default_artifact_location(), "--host", host, "--port", str(mlflow_port)]),
+                          "--default-artifact-root", env.default_artifact_location(), "--host", host, "--port", str(mlflow_port),
+                          "--workers", "1"], env=env.MLFLOW_SERVER_DEFAULTS | os.environ),
     ]
     def stop(*_: object) -> None:
         raise KeyboardInterrupt  # a terminated `adaptflow ui` stops its servers too
@@ -429,17 +431,15 @@ def _print_results(cfg, source: dict, result: dict, seconds: float) -> None:  # 
         typer.echo(f"  {label:<30} {'n/a' if value is None else f'{value:.4f}'}")
     typer.echo(f"  registered {reg['model_uri']} -> alias '{reg['alias']}' ({reg['reason']})")
     typer.echo(f"  run folder {result['run_dir']}   total {seconds:.0f}s")
-    uri = tracking_uri(cfg.tracking)
+    uri, api = tracking_uri(cfg.tracking), os.environ.get("PREFECT_API_URL")
     typer.echo("\nOpen the UIs:")
     if uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
         typer.echo(f"  MLflow:  {uri}")
-    else:
-        typer.echo(f"  MLflow:  .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1   -> http://127.0.0.1:5000")
-    api = os.environ.get("PREFECT_API_URL")
     if api:
         typer.echo(f"  Prefect: {api.removesuffix('/').removesuffix('/api')}")
-    else:
-        typer.echo(f"  Prefect: PREFECT_HOME={os.environ.get('PREFECT_HOME')} .venv/bin/prefect server start --host 127.0.0.1   -> http://127.0.0.1:4200")
+    if not (api and uri.startswith(("http://", "https://"))):
+        typer.echo("  `make ui` (or .venv/bin/adaptflow ui) serves both on this project's stores: "
+                   "Prefect http://127.0.0.1:4200, MLflow http://127.0.0.1:5000")
 
 
 @app.command("config")

@@ -23,6 +23,11 @@ OFFLINE_DEFAULTS: dict[str, str] = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
 }
 
+#: The environment of the MLflow servers adaptflow starts (`adaptflow ui`, the local stack, the tests'):
+#: MLflow 3 otherwise starts a job runner with seven huey consumers (about 2 GB, and a folder in /dev/shm
+#: that it never removes) for GenAI jobs adaptflow does not use. `infra/compose.yaml` sets the same.
+MLFLOW_SERVER_DEFAULTS: dict[str, str] = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
 
 def project_root() -> Path:
     """The project folder: `$ADAPTFLOW_ROOT`, else the current directory."""

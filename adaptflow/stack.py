@@ -408,9 +408,7 @@ def _start_mlflow(stack: Stack, workers: int) -> None:
         "PGPASSWORD": (stack.state_dir / "pg-password").read_text(),
         "MLFLOW_S3_ENDPOINT_URL": stack.s3_url,
         "AWS_EC2_METADATA_DISABLED": "true",
-        # MLflow 3 starts a job runner with 7 huey consumers (about 1.7 GB) for its GenAI jobs; adaptflow uses none.
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    }
+    } | env.MLFLOW_SERVER_DEFAULTS
     _spawn(stack, "mlflow", [str(BIN / "mlflow"), "server", "--host", HOST, "--port", str(stack.ports["mlflow"]),
                              "--workers", str(workers), "--serve-artifacts",
                              "--artifacts-destination", f"s3://{stack.bucket}/mlartifacts"], environ)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -67,3 +70,47 @@ def test_stages_on_an_unfinished_run_folder_name_the_stage_to_run_first(tmp_path
     (tmp_path / "run.json").write_text("{}")
     out = _cli("register", "--run-dir", str(tmp_path))
     assert out.returncode == 2 and "no evaluate/metrics.json in this run folder; run the evaluate stage" in out.stderr, out.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def test_ui_serves_both_stores_in_a_few_processes_and_stops_them_all(tmp_path: Path) -> None:
+    """`adaptflow ui` on an empty project: both UIs answer on the project's stores; MLflow runs one
+    worker and no job runner (by default MLflow 3 adds four workers and eight job processes, about 4 GB);
+    a SIGTERM stops every process it started."""
+    from adaptflow.stack import _process_table, _tree
+
+    prefect_port, mlflow_port = _free_port(), _free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))} | {"ADAPTFLOW_ROOT": str(tmp_path)}
+    with open(tmp_path / "ui.log", "wb") as out:
+        ui = subprocess.Popen([sys.executable, "-m", "adaptflow", "ui", "--prefect-port", str(prefect_port), "--mlflow-port",
+                               str(mlflow_port)], cwd=tmp_path, env=environ, stdout=out, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (_answers(f"http://127.0.0.1:{prefect_port}/api/health") and _answers(f"http://127.0.0.1:{mlflow_port}/health")):
+            assert ui.poll() is None and time.monotonic() < deadline, (tmp_path / "ui.log").read_text()[-3000:]
+            time.sleep(1)
+        tree = _tree(ui.pid, _process_table())
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode() for pid in tree]
+        assert not [c for c in commands if "huey" in c or "_job_runner" in c or "multiprocessing" in c], commands
+        assert len(tree) <= 5, commands  # adaptflow ui, the Prefect server, mlflow ui and its one uvicorn process
+        assert (tmp_path / ".prefect" / "prefect.db").exists() and (tmp_path / "mlflow.db").exists()
+    finally:
+        ui.terminate()
+        returncode = ui.wait(timeout=60)
+    assert returncode == 0, (tmp_path / "ui.log").read_text()[-3000:]
+    assert not [pid for pid in tree if Path(f"/proc/{pid}").exists() and pid != ui.pid]
+    assert not _answers(f"http://127.0.0.1:{prefect_port}/api/health") and not _answers(f"http://127.0.0.1:{mlflow_port}/health")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from adaptflow import env
 from adaptflow.config import TrackingConfig
 from conftest import TINY
 
@@ -39,7 +40,7 @@ class TrackingServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
              "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}", "--artifacts-destination", str(self.root / "artifacts")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env.MLFLOW_SERVER_DEFAULTS | os.environ,
         )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
