@@ -193,7 +193,7 @@ def start(state_dir: Path = DEFAULT_STATE_DIR, project: Path | None = None, *, b
     if previous is not None:
         if any(p.running() for p in previous.procs):
             raise StackError(f"a stack is already running from {state_dir} ({', '.join(previous.pids)}); stop it first "
-                             f"(python -m adaptflow.stack stop --state-dir {state_dir})")
+                             f"({stop_command(state_dir)})")
         stop(state_dir)  # leftovers of a stack that died: clean them up
     state_dir.mkdir(parents=True, exist_ok=True)
     state_dir.chmod(0o700)
@@ -464,6 +464,8 @@ def _write_env_file(stack: Stack) -> None:
         f"# Deploy to the worker: prefect deploy --all (prefect.yaml, work pool {stack.pool}).",
     ]
     lines += [f"export {key}={shlex.quote(value)}" for key, value in stack.client_env().items()]
+    lines += ["# This environment's tools (adaptflow, prefect, mlflow, dvc) come first on PATH.",
+              f'export PATH={shlex.quote(str(BIN))}:"$PATH"']
     _write_private(stack.state_dir / "env", "\n".join(lines) + "\n")
 
 
@@ -513,6 +515,11 @@ def stop(state_dir: Path = DEFAULT_STATE_DIR, timeout: float = 30) -> list[Proc]
     for name in ("state.json", "env", "pg-password"):
         (state_dir / name).unlink(missing_ok=True)
     return stopped
+
+
+def stop_command(state_dir: Path) -> str:
+    """The command that stops the stack in `state_dir`, runnable from any shell."""
+    return f"{shlex.quote(sys.executable)} -m adaptflow.stack stop --state-dir {shlex.quote(str(state_dir))}"
 
 
 def status(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, dict]:
@@ -674,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Prefect UI  {stack.prefect_api_url.removesuffix('/api')}\nMLflow UI   {stack.mlflow_url}\n"
                   f"S3 (moto)   {stack.s3_url}  bucket {stack.bucket}\nwork pool   {stack.pool} (one process worker)\n"
                   f"logs        {stack.logs}\n\nsource {stack.state_dir / 'env'}   # then: make demo, prefect deploy --all, ...\n"
-                  f"python -m adaptflow.stack stop --state-dir {stack.state_dir}   # (make stack-down) stops everything")
+                  f"{stop_command(stack.state_dir)}   # (make stack-down) stops everything")
         elif args.command == "stop":
             stopped = stop(args.state_dir)
             print(f"stopped: {', '.join(f'{p.name} (pid {p.pid})' for p in stopped)}" if stopped

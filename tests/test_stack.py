@@ -93,6 +93,9 @@ def test_flows_run_on_the_stack_and_leave_model_artifacts_and_data_in_its_stores
         env_file = (stack.state_dir / "env").read_text()
         assert f"export PREFECT_API_URL={stack.prefect_api_url}" in env_file
         assert f"export MLFLOW_TRACKING_URI={stack.mlflow_url}" in env_file
+        sourced = subprocess.run(["bash", "-c", f"PATH=/usr/bin:/bin; source {stack.state_dir / 'env'}; command -v prefect dvc"],
+                                 capture_output=True, text=True, check=True).stdout.split()
+        assert sourced == [str(local_stack.BIN / "prefect"), str(local_stack.BIN / "dvc")]  # a plain shell finds the tools
         assert (stack.state_dir / "pg-password").read_text() not in env_file
 
         config = tiny_config(*STACK_OVERRIDES).model_dump(mode="json")
