@@ -62,7 +62,7 @@ repro: install  ## reproduce the pipelines with DVC (dvc.yaml; PIPELINES="classi
 ui: install  ## start the Prefect and MLflow UIs on the project's stores (127.0.0.1:4200 and :5000)
 	$(BIN)/adaptflow ui
 
-serve: install  ## serve the pretrain, transfer and retrain deployments to the server `make ui` started
+serve: install  ## serve the deployments (pretrain, transfer, retrain, benchmark, sweep) to the server `make ui` started
 	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(BIN)/adaptflow serve
 
 STACK_DIR ?= .stack

@@ -156,7 +156,7 @@ def serve(
     schedule: Annotated[bool, typer.Option("--schedule/--no-schedule", help="Turn the retraining schedule on")] = False,
     detection: Annotated[Path, typer.Option(help="Detection config; its deployments are served too when the file exists")] = DETECTION_CONFIG,
 ) -> None:
-    """Serve the pretrain, transfer and retrain deployments from this process (needs PREFECT_API_URL)."""
+    """Serve the pretrain, transfer, retrain (also -detection), benchmark and sweep deployments from this process (needs PREFECT_API_URL)."""
     if not os.environ.get("PREFECT_API_URL"):
         _fail("serve needs a Prefect server: start one (`make ui`) and export PREFECT_API_URL=http://127.0.0.1:4200/api")
     from adaptflow.config import load_config

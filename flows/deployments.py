@@ -1,6 +1,7 @@
 """The deployments: what `adaptflow serve` runs in one process, and what prefect.yaml declares
 for a work pool. Parameters are the typed config, so the Prefect UI renders them as a form.
-Classification deployments are `pretrain`, `transfer`, `retrain`; detection ones end in `-detection`."""
+Classification deployments are `pretrain`, `transfer`, `retrain`; detection ones end in `-detection`;
+`benchmark` and `sweep` take their spec and grid as parameters."""
 
 from __future__ import annotations
 

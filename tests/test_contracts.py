@@ -83,3 +83,15 @@ def test_prefect_yaml_detection_deployments_run_the_shipped_detection_config() -
         assert parse_config(declared[name]["parameters"]["config"], name) == shipped, name
     retrain = declared["retrain-detection"]["triggers"][0]["match"]["prefect.resource.id"]
     assert retrain == f"adaptflow.data.{shipped.data.target}"
+
+
+def test_adaptflow_serve_and_prefect_yaml_offer_the_same_deployments() -> None:
+    """What `adaptflow serve` runs in one process is what `prefect deploy --all` puts on a work pool."""
+    from adaptflow.config import load_config
+    from flows.deployments import benchmark_deployment, deployments, sweep_deployment
+
+    served = [*deployments(load_config(REPO / "params.yaml")), benchmark_deployment(),
+              sweep_deployment(load_config(REPO / "params.yaml")),
+              *deployments(load_config(REPO / "configs" / "detection.yaml"), suffix="-detection")]
+    declared = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    assert sorted((d.name, d.entrypoint) for d in served) == sorted((d["name"], d["entrypoint"]) for d in declared)
