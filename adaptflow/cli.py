@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 
 from adaptflow import env
+from adaptflow.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Build, version and add to the data.")
@@ -459,22 +460,12 @@ def main() -> None:
     try:
         app()
     except Exception as exc:
-        if not isinstance(exc, _user_errors()):
+        if not isinstance(exc, (UserError, FileNotFoundError)):  # bad input, not bugs: one line
             raise
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    """The errors shown as one line: bad input, not bugs. Imported only once one was raised, so that
-    `--help` and commands that need no torch or MLflow start without importing them."""
-    from adaptflow.config import ConfigError
-    from adaptflow.pretrained import FetchError
-    from adaptflow.tracking import RegistryError, TrackingUnavailable
-    from adaptflow.validate import DataValidationError
-    from adaptflow.versioning import VersioningError
-
-    return ConfigError, FetchError, VersioningError, DataValidationError, TrackingUnavailable, RegistryError, FileNotFoundError
 
 
 if __name__ == "__main__":

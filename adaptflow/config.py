@@ -14,6 +14,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from adaptflow.errors import UserError
 from adaptflow.io import content_digest
 
 ClassifierArch = Literal[
@@ -46,7 +47,7 @@ Precision = Literal["auto", "bf16", "fp16", "off"]
 KeepEpoch = Literal["last", "target_val_accuracy", "information_maximization", "entropy", "snd", "mixval"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration the user wrote cannot be used; the message names the field and the fix."""
 
 

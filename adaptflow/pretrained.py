@@ -38,6 +38,7 @@ from urllib.parse import urlparse
 from filelock import FileLock
 
 from adaptflow import env
+from adaptflow.errors import UserError
 from adaptflow.io import CHUNK, atomic_write, sha256_file, with_retries
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 _TORCH_HUB_HASH = re.compile(r"-([a-f0-9]{8,64})\.")
 
 
-class FetchError(RuntimeError):
+class FetchError(UserError, RuntimeError):
     """A pretrained model could not be resolved; the message says what to do."""
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from adaptflow import env
 from adaptflow.config import RegistryConfig, TrackingConfig
+from adaptflow.errors import UserError
 from adaptflow.io import with_retries
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,11 @@ TRANSIENT_MARKERS = ("database is locked", "Connection refused", "Max retries ex
                      "RemoteDisconnected", "Read timed out", "503", "502", "504")
 
 
-class RegistryError(ValueError):
+class RegistryError(UserError, ValueError):
     """A registry operation that cannot be done as asked; the message says why."""
 
 
-class TrackingUnavailable(RuntimeError):
+class TrackingUnavailable(UserError, RuntimeError):
     """The tracking store stayed unreachable through every retry."""
 
 

@@ -21,6 +21,7 @@ from adaptflow.adapt.validators import VALIDATORS
 from adaptflow.config import RunConfig
 from adaptflow.data import has_validation, split_dir
 from adaptflow.data.folders import IMAGE_SUFFIXES, held_out_count, natural_key
+from adaptflow.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class Report:
         return {"errors": [asdict(p) for p in self.errors], "warnings": [asdict(p) for p in self.warnings], "checked_files": self.checked_files}
 
 
-class DataValidationError(ValueError):
+class DataValidationError(UserError, ValueError):
     """The data or config cannot be used; the message lists each problem with its fix."""
 
     def __init__(self, report: Report, outcome: str = "found before training; nothing was trained or registered") -> None:

@@ -16,12 +16,13 @@ import yaml
 from filelock import FileLock
 
 from adaptflow import env
-from adaptflow.config import DataConfig
+from adaptflow.config import ConfigError, DataConfig
+from adaptflow.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-class VersioningError(RuntimeError):
+class VersioningError(UserError, RuntimeError):
     """DVC refused; the message carries its output and the fix."""
 
 
@@ -65,6 +66,28 @@ def read_version(cfg: DataConfig) -> DataVersion:
     return DataVersion(path=out.get("path", str(cfg.root)), md5=out["md5"], files=int(out.get("nfiles", 0)), size=int(out.get("size", 0)))
 
 
+def _push_remote(cfg: DataConfig, root: Path) -> str:
+    """The DVC remote `dvc push` would use: `data.remote`, else the project's default; a ConfigError
+    naming the remotes there are when there is none, or `data.remote` is not one of them."""
+    remotes, default = {}, None
+    for line in dvc("config", "--list", cwd=root).splitlines():  # every level merged: "remote.<name>.url=<url>", "core.remote=<name>"
+        key, _, value = line.partition("=")
+        if key.startswith("remote.") and key.endswith(".url"):
+            remotes[key.removeprefix("remote.").removesuffix(".url")] = value
+        elif key == "core.remote":
+            default = value
+    known = ", ".join(f"{name} ({url})" for name, url in remotes.items()) or "none"
+    chosen = cfg.remote or default
+    if chosen is None:
+        raise ConfigError(f"data.remote: not set, and {root} has no default DVC remote to push the data version to "
+                          f"(remotes: {known}); set data.remote, or add one: dvc remote add -d NAME URL")
+    if chosen not in remotes:
+        named = "data.remote" if cfg.remote else "data.remote: not set, and the default (dvc remote default)"
+        raise ConfigError(f"{named}: '{chosen}' is not a DVC remote of {root} (remotes: {known}); "
+                          f"set data.remote to one of them, or add it: dvc remote add {chosen} URL")
+    return chosen
+
+
 def version_data(cfg: DataConfig, push: bool = True) -> DataVersion:
     """`dvc add` the data folder, `dvc push` it, and return its version."""
     root = env.project_root()
@@ -74,11 +97,12 @@ def version_data(cfg: DataConfig, push: bool = True) -> DataVersion:
     if not data_path.is_dir():
         raise VersioningError(f"{data_path}: no data folder; build it (`adaptflow data build`) or `dvc pull`")
     # DVC holds a repository lock and fails when it is taken: runs of this project queue here instead.
+    remote = _push_remote(cfg, root) if push else None  # before `dvc add`, which takes a while on large data
     with FileLock(str(root / ".dvc" / "tmp" / "adaptflow-version.lock")):
         dvc("add", str(cfg.root), cwd=root)
         version = read_version(cfg)
         if push:
-            dvc("push", str(_dvc_file(cfg)), *(["--remote", cfg.remote] if cfg.remote else []), cwd=root)
-            version = DataVersion(**{**version.to_dict(), "pushed_to": cfg.remote or dvc("remote", "default", cwd=root).strip()})
+            dvc("push", str(_dvc_file(cfg)), "--remote", remote, cwd=root)
+            version = DataVersion(**{**version.to_dict(), "pushed_to": remote})
     log.info("data %s at version %s (%d files)", cfg.root, version.md5, version.files)
     return version

@@ -15,7 +15,7 @@ from adaptflow.data import ensure_domains
 from adaptflow.detection import benchmark as detection
 from adaptflow.execution import gpu_pool_for
 from adaptflow.io import read_json, write_json
-from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE
+from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE, TRAINING_RETRY
 from tasks.gpu import gpu_slot
 
 
@@ -31,14 +31,14 @@ def open_benchmark_run_task(spec: BenchmarkSpec, origin: str) -> str:
     return record.open_parent_run(spec, origin)
 
 
-@task(name="train-source", task_run_name="source {source} seed {seed}", retries=1, **NO_RESULT_CACHE)
+@task(name="train-source", task_run_name="source {source} seed {seed}", **TRAINING_RETRY, **NO_RESULT_CACHE)
 def train_source_task(spec: BenchmarkSpec, source: str, seed: int) -> dict:
     """Train the source model of one seed (once: a finished one is reused), holding a slot of the GPU pool."""
     with gpu_slot(gpu_pool_for("auto", spec.gpu_pool)):  # cells train on the device `auto` picks
         return cells.train_source(spec, source, seed)
 
 
-@task(name="benchmark-cell", task_run_name="{cell.target} {cell.name} k={cell.shots} seed={cell.seed}", retries=1, **NO_RESULT_CACHE)
+@task(name="benchmark-cell", task_run_name="{cell.target} {cell.name} k={cell.shots} seed={cell.seed}", **TRAINING_RETRY, **NO_RESULT_CACHE)
 def run_cell_task(spec: BenchmarkSpec, cell: Cell, parent_run_id: str) -> dict:
     """One cell of the grid, logged as a child run of the benchmark's run; it holds a slot of the GPU pool while it trains."""
     with gpu_slot(gpu_pool_for("auto", spec.gpu_pool)):
@@ -47,13 +47,13 @@ def run_cell_task(spec: BenchmarkSpec, cell: Cell, parent_run_id: str) -> dict:
     return result
 
 
-@task(name="detection-source", task_run_name="detection source seed {seed}", retries=1, **NO_RESULT_CACHE)
+@task(name="detection-source", task_run_name="detection source seed {seed}", **TRAINING_RETRY, **NO_RESULT_CACHE)
 def detection_source_task(spec: BenchmarkSpec, seed: int) -> dict:
     """The source detector of one seed (reused when already trained)."""
     return detection.source_model(spec.detection, spec.data_root, cells.work_dir(spec), seed)
 
 
-@task(name="detection-cell", task_run_name="detection {method} seed={seed}", retries=1, **NO_RESULT_CACHE)
+@task(name="detection-cell", task_run_name="detection {method} seed={seed}", **TRAINING_RETRY, **NO_RESULT_CACHE)
 def detection_cell_task(spec: BenchmarkSpec, seed: int, method: str, parent_run_id: str) -> dict:
     """One detection method on one seed, logged as a child run of the benchmark's run."""
     result = detection.run_cell(spec.detection, spec.data_root, cells.work_dir(spec), seed, method)

@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
+from prefect import Task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
 from prefect.tasks import exponential_backoff
 
+from adaptflow.config import ConfigError
+from adaptflow.tracking import RegistryError
+from adaptflow.validate import DataValidationError
+
+#: Failures of the input itself: the same input fails the same way, so a retry only delays the message.
+INPUT_ERRORS = (ConfigError, DataValidationError, RegistryError)
+
+
+def worth_retrying(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Retry what may pass on its own (a server, store or remote away); never an input error."""
+    try:
+        state.result()
+    except INPUT_ERRORS:
+        return False
+    except Exception:  # noqa: BLE001 - anything else may be transient
+        return True
+    return False
+
+
 #: Defaults for tasks that talk to the network or a server: three retries with jittered backoff.
-NETWORK_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2), "retry_jitter_factor": 0.5}
+NETWORK_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2), "retry_jitter_factor": 0.5,
+                   "retry_condition_fn": worth_retrying}
+#: Training tasks: one more attempt after a crash (it resumes from the last checkpoint).
+TRAINING_RETRY = {"retries": 1, "retry_condition_fn": worth_retrying}
 NO_RESULT_CACHE = {"cache_policy": NO_CACHE}

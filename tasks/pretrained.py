@@ -24,7 +24,8 @@ def _transient(task: Task, task_run: TaskRun, state: State) -> bool:
     return False
 
 
-@task(name="fetch-pretrained", task_run_name="fetch {config.pretrained.uri}", retry_condition_fn=_transient, **NETWORK_RETRIES, **NO_RESULT_CACHE)
+@task(name="fetch-pretrained", task_run_name="fetch {config.pretrained.uri}", **(NETWORK_RETRIES | {"retry_condition_fn": _transient}),
+      **NO_RESULT_CACHE)
 def fetch_pretrained_task(config: RunConfig) -> PretrainedRef:
     """Resolve the pretrained URI to a verified local file."""
     cfg = config.pretrained

@@ -18,7 +18,7 @@ from adaptflow.pretrained import PretrainedRef
 from adaptflow.sweep import SweepSettings, Trial
 from adaptflow.sweep import report
 from adaptflow.sweep.trial import open_parent_run, run_trial
-from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE
+from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE, TRAINING_RETRY
 from tasks.gpu import gpu_slot
 
 
@@ -28,7 +28,7 @@ def open_sweep_run_task(config: RunConfig, grid: dict, settings: SweepSettings, 
     return open_parent_run(config, grid, settings.metric, count, origin, run_name)
 
 
-@task(name="sweep-trial", task_run_name="{trial.name}: {trial.label}", retries=1, **NO_RESULT_CACHE)
+@task(name="sweep-trial", task_run_name="{trial.name}: {trial.label}", **TRAINING_RETRY, **NO_RESULT_CACHE)
 def run_trial_task(trial: Trial, pretrained: PretrainedRef, folder: Path, parent_run_id: str, settings: SweepSettings) -> dict:
     """Fine-tune and evaluate one combination, holding its GPUs' slots of the pool while it runs;
     the result records when the slot was held and by which worker."""

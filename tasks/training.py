@@ -14,16 +14,16 @@ from adaptflow.pretrain import PublishedModel
 from adaptflow.pretrained import PretrainedRef
 from adaptflow.stages import for_task
 from adaptflow.versioning import DataVersion
-from tasks.common import NO_RESULT_CACHE
+from tasks.common import NO_RESULT_CACHE, TRAINING_RETRY
 
 
-@task(name="pretrain", task_run_name="pretrain {config.pretrain.arch} on {config.data.source}", retries=1, **NO_RESULT_CACHE)
+@task(name="pretrain", task_run_name="pretrain {config.pretrain.arch} on {config.data.source}", **TRAINING_RETRY, **NO_RESULT_CACHE)
 def pretrain_task(config: RunConfig, run_dir: Path, data: DataVersion, origin: str) -> PublishedModel:
     """Train the source model and publish it with its sha256."""
     return run_pretrain(config, run_dir, data, origin)
 
 
-@task(name="finetune", task_run_name="finetune {config.finetune.strategy}", retries=1, **NO_RESULT_CACHE)
+@task(name="finetune", task_run_name="finetune {config.finetune.strategy}", **TRAINING_RETRY, **NO_RESULT_CACHE)
 def finetune_task(config: RunConfig, pretrained: PretrainedRef, run_dir: Path, mlflow_run_id: str) -> TrainedModel:
     """Fine-tune on the labeled target split, logging each epoch to the MLflow run."""
     on_epoch = tracking.epoch_logger(config.tracking, mlflow_run_id)

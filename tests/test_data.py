@@ -174,3 +174,25 @@ def test_versioning_pushes_to_the_remote_it_names(project: Path) -> None:
     assert version.pushed_to == "local" and version.md5.endswith(".dir")
     pushed = project / "remote" / "files" / "md5" / version.md5[:2] / version.md5[2:]
     assert pushed.is_file(), "the folder's listing is in the remote"
+
+
+def test_versioning_to_a_remote_that_is_not_there_names_the_field_and_versions_nothing(project: Path) -> None:
+    import subprocess
+    import sys
+
+    from adaptflow.config import ConfigError, DataConfig
+    from adaptflow.versioning import version_data
+
+    dvc_file = (project / "data.dvc").read_bytes()
+    (project / "data" / "mnist" / "train" / "0" / "added.png").write_bytes(
+        (next((project / "data" / "mnist" / "train" / "1").glob("*.png"))).read_bytes())  # the data changed since data.dvc
+    with pytest.raises(ConfigError) as caught:
+        version_data(DataConfig(remote="nope"))
+    assert str(caught.value) == (f"data.remote: 'nope' is not a DVC remote of {project} (remotes: local ({project / 'remote'})); "
+                                 "set data.remote to one of them, or add it: dvc remote add nope URL")
+    subprocess.run([sys.executable, "-m", "dvc", "remote", "default", "--unset"], cwd=project, check=True)
+    with pytest.raises(ConfigError, match=r"data.remote: not set, and .* has no default DVC remote to push the data version to "
+                                          r"\(remotes: local \(.*\)\); set data.remote, or add one: dvc remote add -d NAME URL"):
+        version_data(DataConfig())
+    assert (project / "data.dvc").read_bytes() == dvc_file, "nothing was added to DVC"
+    assert version_data(DataConfig(remote="local")).pushed_to == "local"  # a named remote needs no default

@@ -74,6 +74,21 @@ def test_flow_fails_before_training_when_the_pretrained_model_is_missing(flows, 
     assert MlflowClient(env.default_tracking_uri()).search_registered_models() == []
 
 
+def test_bad_input_fails_the_task_once_and_logs_its_message_without_a_traceback(flows, project: Path, caplog) -> None:
+    """A config error is not retried (the same input fails the same way), and the run's log gives the message
+    that names the field and the fix: a traceback into adaptflow's code would only bury it."""
+    from adaptflow.config import ConfigError
+
+    _, transfer = flows
+    with pytest.raises(ConfigError, match="data.remote: 'nope' is not a DVC remote"):
+        transfer(config=tiny_config("data.remote=nope"))
+    failed = [r for r in caplog.records if r.name.startswith("prefect.") and "ConfigError" in r.getMessage()]
+    assert {r.name for r in failed} == {"prefect.task_runs", "prefect.flow_runs"}, [r.getMessage() for r in failed]
+    assert all("data.remote: 'nope' is not a DVC remote" in r.getMessage() and r.exc_info is None for r in failed)
+    assert not [r.getMessage() for r in caplog.records if "Retry" in r.getMessage()]
+    assert "Traceback" not in caplog.text
+
+
 def test_pretraining_again_on_the_same_inputs_keeps_the_published_model(project: Path) -> None:
     from mlflow import MlflowClient
 
