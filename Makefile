@@ -74,4 +74,4 @@ stack-down:  ## stop everything `make stack` started and check nothing is left
 	$(BIN)/python -m adaptflow.stack stop --state-dir $(STACK_DIR)
 
 clean:  ## remove run outputs, the tracking store and caches (keeps the venv and data)
-	rm -rf runs outputs models mlflow.db mlartifacts .prefect .cache reports
+	rm -rf runs outputs models mlflow.db mlflow.db-* mlflow.db.lock mlflow.db.gate.lock mlartifacts .prefect .cache reports
