@@ -96,8 +96,8 @@ def version_data(cfg: DataConfig, push: bool = True) -> DataVersion:
     data_path = cfg.root if cfg.root.is_absolute() else root / cfg.root
     if not data_path.is_dir():
         raise VersioningError(f"{data_path}: no data folder; build it (`adaptflow data build`) or `dvc pull`")
-    # DVC holds a repository lock and fails when it is taken: runs of this project queue here instead.
     remote = _push_remote(cfg, root) if push else None  # before `dvc add`, which takes a while on large data
+    # DVC holds a repository lock and fails when it is taken: runs of this project queue here instead.
     with FileLock(str(root / ".dvc" / "tmp" / "adaptflow-version.lock")):
         dvc("add", str(cfg.root), cwd=root)
         version = read_version(cfg)
