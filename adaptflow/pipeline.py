@@ -198,9 +198,10 @@ def run_pretrain(config: RunConfig, run_dir: Path, data: DataVersion, origin: st
     tags = {"git_commit": inputs["git_commit"], "data_version": data.md5, "origin": origin, "stage": "pretrain",
             "arch": config.pretrain.arch, "source_domain": config.data.source}
     run_id = tracking.start_run(config.tracking, f"pretrain-{run_dir.name}", tags, {"pretrain": inputs["pretrain"], "data": inputs["data"]})
-    published = for_task(config.task).pretrain(config.pretrain, config.data, run_dir / "pretrain", tracking.epoch_logger(config.tracking, run_id))
-    tracking.log_metrics(config.tracking, run_id, published.metrics)
-    tracking.set_tags(config.tracking, run_id, {"published_path": published.path, "published_sha256": published.sha256})
+    with tracking.ended_on_failure(config.tracking, run_id):
+        published = for_task(config.task).pretrain(config.pretrain, config.data, run_dir / "pretrain", tracking.epoch_logger(config.tracking, run_id))
+        tracking.log_metrics(config.tracking, run_id, published.metrics)
+        tracking.set_tags(config.tracking, run_id, {"published_path": published.path, "published_sha256": published.sha256})
     tracking.finish_run(config.tracking, run_id)
     write_json(Path(published.path).with_name("inputs.json"), inputs)  # last: a folder without it is trained again
     return published
@@ -234,7 +235,8 @@ def run_transfer(config: RunConfig, run_dir: Path, origin: str = "local", versio
     stages = for_task(config.task)
     stages.check_pretrained(pretrained, config.finetune, config.data)
     run_id = open_run(config, data, pretrained, run_dir, origin, run_dir.name)
-    model = stages.finetune(config.finetune, config.data, pretrained, run_dir / "finetune", tracking.epoch_logger(config.tracking, run_id))
-    metrics = stages.evaluate(config.evaluate, config.data, model.path, pretrained, run_dir / "evaluate", config.finetune.device)
-    registration = register_run(config, run_dir)
+    with tracking.ended_on_failure(config.tracking, run_id):
+        model = stages.finetune(config.finetune, config.data, pretrained, run_dir / "finetune", tracking.epoch_logger(config.tracking, run_id))
+        metrics = stages.evaluate(config.evaluate, config.data, model.path, pretrained, run_dir / "evaluate", config.finetune.device)
+        registration = register_run(config, run_dir)
     return {"metrics": metrics, "registration": registration.to_dict(), "data_version": data.md5}

@@ -277,6 +277,38 @@ def finish_run(cfg: TrackingConfig, run_id: str, status: str = "FINISHED") -> No
     client(cfg).set_terminated(run_id, status=status)
 
 
+#: How long a failing run waits for its MLflow run to be marked before it goes on failing.
+MARK_TIMEOUT_SECONDS = 10.0
+
+
+@contextlib.contextmanager
+def ended_on_failure(cfg: TrackingConfig, run_id: str) -> Iterator[None]:
+    """Mark the MLflow run FAILED if the block raises, KILLED if it is interrupted or terminated
+    (Ctrl-C, a cancelled or stopped flow run); the error itself goes on. Otherwise a run whose
+    process failed shows as RUNNING for ever. One attempt, given MARK_TIMEOUT_SECONDS, so that a
+    store that is down does not hold up a process being stopped. A resumed run (`open_run`)
+    continues the same MLflow run and finishes it as usual."""
+    import threading
+
+    from mlflow import MlflowClient
+
+    try:
+        yield
+    except BaseException as exc:
+        status = "FAILED" if isinstance(exc, Exception) else "KILLED"
+
+        def mark() -> None:
+            try:
+                MlflowClient(tracking_uri(cfg)).set_terminated(run_id, status=status)
+            except Exception as mark_exc:  # noqa: BLE001 - the block's own error is the one to see
+                log.warning("could not mark MLflow run %s %s: %s", run_id, status, mark_exc)
+
+        marker = threading.Thread(target=mark, name="mark-mlflow-run", daemon=True)
+        marker.start()
+        marker.join(MARK_TIMEOUT_SECONDS)
+        raise
+
+
 def run_url(cfg: TrackingConfig, run_id: str) -> str:
     """Where a person opens the run: the server's page, or `mlflow ui`'s default address locally."""
     uri = tracking_uri(cfg)

@@ -8,6 +8,7 @@ from prefect import flow, unmapped
 from prefect.runtime import flow_run
 
 from adaptflow.benchmark import BenchmarkSpec, plan_cells, source_jobs
+from adaptflow.tracking import ended_on_failure
 from flows.runners import task_runner
 from tasks.benchmark import (
     detection_cell_task,
@@ -41,11 +42,12 @@ def benchmark(spec: BenchmarkSpec = BenchmarkSpec(), command: str = "") -> dict:
     runner = task_runner(spec)  # a runner whose package is missing stops here, before any task
     prepare_data_task(spec)
     parent = open_benchmark_run_task(spec, str(flow_run.id))
-    sources, results = benchmark_grid.with_options(task_runner=runner)(spec, parent)
-    detection = []
-    if spec.detection is not None:  # one at a time: each Ultralytics training uses every core
-        for seed in spec.detection.seeds:
-            detection_source_task(spec, seed)
-            detection += [detection_cell_task(spec, seed, method, parent) for method in spec.detection.methods]
-    paths = report_task(spec, results, sources, parent, command, detection)
+    with ended_on_failure(spec.tracking, parent):
+        sources, results = benchmark_grid.with_options(task_runner=runner)(spec, parent)
+        detection = []
+        if spec.detection is not None:  # one at a time: each Ultralytics training uses every core
+            for seed in spec.detection.seeds:
+                detection_source_task(spec, seed)
+                detection += [detection_cell_task(spec, seed, method, parent) for method in spec.detection.methods]
+        paths = report_task(spec, results, sources, parent, command, detection)
     return {"report": paths["report"], "cells": len(results), "mlflow_run_id": parent}

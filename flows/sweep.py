@@ -15,6 +15,7 @@ from adaptflow.config import RunConfig
 from adaptflow.pretrained import PretrainedRef
 from adaptflow.sweep import DEFAULT_GRID, Grid, SweepSettings, Trial, canonical_grid, plan_trials
 from adaptflow.sweep.trial import failed_trial
+from adaptflow.tracking import ended_on_failure
 from flows.naming import run_dir, sweep_run_name
 from flows.runners import task_runner
 from tasks.pretrained import fetch_pretrained_task
@@ -47,7 +48,8 @@ def sweep(config: RunConfig = RunConfig(), grid: Grid = DEFAULT_GRID, settings: 
     pretrained = [refs[(t.config.data.model_dump_json(), t.config.pretrained.model_dump_json())] for t in trials]
     folder = run_dir()
     parent = open_sweep_run_task(config, grid, settings, len(trials), str(flow_run.id), flow_run.name)
-    results = sweep_trials.with_options(task_runner=runner)(trials, pretrained, folder, parent, settings)
-    summary = sweep_report_task(config, grid, results, settings.metric, parent, folder)
+    with ended_on_failure(config.tracking, parent):
+        results = sweep_trials.with_options(task_runner=runner)(trials, pretrained, folder, parent, settings)
+        summary = sweep_report_task(config, grid, results, settings.metric, parent, folder)
     return {"trials": results, "best": summary["best"], "metric": settings.metric, "summary": summary["summary"],
             "best_config": summary["best_config"], "mlflow_run_id": parent, "run_dir": str(folder)}

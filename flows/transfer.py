@@ -8,6 +8,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from adaptflow.config import RunConfig
+from adaptflow.tracking import ended_on_failure
 from flows.naming import add_data_version, run_dir, transfer_run_name
 from tasks.data import version_data_task
 from tasks.evaluation import evaluate_task
@@ -28,8 +29,9 @@ def transfer(config: RunConfig = RunConfig()) -> dict:
     add_data_version(data.md5)
     check_pretrained_task(config, pretrained)
     mlflow_run_id = open_run_task(config, data, pretrained, folder, str(flow_run.id), flow_run.name)
-    model = finetune_task(config, pretrained, folder, mlflow_run_id)
-    metrics = evaluate_task(config, model, pretrained, folder)
-    registration = register_task(config, folder)
+    with ended_on_failure(config.tracking, mlflow_run_id):
+        model = finetune_task(config, pretrained, folder, mlflow_run_id)
+        metrics = evaluate_task(config, model, pretrained, folder)
+        registration = register_task(config, folder)
     summarize_task(config, metrics, registration, data)
     return {"metrics": metrics, "registration": registration.to_dict(), "data_version": data.md5, "run_dir": str(folder)}

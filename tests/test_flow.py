@@ -89,6 +89,32 @@ def test_bad_input_fails_the_task_once_and_logs_its_message_without_a_traceback(
     assert "Traceback" not in caplog.text
 
 
+def test_a_failed_or_interrupted_run_is_marked_so_in_mlflow(flows, project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not RUNNING for ever: a flow whose training fails leaves its MLflow run FAILED; Ctrl-C or a stopped run, KILLED."""
+    import adaptflow.train as train_module
+    from mlflow import MlflowClient
+
+    from adaptflow import env, tracking
+    from adaptflow.config import TrackingConfig
+    from adaptflow.io import read_json
+
+    def lost(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("device lost")
+
+    _, transfer = flows
+    monkeypatch.setattr(train_module, "train_step", lost)
+    with pytest.raises(RuntimeError, match="device lost"):
+        transfer(config=tiny_config())
+    (record,) = [read_json(p) for p in (project / "runs").glob("*/run.json")]
+    client = MlflowClient(env.default_tracking_uri())
+    assert client.get_run(record["mlflow_run_id"]).info.status == "FAILED"
+
+    run_id = tracking.start_run(TrackingConfig(), "interrupted", {}, {})
+    with pytest.raises(KeyboardInterrupt), tracking.ended_on_failure(TrackingConfig(), run_id):
+        raise KeyboardInterrupt
+    assert client.get_run(run_id).info.status == "KILLED"
+
+
 def test_pretraining_again_on_the_same_inputs_keeps_the_published_model(project: Path) -> None:
     from mlflow import MlflowClient
 

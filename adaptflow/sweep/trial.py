@@ -4,7 +4,6 @@ a sweep selects, and the chosen overrides then go through the transfer flow."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
@@ -39,18 +38,13 @@ def run_trial(trial: Trial, pretrained: PretrainedRef, work_dir: Path, parent_ru
     reuses its MLflow run); returns its metrics and validator scores."""
     cfg = trial.config
     run_id = _child_run(trial, work_dir, parent_run_id)
-    try:
+    with tracking.ended_on_failure(cfg.tracking, run_id), torch_threads(threads):
         stages = for_task(cfg.task)
         stages.check_pretrained(pretrained, cfg.finetune, cfg.data)
-        with torch_threads(threads):
-            model = stages.finetune(cfg.finetune, cfg.data, pretrained, work_dir / "finetune", tracking.epoch_logger(cfg.tracking, run_id))
-            metrics = stages.evaluate(cfg.evaluate, cfg.data, model.path, pretrained, work_dir / "evaluate", cfg.finetune.device)
-            if cfg.task == "classification":
-                metrics |= unsupervised_scores(cfg.evaluate, cfg.data, model.path, cfg.finetune.device)
-    except Exception:
-        with contextlib.suppress(tracking.TrackingUnavailable):  # the trial's own error is the one to see
-            tracking.finish_run(cfg.tracking, run_id, status="FAILED")
-        raise
+        model = stages.finetune(cfg.finetune, cfg.data, pretrained, work_dir / "finetune", tracking.epoch_logger(cfg.tracking, run_id))
+        metrics = stages.evaluate(cfg.evaluate, cfg.data, model.path, pretrained, work_dir / "evaluate", cfg.finetune.device)
+        if cfg.task == "classification":
+            metrics |= unsupervised_scores(cfg.evaluate, cfg.data, model.path, cfg.finetune.device)
     tracking.log_metrics(cfg.tracking, run_id, metrics)
     tracking.finish_run(cfg.tracking, run_id)
     history = read_json(work_dir / "finetune" / "history.json")
