@@ -128,21 +128,22 @@ def _register_run(config: RunConfig, run_dir: Path) -> Registration:
         # Recorded at once, so a repeated register reuses this run and its registration key
         # (beside run.json, which the stages before this one own).
         write_json(opened, {"mlflow_run_id": run_id})
-    tracking.log_history(config.tracking, run_id, read_json(run_dir / "finetune" / "history.json"))
-    write_yaml(run_dir / "config.yaml", tracking.redacted(config.model_dump(mode="json")))
-    metrics = read_json(run_dir / "evaluate" / "metrics.json")
-    artifacts = [run_dir / "config.yaml", *sorted((run_dir / "evaluate").glob("*.json")), *sorted((run_dir / "evaluate").glob("*.png"))]
-    registration = tracking.register_model(
-        config.registry,
-        config.tracking,
-        run_id,
-        run_dir / "finetune" / "model.pt",
-        metrics,
-        lineage(config, data, pretrained, record["origin"]),
-        artifacts,
-        champion_metrics=remeasure_champion(config),
-    )
-    write_json(run_dir / "register" / "registration.json", registration.to_dict())
+    with tracking.ended_on_failure(config.tracking, run_id):
+        tracking.log_history(config.tracking, run_id, read_json(run_dir / "finetune" / "history.json"))
+        write_yaml(run_dir / "config.yaml", tracking.redacted(config.model_dump(mode="json")))
+        metrics = read_json(run_dir / "evaluate" / "metrics.json")
+        artifacts = [run_dir / "config.yaml", *sorted((run_dir / "evaluate").glob("*.json")), *sorted((run_dir / "evaluate").glob("*.png"))]
+        registration = tracking.register_model(
+            config.registry,
+            config.tracking,
+            run_id,
+            run_dir / "finetune" / "model.pt",
+            metrics,
+            lineage(config, data, pretrained, record["origin"]),
+            artifacts,
+            champion_metrics=remeasure_champion(config),
+        )
+        write_json(run_dir / "register" / "registration.json", registration.to_dict())
     tracking.finish_run(config.tracking, run_id)
     return registration
 
