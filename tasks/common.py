@@ -16,15 +16,19 @@ from adaptflow.validate import DataValidationError
 INPUT_ERRORS = (ConfigError, DataValidationError, RegistryError)
 
 
-def worth_retrying(task: Task, task_run: TaskRun, state: State) -> bool:
-    """Retry what may pass on its own (a server, store or remote away); never an input error."""
+def failure(state: State) -> Exception | None:
+    """The exception a failed task run's state holds."""
     try:
         state.result()
-    except INPUT_ERRORS:
-        return False
-    except Exception:  # noqa: BLE001 - anything else may be transient
-        return True
-    return False
+    except Exception as exc:  # noqa: BLE001 - whatever the task raised
+        return exc
+    return None
+
+
+def worth_retrying(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Retry what may pass on its own (a server, store or remote away, a crash); never an input error."""
+    exc = failure(state)
+    return exc is not None and not isinstance(exc, INPUT_ERRORS)
 
 
 #: Defaults for tasks that talk to the network or a server: three retries with jittered backoff.

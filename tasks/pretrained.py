@@ -10,18 +10,12 @@ from adaptflow.config import RunConfig
 from adaptflow.pretrained import PretrainedRef, TransientFetchError, fetch_pretrained
 from adaptflow.stages import for_task
 from adaptflow.tracking import tracking_uri
-from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE
+from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE, failure
 
 
 def _transient(task: Task, task_run: TaskRun, state: State) -> bool:
     """Retry only failures that may pass (timeouts, resets, 5xx); a 404 or a bad hash fails at once."""
-    try:
-        state.result()
-    except TransientFetchError:
-        return True
-    except Exception:  # noqa: BLE001 - any other failure is permanent
-        return False
-    return False
+    return isinstance(failure(state), TransientFetchError)
 
 
 @task(name="fetch-pretrained", task_run_name="fetch {config.pretrained.uri}", **(NETWORK_RETRIES | {"retry_condition_fn": _transient}),
