@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -173,7 +174,6 @@ def ui(
     host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.0.1 unless you mean to expose them")] = "127.0.0.1",
 ) -> None:
     """Start the Prefect server and the MLflow UI on the project's stores; Ctrl-C stops both."""
-    import signal
     import subprocess
 
     from adaptflow.config import TrackingConfig
@@ -451,9 +451,17 @@ def show_config(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = No
     typer.echo(yaml.safe_dump(_config(config, overrides).model_dump(mode="json"), sort_keys=False))
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """Entry point: offline defaults, logging, and user errors shown as one clear line."""
     env.apply()
+    # SIGTERM unwinds like Ctrl-C, so that exit handlers run: Prefect stops the temporary API server it
+    # started for this process in one (a flow run hands the signal back to this handler once it has
+    # recorded the crash). With the default handler the process dies at once and leaves that server running.
+    signal.signal(signal.SIGTERM, _terminated)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "alembic", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

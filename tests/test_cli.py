@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import REPO
+from conftest import REPO, TINY
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -114,3 +115,46 @@ def test_ui_serves_both_stores_in_a_few_processes_and_stops_them_all(tmp_path: P
     assert returncode == 0, (tmp_path / "ui.log").read_text()[-3000:]
     assert not [pid for pid in tree if Path(f"/proc/{pid}").exists() and pid != ui.pid]
     assert not _answers(f"http://127.0.0.1:{prefect_port}/api/health") and not _answers(f"http://127.0.0.1:{mlflow_port}/health")
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_sigterm_during_a_run_stops_it_and_the_temporary_prefect_server_it_started(project: Path) -> None:
+    """A stopped `adaptflow run` (SIGTERM: a scheduler, `kill`, a closed terminal's job control) leaves no
+    process behind: Prefect's temporary API server used to keep running, orphaned, after every one."""
+    from adaptflow.stack import _process_table, _tree
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {"ADAPTFLOW_ROOT": str(project)}
+    log = project / "run.log"
+    with open(log, "wb") as out:
+        run = subprocess.Popen([sys.executable, "-m", "adaptflow", "run", "pretrain", *TINY, "pretrain.epochs=1000",
+                                "pretrain.output=models/long"], cwd=project, env=environ, stdout=out, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while "decoded" not in log.read_text(errors="replace"):  # training has begun
+            assert run.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.5)
+        tree = _tree(run.pid, _process_table())
+        assert len(tree) > 1, "the temporary Prefect server runs beside the flow"
+        run.terminate()
+        returncode = run.wait(timeout=120)
+        time.sleep(2)
+        left = [pid for pid in tree if _running(pid)]
+    finally:
+        for pid in _tree(run.pid, _process_table()):  # whatever a failure left, so that it ends with the test
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert returncode == 128 + 15 and not left, (returncode, left, log.read_text(errors="replace")[-3000:])
+    assert "Crash detected! Execution was aborted by a termination signal" in log.read_text(errors="replace")
+    assert not (project / "models" / "long").exists()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs] == ["KILLED"]  # the pretrain's MLflow run, not RUNNING for ever
