@@ -474,7 +474,5 @@ def main() -> None:
         sys.exit(2)
 
 
-
-
 if __name__ == "__main__":
     main()

@@ -44,11 +44,7 @@ def run_trial_task(trial: Trial, pretrained: PretrainedRef, folder: Path, parent
 def sweep_report_task(config: RunConfig, grid: dict, results: list[dict], metric: str, parent_run_id: str, folder: Path) -> dict:
     """Pick the best trial, write summary.md and trials.json, attach them to the sweep's run and
     show the summary as a Prefect artifact."""
-    try:
-        best = report.pick_best(results, metric)
-    except RuntimeError:
-        report.fail_parent_run(config, parent_run_id)
-        raise
+    best = report.pick_best(results, metric)  # no trial finished: it raises, and the flow marks the sweep's run FAILED
     markdown = report.summary_markdown(config, grid, results, best, folder)
     paths = report.write_summary(folder, markdown, results, best, config)
     report.close_parent_run(config, parent_run_id, paths, best)

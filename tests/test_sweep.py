@@ -258,6 +258,30 @@ def test_a_failed_trial_is_kept_as_a_row_and_never_picked(prefect_api, sweep_pro
     assert "failed: loss is nan" in summary and "measured on the target test set" not in summary
 
 
+def test_a_sweep_whose_trials_all_fail_leaves_its_mlflow_run_failed(prefect_api, sweep_project: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import tasks.sweep
+    from mlflow import MlflowClient
+
+    from adaptflow import env
+    from adaptflow.sweep import sweep_settings
+    from flows.sweep import sweep
+
+    def run_trial(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - stands in for training
+        raise FloatingPointError("loss is nan")
+
+    monkeypatch.setattr(tasks.sweep, "run_trial", run_trial)
+    state = sweep(config=tiny_config(), grid={"finetune.lr": [1e-3, 3e-3]}, settings=sweep_settings(metric="source_accuracy"),
+                  return_state=True)
+    assert state.is_failed()
+    with pytest.raises(RuntimeError, match="no trial finished"):
+        state.result()
+    client = MlflowClient(env.default_tracking_uri())
+    (parent,) = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`adaptflow.stage` = 'sweep'",
+                                   order_by=["attributes.start_time DESC"], max_results=1)
+    assert parent.info.status == "FAILED"
+
+
 def test_a_gpu_pool_of_one_slot_keeps_two_trainings_apart(prefect_api, sweep_project: Path, dask_address: str) -> None:
     from prefect.client.orchestration import get_client
 

@@ -95,8 +95,3 @@ def close_parent_run(config: RunConfig, run_id: str, paths: dict[str, Path], bes
     tracking.log_metrics(config.tracking, run_id, {f"best_{best['metric']}": best["score"]})
     tracking.set_tags(config.tracking, run_id, {"best_trial": best["name"], "best_overrides": " ".join(best["cli_overrides"])})
     tracking.finish_run(config.tracking, run_id)
-
-
-def fail_parent_run(config: RunConfig, run_id: str) -> None:
-    """Mark the sweep's run failed (no trial finished)."""
-    tracking.finish_run(config.tracking, run_id, status="FAILED")
