@@ -7,11 +7,12 @@ Every command that takes a config reads `params.yaml` (or `--config FILE`) and t
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import signal
 import sys
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -32,6 +33,15 @@ RunDir = Annotated[Path, typer.Option("--run-dir", help="Run folder the stage re
 
 DEFAULT_CONFIG = Path("params.yaml")
 DETECTION_CONFIG = Path("configs/detection.yaml")
+
+
+class Split(str, Enum):
+    """The splits of a domain the pipeline reads."""
+
+    train = "train"
+    val = "val"
+    test = "test"
+    unlabeled = "unlabeled"
 
 
 def _config(path: Path, overrides: list[str] | None):  # noqa: ANN202 - RunConfig, imported lazily
@@ -70,7 +80,7 @@ def data_version(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = N
 @data_app.command("add")
 def data_add(
     source: Annotated[Path, typer.Argument(help="Folder of new labeled images: CLASS/IMAGE, or images/ and labels/ for detection")],
-    split: Annotated[str, typer.Option(help="Target split to add them to")] = "train",
+    split: Annotated[Split, typer.Option(help="Target split to add them to")] = Split.train,
     config: ConfigOption = DEFAULT_CONFIG,
     overrides: Overrides = None,
 ) -> None:
@@ -79,14 +89,14 @@ def data_add(
     from adaptflow.data.ingest import add_detection_images, add_images
 
     cfg = _config(config, overrides)
-    dest = split_dir(cfg.data, cfg.data.target, split)
+    dest = split_dir(cfg.data, cfg.data.target, split.value)
     if cfg.task == "detection":
         from adaptflow.detection.data import read_names
 
         added = add_detection_images(source, dest, len(read_names(dest.parent)))
     else:
         added = add_images(source, dest)
-    typer.echo(f"added {sum(added.values())} images to {cfg.data.target}/{split}: {added}")
+    typer.echo(f"added {sum(added.values())} images to {cfg.data.target}/{split.value}: {added}")
     if not added:
         return
     if not os.environ.get("PREFECT_API_URL"):
@@ -97,7 +107,7 @@ def data_add(
     emit_event(
         event="adaptflow.data.added",
         resource={"prefect.resource.id": f"adaptflow.data.{cfg.data.target}", "prefect.resource.name": cfg.data.target},
-        payload={"split": split, "added": added},
+        payload={"split": split.value, "added": added},
     )
     typer.echo("event adaptflow.data.added sent: the retrain deployment will pick it up")
 

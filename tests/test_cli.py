@@ -42,6 +42,17 @@ def test_a_check_across_fields_names_them_and_not_the_whole_section() -> None:
                           "lower finetune.lp_epochs or raise finetune.epochs\n")
 
 
+def test_data_add_takes_only_a_split_the_pipeline_reads(tmp_path: Path) -> None:
+    from PIL import Image
+
+    (tmp_path / "inbox" / "0").mkdir(parents=True)
+    Image.new("L", (8, 8)).save(tmp_path / "inbox" / "0" / "new.png")
+    out = subprocess.run([sys.executable, "-m", "adaptflow", "data", "add", str(tmp_path / "inbox"), "--split", "tran", f"data.root={tmp_path / 'data'}"],
+                         cwd=REPO, capture_output=True, text=True, env={**os.environ, "COLUMNS": "250"})
+    assert out.returncode == 2 and "'tran' is not one of 'train', 'val', 'test', 'unlabeled'" in out.stderr
+    assert not (tmp_path / "data").exists()
+
+
 def test_help_and_config_start_without_torch_or_mlflow() -> None:
     probe = ("import sys\nfrom adaptflow.cli import main\nsys.argv = ['adaptflow', *sys.argv[1:]]\ntry:\n    main()\n"
              "except SystemExit as exc:\n    assert not exc.code, exc.code\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import sys
 from pathlib import Path
@@ -164,6 +165,43 @@ def test_data_add_checks_everything_first_and_names_images_by_content(project: P
     assert set(split.rglob("*.png")) == set(before) | set(added), "nothing is copied when anything is wrong"
     with pytest.raises(DataValidationError, match=r"nothing was added:\n  - .*/nowhere: no such folder; give the folder of the new labeled images \(CLASS/IMAGE\)"):
         add_images(tmp_path / "nowhere", split)
+
+
+def test_data_add_keeps_labeled_splits_apart_and_never_adds_an_image_twice(project: Path, tmp_path: Path, monkeypatch) -> None:
+    from adaptflow.data import ingest
+    from adaptflow.validate import DataValidationError
+
+    domain = project / "data" / "uci_digits"
+    inbox = tmp_path / "inbox"
+    (inbox / "4").mkdir(parents=True)
+    in_train, in_test, in_unlabeled = (sorted((domain / split / "4").iterdir())[0] for split in ("train", "test", "unlabeled"))
+    shutil.copy(in_train, inbox / "4" / "renamed.png")
+    shutil.copy(in_test, inbox / "4" / "from-test.png")
+    shutil.copy(in_unlabeled, inbox / "4" / "labeled-now.png")
+    listing = {split: sorted((domain / split).rglob("*")) for split in ("train", "test", "unlabeled")}
+    with pytest.raises(DataValidationError) as caught:
+        ingest.add_images(inbox, domain / "train")
+    assert str(caught.value).splitlines()[1:] == [
+        f"  - {inbox / '4' / 'from-test.png'}: already in the test split ({in_test}); "
+        "drop it from the new images: train, val, test must not share an image"]
+    assert {split: sorted((domain / split).rglob("*")) for split in listing} == listing, "nothing was added"
+
+    (inbox / "4" / "from-test.png").unlink()
+    assert ingest.add_images(inbox, domain / "train") == {"4": 1}, "the image train holds under another name is not added again"
+    assert [p.name for p in set((domain / "train").rglob("*.png")) - set(listing["train"])] == [
+        f"added-{hashlib.sha256(in_unlabeled.read_bytes()).hexdigest()[:16]}.png"]
+
+    def copy_half(src: Path, dst: Path) -> None:  # a full disk or a kill in the middle of a copy
+        Path(dst).write_bytes(Path(src).read_bytes()[:100])
+        raise OSError(28, "No space left on device")
+
+    (inbox / "4" / "labeled-now.png").unlink()
+    shutil.copy(sorted((domain / "unlabeled" / "4").iterdir())[1], inbox / "4" / "another.png")
+    before = sorted((domain / "train" / "4").iterdir())
+    monkeypatch.setattr(ingest.shutil, "copyfile", copy_half)
+    with pytest.raises(OSError, match="No space left"):
+        ingest.add_images(inbox, domain / "train")
+    assert sorted((domain / "train" / "4").iterdir()) == before, "no half-written image, and no temporary file, is left"
 
 
 def test_versioning_pushes_to_the_remote_it_names(project: Path) -> None:

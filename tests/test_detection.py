@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -193,6 +194,13 @@ def test_data_add_takes_yolo_folders_checks_them_first_and_names_by_content(scen
     assert add_detection_images(fresh, split, 10) == {"images": 3}
     assert add_detection_images(fresh, split, 10) == {}  # the same images again add nothing
     assert len(list((split / "images").iterdir())) == before + 3 == len(list((split / "labels").iterdir()))
+
+    seen = sorted((split.parent / "test" / "images").iterdir())[0]  # an image the test split holds
+    shutil.copy(seen, fresh / "images" / f"seen{seen.suffix}")
+    shutil.copy(split.parent / "test" / "labels" / f"{seen.stem}.txt", fresh / "labels" / "seen.txt")
+    with pytest.raises(DataValidationError, match=f"seen{seen.suffix}: already in the test split"):
+        add_detection_images(fresh, split, 10)
+    assert len(list((split / "images").iterdir())) == before + 3, "nothing was added"
 
     (fresh / "labels" / "00000.txt").write_text("12 0.5 0.5 0.2 0.2\n")
     with pytest.raises(DataValidationError, match="(?s)in the new images; nothing was added:.*class id 12 out of range"):
