@@ -39,6 +39,17 @@ Task = Literal["classification", "detection"]
 Strategy = Literal["linear_probe", "finetune", "lp_ft", "discriminative", "gradual_unfreeze", "surgical"]
 #: Strategies that train a detector too; the others need a classifier's backbone blocks.
 DETECTION_STRATEGIES = ("finetune", "linear_probe")
+YOLO_STRIDE = 32  # YOLO's deepest feature map is its input shrunk 32 times; the neck joins it to the shallower ones
+
+
+def image_size_problem(arch: str, image_size: int, field: str) -> str | None:
+    """Why `image_size` cannot feed `arch` (None when it can): YOLO needs a multiple of its stride."""
+    if arch not in get_args(DetectorArch) or arch.startswith("fasterrcnn") or image_size % YOLO_STRIDE == 0:
+        return None
+    below = image_size // YOLO_STRIDE * YOLO_STRIDE
+    choices = " or ".join(str(n) for n in (below, below + YOLO_STRIDE) if n)
+    return (f"{field}={image_size}: {arch} shrinks its input {YOLO_STRIDE} times, so its side must be a multiple of "
+            f"{YOLO_STRIDE}; set it to {choices}")
 #: Unsupervised domain adaptation methods (`adaptflow.adapt.METHODS`); a test keeps the two in step.
 AdaptMethod = Literal["adabn", "dann", "coral", "mcc", "self_training"]
 Precision = Literal["auto", "bf16", "fp16", "off"]
@@ -63,7 +74,7 @@ class DataConfig(Section):
     root: Path = Field(Path("data"), description="Folder tracked by data.dvc holding DOMAIN/SPLIT/CLASS/*.png")
     source: str = Field("mnist", description="Source domain folder under root (what the pretrained model saw)")
     target: str = Field("uci_digits", description="Target domain folder under root (where the model must work)")
-    image_size: int = Field(32, ge=8, le=1024, description="Images are resized to image_size x image_size")
+    image_size: int = Field(32, ge=8, le=1024, description="Images are resized to image_size x image_size (for YOLO, a multiple of 32)")
     labeled_per_class: int | None = Field(
         None, ge=0, description="Labeled target images per class to train on; empty uses the whole labeled split"
     )
@@ -255,6 +266,9 @@ class RunConfig(Section):
                 fix = ("detectors augment in their own way" if self.task == "detection"
                        else f"it is part of augmentation: set {name}.augment=true too")
                 raise ValueError(f"{name}.low_resolution={section.low_resolution:g}: {fix}, or {name}.low_resolution=0")
+            problem = image_size_problem(arch, self.data.image_size, "data.image_size")
+            if problem:
+                raise ValueError(problem)
             if arch in detectors and not arch.startswith("fasterrcnn") and section.precision == "bf16":
                 raise ValueError(f"{name}.precision=bf16: Ultralytics trains YOLO in fp16 mixed precision only; set {name}.precision "
                                  "to auto or fp16 (mixed), or off (fp32)")

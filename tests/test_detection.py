@@ -243,6 +243,26 @@ def test_pseudo_labels_respect_the_threshold_and_detection_rejects_classifier_me
         detection_config("yolov8n", "finetune.methods=[coral]")
 
 
+def test_yolo_input_sizes_the_config_refuses_are_those_yolo_cannot_take() -> None:
+    import torch
+    from pydantic import ValidationError
+
+    from adaptflow.config import ConfigError
+    from adaptflow.detection.benchmark import DetectionBenchmark
+    from adaptflow.detection.models import build_detector
+
+    with pytest.raises(ConfigError, match=r"data.image_size=48: yolov8n shrinks its input 32 times, so its side must be a multiple "
+                                          r"of 32; set it to 32 or 64"):
+        detection_config("yolov8n", "data.image_size=48")
+    model = build_detector("yolov8n", 10, 64).eval()
+    with torch.no_grad(), pytest.raises(RuntimeError, match="Sizes of tensors must match"):
+        model(torch.zeros(1, 3, 48, 48))  # what a run would have met, epochs in
+    assert model(torch.zeros(1, 3, 64, 64)) is not None
+    assert detection_config("fasterrcnn_mobilenet_v3_large_fpn", "data.image_size=48").data.image_size == 48  # it pads its input
+    with pytest.raises(ValidationError, match="detection.image_size=100: yolov8n .* set it to 96 or 128"):
+        DetectionBenchmark(image_size=100)
+
+
 def test_a_pseudo_label_split_written_again_replaces_the_first(scenes: Path, tmp_path: Path) -> None:
     """A retried self-training stage writes its split where the first try left one: it replaces it."""
     import torch

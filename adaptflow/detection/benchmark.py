@@ -23,9 +23,9 @@ import logging
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from adaptflow.config import DataConfig, DetectorArch, FinetuneConfig, PretrainConfig
+from adaptflow.config import DataConfig, DetectorArch, FinetuneConfig, PretrainConfig, image_size_problem
 from adaptflow.data import split_dir
 from adaptflow.io import content_digest
 
@@ -59,6 +59,13 @@ class DetectionBenchmark(BaseModel):
         if unknown:
             raise ValueError(f"unknown detection methods {unknown}: use any of {', '.join(METHODS)}")
         return value
+
+    @model_validator(mode="after")
+    def _fits(self) -> DetectionBenchmark:
+        problem = image_size_problem(self.arch, self.image_size, "detection.image_size")
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 #: What a source detector depends on; a cell depends on these and on the rest of its settings (not on the grid).
