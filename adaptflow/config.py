@@ -14,8 +14,8 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from adaptflow.errors import UserError
-from adaptflow.io import content_digest
+from adaptflow.errors import ConfigError
+from adaptflow.io import content_digest, parse_yaml, read_yaml
 
 ClassifierArch = Literal[
     "resnet18",
@@ -56,10 +56,6 @@ Precision = Literal["auto", "bf16", "fp16", "off"]
 #: Which fine-tune epoch becomes the model: the last, or the best by the target's labeled validation
 #: set or by an unsupervised validator (`adaptflow.adapt.VALIDATORS`; a test keeps the two in step).
 KeepEpoch = Literal["last", "target_val_accuracy", "information_maximization", "entropy", "snd", "mixval"]
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration the user wrote cannot be used; the message names the field and the fix."""
 
 
 class Section(BaseModel):
@@ -328,11 +324,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if path is not None:
         source = str(path)
         try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
+            raw = read_yaml(path) or {}
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections (data, finetune, ...)")
     for item in overrides:
@@ -361,7 +355,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override '{item}': '{part}' is a value, not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+    node[parts[-1]] = parse_yaml(text, f"override '{item}'") if text.strip() else None
 
 
 def _explain(exc: ValidationError) -> str:

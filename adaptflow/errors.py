@@ -18,6 +18,10 @@ class UserError(Exception):
     """Bad input, or a store or service that is not there; the message says what to do."""
 
 
+class ConfigError(UserError, ValueError):
+    """A configuration the user wrote cannot be used; the message names the field and the fix."""
+
+
 class _UserErrorsWithoutTraceback(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], UserError):

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from adaptflow.errors import ConfigError
+
 CHUNK = 1 << 20
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -69,6 +71,25 @@ def write_yaml(path: str | Path, data: Any) -> Path:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """`text` read as YAML; when it is not YAML, a ConfigError naming `where`, the line and column,
+    and what the parser expected (a bracket or quote left open, a tab, a colon in a plain value)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: not valid YAML{at}: {problem}; fix it, or quote a value meant as text") from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content; a ConfigError naming the file where it is not YAML."""
+    return parse_yaml(Path(path).read_text(), str(path))
 
 
 def content_digest(data: Any, length: int = 16) -> str:

@@ -12,12 +12,12 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
 from filelock import FileLock
 
 from adaptflow import env
 from adaptflow.config import ConfigError, DataConfig
 from adaptflow.errors import UserError
+from adaptflow.io import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,9 @@ def read_version(cfg: DataConfig) -> DataVersion:
     path = _dvc_file(cfg)
     if not path.exists():
         raise VersioningError(f"{path}: missing; version the data first with `dvc add {cfg.root}`")
-    out = (yaml.safe_load(path.read_text()) or {}).get("outs", [{}])[0]
+    spec = read_yaml(path) or {}
+    outs = spec.get("outs") if isinstance(spec, dict) else None
+    out = outs[0] if isinstance(outs, list) and outs and isinstance(outs[0], dict) else {}
     if "md5" not in out:
         raise VersioningError(f"{path}: no md5 in its outs; re-create it with `dvc add {cfg.root}`")
     return DataVersion(path=out.get("path", str(cfg.root)), md5=out["md5"], files=int(out.get("nfiles", 0)), size=int(out.get("size", 0)))

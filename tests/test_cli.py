@@ -34,6 +34,12 @@ def test_wrong_key_exits_2_naming_the_field() -> None:
     assert "Traceback" not in out.stderr
 
 
+def test_an_override_that_is_not_yaml_exits_2_naming_it() -> None:
+    out = _cli("config", "finetune.methods=[coral")
+    assert (out.returncode, out.stderr) == (2, "error: override 'finetune.methods=[coral': not valid YAML (line 1, column 7): expected "
+                                               "',' or ']', but got '<stream end>'; fix it, or quote a value meant as text\n")
+
+
 def test_a_check_across_fields_names_them_and_not_the_whole_section() -> None:
     out = _cli("config", "finetune.strategy=lp_ft", "finetune.epochs=3", "finetune.lp_epochs=5")
     assert out.returncode == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,32 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
         load_config(bad)
     with pytest.raises(ConfigError, match="must look like section.key=value"):
         load_config(None, ["finetune.epochs"])
+
+
+def test_yaml_a_user_writes_is_refused_naming_the_file_or_option_and_the_line(tmp_path: Path) -> None:
+    from adaptflow.benchmark import load_preset
+    from adaptflow.config import DataConfig
+    from adaptflow.detection.data import read_names
+    from adaptflow.sweep.plan import parse_grid
+    from adaptflow.versioning import read_version
+
+    unclosed = "expected ',' or ']', but got '<stream end>'; fix it, or quote a value meant as text"
+    for name in ("config.yaml", "preset.yaml", "data.yaml", "data.dvc"):
+        (tmp_path / name).write_text("outs:\n- md5: [abc\n")
+    calls = {"config.yaml": lambda: load_config(tmp_path / "config.yaml"), "preset.yaml": lambda: load_preset(tmp_path / "preset.yaml"),
+             "data.yaml": lambda: read_names(tmp_path), "data.dvc": lambda: read_version(DataConfig(root=str(tmp_path / "data")))}
+    for name, call in calls.items():
+        with pytest.raises(ConfigError) as err:
+            call()
+        assert str(err.value) == f"{tmp_path / name}: not valid YAML (line 3, column 1): {unclosed}"
+    with pytest.raises(ConfigError, match=rf"^override 'finetune.methods=\[coral': not valid YAML \(line 1, column 7\): {re.escape(unclosed)}$"):
+        load_config(None, ["finetune.methods=[coral"])
+    with pytest.raises(ConfigError, match=r"^--grid 'finetune.lr=\[1e-3': not valid YAML \(line 1, column 6\)"):
+        parse_grid(["finetune.lr=[1e-3"])
+
+    (tmp_path / "data.yaml").write_text("- a\n- b\n")  # YAML, but not the mapping with names: a dataset file is
+    with pytest.raises(ValueError, match="data.yaml: `names:` is missing or empty"):
+        read_names(tmp_path)
 
 
 def test_digest_changes_with_the_config() -> None:

@@ -6,13 +6,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, field_validator, model_serializer, model_validator
 
 from adaptflow.config import AdaptMethod, Arch, ConfigError, Strategy, TrackingConfig
 from adaptflow.detection.benchmark import DetectionBenchmark
 from adaptflow.execution import DaskAddressField, GpuPoolField, RayAddressField, RunnerField, check_addresses
-from adaptflow.io import content_digest
+from adaptflow.io import content_digest, read_yaml
 
 PRESETS = Path(__file__).resolve().parents[2] / "benchmarks" / "presets"
 #: Strategies whose result depends on layer_lr_decay (as in adaptflow.train, which this module must not import: it is torch-free).
@@ -291,7 +290,7 @@ def load_preset(name_or_path: str | Path) -> BenchmarkSpec:
         known = sorted(p.stem for p in PRESETS.glob("*.yaml"))
         raise ConfigError(f"{path}: no such benchmark preset; use one of {known} or a path to a YAML file")
     try:
-        return BenchmarkSpec.model_validate(yaml.safe_load(path.read_text()) or {})
+        return BenchmarkSpec.model_validate(read_yaml(path) or {})
     except ValidationError as exc:
         problems = "\n".join(f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"{path}: invalid benchmark preset\n{problems}") from None

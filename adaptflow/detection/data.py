@@ -19,6 +19,7 @@ import yaml
 from PIL import Image
 
 from adaptflow.data.folders import IMAGE_SUFFIXES
+from adaptflow.io import read_yaml
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,8 @@ def read_names(domain_dir: Path) -> tuple[str, ...]:
     spec_path = domain_dir / "data.yaml"
     if not spec_path.exists():
         raise FileNotFoundError(f"{spec_path}: no dataset file; a detection domain needs data.yaml with `names:`")
-    names = (yaml.safe_load(spec_path.read_text()) or {}).get("names")
+    spec = read_yaml(spec_path) or {}
+    names = spec.get("names") if isinstance(spec, dict) else None
     if isinstance(names, dict):
         names = [names[k] for k in sorted(names)]
     if not names:

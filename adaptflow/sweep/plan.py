@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from adaptflow.config import ConfigError, RunConfig
 from adaptflow.data import has_validation, split_dir
 from adaptflow.execution import DaskAddressField, GpuPoolField, RayAddressField, RunnerField, check_addresses
+from adaptflow.io import parse_yaml
 
 #: The unsupervised validators of `adaptflow.adapt.validators` (a test keeps the two equal).
 VALIDATORS = ("information_maximization", "entropy", "snd", "mixval")
@@ -118,7 +119,7 @@ def parse_grid(items: list[str] | tuple[str, ...]) -> Grid:
             raise ConfigError(f"--grid '{item}' must look like section.key=V1,V2, e.g. --grid finetune.lr=1e-3,3e-3")
         if key in grid:
             raise ConfigError(f"--grid {key} is given twice; list all its values in one option: --grid {key}=V1,V2")
-        grid[key] = [yaml.safe_load(v) if v.strip() else None for v in split_values(text)]
+        grid[key] = [parse_yaml(v, f"--grid '{item}'") if v.strip() else None for v in split_values(text)]
     return grid
 
 
