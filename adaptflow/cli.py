@@ -348,13 +348,14 @@ def benchmark(
     from pydantic import ValidationError
 
     from adaptflow.benchmark import BenchmarkSpec, load_preset
+    from adaptflow.config import explain
 
     spec = load_preset(preset)
     update = {k: v for k, v in {"workers": workers, "output": output}.items() if v is not None}
     try:
         spec = BenchmarkSpec.model_validate(spec.model_dump() | update | _execution(runner, address, gpu_pool, spec.runner))
     except ValidationError as exc:
-        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+        _fail(f"invalid benchmark settings\n{explain(exc, BenchmarkSpec)}")
     from flows.benchmark import benchmark as benchmark_flow
     from flows.runners import task_runner
 

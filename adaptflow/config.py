@@ -341,7 +341,7 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: invalid configuration\n" + _explain(exc)) from None
+        raise ConfigError(f"{source}: invalid configuration\n" + explain(exc)) from None
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:
@@ -358,12 +358,14 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     node[parts[-1]] = parse_yaml(text, f"override '{item}'") if text.strip() else None
 
 
-def _explain(exc: ValidationError) -> str:
+def explain(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """A validation error of `model` (default RunConfig) as lines a person can act on: the field, what
+    is wrong, and for an unknown field the name it was probably meant to be."""
     lines = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
-            hint = _suggest(err["loc"])
+            hint = _suggest(model or RunConfig, err["loc"])
             lines.append(f"  {where}: unknown field{hint}; remove it or fix its name")
         elif not where:  # a check across sections
             lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
@@ -374,8 +376,7 @@ def _explain(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def _suggest(loc: tuple[Any, ...]) -> str:
-    model: type[BaseModel] = RunConfig
+def _suggest(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
         if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):

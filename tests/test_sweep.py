@@ -92,7 +92,7 @@ def test_selection_metric_matches_what_trials_measure() -> None:
     assert set(NAMES) == set(VALIDATORS) == set(get_args(BenchmarkSpec.model_fields["validator"].annotation))
     assert set(get_args(KeepEpoch)) == {"last", "target_val_accuracy", *VALIDATORS}
     assert set(get_args(SelectionMetric)) == {*NAMES, *(m for names in EVALUATED.values() for m in names)}
-    detection = ["task=detection", "pretrain.arch=yolov8n", "finetune.arch=yolov8n", "finetune.strategy=finetune",
+    detection = ["task=detection", "pretrain.arch=yolov8n", "finetune.arch=yolov8n", "finetune.strategy=finetune", "data.image_size=32",
                  "registry.metric=target_map50", "registry.guard_metric=source_map50"]
     with pytest.raises(ConfigError, match="scores classifier outputs; with task detection pick the best by one of source_map50"):
         plan_trials(tiny_config(*detection), {"finetune.lr": [1e-3]}, "information_maximization")

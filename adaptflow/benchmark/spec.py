@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, field_validator, model_serializer, model_validator
 
-from adaptflow.config import AdaptMethod, Arch, ConfigError, Strategy, TrackingConfig
+from adaptflow.config import AdaptMethod, Arch, ConfigError, Strategy, TrackingConfig, explain
 from adaptflow.detection.benchmark import DetectionBenchmark
 from adaptflow.execution import DaskAddressField, GpuPoolField, RayAddressField, RunnerField, check_addresses
 from adaptflow.io import content_digest, read_yaml
@@ -292,5 +292,4 @@ def load_preset(name_or_path: str | Path) -> BenchmarkSpec:
     try:
         return BenchmarkSpec.model_validate(read_yaml(path) or {})
     except ValidationError as exc:
-        problems = "\n".join(f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{path}: invalid benchmark preset\n{problems}") from None
+        raise ConfigError(f"{path}: invalid benchmark preset\n{explain(exc, BenchmarkSpec)}") from None

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from adaptflow.config import ConfigError, RunConfig
+from adaptflow.config import ConfigError, RunConfig, explain
 from adaptflow.data import has_validation, split_dir
 from adaptflow.execution import DaskAddressField, GpuPoolField, RayAddressField, RunnerField, check_addresses
 from adaptflow.io import parse_yaml
@@ -69,8 +69,7 @@ def sweep_settings(**values: Any) -> SweepSettings:
     try:
         return SweepSettings.model_validate(values)
     except ValidationError as exc:
-        problems = "\n".join(f"  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
-        raise ConfigError(f"invalid sweep settings\n{problems}") from None
+        raise ConfigError(f"invalid sweep settings\n{explain(exc, SweepSettings)}") from None
 
 
 @dataclass(frozen=True)
