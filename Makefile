@@ -50,7 +50,7 @@ benchmark-quick: install  ## transfer-learning benchmark, quick preset (about 15
 benchmark: install  ## the full benchmark grid (over an hour on 2 shared cores): reports/benchmark/
 	$(BIN)/adaptflow benchmark --preset full
 
-data: install  ## build the demo domains under data/ (matches data.dvc)
+data: install  ## build the demo domains under data/ (matches data.dvc; refuses to overwrite added or edited files)
 	$(BIN)/adaptflow data build
 
 PIPELINES ?= classifier yolo

@@ -56,17 +56,17 @@ def _fail(message: str) -> None:
 
 
 @data_app.command("build")
-def data_build(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> None:
+def data_build(
+    config: ConfigOption = DEFAULT_CONFIG,
+    overrides: Overrides = None,
+    force: Annotated[bool, typer.Option(help="Replace domain folders even where they hold files the build does not write")] = False,
+) -> None:
     """Build the demo domains under data.root, byte-identical every time: MNIST -> UCI digits
     (classification) and digit scenes on flat backgrounds -> on photographs (detection)."""
-    cfg = _config(config, overrides)
-    typer.echo(f"built {_build_data(cfg)}")
-
-
-def _build_data(cfg) -> Path:  # noqa: ANN001 - RunConfig
     from adaptflow.data import build_all
 
-    return build_all(env.project_path(cfg.data.root))
+    cfg = _config(config, overrides)
+    typer.echo(f"built {build_all(env.project_path(cfg.data.root), force=force)}")
 
 
 @data_app.command("version")
@@ -414,8 +414,11 @@ def demo(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> 
     (`configs/detection-fasterrcnn.yaml`: a Faster R-CNN)."""
     cfg = _config(config, overrides)
     started = time.perf_counter()
-    typer.secho("1/3 building the demo domains (MNIST -> UCI digits; digit scenes -> on photographs)", bold=True)
-    _build_data(cfg)
+    from adaptflow.data import DEMO_DOMAINS, ensure_domains
+
+    typer.secho("1/3 the demo domains (MNIST -> UCI digits; digit scenes -> on photographs), built where missing", bold=True)
+    built = ensure_domains(env.project_path(cfg.data.root), [*DEMO_DOMAINS, cfg.data.source, cfg.data.target])
+    typer.echo(f"built {', '.join(built)}" if built else "present: kept as they are (`adaptflow data build` rebuilds them)")
     typer.secho(f"2/3 pretrain flow: source {cfg.pretrain.arch} on {cfg.data.source}", bold=True)
     source = _run_flow("pretrain", cfg)
     typer.secho("3/3 transfer flow: version data -> fetch -> fine-tune -> evaluate -> register", bold=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from adaptflow.data import build_all
+from adaptflow.data import DEMO_DOMAINS, DataChangedError, build_all, ensure_domains
 from adaptflow.data.demo import build_demo_data
 from adaptflow.data.folders import load_image_folder
 from conftest import REPO, init_dvc_repo, run
@@ -27,9 +28,23 @@ def test_full_build_is_deterministic_and_matches_committed_data_dvc(tmp_path: Pa
     root = tmp_path
     init_dvc_repo(root)
     build_all(root / "data")
-    assert _dvc_md5(root) == yaml.safe_load((REPO / "data.dvc").read_text())["outs"][0]["md5"]
-
+    recorded = yaml.safe_load((REPO / "data.dvc").read_text())["outs"][0]["md5"]
+    assert _dvc_md5(root) == recorded
     data = root / "data"
+    assert sorted(p.name for p in data.iterdir() if p.is_dir()) == sorted(DEMO_DOMAINS)
+
+    # a rebuild keeps what the user added: a missing domain is built alone, a changed one is not replaced
+    added = data / "uci_digits" / "train" / "3" / "added-0123456789abcdef.png"
+    shutil.copy(data / "uci_digits" / "unlabeled" / "3" / sorted(os.listdir(data / "uci_digits" / "unlabeled" / "3"))[0], added)
+    shutil.rmtree(data / "photo_scenes")
+    assert ensure_domains(data, list(DEMO_DOMAINS)) == ["photo_scenes"] and added.is_file()
+    with pytest.raises(DataChangedError, match=rf"(?s)build does not write .*\n  {data / 'uci_digits'}: 1 file\(s\), e\.g\. "
+                                               rf"train/3/{added.name}\nnothing was changed; .* rebuild with --force"):
+        build_all(data, ["uci_digits"])
+    assert added.is_file() and not [p for p in root.iterdir() if p.name.startswith(".data-build-")], "no build folder is left"
+    build_all(data, ["uci_digits"], force=True)
+    assert not added.exists() and _dvc_md5(root) == recorded, "--force restores the recorded data"
+
     assert len(list((data / "mnist" / "train").rglob("*.png"))) == 4000
     assert len(list((data / "mnist" / "test").rglob("*.png"))) == 1000
     assert len(list((data / "uci_digits" / "train").rglob("*.png"))) == 100  # 10 labeled per class

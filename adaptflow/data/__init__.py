@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import filecmp
+import tempfile
 from pathlib import Path
 
 from adaptflow import env
 from adaptflow.config import DataConfig
 from adaptflow.data.folders import ImageSet, list_classes, load_image_folder
+from adaptflow.errors import UserError
+from adaptflow.io import replace_dir
+
+
+#: What `build_all` writes (`data.dvc` records them all): MNIST -> UCI digits and MNIST-M for
+#: classification, digit scenes -> on photographs for detection.
+CLASSIFICATION_DOMAINS = ("mnist", "uci_digits", "mnist_m")
+DETECTION_DOMAINS = ("mnist_scenes", "photo_scenes")
+DEMO_DOMAINS = CLASSIFICATION_DOMAINS + DETECTION_DOMAINS
+
+
+class DataChangedError(UserError, RuntimeError):
+    """A rebuild would delete or overwrite files in a domain folder that the build does not write."""
 
 
 def split_dir(cfg: DataConfig, domain: str, split: str):
@@ -53,30 +68,67 @@ def target_validation(cfg: DataConfig, classes: tuple[str, ...]) -> ImageSet | N
     return target_labels(cfg, classes)[1] if has_validation(cfg) else None
 
 
-def build_all(root: str | Path) -> Path:
-    """Every demo domain under `root`, byte-identical every time (what `data.dvc` records):
-    MNIST -> UCI digits for classification, digit scenes -> on photographs for detection."""
+def build_all(root: str | Path, domains: list[str] | None = None, force: bool = False) -> Path:
+    """The demo domains (all, or those in `domains`) under `root`, byte-identical every time (what
+    `data.dvc` records): MNIST -> UCI digits for classification, digit scenes -> on photographs for
+    detection.
+
+    Everything is built beside `root` first. A domain folder holding files the build would not write
+    (images added with `adaptflow data add`, edited images) is replaced only with `force`; otherwise a
+    DataChangedError lists them and no domain is touched.
+    """
     from adaptflow.data.demo import build_demo_data
     from adaptflow.data.scenes import build_scene_data
 
-    build_demo_data(root)
-    return build_scene_data(root)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    names = [d for d in DEMO_DOMAINS if domains is None or d in domains]
+    with tempfile.TemporaryDirectory(prefix=f".{root.name}-build-", dir=root.parent) as tmp:
+        built = Path(tmp)
+        if set(names) & set(CLASSIFICATION_DOMAINS):
+            build_demo_data(built)
+        if set(names) & set(DETECTION_DOMAINS):
+            build_scene_data(built)
+        if not force:
+            changed = {name: _not_rebuilt(built / name, root / name) for name in names}
+            changed = {name: files for name, files in changed.items() if files}
+            if changed:
+                lines = [f"  {root / name}: {len(files)} file(s), e.g. {', '.join(files[:3])}" for name, files in changed.items()]
+                raise DataChangedError("rebuilding would delete or overwrite files the build does not write (added with "
+                                       "`adaptflow data add`, or edited):\n" + "\n".join(lines) + "\nnothing was changed; to keep "
+                                       "them, leave the data as it is (`adaptflow data version` records it); to go back to the demo's "
+                                       "data, rebuild with --force")
+        for name in names:
+            replace_dir(built / name, root / name)
+    return root
+
+
+def _not_rebuilt(built: Path, existing: Path) -> list[str]:
+    """Files under `existing` (relative paths) that a rebuild into `built` would delete or overwrite."""
+    if not existing.is_dir():
+        return []
+    lost = []
+    for path in sorted(existing.rglob("*")):
+        relative = path.relative_to(existing)
+        if path.is_file() and not any(part.startswith(".") for part in relative.parts):
+            new = built / relative
+            if not new.is_file() or not filecmp.cmp(path, new, shallow=False):
+                lost.append(str(relative))
+    return lost
 
 
 def ensure_domains(root: str | Path, domains: list[str]) -> list[str]:
-    """Build the demo domains when any of `domains` is missing under `root` (a fresh clone has no
-    data until the demo or `adaptflow data build` made it); returns the ones that were missing.
+    """Build those of `domains` that are missing under `root` (a fresh clone has no data until the
+    demo or `adaptflow data build` made it), leaving the others as they are; returns the ones built.
     A missing domain that is not one of the demo's is an error naming its folder."""
-    from adaptflow.data import demo, scenes
-
     root = Path(root)
     missing = [d for d in dict.fromkeys(domains) if not (root / d).is_dir()]
-    foreign = [d for d in missing if d not in (demo.SOURCE, demo.TARGET, demo.MNIST_M, scenes.SOURCE, scenes.TARGET)]
+    foreign = [d for d in missing if d not in DEMO_DOMAINS]
     if foreign:
         raise FileNotFoundError(f"{root / foreign[0]}: no such domain folder; put the domain's images there "
                                 f"(<split>/<class>/*.png, or YOLO images/ and labels/) or fix the domain name")
     if missing:
-        build_all(root)
+        build_all(root, missing)
     return missing
 
 
