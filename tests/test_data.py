@@ -39,7 +39,7 @@ def test_full_build_is_deterministic_and_matches_committed_data_dvc(tmp_path: Pa
     shutil.rmtree(data / "photo_scenes")
     assert ensure_domains(data, list(DEMO_DOMAINS)) == ["photo_scenes"] and added.is_file()
     with pytest.raises(DataChangedError, match=rf"(?s)build does not write .*\n  {data / 'uci_digits'}: 1 file\(s\), e\.g\. "
-                                               rf"train/3/{added.name}\nnothing was changed; .* rebuild with --force"):
+                                               rf"train/3/{added.name}\nnothing was changed; .* `adaptflow data build --force`"):
         build_all(data, ["uci_digits"])
     assert added.is_file() and not [p for p in root.iterdir() if p.name.startswith(".data-build-")], "no build folder is left"
     build_all(data, ["uci_digits"], force=True)

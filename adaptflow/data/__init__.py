@@ -97,7 +97,7 @@ def build_all(root: str | Path, domains: list[str] | None = None, force: bool = 
                 raise DataChangedError("rebuilding would delete or overwrite files the build does not write (added with "
                                        "`adaptflow data add`, or edited):\n" + "\n".join(lines) + "\nnothing was changed; to keep "
                                        "them, leave the data as it is (`adaptflow data version` records it); to go back to the demo's "
-                                       "data, rebuild with --force")
+                                       "data, run `adaptflow data build --force`")
         for name in names:
             replace_dir(built / name, root / name)
     return root
