@@ -104,7 +104,18 @@ def launched_by_torchrun() -> bool:
 
 
 def devices_problem(section: str, device: str, devices: int) -> tuple[str, str] | None:
-    """(what is wrong, how to fix it) when this machine cannot host `devices` workers (too few GPUs), or None."""
+    """(what is wrong, how to fix it) when this machine lacks the device `device` names, or cannot
+    host `devices` workers (too few GPUs); None when it can. What is wrong starts with the field."""
+    if device.startswith("cuda"):
+        visible = torch.cuda.device_count()
+        index = int(device.partition(":")[2] or 0)
+        if index >= visible:
+            shown = f"shows {visible} CUDA device(s)" if visible else "has no CUDA device"
+            other = f"cuda:0 to cuda:{visible - 1} (check CUDA_VISIBLE_DEVICES)" if visible else "cpu"
+            return (f"{section}.device={device} but this machine {shown}",
+                    f"set {section}.device=auto (a GPU where there is one, else the CPU) or {other}")
+    if device == "mps" and not torch.backends.mps.is_available():
+        return f"{section}.device=mps but this machine has no Apple GPU", f"set {section}.device=auto or cpu"
     if devices == 1:
         return None
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):

@@ -35,6 +35,7 @@ from adaptflow.adapt import Adaptation, AdaptOptions, TargetData, build_methods
 from adaptflow.data.feed import DeviceRows
 from adaptflow.data.folders import ImageSet
 from adaptflow.distributed import World
+from adaptflow.errors import ConfigError
 from adaptflow.io import atomic_write, write_json
 from adaptflow.metrics import rank
 from adaptflow.models import IMAGENET_MEAN, IMAGENET_STD, Classifier
@@ -145,7 +146,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{name}' was requested but CUDA is not available here; use device=auto or cpu")
+        raise ConfigError(f"device '{name}' was requested but CUDA is not available here; use device=auto or cpu")
     return device
 
 

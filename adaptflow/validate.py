@@ -228,7 +228,7 @@ def check_devices(config: RunConfig, stage: str, report: Report) -> None:
     cfg = getattr(config, section)
     problem = devices_problem(section, cfg.device, cfg.devices)
     if problem:
-        report.error(f"{section}.devices", *problem)
+        report.error(problem[0].partition("=")[0], *problem)
 
 
 def validate(config: RunConfig, stage: str = "transfer") -> Report:

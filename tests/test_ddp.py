@@ -205,6 +205,27 @@ def test_more_workers_than_gpus_is_refused_before_training(monkeypatch: pytest.M
     assert devices_problem("finetune", "cuda", 1) is None
 
 
+def test_a_device_this_machine_lacks_is_refused_before_training(monkeypatch: pytest.MonkeyPatch, project: Path) -> None:
+    from adaptflow.train import resolve_device
+    from adaptflow.validate import DataValidationError, validate
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert devices_problem("finetune", "cuda", 1) == ("finetune.device=cuda but this machine has no CUDA device",
+                                                     "set finetune.device=auto (a GPU where there is one, else the CPU) or cpu")
+    assert devices_problem("pretrain", "mps", 1) == ("pretrain.device=mps but this machine has no Apple GPU", "set pretrain.device=auto or cpu")
+    with pytest.raises(DataValidationError, match=r"\n  - finetune.device: finetune.device=cuda but this machine has no CUDA device; set "):
+        validate(tiny_config("finetune.device=cuda"))  # the flows' first task: before any data is versioned or model fetched
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="device 'cuda' was requested but CUDA is not available here"):
+            resolve_device("cuda")  # a user error: not retried, one line
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert devices_problem("pretrain", "cuda:2", 1) == ("pretrain.device=cuda:2 but this machine shows 2 CUDA device(s)",
+                                                       "set pretrain.device=auto (a GPU where there is one, else the CPU) or cuda:0 to "
+                                                       "cuda:1 (check CUDA_VISIBLE_DEVICES)")
+    assert devices_problem("pretrain", "cuda:1", 1) is None
+
+
 @pytest.mark.parametrize(("n", "batch", "size"), [(40, 16, 2), (41, 16, 2), (33, 16, 2), (35, 16, 3), (7, 16, 3), (50, 16, 1)])
 def test_shards_cover_each_global_batch_and_weight_it_like_one_process(n: int, batch: int, size: int) -> None:
     steps = World(0, size).steps(n, batch)
