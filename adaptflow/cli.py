@@ -55,6 +55,32 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _prefect_api(required: str = "", outcome: str = "") -> str | None:
+    """The Prefect API the flows report to (PREFECT_API_URL, from the environment or the active Prefect
+    profile), checked to answer before any work; None when unset: the flows start a temporary local
+    one, unless `required` says why this command needs a server. `outcome`: what a failed check left undone."""
+    import urllib.error
+    import urllib.request
+
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if not url:
+        if required:
+            _fail(f"{required} needs a Prefect server: start one (`make ui`) and export PREFECT_API_URL=http://127.0.0.1:4200/api")
+        return None
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=10):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answers (a server that wants credentials says 401 here)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        _fail(f"no Prefect server answers at PREFECT_API_URL={url} ({reason}); start it (`make ui`, or `make stack`), "
+              f"or unset PREFECT_API_URL to run on a temporary local server{outcome}")
+    return url
+
+
 @data_app.command("build")
 def data_build(
     config: ConfigOption = DEFAULT_CONFIG,
@@ -89,6 +115,7 @@ def data_add(
     from adaptflow.data.ingest import add_detection_images, add_images
 
     cfg = _config(config, overrides)
+    api = _prefect_api(outcome="; nothing was added")  # first: a retry after a lost announcement would add nothing, and announce nothing
     dest = split_dir(cfg.data, cfg.data.target, split.value)
     if cfg.task == "detection":
         from adaptflow.detection.data import read_names
@@ -99,7 +126,7 @@ def data_add(
     typer.echo(f"added {sum(added.values())} images to {cfg.data.target}/{split.value}: {added}")
     if not added:
         return
-    if not os.environ.get("PREFECT_API_URL"):
+    if api is None:
         typer.echo("no PREFECT_API_URL: no event sent; run `adaptflow run retrain` to retrain on it")
         return
     from prefect.events import emit_event
@@ -169,8 +196,7 @@ def serve(
     detection: Annotated[Path, typer.Option(help="Detection config; its deployments are served too when the file exists")] = DETECTION_CONFIG,
 ) -> None:
     """Serve the pretrain, transfer, retrain (also -detection), benchmark and sweep deployments from this process (needs PREFECT_API_URL)."""
-    if not os.environ.get("PREFECT_API_URL"):
-        _fail("serve needs a Prefect server: start one (`make ui`) and export PREFECT_API_URL=http://127.0.0.1:4200/api")
+    _prefect_api(required="serve")
     from adaptflow.config import load_config
     from flows.deployments import serve as serve_deployments
 
@@ -306,6 +332,7 @@ def run(
 
 
 def _run_flow(name: str, cfg) -> dict:  # noqa: ANN001 - RunConfig
+    _prefect_api()
     if name == "transfer":
         from flows.transfer import transfer as flow_fn
     elif name == "pretrain":
@@ -361,6 +388,7 @@ def benchmark(
 
     task_runner(spec)  # a runner whose package is missing fails before Prefect starts a run
     command = f"adaptflow benchmark --preset {preset}"
+    _prefect_api()
     result = benchmark_flow(spec=spec, command=command)
     typer.echo(json.dumps(result, indent=2))
 
@@ -395,6 +423,7 @@ def sweep(
     from flows.sweep import sweep as sweep_flow
 
     task_runner(settings)
+    _prefect_api()
     typer.echo(f"{len(trials)} trials on {settings.runner} ({settings.workers} at a time), best by {settings.metric}")
     result = sweep_flow(config=cfg, grid=values, settings=settings)
     for row in result["trials"]:

@@ -59,6 +59,26 @@ def test_data_add_takes_only_a_split_the_pipeline_reads(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists()
 
 
+def test_a_prefect_server_that_does_not_answer_stops_a_command_before_any_work(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/api"  # closed once the block ends: nothing answers there
+    from PIL import Image
+
+    (tmp_path / "inbox" / "0").mkdir(parents=True)
+    Image.new("L", (8, 8)).save(tmp_path / "inbox" / "0" / "new.png")
+    profiles = tmp_path / "profiles.toml"  # the URL from the active Prefect profile, not the environment
+    profiles.write_text(f'active = "stack"\n\n[profiles.stack]\nPREFECT_API_URL = "{url}"\n')
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_PROFILES_PATH": str(profiles), "COLUMNS": "250"}
+    refused = f"error: no Prefect server answers at PREFECT_API_URL={url} ([Errno 111] Connection refused); start it"
+    for args, outcome in ((["run", "pretrain", f"pretrain.output={tmp_path / 'model'}"], "temporary local server\n"),
+                          (["data", "add", str(tmp_path / "inbox"), f"data.root={tmp_path / 'data'}"], "; nothing was added\n"),
+                          (["serve"], "temporary local server\n")):
+        out = subprocess.run([sys.executable, "-m", "adaptflow", *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 2 and out.stderr.startswith(refused) and out.stderr.endswith(outcome), (args, out.stderr[-800:])
+    assert not (tmp_path / "data").exists() and not (tmp_path / "model").exists()
+
+
 def test_help_and_config_start_without_torch_or_mlflow() -> None:
     probe = ("import sys\nfrom adaptflow.cli import main\nsys.argv = ['adaptflow', *sys.argv[1:]]\ntry:\n    main()\n"
              "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
