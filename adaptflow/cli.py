@@ -50,6 +50,15 @@ def _config(path: Path, overrides: list[str] | None):  # noqa: ANN202 - RunConfi
     return load_config(path if path.exists() or path != DEFAULT_CONFIG else None, overrides or [])
 
 
+def _tracked_config(path: Path, overrides: list[str] | None):  # noqa: ANN202 - RunConfig, imported lazily
+    """The config of a command that talks to MLflow, whose server is checked to answer first."""
+    from adaptflow.tracking import require_server
+
+    cfg = _config(path, overrides)
+    require_server(cfg.tracking)
+    return cfg
+
+
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
@@ -59,23 +68,17 @@ def _prefect_api(required: str = "", outcome: str = "") -> str | None:
     """The Prefect API the flows report to (PREFECT_API_URL, from the environment or the active Prefect
     profile), checked to answer before any work; None when unset: the flows start a temporary local
     one, unless `required` says why this command needs a server. `outcome`: what a failed check left undone."""
-    import urllib.error
-    import urllib.request
-
     from prefect.settings import get_current_settings
+
+    from adaptflow.io import unreachable
 
     url = get_current_settings().api.url
     if not url:
         if required:
             _fail(f"{required} needs a Prefect server: start one (`make ui`) and export PREFECT_API_URL=http://127.0.0.1:4200/api")
         return None
-    try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=10):
-            pass
-    except urllib.error.HTTPError:
-        pass  # it answers (a server that wants credentials says 401 here)
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
+    reason = unreachable(f"{url.rstrip('/')}/health")
+    if reason:
         _fail(f"no Prefect server answers at PREFECT_API_URL={url} ({reason}); start it (`make ui`, or `make stack`), "
               f"or unset PREFECT_API_URL to run on a temporary local server{outcome}")
     return url
@@ -144,7 +147,7 @@ def registry_list(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = 
     """Every version with its aliases, metrics, data version and gate decision."""
     from adaptflow.tracking import versions
 
-    cfg = _config(config, overrides)
+    cfg = _tracked_config(config, overrides)
     rows = versions(cfg.registry, cfg.tracking)
     if not rows:
         typer.echo(f"{cfg.registry.model_name}: no versions")
@@ -165,7 +168,7 @@ def registry_promote(
     """Make VERSION the champion (the one it replaces is remembered for rollback)."""
     from adaptflow.tracking import promote
 
-    cfg = _config(config, overrides)
+    cfg = _tracked_config(config, overrides)
     previous = promote(cfg.registry, cfg.tracking, version, reason)
     if previous == version:
         typer.echo(f"{cfg.registry.model_name}: v{version} is already the champion; nothing changed")
@@ -182,7 +185,7 @@ def registry_rollback(
     """Move the champion alias back to the version the current champion replaced."""
     from adaptflow.tracking import rollback
 
-    cfg = _config(config, overrides)
+    cfg = _tracked_config(config, overrides)
     old, new = rollback(cfg.registry, cfg.tracking, reason)
     typer.echo(f"{cfg.registry.model_name}: champion v{old} -> v{new} ({reason})")
 
@@ -315,7 +318,7 @@ def register(
     """Stage: register a run folder's model in MLflow through the champion gate (safe to repeat)."""
     from adaptflow.pipeline import register_run
 
-    cfg = _config(config, overrides)
+    cfg = _config(config, overrides)  # an unreachable store fails with the command that registers the run later
     typer.echo(json.dumps(register_run(cfg, run_dir).to_dict(), indent=2))
 
 
@@ -332,7 +335,10 @@ def run(
 
 
 def _run_flow(name: str, cfg) -> dict:  # noqa: ANN001 - RunConfig
+    from adaptflow.tracking import require_server
+
     _prefect_api()
+    require_server(cfg.tracking)  # the flows check it too (their first task); here it costs no server start
     if name == "transfer":
         from flows.transfer import transfer as flow_fn
     elif name == "pretrain":
@@ -376,6 +382,7 @@ def benchmark(
 
     from adaptflow.benchmark import BenchmarkSpec, load_preset
     from adaptflow.config import explain
+    from adaptflow.tracking import require_server
 
     spec = load_preset(preset)
     update = {k: v for k, v in {"workers": workers, "output": output}.items() if v is not None}
@@ -389,6 +396,7 @@ def benchmark(
     task_runner(spec)  # a runner whose package is missing fails before Prefect starts a run
     command = f"adaptflow benchmark --preset {preset}"
     _prefect_api()
+    require_server(spec.tracking)
     result = benchmark_flow(spec=spec, command=command)
     typer.echo(json.dumps(result, indent=2))
 
@@ -413,7 +421,7 @@ def sweep(
     from adaptflow.sweep.plan import override_text
     from adaptflow.sweep.report import transfer_command
 
-    cfg = _config(config, overrides)
+    cfg = _tracked_config(config, overrides)
     if not grid:
         _fail("give the values to try, e.g. --grid finetune.lr=1e-3,3e-3 (repeat --grid for more keys)")
     values = parse_grid(grid)

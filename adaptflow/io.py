@@ -69,6 +69,21 @@ def write_yaml(path: str | Path, data: Any) -> Path:
     return Path(path)
 
 
+def unreachable(url: str, timeout: float = 10.0) -> str | None:
+    """Why nothing answers HTTP at `url` (connection refused, no such host, timed out), or None when
+    something does, whatever its status: a server that wants credentials answers 401."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except (OSError, ValueError) as exc:
+        return str(getattr(exc, "reason", None) or exc)
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 

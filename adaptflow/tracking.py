@@ -23,7 +23,7 @@ from typing import Any
 from adaptflow import env
 from adaptflow.config import RegistryConfig, TrackingConfig
 from adaptflow.errors import UserError
-from adaptflow.io import with_retries
+from adaptflow.io import unreachable, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,28 @@ class Registration:
 
 def tracking_uri(cfg: TrackingConfig) -> str:
     return cfg.uri or env.default_tracking_uri()
+
+
+def server_problem(cfg: TrackingConfig) -> tuple[str, str] | None:
+    """(what is wrong, the fix) when the tracking URI is a server that does not answer at all (not
+    started, or a typo), checked once before any work; None for a file store or a server that answers.
+    A server that goes away later is retried as usual."""
+    uri = tracking_uri(cfg)
+    if not uri.startswith(("http://", "https://")):
+        return None
+    reason = unreachable(f"{uri.rstrip('/')}/health")
+    if reason is None:
+        return None
+    return (f"no MLflow server answers at {uri} ({reason})",
+            "start it (`make ui`, or `make stack`), or point tracking.uri or MLFLOW_TRACKING_URI at one that answers "
+            "(unset both to track in mlflow.db in the project)")
+
+
+def require_server(cfg: TrackingConfig) -> None:
+    """Raise TrackingUnavailable at once when `server_problem` finds one."""
+    problem = server_problem(cfg)
+    if problem:
+        raise TrackingUnavailable("; ".join(problem))
 
 
 #: Failures of the tracking store that pass: a busy SQLite file, a server restarting.

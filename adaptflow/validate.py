@@ -220,6 +220,15 @@ def check_config(config: RunConfig, report: Report) -> None:
         report.error("pretrained.uri", *problem)
 
 
+def check_tracking(config: RunConfig, report: Report) -> None:
+    """Whether the MLflow server the run will log to answers (a file store always does)."""
+    from adaptflow.tracking import server_problem
+
+    problem = server_problem(config.tracking)
+    if problem:
+        report.error("tracking.uri", *problem)
+
+
 def check_devices(config: RunConfig, stage: str, report: Report) -> None:
     """Whether this machine has the GPUs the training stage's `devices` asks for."""
     from adaptflow.distributed import devices_problem
@@ -241,6 +250,7 @@ def validate(config: RunConfig, stage: str = "transfer") -> Report:
     if stage == "transfer":
         check_config(config, report)
     check_devices(config, stage, report)
+    check_tracking(config, report)
     if config.task == "detection":
         _validate_detection(config, stage, report)
     else:

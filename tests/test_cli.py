@@ -79,6 +79,34 @@ def test_a_prefect_server_that_does_not_answer_stops_a_command_before_any_work(t
     assert not (tmp_path / "data").exists() and not (tmp_path / "model").exists()
 
 
+def test_an_mlflow_server_that_does_not_answer_stops_a_command_before_any_work(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    from adaptflow.config import TrackingConfig
+    from adaptflow.tracking import server_problem
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"  # closed once the block ends: nothing answers there
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"MLFLOW_TRACKING_URI": url, "COLUMNS": "250"}
+    refused = f"no MLflow server answers at {url} ([Errno 111] Connection refused); start it (`make ui`, or `make stack`)"
+    for args, shown in ((["registry", "list"], f"error: {refused}"), (["run", "pretrain", f"pretrain.output={tmp_path / 'model'}"], f"error: {refused}"),
+                        (["validate"], f"  - tracking.uri: {refused}")):  # what the flows' first task runs
+        out = subprocess.run([sys.executable, "-m", "adaptflow", *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+        assert out.returncode == 2 and shown in out.stderr and "Traceback" not in out.stderr, (args, out.stderr[-800:])
+    assert not (tmp_path / "model").exists()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # answers 501 to everything
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert server_problem(TrackingConfig(uri=f"http://127.0.0.1:{server.server_port}")) is None, "a server that answers is left to MLflow"
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server_problem(TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}")) is None
+
+
 def test_help_and_config_start_without_torch_or_mlflow() -> None:
     probe = ("import sys\nfrom adaptflow.cli import main\nsys.argv = ['adaptflow', *sys.argv[1:]]\ntry:\n    main()\n"
              "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
