@@ -64,6 +64,14 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _servers_answer(tracking) -> None:  # noqa: ANN001 - TrackingConfig
+    """Before a flow starts: the Prefect server and the MLflow server it reports to answer (where set)."""
+    from adaptflow.tracking import require_server
+
+    _prefect_api()
+    require_server(tracking)
+
+
 def _prefect_api(required: str = "", outcome: str = "") -> str | None:
     """The Prefect API the flows report to (PREFECT_API_URL, from the environment or the active Prefect
     profile), checked to answer before any work; None when unset: the flows start a temporary local
@@ -335,10 +343,7 @@ def run(
 
 
 def _run_flow(name: str, cfg) -> dict:  # noqa: ANN001 - RunConfig
-    from adaptflow.tracking import require_server
-
-    _prefect_api()
-    require_server(cfg.tracking)  # the flows check it too (their first task); here it costs no server start
+    _servers_answer(cfg.tracking)  # the flows check MLflow too (their first task); here it costs no server start
     if name == "transfer":
         from flows.transfer import transfer as flow_fn
     elif name == "pretrain":
@@ -382,7 +387,6 @@ def benchmark(
 
     from adaptflow.benchmark import BenchmarkSpec, load_preset
     from adaptflow.config import explain
-    from adaptflow.tracking import require_server
 
     spec = load_preset(preset)
     update = {k: v for k, v in {"workers": workers, "output": output}.items() if v is not None}
@@ -395,8 +399,7 @@ def benchmark(
 
     task_runner(spec)  # a runner whose package is missing fails before Prefect starts a run
     command = f"adaptflow benchmark --preset {preset}"
-    _prefect_api()
-    require_server(spec.tracking)
+    _servers_answer(spec.tracking)
     result = benchmark_flow(spec=spec, command=command)
     typer.echo(json.dumps(result, indent=2))
 
@@ -421,7 +424,7 @@ def sweep(
     from adaptflow.sweep.plan import override_text
     from adaptflow.sweep.report import transfer_command
 
-    cfg = _tracked_config(config, overrides)
+    cfg = _config(config, overrides)
     if not grid:
         _fail("give the values to try, e.g. --grid finetune.lr=1e-3,3e-3 (repeat --grid for more keys)")
     values = parse_grid(grid)
@@ -431,7 +434,7 @@ def sweep(
     from flows.sweep import sweep as sweep_flow
 
     task_runner(settings)
-    _prefect_api()
+    _servers_answer(cfg.tracking)
     typer.echo(f"{len(trials)} trials on {settings.runner} ({settings.workers} at a time), best by {settings.metric}")
     result = sweep_flow(config=cfg, grid=values, settings=settings)
     for row in result["trials"]:
