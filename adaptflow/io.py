@@ -102,9 +102,22 @@ def parse_yaml(text: str, where: str) -> Any:
         raise ConfigError(f"{where}: not valid YAML{at}: {problem}; fix it, or quote a value meant as text") from None
 
 
+def read_text(path: str | Path) -> str:
+    """A text file's content; a ConfigError naming the file where it is a folder, cannot be read, or is
+    not UTF-8 text. A missing file raises FileNotFoundError, for callers that treat absence themselves."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a file; name the file inside it") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied; make it readable") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); save it as UTF-8") from None
+
+
 def read_yaml(path: str | Path) -> Any:
-    """A YAML file's content; a ConfigError naming the file where it is not YAML."""
-    return parse_yaml(Path(path).read_text(), str(path))
+    """A YAML file's content; a ConfigError naming the file where it is not readable text or not YAML."""
+    return parse_yaml(read_text(path), str(path))
 
 
 def content_digest(data: Any, length: int = 16) -> str:

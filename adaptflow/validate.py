@@ -158,7 +158,12 @@ def check_yolo_labels(images_dir: Path, labels_dir: Path, num_classes: int, repo
         if not label.exists():
             report.error(label, f"missing label file for {image.name}", "add it (an empty file marks an image with no objects)")
             continue
-        for number, line in enumerate(label.read_text().splitlines(), start=1):
+        try:
+            text = label.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            report.error(label, "not a text file (not UTF-8)", "write one line 'class cx cy w h' per object, as text")
+            continue
+        for number, line in enumerate(text.splitlines(), start=1):
             fields = line.split()
             if not fields:
                 continue

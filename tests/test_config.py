@@ -98,18 +98,24 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
         load_config(None, ["finetune.epochs"])
 
 
-def test_yaml_a_user_writes_is_refused_naming_the_file_or_option_and_the_line(tmp_path: Path) -> None:
+def _yaml_readers(folder: Path) -> dict:
+    """Each YAML file a user writes, by name, and the call that reads it from `folder`."""
     from adaptflow.benchmark import load_preset
     from adaptflow.config import DataConfig
     from adaptflow.detection.data import read_names
-    from adaptflow.sweep.plan import parse_grid
     from adaptflow.versioning import read_version
 
+    return {"config.yaml": lambda: load_config(folder / "config.yaml"), "preset.yaml": lambda: load_preset(folder / "preset.yaml"),
+            "data.yaml": lambda: read_names(folder), "data.dvc": lambda: read_version(DataConfig(root=str(folder / "data")))}
+
+
+def test_yaml_a_user_writes_is_refused_naming_the_file_or_option_and_the_line(tmp_path: Path) -> None:
+    from adaptflow.sweep.plan import parse_grid
+
     unclosed = "expected ',' or ']', but got '<stream end>'; fix it, or quote a value meant as text"
-    for name in ("config.yaml", "preset.yaml", "data.yaml", "data.dvc"):
+    calls = _yaml_readers(tmp_path)
+    for name in calls:
         (tmp_path / name).write_text("outs:\n- md5: [abc\n")
-    calls = {"config.yaml": lambda: load_config(tmp_path / "config.yaml"), "preset.yaml": lambda: load_preset(tmp_path / "preset.yaml"),
-             "data.yaml": lambda: read_names(tmp_path), "data.dvc": lambda: read_version(DataConfig(root=str(tmp_path / "data")))}
     for name, call in calls.items():
         with pytest.raises(ConfigError) as err:
             call()
@@ -121,7 +127,19 @@ def test_yaml_a_user_writes_is_refused_naming_the_file_or_option_and_the_line(tm
 
     (tmp_path / "data.yaml").write_text("- a\n- b\n")  # YAML, but not the mapping with names: a dataset file is
     with pytest.raises(ValueError, match="data.yaml: `names:` is missing or empty"):
-        read_names(tmp_path)
+        calls["data.yaml"]()
+
+
+def test_a_yaml_file_that_is_a_folder_or_not_text_is_refused_naming_it(tmp_path: Path) -> None:
+    folders, binary = tmp_path / "folders", tmp_path / "binary"
+    for root, make in ((folders, Path.mkdir), (binary, lambda path: path.write_bytes(b"names: \xff\xfe\x00"))):
+        root.mkdir()
+        for name, call in _yaml_readers(root).items():
+            make(root / name)
+            with pytest.raises(ConfigError) as err:
+                call()
+            assert str(err.value) == (f"{root / name}: a folder, not a file; name the file inside it" if root == folders else
+                                      f"{root / name}: not UTF-8 text (byte 0xff at offset 7); save it as UTF-8")
 
 
 def test_digest_changes_with_the_config() -> None:

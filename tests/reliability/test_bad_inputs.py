@@ -230,6 +230,7 @@ YOLO_CASES = [
     ("class id out of range", "12 0.5 0.5 0.2 0.2\n", "class id 12 out of range 0..9"),
     ("coordinates outside the image", "1 1.5 0.5 0.2 0.2\n", "outside [0, 1]"),
     ("empty box", "1 0.5 0.5 0.0 0.2\n", "outside [0, 1] or empty"),
+    ("an image saved as the label", b"\x89PNG\r\n\x1a\n", "0.txt: not a text file (not UTF-8)"),
 ]
 
 
@@ -266,14 +267,14 @@ def test_bad_config_names_the_field(bad_inputs, name: str, overrides: list[str],
 
 
 @pytest.mark.parametrize(("name", "content", "expected"), YOLO_CASES, ids=[c[0] for c in YOLO_CASES])
-def test_bad_yolo_labels_are_named_with_their_line(tmp_path: Path, bad_inputs, name: str, content: str | None, expected: str) -> None:
+def test_bad_yolo_labels_are_named_with_their_line(tmp_path: Path, bad_inputs, name: str, content: str | bytes | None, expected: str) -> None:
     with bad_inputs.attempt():
         images, labels = tmp_path / "images", tmp_path / "labels"
         images.mkdir()
         labels.mkdir()
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(images / "0.png")
         if content is not None:
-            (labels / "0.txt").write_text(content)
+            (labels / "0.txt").write_bytes(content if isinstance(content, bytes) else content.encode())
         report = Report()
         check_yolo_labels(images, labels, 10, report)
         assert not report.ok
