@@ -213,11 +213,21 @@ def _fetch_local(uri: str, expected: str | None) -> PretrainedRef:
     path = env.project_path(Path(uri.removeprefix("file://")).expanduser())
     sidecar = path.with_name(path.name + ".sha256")
     if expected is None and sidecar.exists():
-        expected = sidecar.read_text().split()[0]
+        expected = _sidecar_digest(sidecar)
     actual = sha256_file(path)
     if expected is not None and actual != expected:
         raise FetchError(f"{path}: sha256 is {actual}, expected {expected}; the file changed since it was published")
     return PretrainedRef(uri, str(path), actual)
+
+
+def _sidecar_digest(sidecar: Path) -> str:
+    """The digest a `<file>.sha256` sidecar records: `sha256sum`'s line, the hex digest first."""
+    fields = sidecar.read_bytes().decode("ascii", errors="replace").split()
+    if not fields or not re.fullmatch(r"[0-9a-fA-F]{64}", fields[0]):
+        model = sidecar.name.removesuffix(".sha256")
+        raise FetchError(f"{sidecar}: not a sha256 sidecar (it must start with the file's 64-hex-digit sha256); "
+                         f"write it again in its folder with `sha256sum {model} > {sidecar.name}`, or delete it")
+    return fields[0].lower()
 
 
 def _fetch_torchvision(uri: str, expected: str | None, attempts: int, timeout: float) -> PretrainedRef:

@@ -109,6 +109,10 @@ def test_local_file_is_checked_against_its_sidecar(project: Path) -> None:
         fetch_pretrained("model.pt")
     with pytest.raises(FetchError, match="no such file"):
         fetch_pretrained("nothing/here.pt")
+    for sidecar in (b"", b"\xff\xfe", b"zzz  model.pt\n"):  # empty, not text, not a digest: never a "changed file"
+        (project / "model.pt.sha256").write_bytes(sidecar)
+        with pytest.raises(FetchError, match=r"model.pt.sha256: not a sha256 sidecar .*`sha256sum model.pt > model.pt.sha256`, or delete it$"):
+            fetch_pretrained("model.pt")
 
 
 def test_torchvision_cache_entry_with_a_wrong_hash_is_refused(project: Path) -> None:
