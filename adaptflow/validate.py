@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 MAX_PIXELS = 40_000_000
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 IGNORED_NAMES = {".gitignore", ".dvcignore", "Thumbs.db", ".DS_Store"}
+#: The fix for data that is not where the config says.
+BUILD_THE_DATA = "build the data (adaptflow data build), `dvc pull`, or fix data.root"
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ def _inspect(path: Path) -> tuple[str | None, tuple[int, int] | None, str | None
 def check_image_split(folder: Path, report: Report, train_classes: tuple[str, ...] | None = None) -> dict[str, str]:
     """Check one `<split>/<class>/` folder; returns {sha256: path} of its images for duplicate checks."""
     if not folder.is_dir():
-        report.error(folder, "no such split folder", "build the data (adaptflow data build), `dvc pull`, or fix data.root")
+        report.error(folder, "no such split folder", BUILD_THE_DATA)
         return {}
     classes = sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: natural_key(p.name))
     if not classes:
@@ -185,7 +187,7 @@ def check_detection_split(folder: Path, num_classes: int, report: Report, labele
     """Check one YOLO-format split (`images/`, `labels/`); returns {sha256: path} of its images."""
     images_dir = folder / "images"
     if not images_dir.is_dir():
-        report.error(folder, "no images/ folder in this split", "build the data (adaptflow data build), `dvc pull`, or fix data.root")
+        report.error(folder, "no images/ folder in this split", BUILD_THE_DATA)
         return {}
     images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
@@ -195,22 +197,32 @@ def check_detection_split(folder: Path, num_classes: int, report: Report, labele
     return _check_images(folder, images, report)
 
 
-def _validate_detection(config: RunConfig, stage: str, report: Report) -> None:
+def _detection_classes(domain_dir: Path, report: Report) -> int | None:
+    """How many classes a detection domain's data.yaml names; None, with the problem reported, where it cannot tell."""
     from adaptflow.detection.data import read_names
 
+    if not domain_dir.is_dir():
+        report.error(domain_dir, "no such domain folder", BUILD_THE_DATA)
+        return None
+    try:
+        return len(read_names(domain_dir))
+    except (FileNotFoundError, ValueError) as exc:
+        report.error(domain_dir / "data.yaml", str(exc).split(": ", 1)[-1], "write data.yaml with `names:` (see data/mnist_scenes)")
+        return None
+
+
+def _validate_detection(config: RunConfig, stage: str, report: Report) -> None:
     data = config.data
     splits = [(data.source, "train", True), (data.source, "test", True)]
     if stage == "transfer":
         splits += [(data.target, "train", True), (data.target, "test", True)]
     hashes: dict[tuple[str, str], dict[str, str]] = {}
+    classes: dict[str, int | None] = {}  # per domain, its problem reported once
     for domain, split, labeled in splits:
-        domain_dir = split_dir(data, domain, split).parent
-        try:
-            num_classes = len(read_names(domain_dir))
-        except (FileNotFoundError, ValueError) as exc:
-            report.error(domain_dir / "data.yaml", str(exc).split(": ", 1)[-1], "write data.yaml with `names:` (see data/mnist_scenes)")
-            continue
-        hashes[(domain, split)] = check_detection_split(split_dir(data, domain, split), num_classes, report, labeled)
+        if domain not in classes:
+            classes[domain] = _detection_classes(split_dir(data, domain, split).parent, report)
+        if classes[domain] is not None:
+            hashes[(domain, split)] = check_detection_split(split_dir(data, domain, split), classes[domain], report, labeled)
     train, test = hashes.get((data.target, "train"), {}), hashes.get((data.target, "test"), {})
     for digest in sorted(set(train) & set(test)):
         report.warn(test[digest], f"also in the training split ({train[digest]})", "remove it from one split: test images must be unseen")

@@ -88,6 +88,19 @@ def scenes(project: Path) -> Path:
     return project
 
 
+def test_detection_data_missing_or_without_a_dataset_file_is_named_once_per_domain(tmp_path: Path) -> None:
+    from adaptflow.validate import DataValidationError, validate
+
+    (tmp_path / "photo_scenes" / "train").mkdir(parents=True)  # the target folder without its data.yaml; no source folder
+    with pytest.raises(DataValidationError) as err:
+        validate(detection_config("yolov8n", f"data.root={tmp_path}", "pretrained.uri=torchvision:resnet18"), "transfer")
+    assert [str(p) for p in err.value.report.errors] == [
+        f"{tmp_path / 'mnist_scenes'}: no such domain folder; build the data (adaptflow data build), `dvc pull`, or fix data.root",
+        f"{tmp_path / 'photo_scenes' / 'data.yaml'}: no dataset file; a detection domain needs data.yaml with `names:`; "
+        "write data.yaml with `names:` (see data/mnist_scenes)",
+    ]
+
+
 def test_yolo_flows_register_a_detector_that_predicts_boxes_from_the_registry(prefect_api, scenes: Path, capfd: pytest.CaptureFixture) -> None:
     import mlflow.pyfunc
     from mlflow import MlflowClient
