@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from adaptflow.data.folders import IMAGE_SUFFIXES, list_classes
-from adaptflow.io import atomic_write
+from adaptflow.io import atomic_write, sha256_file
 from adaptflow.validate import DataValidationError, Report, check_image_split
 
 NOTHING_ADDED = "in the new images; nothing was added"
@@ -23,7 +22,8 @@ def _digests(folder: Path) -> dict[str, Path]:
     """{sha256: path} of every image under `folder` (none when it does not exist)."""
     if not folder.is_dir():
         return {}
-    return {hashlib.sha256(p.read_bytes()).hexdigest(): p for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")}
+    images = (p for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return {sha256_file(p): p for p in images}
 
 
 def _checked(source: Path, split: Path, check: Callable[[Report], dict[str, str]], layout: str) -> dict[str, Path]:
