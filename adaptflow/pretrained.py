@@ -313,8 +313,14 @@ def _fetch_registered(uri: str, expected: str | None, tracking_uri: str | None) 
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from adaptflow.tracking import store_not_made
+
     spec = uri.removeprefix("models:/")
-    client = MlflowClient(tracking_uri or env.default_tracking_uri())
+    tracking_uri = tracking_uri or env.default_tracking_uri()
+    if store := store_not_made(tracking_uri):  # checked first: a client makes the store it opens
+        raise FetchError(f"pretrained.uri '{uri}': nothing is registered at {tracking_uri} (no store at {store}); "
+                         "register the model first, or set MLFLOW_TRACKING_URI to the store that holds it")
+    client = MlflowClient(tracking_uri)
     try:
         if "@" in spec:
             name, alias = spec.split("@", 1)

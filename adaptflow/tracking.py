@@ -139,9 +139,21 @@ def client(cfg: TrackingConfig) -> RetryingClient:
     from mlflow import MlflowClient
 
     uri = tracking_uri(cfg)
-    if uri.startswith("sqlite:///"):
+    if sqlite_file(uri):
         _prepare_sqlite(uri)
     return RetryingClient(MlflowClient(uri))
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a SQLite store (`sqlite:///<path>`), or None for any other store."""
+    return Path(uri.removeprefix("sqlite:///").split("?")[0]) if uri.startswith("sqlite:///") else None
+
+
+def store_not_made(uri: str) -> Path | None:
+    """The file of a SQLite store that does not exist yet: nothing was ever tracked there, and a
+    lookup should say so rather than create it."""
+    path = sqlite_file(uri)
+    return path if path is not None and not path.exists() else None
 
 
 @functools.cache
@@ -153,7 +165,7 @@ def _prepare_sqlite(uri: str) -> None:
     from filelock import FileLock
     from mlflow import MlflowClient
 
-    path = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    path = sqlite_file(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         MlflowClient(uri).search_experiments(max_results=1)  # creates or upgrades the schema
@@ -435,16 +447,16 @@ def _gate_lock(tracking: TrackingConfig):  # noqa: ANN202 - a context manager
     a tracking server has no such lock, so concurrent gates there may both promote."""
     from filelock import FileLock
 
-    uri = tracking_uri(tracking)
-    if uri.startswith("sqlite:///"):
-        return FileLock(uri.removeprefix("sqlite:///").split("?")[0] + ".gate.lock")
-    return contextlib.nullcontext()
+    path = sqlite_file(tracking_uri(tracking))
+    return FileLock(f"{path}.gate.lock") if path else contextlib.nullcontext()
 
 
 def champion(cfg: RegistryConfig, tracking: TrackingConfig):  # noqa: ANN201 - ModelVersion | None
     """The version holding the champion alias, or None."""
     from mlflow.exceptions import MlflowException
 
+    if store_not_made(tracking_uri(tracking)):
+        return None
     try:
         return client(tracking).get_model_version_by_alias(cfg.model_name, CHAMPION)
     except TrackingUnavailable:
@@ -509,6 +521,8 @@ def promote(cfg: RegistryConfig, tracking: TrackingConfig, version: str, reason:
 
     Promoting the champion itself changes nothing (its record of what it replaced stays, for rollback)."""
     current = champion(cfg, tracking)
+    if store := store_not_made(tracking_uri(tracking)):
+        raise RegistryError(f"{cfg.model_name} has no version {version}: nothing is registered yet (no store at {store})")
     c = client(tracking)
     try:
         c.get_model_version(cfg.model_name, version)
@@ -542,6 +556,8 @@ def rollback(cfg: RegistryConfig, tracking: TrackingConfig, reason: str) -> tupl
 
 def versions(cfg: RegistryConfig, tracking: TrackingConfig) -> list[dict[str, Any]]:
     """Every version of the model, newest first, with its aliases, metrics, data version and decision."""
+    if store_not_made(tracking_uri(tracking)):
+        return []
     c = client(tracking)
     found = c.search_model_versions(f"name='{cfg.model_name}'")
     aliases: dict[str, list[str]] = {}

@@ -134,6 +134,22 @@ def test_promote_by_hand_and_roll_back(project: Path) -> None:
         tracking.promote(REG, TRACK, "9", "typo")
 
 
+def test_lookups_in_a_project_with_nothing_registered_say_so_and_make_no_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from adaptflow.pretrained import FetchError
+    from conftest import use_project
+
+    root = use_project(tmp_path / "fresh", tmp_path / "cache", monkeypatch)
+    assert tracking.versions(REG, TRACK) == [] and tracking.champion(REG, TRACK) is None
+    with pytest.raises(tracking.RegistryError, match=r"digits has no version 1: nothing is registered yet \(no store at .*mlflow.db\)"):
+        tracking.promote(REG, TRACK, "1", "first")
+    with pytest.raises(tracking.RegistryError, match="no champion to roll back"):
+        tracking.rollback(REG, TRACK, "worse")
+    for uri in ("models:/digits/1", "models:/digits@champion"):
+        with pytest.raises(FetchError, match=rf"'{uri}': nothing is registered at sqlite:///.*register the model first, or set MLFLOW_TRACKING_URI"):
+            fetch_pretrained(uri)
+    assert sorted(p.name for p in root.iterdir()) == [], "a lookup made a tracking store"
+
+
 def test_registry_commands_show_aligned_versions_and_say_what_changed(project: Path) -> None:
     def cli(*args: str) -> str:
         out = subprocess.run([sys.executable, "-m", "adaptflow", "registry", *args, "registry.model_name=digits"],
