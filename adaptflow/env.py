@@ -23,6 +23,10 @@ OFFLINE_DEFAULTS: dict[str, str] = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
 }
 
+#: Variables that keep the tools' output fit for log files: MLflow otherwise draws a progress bar
+#: for every artifact it copies, into Prefect's logs and the demo's output too.
+LOG_DEFAULTS: dict[str, str] = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
 #: The environment of the MLflow servers adaptflow starts (`adaptflow ui`, the local stack, the tests'):
 #: MLflow 3 otherwise starts a job runner with seven huey consumers (about 2 GB, and a folder in /dev/shm
 #: that it never removes) for GenAI jobs adaptflow does not use. `infra/compose.yaml` sets the same.
@@ -56,7 +60,7 @@ def default_artifact_location() -> str:
 
 def apply() -> None:
     """Set the offline defaults and local homes for every tool; values the user set win."""
-    for key, value in OFFLINE_DEFAULTS.items():
+    for key, value in {**OFFLINE_DEFAULTS, **LOG_DEFAULTS}.items():
         os.environ.setdefault(key, value)
     root = project_root()
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))

@@ -418,8 +418,8 @@ def test_image_runs_as_a_numeric_non_root_user() -> None:
 
 def test_image_is_offline_like_env_py(monkeypatch: pytest.MonkeyPatch) -> None:
     image_env = dockerfile_env()
-    missing = {k: v for k, v in env.OFFLINE_DEFAULTS.items() if image_env.get(k) != v}
-    assert not missing, f"the image lacks adaptflow/env.py's offline settings: {missing}"
+    missing = {k: v for k, v in {**env.OFFLINE_DEFAULTS, **env.LOG_DEFAULTS}.items() if image_env.get(k) != v}
+    assert not missing, f"the image lacks adaptflow/env.py's offline and log settings: {missing}"
     # The tool homes the image sets are the ones env.apply() derives from its root and cache.
     for key in ("TORCH_HOME", "YOLO_CONFIG_DIR", "PREFECT_HOME"):
         monkeypatch.delenv(key, raising=False)
