@@ -20,7 +20,7 @@ from adaptflow import tracking
 from adaptflow.config import RunConfig
 from adaptflow.io import read_json, sha256_file, write_json, write_yaml
 from adaptflow.pretrain import PublishedModel, published_dir
-from adaptflow.pretrained import PretrainedRef, fetch_pretrained
+from adaptflow.pretrained import FetchError, PretrainedRef, fetch_pretrained, sidecar_digest
 from adaptflow.stages import for_task
 from adaptflow.tracking import Registration
 from adaptflow.versioning import DataVersion, version_data
@@ -218,9 +218,9 @@ def _published_from(folder: Path, inputs: dict) -> PublishedModel | None:
     try:
         if read_json(folder / "inputs.json") != inputs:
             return None
-        recorded = (folder / "model.pt.sha256").read_text().split()[0]
+        recorded = sidecar_digest(folder / "model.pt.sha256")
         metrics = read_json(folder / "metrics.json")
-    except (OSError, ValueError, IndexError):
+    except (OSError, ValueError, FetchError):
         return None
     return PublishedModel(str(model), recorded, metrics) if model.is_file() and sha256_file(model) == recorded else None
 

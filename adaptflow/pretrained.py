@@ -213,14 +213,14 @@ def _fetch_local(uri: str, expected: str | None) -> PretrainedRef:
     path = env.project_path(Path(uri.removeprefix("file://")).expanduser())
     sidecar = path.with_name(path.name + ".sha256")
     if expected is None and sidecar.exists():
-        expected = _sidecar_digest(sidecar)
+        expected = sidecar_digest(sidecar)
     actual = sha256_file(path)
     if expected is not None and actual != expected:
         raise FetchError(f"{path}: sha256 is {actual}, expected {expected}; the file changed since it was published")
     return PretrainedRef(uri, str(path), actual)
 
 
-def _sidecar_digest(sidecar: Path) -> str:
+def sidecar_digest(sidecar: Path) -> str:
     """The digest a `<file>.sha256` sidecar records: `sha256sum`'s line, the hex digest first."""
     fields = sidecar.read_bytes().decode("ascii", errors="replace").split()
     if not fields or not re.fullmatch(r"[0-9a-fA-F]{64}", fields[0]):
