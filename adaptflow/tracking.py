@@ -520,9 +520,9 @@ def promote(cfg: RegistryConfig, tracking: TrackingConfig, version: str, reason:
     """Make `version` the champion by hand, remembering the one it replaces; returns that one.
 
     Promoting the champion itself changes nothing (its record of what it replaced stays, for rollback)."""
-    current = champion(cfg, tracking)
     if store := store_not_made(tracking_uri(tracking)):
         raise RegistryError(f"{cfg.model_name} has no version {version}: nothing is registered yet (no store at {store})")
+    current = champion(cfg, tracking)
     c = client(tracking)
     try:
         c.get_model_version(cfg.model_name, version)
