@@ -44,7 +44,7 @@ bench: install  ## flow overhead and training-loop throughput, as measured ratio
 bench-cuda: install  ## on a CUDA GPU: training-loop images/s against a bare torch loop, host-memory data, share of the matmul rate
 	$(BIN)/python -m benchmarks.cuda
 
-benchmark-quick: install  ## transfer-learning benchmark, quick preset (about 35 min on 2 cores): reports/benchmark/
+benchmark-quick: install  ## transfer-learning benchmark, quick preset (11 to 25 min on 2 cores): reports/benchmark/
 	$(BIN)/adaptflow benchmark --preset quick
 
 benchmark: install  ## the full benchmark grid (over an hour on 2 shared cores): reports/benchmark/

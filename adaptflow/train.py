@@ -177,18 +177,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+#: The layout every model and batch takes, on every device: channels-last convolutions and pooling
+#: are faster on CUDA (tensor cores) and on CPUs too (`make bench`: `small_cnn` trains 1.3x and
+#: predicts 1.6x faster than in the default NCHW layout; torchvision models at 224 px train 1.1x to
+#: 1.35x faster; resnets below 128 px are within 10% either way).
+MEMORY_FORMAT = torch.channels_last
+
+
 class Normalizer(nn.Module):
-    """uint8 N x C x H x W -> float, scaled to [0, 1], optionally augmented, then mean/std.
+    """uint8 N x C x H x W -> float, scaled to [0, 1], optionally augmented, then mean/std, channels-last.
 
     Augmentation is a random affine and, with `low_resolution` > 0, that share of the images seen at
     a random lower resolution (`random_low_resolution`).
     """
 
-    def __init__(self, device: torch.device, channels_last: bool = False, low_resolution: float = 0.0) -> None:
+    def __init__(self, device: torch.device, low_resolution: float = 0.0) -> None:
         super().__init__()
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.low_resolution = low_resolution
 
     def draws(self, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -204,7 +210,7 @@ class Normalizer(nn.Module):
             if self.low_resolution:
                 x = random_low_resolution(x, self.low_resolution, u[:, AFFINE_DRAWS:])
             x = random_affine(x, None, draws=u[:, :AFFINE_DRAWS])
-        return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+        return ((x - self.mean) / self.std).contiguous(memory_format=MEMORY_FORMAT)
 
 
 #: Random numbers per image: the affine's angle, scale and two shifts; the low resolution's whether and how low.
@@ -386,12 +392,11 @@ def fit(
         raise ValueError(f"adaptation methods {list(settings.methods)} train on one device only; set finetune.devices=1 or finetune.methods=[]")
     device = world.device(resolve_device(settings.device))
     amp_dtype = autocast_dtype(device, settings.precision)
-    channels_last = device.type == "cuda"
     seed_everything(settings.seed + world.rank)  # dropout's global generator: each worker masks its rows its own way
     generator = torch.Generator().manual_seed(settings.seed)  # the same on every worker: same permutations, same draws
     model = world.sync_batch_norm(model, device)
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    normalize = Normalizer(device, channels_last, settings.low_resolution)
+    model.to(device, memory_format=MEMORY_FORMAT)
+    normalize = Normalizer(device, settings.low_resolution)
     rows = DeviceRows([train.images, train.labels], device)
     n = len(rows)
     steps_per_epoch = world.steps(n, settings.batch_size)
@@ -568,17 +573,19 @@ def _load_state(path: Path | None, fingerprint: str) -> dict | None:
     return state
 
 
-@torch.inference_mode()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512, device: str = "auto") -> torch.Tensor:
-    """Logits for uint8 images (N x 3 x H x W), computed in batches; returned on the CPU."""
+    """Logits for uint8 images (N x 3 x H x W), computed in batches; returned on the CPU.
+
+    The model moves to the device and layout before inference mode: parameters converted inside it
+    would become inference tensors, which a later `fit` could not train."""
     dev = resolve_device(device)
-    channels_last = dev.type == "cuda"
-    model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format).eval()
-    normalize = Normalizer(dev, channels_last)
+    model.to(dev, memory_format=MEMORY_FORMAT).eval()
+    normalize = Normalizer(dev)
     amp_dtype = autocast_dtype(dev, "auto")
     outputs = []
-    for (batch,) in DeviceRows([images], dev).slices(batch_size):
-        x = normalize(batch)
-        with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            outputs.append(model(x).float())
+    with torch.inference_mode():
+        for (batch,) in DeviceRows([images], dev).slices(batch_size):
+            x = normalize(batch)
+            with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                outputs.append(model(x).float())
     return torch.cat(outputs).cpu()

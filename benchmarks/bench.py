@@ -8,7 +8,11 @@
    source model), so no run finds state or caches left by another.
 2. Training loop throughput: images/s of `adaptflow.train.fit` over a minimal bare torch loop
    (same model and initial weights, data tensors, batch size, optimizer, per-batch
-   normalisation, flush-denormal flag and thread count), alternating after one warm-up each.
+   normalisation, memory layout, flush-denormal flag and thread count), alternating after one
+   warm-up each.
+3. Memory layout: images/s of `fit` and of `predict` in the channels-last layout every model runs
+   in (`adaptflow.train.MEMORY_FORMAT`) over the same calls in PyTorch's default NCHW layout, for
+   `small_cnn` and resnet18 at the demo's image size.
 
 The machine may be shared: on 2 cores one busy neighbour slows a 2-thread torch process
 several-fold. So every timed run records how much CPU other processes took meanwhile; a run
@@ -317,12 +321,14 @@ def bench_flow(roots: Roots, measurer: Measurer, rounds: int) -> dict:
 
 
 def bare_loop(model, images, labels, epochs: int, batch_size: int, lr: float, weight_decay: float) -> None:
-    """The minimal loop: shuffle, index a batch, normalise it, forward, cross-entropy, AdamW step."""
+    """The minimal loop: shuffle, index a batch, normalise it (channels-last, as `fit`), forward, cross-entropy, AdamW step."""
     import torch
     import torch.nn.functional as F
 
     from adaptflow.models import IMAGENET_MEAN, IMAGENET_STD
+    from adaptflow.train import MEMORY_FORMAT
 
+    model.to(memory_format=MEMORY_FORMAT)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     groups = [{"params": list(model.head.parameters()), "lr": lr}, {"params": list(model.backbone.parameters()), "lr": lr}]
@@ -334,7 +340,7 @@ def bare_loop(model, images, labels, epochs: int, batch_size: int, lr: float, we
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            x = (images[idx].float().div_(255.0) - mean) / std
+            x = ((images[idx].float().div_(255.0) - mean) / std).contiguous(memory_format=MEMORY_FORMAT)
             loss = F.cross_entropy(model(x), labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -426,6 +432,60 @@ def bench_fit(template: Path, measurer: Measurer, n_images: int, epochs: int, ro
 
 
 # ---------------------------------------------------------------------------------------------
+# 3. Memory layout
+# ---------------------------------------------------------------------------------------------
+
+
+def bench_layout(template: Path, measurer: Measurer, n_images: int, rounds: int) -> dict:
+    """fit and predict images/s in the channels-last layout over the same in NCHW, per architecture."""
+    import torch
+
+    import adaptflow.train as train
+    from adaptflow.config import load_config
+    from adaptflow.data import ImageSet, load_split
+    from adaptflow.models import build_classifier
+    from adaptflow.train import FitSettings, fit, predict
+
+    use_root(template)
+    cfg = load_config(None, [])
+    full = load_split(cfg.data, cfg.data.source, "train")
+    data = ImageSet(full.images[:n_images].contiguous(), full.labels[:n_images].contiguous(), full.classes)
+    settings = FitSettings(epochs=1, batch_size=64, lr=1e-3, strategy="finetune", augment=False, device="cpu")
+    chosen = train.MEMORY_FORMAT
+    layouts = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
+
+    def timed_call(call) -> Timed:
+        def run(model) -> Timed:
+            with Timed() as timed:
+                call(model)
+            timed.images_per_s = len(data) / timed.seconds
+            return timed
+        return run
+
+    calls = {"fit": lambda model: fit(model, data, settings, progress=False), "predict": lambda model: predict(model, data.images, device="cpu")}
+    result: dict[str, Any] = {"images": len(data), "image_size": cfg.data.image_size, "threads": torch.get_num_threads()}
+    try:
+        for arch in ("small_cnn", "resnet18"):
+            runs: dict[str, list[Timed]] = {f"{call}_{layout}": [] for call in calls for layout in layouts}
+            for i in range(rounds + 1):  # the first round warms up, untimed
+                for layout, memory_format in layouts.items():
+                    train.MEMORY_FORMAT = memory_format
+                    for call, run in calls.items():
+                        timed = measurer.measure(f"{arch} {call} {layout} {i}", lambda: build_classifier(arch, len(data.classes)), timed_call(run))
+                        if i:
+                            runs[f"{call}_{layout}"].append(timed)
+                            log.info("layout %s %s %s: %.0f images/s in %s", arch, call, layout, timed.images_per_s, timed.describe())
+            median = {name: statistics.median(r.images_per_s for r in timed) for name, timed in runs.items()}
+            result[arch] = {**{f"{name}_median_images_per_s": v for name, v in median.items()},
+                            **{f"{call}_ratio": median[f"{call}_channels_last"] / median[f"{call}_nchw"] for call in calls},
+                            "contended_runs": sum(r.contended for timed in runs.values() for r in timed)}
+    finally:
+        train.MEMORY_FORMAT = chosen
+    result["runs_each"] = rounds
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -460,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         template = make_template(base)
         fit_result = bench_fit(template, measurer, args.fit_images, args.fit_epochs, args.fit_rounds)
+        layout_result = bench_layout(template, measurer, args.fit_images, args.fit_rounds)
         flow_result = bench_flow(Roots(base, template), measurer, args.flow_rounds)
     finally:
         if args.keep:
@@ -473,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "flow_overhead": flow_result,
         "training_loop": fit_result,
+        "memory_layout": layout_result,
         "discarded_runs": measurer.discarded,
         "contended_cores_threshold": CONTENDED_CORES,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
@@ -492,7 +554,13 @@ def main(argv: list[str] | None = None) -> int:
           f"bare {t['bare_median_images_per_s']:.0f}, median of {t['runs_each']})")
     print(f"training with per-epoch scoring / without (images/s): {t['scored_ratio']:.3f}  (validation and unlabeled sets "
           f"each a quarter of the training set's size, scored after every epoch)")
-    kept = f["contended_runs"] + t["contended_runs"]
+    for arch in ("small_cnn", "resnet18"):
+        a = layout_result[arch]
+        print(f"channels-last / NCHW layout, {arch} at {layout_result['image_size']} px (images/s): fit {a['fit_ratio']:.2f}, "
+              f"predict {a['predict_ratio']:.2f}  (fit {a['fit_channels_last_median_images_per_s']:.0f} against "
+              f"{a['fit_nchw_median_images_per_s']:.0f}, predict {a['predict_channels_last_median_images_per_s']:.0f} against "
+              f"{a['predict_nchw_median_images_per_s']:.0f}, median of {layout_result['runs_each']})")
+    kept = f["contended_runs"] + t["contended_runs"] + sum(layout_result[arch]["contended_runs"] for arch in ("small_cnn", "resnet18"))
     if measurer.discarded or kept:
         print(f"note: other processes shared the CPUs: {len(measurer.discarded)} disturbed run(s) discarded and re-run, "
               f"{kept} kept run(s) still disturbed (details in {report})")

@@ -46,7 +46,7 @@ def test_presets_load_and_the_full_grid_has_every_dimension() -> None:
     assert low.source.low_resolution == 0.5 and control.source == full.source
     assert low.model_dump(exclude={"name", "source", "output"}) == control.model_dump(exclude={"name", "source", "output"})
     assert source_model_path(control, "mnist", 0) == source_model_path(full, "mnist", 0) != source_model_path(low, "mnist", 0)
-    assert source_model_path(full, "mnist", 0).parent.name == "mnist-small_cnn-514c36c59d-s0"
+    assert source_model_path(full, "mnist", 0).parent.name == "mnist-small_cnn-bbaef844b2-s0"
     finetune = next(c for c in plan_cells(low) if c.name == "finetune")
     assert control.cell_digest(finetune) == full.cell_digest(finetune) != low.cell_digest(finetune)
     # A method's loss makes its hyperparameters part of what a few-label cell depends on; batch-norm statistics alone do not.

@@ -54,6 +54,16 @@ def test_mixed_precision_training_on_cuda(precision: str) -> None:
     assert accuracy > 0.9
 
 
+def test_a_cpu_model_evaluated_on_cuda_first_then_trains_there() -> None:
+    """What a benchmark few-label cell does: score the loaded model (time-to-accuracy at step 0), then train it."""
+    data = _images(64)
+    model = build_classifier("small_cnn", 4)
+    predict(model, data.images, device="cuda")
+    assert next(model.parameters()).device.type == "cuda" and not any(p.is_inference() for p in model.parameters())
+    history = fit(model, data, FitSettings(epochs=2, batch_size=16, lr=1e-3, device="cuda"), progress=False)
+    assert history[-1]["train_loss"] > 0
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_each_method_trains_on_cuda_with_fused_updates(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[torch.optim.Optimizer] = []

@@ -90,6 +90,20 @@ def test_same_seed_same_weights() -> None:
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
+def test_a_model_predict_prepared_trains_afterwards_and_both_run_channels_last() -> None:
+    """predict moves a fresh model to its device and layout; parameters converted inside inference mode
+    would be inference tensors that `fit` cannot train (what a CPU model evaluated on a GPU first hits)."""
+    torch.manual_seed(0)
+    model = build_classifier("small_cnn", 4)
+    assert model.backbone[0][0].weight.is_contiguous()  # as built: NCHW
+    before = predict(model, _images().images)
+    weight = model.backbone[0][0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    assert not any(p.is_inference() for p in model.parameters())
+    history = fit(model, _images(), _settings(epochs=1), progress=False)
+    assert history[0]["train_loss"] > 0 and not torch.equal(predict(model, _images().images), before)
+
+
 def test_resume_after_a_crash_gives_the_uninterrupted_result(tmp_path: Path) -> None:
     settings = _settings(epochs=4, strategy="lp_ft", lp_epochs=1, augment=True)
     torch.manual_seed(0)

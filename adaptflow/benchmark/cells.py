@@ -43,7 +43,7 @@ def _data(spec: BenchmarkSpec, source: str, target: str) -> DataConfig:
 
 def source_model_path(spec: BenchmarkSpec, source: str, seed: int) -> Path:
     budget = spec.source.model_dump_json()
-    tag = hashlib.sha256(f"{spec.arch}:{spec.image_size}:{budget}".encode()).hexdigest()[:10]
+    tag = hashlib.sha256(f"{spec.arch}:{spec.image_size}:{budget}:channels_last".encode()).hexdigest()[:10]  # see cell_digest
     return env.cache_dir() / "benchmark" / "sources" / f"{source}-{spec.arch}-{tag}-s{seed}" / "model.pt"
 
 

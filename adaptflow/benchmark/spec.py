@@ -178,7 +178,10 @@ class BenchmarkSpec(Spec):
         shared = {"arch", "image_size", "data_root", "source"}
         shared |= {"adapt", "pseudo_label_threshold", "adapt_weight"} if cell.kind == "method" else {"few_shot", "eval_points"}
         strategy, methods = few_label_parts(cell.name)
-        extra = {} if cell.kind == "method" else {"curve": "geometric"}
+        # Models trained and measured in the NCHW layout (before adaptflow.train.MEMORY_FORMAT) gave other results.
+        extra: dict[str, object] = {"layout": "channels_last"}
+        if cell.kind != "method":
+            extra["curve"] = "geometric"
         if cell.kind != "method" and losses_on_unlabeled(methods):
             shared |= {"pseudo_label_threshold", "adapt_weight"}
             extra["unlabeled_batch"] = "few_shot.batch_size"  # older results drew as many unlabeled images as labeled ones

@@ -143,15 +143,16 @@ def colour_jitter(x: torch.Tensor, generator: torch.Generator, strength: float =
     return (x * gain.to(x.device) + offset.to(x.device)).clamp_(0, 1)
 
 
-@torch.inference_mode()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: str) -> list[dict[str, torch.Tensor]]:
-    """Boxes (xyxy pixels), scores and class indices for uint8 images (N x 3 x H x W)."""
+    """Boxes (xyxy pixels), scores and class indices for uint8 images (N x 3 x H x W). The model moves
+    to the device before inference mode, so that it can still be trained afterwards."""
     from adaptflow.train import resolve_device
 
     dev = resolve_device(device)
     model = model.to(dev).eval()
     results = []
-    for start in range(0, len(images), batch_size):
-        for out in model(list(images[start : start + batch_size].to(dev).float().div_(255).unbind(0))):
-            results.append({"boxes": out["boxes"].float().cpu(), "scores": out["scores"].float().cpu(), "labels": out["labels"].cpu() - 1})
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            for out in model(list(images[start : start + batch_size].to(dev).float().div_(255).unbind(0))):
+                results.append({"boxes": out["boxes"].float().cpu(), "scores": out["scores"].float().cpu(), "labels": out["labels"].cpu() - 1})
     return results

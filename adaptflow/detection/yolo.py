@@ -227,10 +227,10 @@ def amp_check(model: nn.Module) -> bool:
     return True
 
 
-@torch.inference_mode()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: str, conf: float = 0.001, iou: float = 0.7,
             max_det: int = 100) -> list[dict[str, torch.Tensor]]:
-    """Boxes (xyxy pixels), scores and class indices for uint8 images (N x 3 x H x W)."""
+    """Boxes (xyxy pixels), scores and class indices for uint8 images (N x 3 x H x W). The model moves
+    to the device before inference mode, so that it can still be trained afterwards."""
     ultralytics()
     from ultralytics.utils.nms import non_max_suppression
 
@@ -242,12 +242,13 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: str
     h, w = images.shape[-2:]
     pad = (0, (-w) % stride, 0, (-h) % stride)
     results: list[dict[str, torch.Tensor]] = []
-    for start in range(0, len(images), batch_size):
-        x = torch.nn.functional.pad(images[start : start + batch_size].to(dev).float().div_(255), pad, value=114 / 255)
-        out = model(x)
-        for det in non_max_suppression(out[0] if isinstance(out, tuple | list) else out, conf, iou, max_det=max_det):
-            det = det.float().cpu()
-            det[:, 0:4:2] = det[:, 0:4:2].clamp(0, w)  # boxes stay inside the (unpadded) image
-            det[:, 1:4:2] = det[:, 1:4:2].clamp(0, h)
-            results.append({"boxes": det[:, :4], "scores": det[:, 4], "labels": det[:, 5].long()})
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            x = torch.nn.functional.pad(images[start : start + batch_size].to(dev).float().div_(255), pad, value=114 / 255)
+            out = model(x)
+            for det in non_max_suppression(out[0] if isinstance(out, tuple | list) else out, conf, iou, max_det=max_det):
+                det = det.float().cpu()
+                det[:, 0:4:2] = det[:, 0:4:2].clamp(0, w)  # boxes stay inside the (unpadded) image
+                det[:, 1:4:2] = det[:, 1:4:2].clamp(0, h)
+                results.append({"boxes": det[:, :4], "scores": det[:, 4], "labels": det[:, 5].long()})
     return results
