@@ -55,6 +55,8 @@ FLOW_OVERRIDES = ["finetune.epochs=15", "data.labeled_per_class=10"]
 WARMUP_OVERRIDES = ["finetune.epochs=2", "finetune.lp_epochs=1", "data.labeled_per_class=10"]
 #: The source model every transfer run starts from, trained once.
 PRETRAIN_OVERRIDES = ["pretrain.epochs=1"]
+#: The architectures the layout section measures: the benchmark's backbone and the pipeline's default.
+LAYOUT_ARCHS = ("small_cnn", "resnet18")
 #: A timed run during which other processes used more than this many cores is "contended".
 CONTENDED_CORES = 0.2
 
@@ -454,7 +456,7 @@ def bench_layout(template: Path, measurer: Measurer, n_images: int, rounds: int)
     chosen = train.MEMORY_FORMAT
     layouts = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
 
-    def timed_call(call) -> Timed:
+    def timed_call(call: Callable[[Any], Any]) -> Callable[[Any], Timed]:
         def run(model) -> Timed:
             with Timed() as timed:
                 call(model)
@@ -465,7 +467,7 @@ def bench_layout(template: Path, measurer: Measurer, n_images: int, rounds: int)
     calls = {"fit": lambda model: fit(model, data, settings, progress=False), "predict": lambda model: predict(model, data.images, device="cpu")}
     result: dict[str, Any] = {"images": len(data), "image_size": cfg.data.image_size, "threads": torch.get_num_threads()}
     try:
-        for arch in ("small_cnn", "resnet18"):
+        for arch in LAYOUT_ARCHS:
             runs: dict[str, list[Timed]] = {f"{call}_{layout}": [] for call in calls for layout in layouts}
             for i in range(rounds + 1):  # the first round warms up, untimed
                 for layout, memory_format in layouts.items():
@@ -554,13 +556,13 @@ def main(argv: list[str] | None = None) -> int:
           f"bare {t['bare_median_images_per_s']:.0f}, median of {t['runs_each']})")
     print(f"training with per-epoch scoring / without (images/s): {t['scored_ratio']:.3f}  (validation and unlabeled sets "
           f"each a quarter of the training set's size, scored after every epoch)")
-    for arch in ("small_cnn", "resnet18"):
+    for arch in LAYOUT_ARCHS:
         a = layout_result[arch]
         print(f"channels-last / NCHW layout, {arch} at {layout_result['image_size']} px (images/s): fit {a['fit_ratio']:.2f}, "
               f"predict {a['predict_ratio']:.2f}  (fit {a['fit_channels_last_median_images_per_s']:.0f} against "
               f"{a['fit_nchw_median_images_per_s']:.0f}, predict {a['predict_channels_last_median_images_per_s']:.0f} against "
               f"{a['predict_nchw_median_images_per_s']:.0f}, median of {layout_result['runs_each']})")
-    kept = f["contended_runs"] + t["contended_runs"] + sum(layout_result[arch]["contended_runs"] for arch in ("small_cnn", "resnet18"))
+    kept = f["contended_runs"] + t["contended_runs"] + sum(layout_result[arch]["contended_runs"] for arch in LAYOUT_ARCHS)
     if measurer.discarded or kept:
         print(f"note: other processes shared the CPUs: {len(measurer.discarded)} disturbed run(s) discarded and re-run, "
               f"{kept} kept run(s) still disturbed (details in {report})")

@@ -47,6 +47,12 @@ def test_presets_load_and_the_full_grid_has_every_dimension() -> None:
     assert low.model_dump(exclude={"name", "source", "output"}) == control.model_dump(exclude={"name", "source", "output"})
     assert source_model_path(control, "mnist", 0) == source_model_path(full, "mnist", 0) != source_model_path(low, "mnist", 0)
     assert source_model_path(full, "mnist", 0).parent.name == "mnist-small_cnn-bbaef844b2-s0"
+    # The torch-free spec names what adaptflow.train does: the layout and the layer-wise strategies its keys depend on.
+    import adaptflow.benchmark.spec as spec_module
+    import adaptflow.train as train_module
+
+    assert getattr(torch, spec_module.LAYOUT) == train_module.MEMORY_FORMAT
+    assert spec_module.LAYERWISE_STRATEGIES == train_module.LAYERWISE_STRATEGIES
     finetune = next(c for c in plan_cells(low) if c.name == "finetune")
     assert control.cell_digest(finetune) == full.cell_digest(finetune) != low.cell_digest(finetune)
     # A method's loss makes its hyperparameters part of what a few-label cell depends on; batch-norm statistics alone do not.

@@ -19,7 +19,7 @@ import torch
 from adaptflow import env
 from adaptflow.adapt import TargetData, score_model
 from adaptflow.adapt.adabn import adapt_batch_norm
-from adaptflow.benchmark.spec import CONTROL, TARGET_BN, BenchmarkSpec, Budget, Cell, few_label_parts, losses_on_unlabeled, tried_lr
+from adaptflow.benchmark.spec import CONTROL, LAYOUT, TARGET_BN, BenchmarkSpec, Budget, Cell, few_label_parts, losses_on_unlabeled, tried_lr
 from adaptflow.config import DataConfig
 from adaptflow.data import ImageSet, list_classes, load_split, split_dir
 from adaptflow.io import read_json, write_json
@@ -43,7 +43,7 @@ def _data(spec: BenchmarkSpec, source: str, target: str) -> DataConfig:
 
 def source_model_path(spec: BenchmarkSpec, source: str, seed: int) -> Path:
     budget = spec.source.model_dump_json()
-    tag = hashlib.sha256(f"{spec.arch}:{spec.image_size}:{budget}:channels_last".encode()).hexdigest()[:10]  # see cell_digest
+    tag = hashlib.sha256(f"{spec.arch}:{spec.image_size}:{budget}:{LAYOUT}".encode()).hexdigest()[:10]
     return env.cache_dir() / "benchmark" / "sources" / f"{source}-{spec.arch}-{tag}-s{seed}" / "model.pt"
 
 

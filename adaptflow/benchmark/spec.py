@@ -16,6 +16,9 @@ from adaptflow.io import content_digest, read_yaml
 PRESETS = Path(__file__).resolve().parents[2] / "benchmarks" / "presets"
 #: Strategies whose result depends on layer_lr_decay (as in adaptflow.train, which this module must not import: it is torch-free).
 LAYERWISE_STRATEGIES = ("discriminative", "gradual_unfreeze")
+#: The memory layout models train and predict in (adaptflow.train.MEMORY_FORMAT's name), part of every cache key:
+#: models trained and measured in the NCHW layout before it gave other results.
+LAYOUT = "channels_last"
 #: The control: the source model trained for as many more steps as the methods, on source alone.
 CONTROL = "none"
 #: In a few-label run, AdaBN means batch-norm statistics re-estimated on the unlabeled target split before and after training.
@@ -178,8 +181,7 @@ class BenchmarkSpec(Spec):
         shared = {"arch", "image_size", "data_root", "source"}
         shared |= {"adapt", "pseudo_label_threshold", "adapt_weight"} if cell.kind == "method" else {"few_shot", "eval_points"}
         strategy, methods = few_label_parts(cell.name)
-        # Models trained and measured in the NCHW layout (before adaptflow.train.MEMORY_FORMAT) gave other results.
-        extra: dict[str, object] = {"layout": "channels_last"}
+        extra: dict[str, object] = {"layout": LAYOUT}
         if cell.kind != "method":
             extra["curve"] = "geometric"
         if cell.kind != "method" and losses_on_unlabeled(methods):
