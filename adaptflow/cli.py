@@ -133,7 +133,7 @@ def data_add(
 
         added = add_detection_images(source, dest, len(read_names(dest.parent)))
     else:
-        added = add_images(source, dest)
+        added = add_images(source, dest, cfg.data.window)
     typer.echo(f"added {sum(added.values())} images to {cfg.data.target}/{split.value}: {added}")
     if not added:
         return

@@ -64,6 +64,28 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class WindowConfig(Section):
+    """How a single-channel image of more than 8 bits (16-bit PNG or TIFF, 32-bit integer or float TIFF: medical scans, raw
+    sensor frames) becomes the 8-bit pixels a model sees: values from low to high map linearly onto 0..255, the rest clip."""
+
+    kind: Literal["percentiles", "values"] = Field(
+        "percentiles", description="percentiles: low and high are percentiles of each image's own values (differences of exposure "
+        "and gain between images cancel); values: low and high are pixel values, the same for every image (a CT window, a 12-bit "
+        "sensor's 0..4095)",
+    )
+    low: float = Field(0.5, description="The value, or the percentile, that becomes black (0)")
+    high: float = Field(99.5, description="The value, or the percentile, that becomes white (255)")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> WindowConfig:
+        if not self.low < self.high:
+            raise ValueError(f"window low={self.low:g} must be below high={self.high:g}; swap them, or widen the window")
+        if self.kind == "percentiles" and not 0 <= self.low < self.high <= 100:
+            raise ValueError(f"window percentiles low={self.low:g}, high={self.high:g} must lie in 0..100; for pixel values "
+                             "set kind to values")
+        return self
+
+
 class DataConfig(Section):
     """Where the domains live and how images are prepared."""
 
@@ -78,6 +100,10 @@ class DataConfig(Section):
         0.0, ge=0, lt=1, description="Hold out this share of each class of the target's labeled split (at least one image) as a "
         "validation set: not trained on, scored by evaluate (target_val_accuracy), a sweep metric that leaves the test set alone. "
         "A <target>/val folder, when there is one, is the validation set instead (keep this at 0 then)",
+    )
+    window: WindowConfig | None = Field(
+        None, description="Map single-channel images of more than 8 bits (16-bit, 32-bit, float) onto 8 bits this way; the model "
+        "records it and applies it when served. Empty refuses such images (8-bit images are used as they are either way)",
     )
     remote: str | None = Field(None, description="DVC remote to push to; empty uses the default remote")
 
@@ -285,6 +311,9 @@ class RunConfig(Section):
             if self.finetune.keep_epoch != "last":
                 raise ValueError(f"finetune.keep_epoch {self.finetune.keep_epoch} scores a classifier's epochs; with task detection "
                                  "set it to last")
+            if self.data.window is not None:
+                raise ValueError("data.window maps a classifier's images onto 8 bits; detectors read their image files "
+                                 "themselves: convert them to 8 bits, and leave data.window empty")
             per_class = {"labeled_per_class": (self.data.labeled_per_class is not None, "empty"),
                          "val_fraction": (self.data.val_fraction > 0, "0")}
             for key, (set_, unset) in per_class.items():
@@ -351,7 +380,9 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     node = raw
     parts = key.strip().split(".")
     for part in parts[:-1]:
-        child = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or an empty optional section (data.window: null)
+            node[part] = {}
+        child = node[part]
         if not isinstance(child, dict):
             raise ConfigError(f"override '{item}': '{part}' is a value, not a section")
         node = child
@@ -379,9 +410,10 @@ def explain(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
 def _suggest(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        sections = [t for t in (field.annotation, *get_args(field.annotation)) if isinstance(t, type) and issubclass(t, BaseModel)] if field else []
+        if not sections:  # not a section, nor an optional one (data.window)
             return ""
-        model = field.annotation
+        model = sections[0]
     close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
     return f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(model.model_fields)})"
 

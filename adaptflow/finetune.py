@@ -139,7 +139,7 @@ def finetune(
     history = fit_on_devices(job, fit_job, spec, cfg.devices, "finetune", on_epoch)
     model, arch, train = job.model, job.arch, job.train
     path = work_dir / "model.pt"
-    save_checkpoint(path, model, arch=arch, classes=train.classes, image_size=data.image_size,
+    save_checkpoint(path, model, arch=arch, classes=train.classes, image_size=data.image_size, window=data.window,
                     extra={"pretrained_sha256": pretrained.sha256, "strategy": cfg.strategy, "methods": list(cfg.methods)})
     write_json(work_dir / "history.json", history)
     for leftover in ("train_state.pt", "train_state.json"):  # only an unfinished run needs them

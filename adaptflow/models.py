@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from adaptflow.config import WindowConfig
 
 CHECKPOINT_FORMAT = "adaptflow.classifier/1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -94,9 +97,11 @@ def replace_head(model: Classifier, num_classes: int) -> Classifier:
 
 
 def save_checkpoint(
-    path: str | Path, model: Classifier, *, arch: str, classes: tuple[str, ...], image_size: int, extra: dict[str, Any] | None = None
+    path: str | Path, model: Classifier, *, arch: str, classes: tuple[str, ...], image_size: int, window: WindowConfig | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write a weights-only model file (atomically)."""
+    """Write a weights-only model file (atomically), with what serving needs to prepare images as training did:
+    their size and the window that mapped images of more than 8 bits onto 8 (`data.window`)."""
     from adaptflow.io import atomic_write
 
     blob = {
@@ -104,6 +109,7 @@ def save_checkpoint(
         "arch": arch,
         "classes": list(classes),
         "image_size": image_size,
+        "window": window.model_dump() if window is not None else None,
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},

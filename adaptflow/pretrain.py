@@ -79,7 +79,8 @@ def pretrain(cfg: PretrainConfig, data: DataConfig, work_dir: Path, on_epoch: Ep
     report = classification_report(test.labels, predict(model, test.images, device=cfg.device), test.classes)
 
     def save(path: Path) -> None:
-        save_checkpoint(path, model, arch=cfg.arch, classes=train.classes, image_size=data.image_size, extra={"domain": data.source})
+        save_checkpoint(path, model, arch=cfg.arch, classes=train.classes, image_size=data.image_size, window=data.window,
+                        extra={"domain": data.source})
 
     metrics = {"source_accuracy": report["accuracy"], "source_macro_f1": report["macro_f1"]}
     return publish(cfg, save, metrics, history, work_dir)

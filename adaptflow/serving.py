@@ -4,7 +4,9 @@ The model is logged "from code" (this file), so loading it unpickles nothing: th
 with `torch.load(weights_only=True)`. It needs adaptflow installed where it is served.
 
 `mlflow.pyfunc.load_model("models:/<name>@champion").predict(images)` takes uint8 images
-(N x H x W x 3, any N and size) and returns a table of the predicted class and its score.
+(N x H x W x 3, any N and size) and returns a table of the predicted class and its score. A model
+trained with `data.window` on images of more than 8 bits takes their raw values instead, as float32
+(N x H x W), and maps them onto 8 bits as training did. Inputs are resized as training resized them.
 """
 
 from __future__ import annotations
@@ -24,27 +26,22 @@ class ClassifierModel(mlflow.pyfunc.PythonModel):
         self.load(context.artifacts["checkpoint"])
 
     def load(self, path: str) -> ClassifierModel:
+        from adaptflow.config import WindowConfig
         from adaptflow.models import load_checkpoint
 
         self.model, self.meta = load_checkpoint(path)
         self.model.eval()
+        window = self.meta.get("window")
+        self.window = WindowConfig.model_validate(window) if window else None
         return self
 
     def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:  # noqa: ANN001 - MLflow's context type
         # np.ndarray is a hint MLflow infers no schema from: the logged tensor signature stays the one that validates inputs.
-        import torch
-        import torch.nn.functional as F
-
+        from adaptflow.data.pixels import prepare
         from adaptflow.train import predict
 
-        images = torch.as_tensor(np.asarray(model_input, dtype=np.uint8))
-        if images.ndim == 3:
-            images = images.unsqueeze(-1).expand(-1, -1, -1, 3)
-        images = images.permute(0, 3, 1, 2)
-        size = self.meta["image_size"]
-        if tuple(images.shape[-2:]) != (size, size):
-            images = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False).round().clamp(0, 255).to(torch.uint8)
-        probs = predict(self.model, images.contiguous(), device="cpu").softmax(1)
+        images = prepare(model_input, self.meta["image_size"], self.window)
+        probs = predict(self.model, images, device="cpu").softmax(1)
         score, index = probs.max(1)
         classes = np.asarray(self.meta["classes"])
         return pd.DataFrame({"index": index.numpy(), "class": classes[index.numpy()], "score": score.numpy()}, columns=list(COLUMNS))

@@ -367,9 +367,8 @@ def register_model(
     version registered the first time, and moves no alias.
     """
     import mlflow
-    import numpy as np
     from mlflow.models import ModelSignature, infer_signature
-    from mlflow.types import ColSpec, Schema, TensorSpec
+    from mlflow.types import ColSpec, Schema
 
     from adaptflow.io import sha256_file
 
@@ -389,12 +388,11 @@ def register_model(
     for path in artifacts:
         c.log_artifact(run_id, str(path))
     serving = _serving(lineage.get("task", "classification"))
-    size = _image_size(checkpoint)
-    example = np.zeros((2, size, size, 3), dtype=np.uint8)  # batch of 2: the batch dimension stays free
+    example, spec = _model_input(checkpoint)  # a batch of 2: the batch dimension stays free
     params = getattr(serving, "PARAMS", None)  # inference options a caller may pass, with their defaults
     # Any batch size and any image size: the model resizes to the size it was trained at. The output
     # table's columns are declared (a detector's has no rows for a blank image to infer them from).
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+    signature = ModelSignature(inputs=Schema([spec]),
                                outputs=Schema([ColSpec(kind, name) for name, kind in serving.COLUMNS.items()]),
                                params=infer_signature(example, params=params).params)
 
@@ -434,12 +432,19 @@ def _serving(task: str):  # noqa: ANN202 - a module
     return serving
 
 
-def _image_size(checkpoint: str | Path) -> int:
-    """The image size an adaptflow model file records (classifier or detector), read without building the model;
-    MLflow's check of the input example loads the model itself."""
+def _model_input(checkpoint: str | Path):  # noqa: ANN202 - (example, TensorSpec)
+    """(an input example, its spec) for an adaptflow model file (classifier or detector), read without building the
+    model (MLflow's check of the example loads the model itself): any batch and image size of uint8 RGB images, or
+    for a model trained with `data.window`, float32 raw values of single-channel images."""
+    import numpy as np
     import torch
+    from mlflow.types import TensorSpec
 
-    return int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["image_size"])
+    meta = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    size = int(meta["image_size"])
+    if meta.get("window"):
+        return np.zeros((2, size, size), dtype=np.float32), TensorSpec(np.dtype(np.float32), (-1, -1, -1))
+    return np.zeros((2, size, size, 3), dtype=np.uint8), TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))
 
 
 def _gate_lock(tracking: TrackingConfig):  # noqa: ANN202 - a context manager

@@ -18,16 +18,16 @@ from pathlib import Path
 from PIL import Image
 
 from adaptflow.adapt.validators import VALIDATORS
-from adaptflow.config import RunConfig
+from adaptflow.config import RunConfig, WindowConfig
 from adaptflow.data import has_validation, split_dir
 from adaptflow.data.folders import IMAGE_SUFFIXES, held_out_count, natural_key
+from adaptflow.data.pixels import HIGH_BIT_MODES, WINDOW_FIX
 from adaptflow.errors import UserError
 
 log = logging.getLogger(__name__)
 
 #: Larger images are refused: decoding them would exhaust memory long before training starts.
 MAX_PIXELS = 40_000_000
-SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 IGNORED_NAMES = {".gitignore", ".dvcignore", "Thumbs.db", ".DS_Store"}
 #: The fix for data that is not where the config says.
 BUILD_THE_DATA = "build the data (adaptflow data build), `dvc pull`, or fix data.root"
@@ -96,8 +96,11 @@ def _inspect(path: Path) -> tuple[str | None, tuple[int, int] | None, str | None
     return mode, size, hashlib.sha256(raw).hexdigest(), None
 
 
-def check_image_split(folder: Path, report: Report, train_classes: tuple[str, ...] | None = None) -> dict[str, str]:
-    """Check one `<split>/<class>/` folder; returns {sha256: path} of its images for duplicate checks."""
+def check_image_split(
+    folder: Path, report: Report, train_classes: tuple[str, ...] | None = None, window: WindowConfig | None = None
+) -> dict[str, str]:
+    """Check one `<split>/<class>/` folder; returns {sha256: path} of its images for duplicate checks.
+    Images of more than 8 bits are errors unless `window` (`data.window`) maps them onto 8."""
     if not folder.is_dir():
         report.error(folder, "no such split folder", BUILD_THE_DATA)
         return {}
@@ -122,11 +125,11 @@ def check_image_split(folder: Path, report: Report, train_classes: tuple[str, ..
                 images.append(p)
         if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
             report.error(cls, "empty class (no images)", "add images or delete the folder")
-    return _check_images(folder, images, report)
+    return _check_images(folder, images, report, window)
 
 
-def _check_images(folder: Path, images: list[Path], report: Report) -> dict[str, str]:
-    """Decode every image: corrupt, huge, 16-bit, duplicate and mixed-mode files; returns {sha256: path}."""
+def _check_images(folder: Path, images: list[Path], report: Report, window: WindowConfig | None = None) -> dict[str, str]:
+    """Decode every image: corrupt, huge, 16-bit (without a window), duplicate and mixed-mode files; returns {sha256: path}."""
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         results = list(pool.map(_inspect, images))
     report.checked_files += len(images)
@@ -139,8 +142,8 @@ def _check_images(folder: Path, images: list[Path], report: Report) -> dict[str,
         if size is not None and size[0] * size[1] > MAX_PIXELS:
             report.error(path, f"huge image ({size[0]}x{size[1]} pixels, limit {MAX_PIXELS})", "downscale it before training")
             continue
-        if mode in SIXTEEN_BIT_MODES:
-            report.error(path, f"{mode} image (16-bit or float): converting to 8 bits would clip it", "convert it to 8-bit L or RGB")
+        if mode in HIGH_BIT_MODES and window is None:
+            report.error(path, f"{mode} image (16-bit or float): converting to 8 bits would clip it", WINDOW_FIX)
             continue
         modes[mode] += 1
         if digest in seen:
@@ -272,7 +275,7 @@ def validate(config: RunConfig, stage: str = "transfer") -> Report:
         _validate_detection(config, stage, report)
     else:
         for split in ("train", "test"):
-            check_image_split(split_dir(data, data.source, split), report)
+            check_image_split(split_dir(data, data.source, split), report, window=data.window)
         if stage == "transfer":
             _check_target(config, report)
     for p in report.warnings:
@@ -286,17 +289,17 @@ def validate(config: RunConfig, stage: str = "transfer") -> Report:
 def _check_target(config: RunConfig, report: Report) -> None:
     data = config.data
     train = split_dir(data, data.target, "train")
-    train_hashes = check_image_split(train, report)
+    train_hashes = check_image_split(train, report, window=data.window)
     train_classes = tuple(p.name for p in train.iterdir() if p.is_dir()) if train.is_dir() else None
-    test_hashes = check_image_split(split_dir(data, data.target, "test"), report, train_classes)
+    test_hashes = check_image_split(split_dir(data, data.target, "test"), report, train_classes, data.window)
     unlabeled = split_dir(data, data.target, "unlabeled")
     if unlabeled.exists():
-        check_image_split(unlabeled, report, train_classes)
+        check_image_split(unlabeled, report, train_classes, data.window)
     elif config.finetune.methods:
         report.error(unlabeled, f"no unlabeled split, but finetune.methods {config.finetune.methods} adapt from one",
                      "add unlabeled target images there (one folder per class, or any single folder), or set finetune.methods=[]")
     val = split_dir(data, data.target, "val")
-    val_hashes = check_image_split(val, report, train_classes) if val.exists() else {}
+    val_hashes = check_image_split(val, report, train_classes, data.window) if val.exists() else {}
     if val.exists() and data.val_fraction:
         report.error(val, f"a validation folder, and data.val_fraction={data.val_fraction} asks to hold out another from {train}",
                      "set data.val_fraction=0 to validate on the folder, or remove the folder")

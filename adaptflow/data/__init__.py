@@ -31,7 +31,7 @@ def split_dir(cfg: DataConfig, domain: str, split: str):
 
 def load_split(cfg: DataConfig, domain: str, split: str, classes: tuple[str, ...] | None = None) -> ImageSet:
     """Decode one split of a domain at the configured image size."""
-    return load_image_folder(split_dir(cfg, domain, split), cfg.image_size, classes)
+    return load_image_folder(split_dir(cfg, domain, split), cfg.image_size, classes, cfg.window)
 
 
 #: Seed of the validation share held out by `data.val_fraction`: every run of a project, whatever its

@@ -20,6 +20,9 @@ import torch
 from PIL import Image
 
 from adaptflow import env
+from adaptflow.config import WindowConfig
+from adaptflow.data.pixels import HIGH_BIT_MODES, WINDOW_FIX, to_8bit
+from adaptflow.errors import UserError
 from adaptflow.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -117,38 +120,51 @@ def scan_folder(folder: Path, classes: tuple[str, ...]) -> tuple[list[Path], lis
     return paths, labels
 
 
-def _decode(path: Path, size: int) -> np.ndarray:
+class HighBitDepthError(UserError, ValueError):
+    """An image of more than 8 bits and no `data.window` saying how to bring it to 8."""
+
+
+def _decode(path: Path, size: int, window: WindowConfig | None) -> np.ndarray:
     with Image.open(path) as img:
+        if img.mode in HIGH_BIT_MODES:
+            if window is None:
+                raise HighBitDepthError(f"{path}: {img.mode} image (16-bit or float), and data.window is empty; {WINDOW_FIX}")
+            img = Image.fromarray(to_8bit(np.asarray(img), window))
         img = img.convert("RGB")
         if img.size != (size, size):
             img = img.resize((size, size), Image.Resampling.BILINEAR)
         return np.asarray(img, dtype=np.uint8)
 
 
-def _content_key(folder: Path, paths: list[Path], labels: list[int], size: int) -> str:
+def _content_key(folder: Path, paths: list[Path], labels: list[int], size: int, window: WindowConfig | None) -> str:
     digest = hashlib.sha256(f"{_CACHE_FORMAT}:{size}".encode())
+    if window is not None:
+        digest.update(window.model_dump_json().encode())
     for path, label in zip(paths, labels, strict=True):
         digest.update(f"{path.relative_to(folder)}:{label}:".encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
-def load_image_folder(folder: str | Path, image_size: int, classes: tuple[str, ...] | None = None) -> ImageSet:
+def load_image_folder(
+    folder: str | Path, image_size: int, classes: tuple[str, ...] | None = None, window: WindowConfig | None = None
+) -> ImageSet:
     """Decode every image of `folder/<class>/` into one tensor, using the on-disk cache when it can.
 
     `classes` fixes the class order (take it from the training split); by default the
-    folder's own sub-folders are the classes.
+    folder's own sub-folders are the classes. `window` maps images of more than 8 bits onto 8
+    (`pixels.to_8bit`); without one they are an error.
     """
     folder = Path(folder)
     classes = classes if classes is not None else list_classes(folder)
     paths, labels = scan_folder(folder, classes)
-    key = _content_key(folder, paths, labels, image_size)
+    key = _content_key(folder, paths, labels, image_size, window)
     cached = env.cache_dir() / "images" / f"{key}.pt"
     if cached.exists():
         blob = torch.load(cached, weights_only=True)
         return ImageSet(blob["images"], blob["labels"], tuple(blob["classes"]))
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        arrays = list(pool.map(lambda p: _decode(p, image_size), paths))
+        arrays = list(pool.map(lambda p: _decode(p, image_size, window), paths))
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     result = ImageSet(images, torch.tensor(labels, dtype=torch.int64), tuple(classes))
     with atomic_write(cached) as tmp:

@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from adaptflow.config import WindowConfig
 from adaptflow.data.folders import IMAGE_SUFFIXES, list_classes
 from adaptflow.io import atomic_write, sha256_file
 from adaptflow.validate import DataValidationError, Report, check_image_split
@@ -58,14 +59,15 @@ def _place(copies: list[tuple[Path, Path]]) -> None:
             shutil.copyfile(file, tmp)
 
 
-def add_images(source: Path, split: Path) -> dict[str, int]:
+def add_images(source: Path, split: Path, window: WindowConfig | None = None) -> dict[str, int]:
     """Copy `source/<class>/*` into `split/<class>/`; returns how many new images each class got.
 
     Everything is checked first (nothing is copied if any file is bad, or is already in another
     labeled split). Files are named by their content hash, and an image the split already holds,
-    under any name, is not added again.
+    under any name, is not added again. Images of more than 8 bits need the `window` that maps them onto 8.
     """
-    fresh = _checked(source, split, lambda report: check_image_split(source, report, list_classes(split) if split.is_dir() else None),
+    classes = list_classes(split) if split.is_dir() else None
+    fresh = _checked(source, split, lambda report: check_image_split(source, report, classes, window),
                      "CLASS/IMAGE")
     added: dict[str, int] = {}
     for digest, image in fresh.items():

@@ -33,20 +33,15 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:  # noqa: ANN001 - MLflow's context type
         # np.ndarray is a hint MLflow infers no schema from: the logged tensor signature stays the one that validates inputs.
         import torch
-        import torch.nn.functional as F
 
+        from adaptflow.data.pixels import prepare
         from adaptflow.detection.models import predict
 
         conf = float((params or {}).get("conf", PARAMS["conf"]))
-        images = torch.as_tensor(np.asarray(model_input, dtype=np.uint8))
-        if images.ndim == 3:
-            images = images.unsqueeze(-1).expand(-1, -1, -1, 3)
-        images = images.permute(0, 3, 1, 2)
-        height, width = images.shape[-2:]
+        height, width = np.shape(model_input)[1:3]
         size = self.meta["image_size"]
-        if (height, width) != (size, size):
-            images = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False).round().clamp(0, 255).to(torch.uint8)
-        outputs = predict(self.model, self.meta["arch"], images.contiguous(), device="cpu")
+        images = prepare(model_input, size)
+        outputs = predict(self.model, self.meta["arch"], images, device="cpu")
         scale = torch.tensor([width / size, height / size, width / size, height / size])
         rows = [(i, out["labels"][keep], out["scores"][keep], out["boxes"][keep] * scale)
                 for i, out in enumerate(outputs) for keep in [out["scores"] >= conf]]
