@@ -263,6 +263,30 @@ def fetch(
     typer.echo(json.dumps(fetch_pretrained(uri, sha256).to_dict(), indent=2))
 
 
+@app.command("predict")
+def predict_images(
+    images: Annotated[Path, typer.Argument(help="Folder of images to classify (any depth)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV to write: path, class, score")] = Path("predictions.csv"),
+    model: Annotated[str | None, typer.Option(help="models:/NAME@ALIAS or /VERSION, or a model file; default: the registry's champion")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    config: ConfigOption = DEFAULT_CONFIG,
+    overrides: Overrides = None,
+) -> None:
+    """Classify every image under IMAGES with a registered or local classifier, decoded as training decoded its images."""
+    from adaptflow.predict import predict_folder
+    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.tracking import tracking_uri
+
+    cfg = _config(config, overrides)
+    uri = model or f"models:/{cfg.registry.model_name}@champion"
+    if uri.startswith("models:/"):
+        cfg = _tracked_config(config, overrides)
+    ref = fetch_pretrained(uri, tracking_uri=tracking_uri(cfg.tracking))
+    counts = predict_folder(ref.path, images, output, batch_size, device)
+    typer.echo(f"{sum(counts.values())} images -> {output} ({ref.uri}): " + ", ".join(f"{c} {n}" for c, n in sorted(counts.items())))
+
+
 @app.command("validate")
 def validate_data(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> None:
     """Check the data and config before spending compute; exit 2 listing each problem and its fix."""

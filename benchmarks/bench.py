@@ -1,4 +1,4 @@
-"""Two overhead ratios, measured in one run on this machine: `python -m benchmarks.bench`.
+"""Overhead, layout and memory ratios, measured in one run on this machine: `python -m benchmarks.bench`.
 
 1. Flow overhead: the Prefect transfer flow end to end (`flows.transfer.transfer`), over the
    bare core functions doing the same work (`adaptflow.pipeline.run_transfer`). The Prefect
@@ -13,6 +13,9 @@
 3. Memory layout: images/s of `fit` and of `predict` in the channels-last layout every model runs
    in (`adaptflow.train.MEMORY_FORMAT`) over the same calls in PyTorch's default NCHW layout, for
    `small_cnn` and resnet18 at the demo's image size.
+4. Image cache (`benchmarks/image_cache.py`): the peak memory of decoding an image folder, the time
+   of loading it back from the decode cache, and the memory two processes take for one cached set,
+   `load_image_folder` over a plain list-stack-permute decode and a whole-file cache read.
 
 The machine may be shared: on 2 cores one busy neighbour slows a 2-thread torch process
 several-fold. So every timed run records how much CPU other processes took meanwhile; a run
@@ -43,6 +46,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from benchmarks import progress_log
+from benchmarks.image_cache import bench_image_cache
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "reports" / "bench.json"
@@ -495,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flow-rounds", type=int, default=3, help="timed (core, flow) pairs (default 3)")
     parser.add_argument("--fit-rounds", type=int, default=3, help="timed (ours, bare) pairs (default 3)")
     parser.add_argument("--fit-images", type=int, default=2000, help="MNIST train images per epoch (default 2000)")
+    parser.add_argument("--cache-images", type=int, default=2000, help="photos the image cache section decodes (default 2000)")
     parser.add_argument("--fit-epochs", type=int, default=2, help="epochs per timed training run (default 2)")
     parser.add_argument("--quiet-wait", type=float, default=30.0,
                         help="seconds a timed run may wait for other processes to leave the CPUs (default 30)")
@@ -524,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         fit_result = bench_fit(template, measurer, args.fit_images, args.fit_epochs, args.fit_rounds)
         layout_result = bench_layout(template, measurer, args.fit_images, args.fit_rounds)
         flow_result = bench_flow(Roots(base, template), measurer, args.flow_rounds)
+        cache_result = bench_image_cache(base, args.cache_images)
     finally:
         if args.keep:
             log.info("kept %s", base)
@@ -537,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         "flow_overhead": flow_result,
         "training_loop": fit_result,
         "memory_layout": layout_result,
+        "image_cache": cache_result,
         "discarded_runs": measurer.discarded,
         "contended_cores_threshold": CONTENDED_CORES,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
@@ -562,6 +569,11 @@ def main(argv: list[str] | None = None) -> int:
               f"predict {a['predict_ratio']:.2f}  (fit {a['fit_channels_last_median_images_per_s']:.0f} against "
               f"{a['fit_nchw_median_images_per_s']:.0f}, predict {a['predict_channels_last_median_images_per_s']:.0f} against "
               f"{a['predict_nchw_median_images_per_s']:.0f}, median of {layout_result['runs_each']})")
+    c, mib = cache_result, "{:.0f} MiB".format
+    print(f"image cache, {c['images']} photos at {c['image_size']} px ({mib(c['ours']['dataset_mib'])}), adaptflow / plain: decode peak "
+          f"memory {c['decode_peak_ratio']:.2f} ({mib(c['ours']['decode_peak_growth_mib'])} against {mib(c['plain']['decode_peak_growth_mib'])}), "
+          f"cached load time {c['cached_load_ratio']:.2f}, two processes' memory for one cached set {c['two_processes_ratio']:.2f} "
+          f"({mib(c['ours']['two_processes_pss_mib'])} against {mib(c['plain']['two_processes_pss_mib'])})")
     kept = f["contended_runs"] + t["contended_runs"] + sum(layout_result[arch]["contended_runs"] for arch in LAYOUT_ARCHS)
     if measurer.discarded or kept:
         print(f"note: other processes shared the CPUs: {len(measurer.discarded)} disturbed run(s) discarded and re-run, "

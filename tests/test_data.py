@@ -89,6 +89,11 @@ def test_folder_loads_once_into_tensors_and_caches_by_content(project: Path) -> 
     assert len(cached) == 1
     again = load_image_folder(folder, 16)
     assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
+    # mapped from the cache file, not read into memory (processes on one machine share the pages)...
+    assert str(cached[0]) in Path("/proc/self/maps").read_text()
+    # ...privately: a change to the loaded tensor stays in this process, never reaches the cache
+    again.images[0] = 255 - again.images[0]
+    assert torch.equal(load_image_folder(folder, 16).images, first.images)
     # Changing one file's content changes the key: a new entry, never a stale hit.
     victim = next((folder / "3").iterdir())
     victim.write_bytes((folder / "4" / next((folder / "4").iterdir()).name).read_bytes())

@@ -124,7 +124,9 @@ class HighBitDepthError(UserError, ValueError):
     """An image of more than 8 bits and no `data.window` saying how to bring it to 8."""
 
 
-def _decode(path: Path, size: int, window: WindowConfig | None) -> np.ndarray:
+def decode_image(path: Path, size: int, window: WindowConfig | None) -> np.ndarray:
+    """One image file as uint8 size x size x 3, the way every image a model sees is made (`load_image_folder`,
+    `adaptflow predict`): single-channel images of more than 8 bits through `window`, then RGB, then resized."""
     with Image.open(path) as img:
         if img.mode in HIGH_BIT_MODES:
             if window is None:
@@ -161,11 +163,17 @@ def load_image_folder(
     key = _content_key(folder, paths, labels, image_size, window)
     cached = env.cache_dir() / "images" / f"{key}.pt"
     if cached.exists():
-        blob = torch.load(cached, weights_only=True)
+        # mapped, not read: pages load as rows are used, and processes on one machine (DDP ranks) share them
+        blob = torch.load(cached, weights_only=True, mmap=True)
         return ImageSet(blob["images"], blob["labels"], tuple(blob["classes"]))
+    images = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
+    rows = images.numpy()  # the same memory
+
+    def decode(row: int) -> None:  # straight into its row: no list of arrays, no stacked copy
+        rows[row] = decode_image(paths[row], image_size, window).transpose(2, 0, 1)
+
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        arrays = list(pool.map(lambda p: _decode(p, image_size, window), paths))
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        list(pool.map(decode, range(len(paths))))
     result = ImageSet(images, torch.tensor(labels, dtype=torch.int64), tuple(classes))
     with atomic_write(cached) as tmp:
         torch.save({"images": result.images, "labels": result.labels, "classes": list(classes)}, tmp)

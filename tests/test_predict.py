@@ -1,0 +1,74 @@
+"""`adaptflow predict`: the champion over a folder, as evaluation scored it; bad input writes nothing."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from adaptflow.predict import PredictError, predict_folder
+from conftest import tiny_config
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_predict_classifies_a_folder_with_the_champion_as_evaluation_did(project: Path) -> None:
+    from adaptflow.pipeline import run_transfer
+
+    result = run_transfer(tiny_config(), project / "runs" / "champion", version=False)
+    test = project / "data" / "uci_digits" / "test"
+    out = subprocess.run([sys.executable, "-m", "adaptflow", "predict", str(test), "-o", "out/predictions.csv"],
+                         cwd=project, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = _rows(project / "out" / "predictions.csv")
+    files = sorted(test.rglob("*.png"))
+    assert [r["path"] for r in rows] == [p.relative_to(test).as_posix() for p in files]
+    accuracy = sum(r["class"] == Path(r["path"]).parent.name for r in rows) / len(rows)
+    assert accuracy == pytest.approx(result["metrics"]["target_accuracy"], abs=1 / len(rows))
+    assert all(0 < float(r["score"]) <= 1 for r in rows)
+    assert f"{len(rows)} images -> out/predictions.csv (models:/adaptflow-classifier/{result['registration']['version']})" in out.stdout
+
+    # a few images at a time streams through to the same table (scores to float rounding: batch sizes and threads differ)
+    predict_folder(project / "runs" / "champion" / "finetune" / "model.pt", test, project / "small.csv", batch_size=7)
+    small = _rows(project / "small.csv")
+    assert [(r["path"], r["class"]) for r in small] == [(r["path"], r["class"]) for r in rows]
+    assert [float(r["score"]) for r in small] == pytest.approx([float(r["score"]) for r in rows], abs=1e-5)
+
+
+def test_an_image_that_does_not_decode_stops_predict_before_anything_is_written(project: Path, tmp_path: Path) -> None:
+    model = project / "models" / "source" / "model.pt"
+    images = tmp_path / "work" / "inbox"
+    (images / "cam1").mkdir(parents=True)
+    for i, source in enumerate(sorted((project / "data" / "mnist" / "test").rglob("*.png"))[:5]):
+        (images / "cam1" / f"{i}.png").write_bytes(source.read_bytes())
+    (images / "cam1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut off")
+    output = tmp_path / "work" / "predictions.csv"
+    output.write_text("yesterday's predictions\n")
+    with pytest.raises(PredictError, match=r"inbox/cam1/broken\.png: cannot be decoded .* No predictions were written"):
+        predict_folder(model, images, output)
+    assert output.read_text() == "yesterday's predictions\n"
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["inbox", "predictions.csv"], "a temporary file was left behind"
+
+    (images / "cam1" / "broken.png").unlink()
+    assert sum(predict_folder(model, images, output).values()) == 5 and len(_rows(output)) == 5
+
+
+def test_predict_names_what_is_wrong_with_its_input(project: Path, tmp_path: Path) -> None:
+    model = project / "models" / "source" / "model.pt"
+    with pytest.raises(PredictError, match=r"nowhere: no such folder"):
+        predict_folder(model, tmp_path / "nowhere", tmp_path / "p.csv")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no images here")
+    with pytest.raises(PredictError, match=r"notes: no images \(.*\.png.*\) in it or below it"):
+        predict_folder(model, tmp_path / "notes", tmp_path / "p.csv")
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "weights.pt")
+    with pytest.raises(PredictError, match=r"weights\.pt: not an adaptflow classifier checkpoint .* takes a classifier"):
+        predict_folder(tmp_path / "weights.pt", project / "data" / "mnist" / "test", tmp_path / "p.csv")
+    assert not (tmp_path / "p.csv").exists()
