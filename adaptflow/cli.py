@@ -268,13 +268,16 @@ def predict_images(
     images: Annotated[Path, typer.Argument(help="Folder of images to classify (any depth)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV to write: path, class, score")] = Path("predictions.csv"),
     model: Annotated[str | None, typer.Option(help="models:/NAME@ALIAS or /VERSION, or a model file; default: the registry's champion")] = None,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Check whether the images look like the target's test split "
+                                        "(data.target), on the model's features")] = True,
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
     config: ConfigOption = DEFAULT_CONFIG,
     overrides: Overrides = None,
 ) -> None:
     """Classify every image under IMAGES with a registered or local classifier, decoded as training decoded its images."""
-    from adaptflow.predict import predict_folder
+    from adaptflow.data import split_dir
+    from adaptflow.predict import CHECK_MIN_IMAGES, predict_folder
     from adaptflow.pretrained import fetch_pretrained
     from adaptflow.tracking import tracking_uri
 
@@ -282,9 +285,16 @@ def predict_images(
     uri = model or f"models:/{cfg.registry.model_name}@champion"
     if uri.startswith("models:/"):
         cfg = _tracked_config(config, overrides)
-    ref = fetch_pretrained(uri, tracking_uri=tracking_uri(cfg.tracking))
-    counts = predict_folder(ref.path, images, output, batch_size, device)
-    typer.echo(f"{sum(counts.values())} images -> {output} ({ref.uri}): " + ", ".join(f"{c} {n}" for c, n in sorted(counts.items())))
+    ref = fetch_pretrained(uri, tracking_uri=tracking_uri(cfg.tracking), field="--model")
+    reference = split_dir(cfg.data, cfg.data.target, "test")
+    result = predict_folder(ref.path, images, output, batch_size, device, reference if check and reference.is_dir() else None)
+    typer.echo(f"{result.counts.total()} images -> {output} ({ref.uri}): " + ", ".join(f"{c} {n}" for c, n in sorted(result.counts.items())))
+    if result.check is not None:
+        typer.echo(f"mean score {result.mean_score:.3f} (on {result.check.reference}: {result.check.reference_mean_score:.3f}; "
+                   "scores stay high on images from another domain)")
+        typer.echo(str(result.check))
+    elif check:
+        typer.echo(f"no domain check: it needs {reference} and {CHECK_MIN_IMAGES} or more images on each side")
 
 
 @app.command("validate")

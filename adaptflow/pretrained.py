@@ -126,12 +126,14 @@ def fetch_pretrained(
     tracking_uri: str | None = None,
     attempts: int = 4,
     timeout: float = 30.0,
+    field: str = "pretrained.uri",
 ) -> PretrainedRef:
-    """Resolve `uri` to a local, verified file (see the module docstring for the forms)."""
+    """Resolve `uri` to a local, verified file (see the module docstring for the forms); errors name the
+    URI as `field`, where the user gave it."""
     uri = uri.strip()
     problem = check_uri(uri)
     if problem is not None:
-        raise FetchError(f"pretrained.uri {problem[0]}; {problem[1]}")
+        raise FetchError(f"{field} {problem[0]}; {problem[1]}")
     location, _, member = uri.partition("#")
     if uri.startswith("torchvision:"):
         ref = _fetch_torchvision(uri, sha256, attempts, timeout)
@@ -145,7 +147,7 @@ def fetch_pretrained(
         path = _fetch_url(location, sha256, attempts, timeout)
         ref = PretrainedRef(uri, str(path), sha256_file(path))
     elif uri.startswith("models:/"):
-        ref = _fetch_registered(uri, sha256, tracking_uri)
+        ref = _fetch_registered(uri, sha256, tracking_uri, field)
     else:
         ref = replace(_fetch_local(location, sha256), uri=uri)
     if Path(ref.path).name.endswith(ARCHIVE_SUFFIXES):
@@ -309,7 +311,7 @@ def _download_once(url: str, dest: Path, expected: str | None, timeout: float) -
         raise TransientFetchError(f"{type(exc).__name__}: {exc}") from None
 
 
-def _fetch_registered(uri: str, expected: str | None, tracking_uri: str | None) -> PretrainedRef:
+def _fetch_registered(uri: str, expected: str | None, tracking_uri: str | None, field: str) -> PretrainedRef:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -318,7 +320,7 @@ def _fetch_registered(uri: str, expected: str | None, tracking_uri: str | None) 
     spec = uri.removeprefix("models:/")
     tracking_uri = tracking_uri or env.default_tracking_uri()
     if store := store_not_made(tracking_uri):  # checked first: a client makes the store it opens
-        raise FetchError(f"pretrained.uri '{uri}': nothing is registered at {tracking_uri} (no store at {store}); "
+        raise FetchError(f"{field} '{uri}': nothing is registered at {tracking_uri} (no store at {store}); "
                          "register the model first, or set MLFLOW_TRACKING_URI to the store that holds it")
     client = MlflowClient(tracking_uri)
     try:
@@ -329,7 +331,7 @@ def _fetch_registered(uri: str, expected: str | None, tracking_uri: str | None) 
             name, version = spec.rsplit("/", 1)
             client.get_model_version(name, version)
     except (MlflowException, ValueError) as exc:
-        raise FetchError(f"pretrained.uri '{uri}': not in the registry at {client.tracking_uri} ({exc})") from None
+        raise FetchError(f"{field} '{uri}': not in the registry at {client.tracking_uri} ({exc})") from None
     folder = env.cache_dir() / "registry" / name / str(version)
     with FileLock(str(folder) + ".lock"):
         if not folder.exists():

@@ -578,14 +578,28 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512, devic
 
     The model moves to the device and layout before inference mode: parameters converted inside it
     would become inference tensors, which a later `fit` could not train."""
+    return _inference(model, images, batch_size, device, with_features=False)[0]
+
+
+def predict_with_features(model: Classifier, images: torch.Tensor, batch_size: int = 512, device: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, the backbone's features) for uint8 images, in one pass; both on the CPU, in float32."""
+    return _inference(model, images, batch_size, device, with_features=True)
+
+
+def _inference(model: nn.Module, images: torch.Tensor, batch_size: int, device: str, with_features: bool) -> tuple[torch.Tensor, ...]:
     dev = resolve_device(device)
     model.to(dev, memory_format=MEMORY_FORMAT).eval()
     normalize = Normalizer(dev)
     amp_dtype = autocast_dtype(dev, "auto")
-    outputs = []
+    logits, features = [], []
     with torch.inference_mode():
         for (batch,) in DeviceRows([images], dev).slices(batch_size):
             x = normalize(batch)
             with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                outputs.append(model(x).float())
-    return torch.cat(outputs).cpu()
+                if with_features:
+                    f = model.features(x)
+                    features.append(f.float())
+                    logits.append(model.head(f).float())
+                else:
+                    logits.append(model(x).float())
+    return torch.cat(logits).cpu(), *([torch.cat(features).cpu()] if with_features else [])

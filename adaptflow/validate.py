@@ -14,6 +14,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from PIL import Image
 
@@ -78,22 +79,35 @@ class DataValidationError(UserError, ValueError):
         super().__init__(f"{len(report.errors)} problem(s) {outcome}:\n{lines}")
 
 
-def _inspect(path: Path) -> tuple[str | None, tuple[int, int] | None, str | None, str | None]:
-    """(mode, size, sha256, error) of one image file; decodes it fully to catch truncation."""
+class Inspection(NamedTuple):
+    """What decoding one image file found."""
+
+    mode: str | None = None
+    size: tuple[int, int] | None = None
+    sha256: str | None = None
+    error: str | None = None
+    transparent: bool = False  # some pixel is not fully opaque (decoding drops alpha)
+
+
+def _inspect(path: Path) -> Inspection:
+    """Decode one image file fully, to catch truncation."""
     try:
         raw = path.read_bytes()
         with Image.open(path) as img:
             mode, size = img.mode, img.size
             if size[0] * size[1] > MAX_PIXELS:
-                return mode, size, None, None
+                return Inspection(mode, size)
             img.verify()
         with Image.open(path) as img:
             img.load()
+            if img.mode == "P" and "transparency" in img.info:
+                img = img.convert("RGBA")
+            transparent = "A" in img.getbands() and img.getchannel("A").getextrema()[0] < 255
     except Image.DecompressionBombError as exc:
-        return None, None, None, f"huge image ({exc})"
+        return Inspection(error=f"huge image ({exc})")
     except Exception as exc:  # noqa: BLE001 - any decoder failure means the file is unusable
-        return None, None, None, f"{type(exc).__name__}: {exc}"
-    return mode, size, hashlib.sha256(raw).hexdigest(), None
+        return Inspection(error=f"{type(exc).__name__}: {exc}")
+    return Inspection(mode, size, hashlib.sha256(raw).hexdigest(), None, transparent)
 
 
 def check_image_split(
@@ -135,7 +149,8 @@ def _check_images(folder: Path, images: list[Path], report: Report, window: Wind
     report.checked_files += len(images)
     modes: Counter[str] = Counter()
     seen: dict[str, str] = {}
-    for path, (mode, size, digest, error) in zip(images, results, strict=True):
+    transparent = sorted(path for path, found in zip(images, results, strict=True) if found.transparent)
+    for path, (mode, size, digest, error, _) in zip(images, results, strict=True):
         if error is not None:
             report.error(path, f"corrupt or truncated image ({error})", "re-export the image or delete it")
             continue
@@ -153,6 +168,10 @@ def _check_images(folder: Path, images: list[Path], report: Report, window: Wind
     if len(modes) > 1:
         rare = min(modes, key=modes.__getitem__)
         report.error(folder, f"mixed image modes {dict(modes)} (e.g. {rare})", "convert all images of the dataset to one mode, e.g. RGB")
+    if transparent:
+        report.warn(folder, f"{len(transparent)} image(s) with transparent pixels (e.g. {transparent[0].name}): decoding drops alpha, "
+                    "so models see whatever colour is stored under them, not a background",
+                    "composite them onto the background the camera sees (e.g. white), and give served images the same")
     return seen
 
 

@@ -176,3 +176,25 @@ def test_data_add_takes_sixteen_bit_images_only_with_a_window(tmp_path: Path) ->
     assert add_images(new, tmp_path / "train", SENSOR) == {"crops": 2}
     assert torch.equal(load_image_folder(tmp_path / "train", 32, window=SENSOR).images.sort(0).values,
                        load_image_folder(new, 32, window=SENSOR).images.sort(0).values)
+
+
+def test_validation_warns_once_per_folder_of_images_whose_transparency_decoding_drops(tmp_path: Path) -> None:
+    from adaptflow.validate import Report, check_image_split
+
+    folder = tmp_path / "products"
+    crops = _photo_crops(3, side=16)
+    for i, grey in enumerate(crops):
+        rgba = np.dstack([grey, grey, grey, np.full_like(grey, 255)])
+        if i:  # a cut-out: the corners transparent
+            rgba[:4, :4, 3] = 0
+        (folder / "a").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgba).save(folder / "a" / f"{i}.png")
+    report = Report()
+    check_image_split(folder, report)
+    assert report.ok and len(report.warnings) == 1
+    assert str(report.warnings[0]).startswith(f"{folder}: 2 image(s) with transparent pixels (e.g. 1.png): decoding drops alpha")
+    for name in ("1.png", "2.png"):
+        (folder / "a" / name).unlink()
+    opaque = Report()
+    check_image_split(folder, opaque)
+    assert opaque.ok and not opaque.warnings

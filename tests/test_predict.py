@@ -34,12 +34,21 @@ def test_predict_classifies_a_folder_with_the_champion_as_evaluation_did(project
     assert accuracy == pytest.approx(result["metrics"]["target_accuracy"], abs=1 / len(rows))
     assert all(0 < float(r["score"]) <= 1 for r in rows)
     assert f"{len(rows)} images -> out/predictions.csv (models:/adaptflow-classifier/{result['registration']['version']})" in out.stdout
+    assert f"domain check against {test} ({len(rows)} images a side)" in out.stdout and out.stdout.rstrip().endswith("they look alike")
 
     # a few images at a time streams through to the same table (scores to float rounding: batch sizes and threads differ)
     predict_folder(project / "runs" / "champion" / "finetune" / "model.pt", test, project / "small.csv", batch_size=7)
     small = _rows(project / "small.csv")
     assert [(r["path"], r["class"]) for r in small] == [(r["path"], r["class"]) for r in rows]
     assert [float(r["score"]) for r in small] == pytest.approx([float(r["score"]) for r in rows], abs=1e-5)
+
+    # the domain check tells the source domain's digits from the target's, and the target's unlabeled images not
+    model = project / "runs" / "champion" / "finetune" / "model.pt"
+    source = predict_folder(model, project / "data" / "mnist" / "test", project / "mnist.csv", reference=test).check
+    same = predict_folder(model, project / "data" / "uci_digits" / "unlabeled", project / "same.csv", reference=test).check
+    assert source.differs and source.auc > 0.9, source
+    assert not same.differs and same.auc < 0.75, same
+    assert same.images == len(rows) and same.reference == str(test)
 
 
 def test_an_image_that_does_not_decode_stops_predict_before_anything_is_written(project: Path, tmp_path: Path) -> None:
@@ -57,7 +66,9 @@ def test_an_image_that_does_not_decode_stops_predict_before_anything_is_written(
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["inbox", "predictions.csv"], "a temporary file was left behind"
 
     (images / "cam1" / "broken.png").unlink()
-    assert sum(predict_folder(model, images, output).values()) == 5 and len(_rows(output)) == 5
+    found = predict_folder(model, images, output, reference=project / "data" / "mnist" / "test")
+    assert found.counts.total() == 5 and len(_rows(output)) == 5
+    assert found.check is None, "5 images are too few to tell domains apart"
 
 
 def test_predict_names_what_is_wrong_with_its_input(project: Path, tmp_path: Path) -> None:
@@ -71,4 +82,8 @@ def test_predict_names_what_is_wrong_with_its_input(project: Path, tmp_path: Pat
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "weights.pt")
     with pytest.raises(PredictError, match=r"weights\.pt: not an adaptflow classifier checkpoint .* takes a classifier"):
         predict_folder(tmp_path / "weights.pt", project / "data" / "mnist" / "test", tmp_path / "p.csv")
+    assert not (tmp_path / "p.csv").exists()
+    out = subprocess.run([sys.executable, "-m", "adaptflow", "predict", "data/mnist/test", "--model", "models:/nosuch@champion",
+                          "-o", str(tmp_path / "p.csv")], cwd=project, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "error: --model 'models:/nosuch@champion': nothing is registered" in out.stderr, out.stderr
     assert not (tmp_path / "p.csv").exists()
