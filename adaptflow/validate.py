@@ -143,7 +143,7 @@ def check_image_split(
 
 
 def _check_images(folder: Path, images: list[Path], report: Report, window: WindowConfig | None = None) -> dict[str, str]:
-    """Decode every image: corrupt, huge, 16-bit (without a window), duplicate and mixed-mode files; returns {sha256: path}."""
+    """Decode every image: corrupt, huge, 16-bit (without a window), duplicate, mixed-mode and transparent files; returns {sha256: path}."""
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         results = list(pool.map(_inspect, images))
     report.checked_files += len(images)
