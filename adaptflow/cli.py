@@ -294,7 +294,8 @@ def predict_images(
                    "scores stay high on images from another domain)")
         typer.echo(str(result.check))
     elif check:
-        typer.echo(f"no domain check: it needs {reference} and {CHECK_MIN_IMAGES} or more images on each side")
+        typer.echo(f"no domain check: it compares with {reference}, leaving out the images predicted, and needs "
+                   f"{CHECK_MIN_IMAGES} or more on each side")
 
 
 @app.command("validate")

@@ -140,7 +140,7 @@ def predict_folder(model_path: str | Path, folder: str | Path, output: str | Pat
     """Classify every image under `folder` with the classifier at `model_path` and write `output` (CSV: the path relative
     to `folder`, the class, its probability). With `reference` (a `<split>/<class>/` folder of the model's classes,
     such as the target test split), check whether the folder's images look like it."""
-    from adaptflow.data.folders import load_image_folder
+    from adaptflow.data.folders import load_image_folder, scan_folder
 
     folder, output = Path(folder), Path(output)
     files = image_files(folder)
@@ -152,8 +152,13 @@ def predict_folder(model_path: str | Path, folder: str | Path, output: str | Pat
     classes, dev = meta["classes"], str(resolve_device(device))
     if reference is not None:  # first: a reference that does not load stops the run before anything is written
         known = load_image_folder(reference, meta["image_size"], classes, window)
-        pick = torch.randperm(len(known), generator=torch.Generator().manual_seed(0))[:CHECK_IMAGES].sort().values
-        ref_logits, ref_features = predict_with_features(model, known.images[pick], batch_size, dev)
+        predicted = {p.resolve() for p in files}  # a set compared with itself would say nothing: its own images are left out
+        others = torch.tensor([i for i, p in enumerate(scan_folder(reference, classes)[0]) if p.resolve() not in predicted], dtype=torch.long)
+        pick = others[torch.randperm(len(others), generator=torch.Generator().manual_seed(0))[:CHECK_IMAGES]].sort().values
+        if len(pick) < CHECK_MIN_IMAGES:
+            reference = None
+        else:
+            ref_logits, ref_features = predict_with_features(model, known.images[pick], batch_size, dev)
     sampled = torch.zeros(len(files), dtype=torch.bool)  # the images whose features the domain check keeps
     sampled[torch.randperm(len(files), generator=torch.Generator().manual_seed(0))[:CHECK_IMAGES]] = True
     result, kept, total_score = Prediction(), [], 0.0

@@ -34,7 +34,7 @@ def test_predict_classifies_a_folder_with_the_champion_as_evaluation_did(project
     assert accuracy == pytest.approx(result["metrics"]["target_accuracy"], abs=1 / len(rows))
     assert all(0 < float(r["score"]) <= 1 for r in rows)
     assert f"{len(rows)} images -> out/predictions.csv (models:/adaptflow-classifier/{result['registration']['version']})" in out.stdout
-    assert f"domain check against {test} ({len(rows)} images a side)" in out.stdout and out.stdout.rstrip().endswith("they look alike")
+    assert "no domain check: it compares with" in out.stdout, "the test split compared with itself"
 
     # a few images at a time streams through to the same table (scores to float rounding: batch sizes and threads differ)
     predict_folder(project / "runs" / "champion" / "finetune" / "model.pt", test, project / "small.csv", batch_size=7)
