@@ -279,12 +279,12 @@ def predict_images(
     from adaptflow.data import split_dir
     from adaptflow.predict import CHECK_MIN_IMAGES, predict_folder
     from adaptflow.pretrained import fetch_pretrained
-    from adaptflow.tracking import tracking_uri
+    from adaptflow.tracking import require_server, tracking_uri
 
     cfg = _config(config, overrides)
     uri = model or f"models:/{cfg.registry.model_name}@champion"
     if uri.startswith("models:/"):
-        cfg = _tracked_config(config, overrides)
+        require_server(cfg.tracking)
     ref = fetch_pretrained(uri, tracking_uri=tracking_uri(cfg.tracking), field="--model")
     reference = split_dir(cfg.data, cfg.data.target, "test")
     result = predict_folder(ref.path, images, output, batch_size, device, reference if check and reference.is_dir() else None)

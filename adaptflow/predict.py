@@ -29,6 +29,7 @@ import torch
 
 from adaptflow.config import WindowConfig
 from adaptflow.data.folders import IMAGE_SUFFIXES, decode_image
+from adaptflow.data.pixels import recorded_window
 from adaptflow.errors import UserError
 from adaptflow.io import atomic_write
 from adaptflow.models import load_checkpoint
@@ -148,7 +149,7 @@ def predict_folder(model_path: str | Path, folder: str | Path, output: str | Pat
         model, meta = load_checkpoint(model_path)
     except ValueError as exc:
         raise PredictError(f"{exc}; `adaptflow predict` takes a classifier (a detector's registered pyfunc predicts boxes)") from None
-    window = WindowConfig.model_validate(meta["window"]) if meta.get("window") else None
+    window = recorded_window(meta)
     classes, dev = meta["classes"], str(resolve_device(device))
     if reference is not None:  # first: a reference that does not load stops the run before anything is written
         known = load_image_folder(reference, meta["image_size"], classes, window)

@@ -26,13 +26,12 @@ class ClassifierModel(mlflow.pyfunc.PythonModel):
         self.load(context.artifacts["checkpoint"])
 
     def load(self, path: str) -> ClassifierModel:
-        from adaptflow.config import WindowConfig
+        from adaptflow.data.pixels import recorded_window
         from adaptflow.models import load_checkpoint
 
         self.model, self.meta = load_checkpoint(path)
         self.model.eval()
-        window = self.meta.get("window")
-        self.window = WindowConfig.model_validate(window) if window else None
+        self.window = recorded_window(self.meta)
         return self
 
     def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:  # noqa: ANN001 - MLflow's context type

@@ -440,9 +440,11 @@ def _model_input(checkpoint: str | Path):  # noqa: ANN202 - (example, TensorSpec
     import torch
     from mlflow.types import TensorSpec
 
+    from adaptflow.data.pixels import recorded_window
+
     meta = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     size = int(meta["image_size"])
-    if meta.get("window"):
+    if recorded_window(meta) is not None:
         return np.zeros((2, size, size), dtype=np.float32), TensorSpec(np.dtype(np.float32), (-1, -1, -1))
     return np.zeros((2, size, size, 3), dtype=np.uint8), TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))
 

@@ -20,6 +20,12 @@ HIGH_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 WINDOW_FIX = "set data.window (e.g. data.window.kind=percentiles) to map its values onto 8 bits, or convert it to 8-bit L or RGB"
 
 
+def recorded_window(meta: dict) -> WindowConfig | None:
+    """The window a model file records (`models.save_checkpoint`), or None for a model of 8-bit images."""
+    window = meta.get("window")
+    return WindowConfig.model_validate(window) if window else None
+
+
 def to_8bit(values: np.ndarray, window: WindowConfig) -> np.ndarray:
     """uint8 images from raw single-channel values (..., H, W): `window.low` to `window.high` map linearly
     onto 0..255 and values outside clip. For percentiles, the bounds are each image's own. NaN (no
