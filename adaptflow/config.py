@@ -204,6 +204,10 @@ class FinetuneConfig(TrainConfig):
     )
     unfreeze_epochs: int = Field(1, ge=1, description="gradual_unfreeze: epochs between unfreezing one more backbone block")
     surgical_blocks: int = Field(1, ge=1, description="surgical: backbone blocks that train, counted from the input")
+    l2sp: float = Field(
+        0.0, ge=0, le=1_000, description="Pull toward the pretrained weights (L2-SP): this x half the squared distance from them "
+        "joins the loss, so few labels cannot drag the backbone far; 0: off. The benchmark's few-label setting: 0.1",
+    )
     methods: list[AdaptMethod] = Field(
         [],
         description="Unsupervised domain adaptation on the target's unlabeled split, applied in order, e.g. [adabn, self_training]; "
@@ -302,6 +306,9 @@ class RunConfig(Section):
                 if "accuracy" in (getattr(self.registry, key) or ""):
                     raise ValueError(f"registry.{key} '{getattr(self.registry, key)}' is a classification metric; with task "
                                      "detection use target_map50 or target_map50_95 (guard: source_map50)")
+            if self.finetune.l2sp:
+                raise ValueError(f"finetune.l2sp={self.finetune.l2sp:g} pulls a classifier toward its pretrained weights; detectors "
+                                 "train in their own loop without it: set it to 0")
             if self.finetune.target_batch_size:
                 raise ValueError("finetune.target_batch_size sizes the unlabeled batch of a classifier's methods; a detector's "
                                  "self-training labels the whole unlabeled split: set it to 0")

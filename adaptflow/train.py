@@ -93,6 +93,7 @@ class FitSettings:
     adapt_weight: float = 1.0
     pseudo_label_threshold: float = 0.9
     target_batch_size: int = 0  # unlabeled target images per step for the methods' losses; 0: as many as the labeled batch
+    l2sp: float = 0.0  # weight of the pull toward the weights training starts from (`Anchor`); 0: none
     keep_epoch: str = "last"  # or a score of `fit`'s `score`: the epoch scoring highest is the one kept
 
     @classmethod
@@ -319,6 +320,29 @@ def make_optimizer(name: str, groups: list[dict], weight_decay: float) -> torch.
     return torch.optim.AdamW(groups, weight_decay=weight_decay, fused=fused)
 
 
+class Anchor:
+    """L2-SP (Li, Grandvalet and Davoine, 2018): `weight / 2 * ||w - w0||^2` over the parameters that
+    train, where w0 are the weights training started from. Weight decay pulls a fine-tuned model toward
+    zero, which forgets what the pretrained weights knew; this pulls it toward them, which matters most
+    when a few labels would otherwise pull the whole backbone their way."""
+
+    def __init__(self, model: nn.Module, weight: float) -> None:
+        self.weight = weight
+        self.pairs = [(p, p.detach().clone()) for p in model.parameters()]
+
+    def state(self) -> list[torch.Tensor]:
+        return [start for _, start in self.pairs]
+
+    def restore(self, starts: list[torch.Tensor]) -> None:
+        """The starting weights a resumed run saved (the model it is handed again may start elsewhere)."""
+        for (_, start), saved in zip(self.pairs, starts, strict=True):
+            start.copy_(saved)
+
+    def penalty(self) -> torch.Tensor:
+        distance = [((p - start) ** 2).sum() for p, start in self.pairs if p.requires_grad]
+        return 0.5 * self.weight * torch.stack(distance).sum() if distance else torch.zeros(())
+
+
 def train_step(
     model: nn.Module,
     x: torch.Tensor,
@@ -330,11 +354,13 @@ def train_step(
     target: tuple[torch.Tensor, torch.Tensor] | None = None,
     progress: float = 0.0,
     loss_scale: float = 1.0,
+    anchor: Anchor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step; returns the detached loss and logits (no host sync).
 
     With `adaptation`, the loss adds each method's term over the target batch `target`
-    (images, their indices in the unlabeled set). `loss_scale` multiplies the loss before the
+    (images, their indices in the unlabeled set); with `anchor`, its pull toward the starting
+    weights (in float32, outside autocast). `loss_scale` multiplies the loss before the
     backward pass only (a data-parallel worker's share of the global batch: `World.loss_scale`).
     """
     with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -344,6 +370,8 @@ def train_step(
         else:
             x_target, index = target if target is not None else (None, None)
             loss, logits = adaptation.loss(model, x, y, x_target, index, progress)
+    if anchor is not None:
+        loss = loss + anchor.penalty()
     optimizer.zero_grad(set_to_none=True)
     scaled = loss * loss_scale if loss_scale != 1.0 else loss
     if scaler is not None:
@@ -404,6 +432,7 @@ def fit(
     layer_decay = settings.layer_lr_decay if settings.strategy in LAYERWISE_STRATEGIES else 1.0
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     adaptation = _adaptation(settings, model, unlabeled, normalize, device, len(train.classes))
+    anchor = Anchor(model, settings.l2sp) if settings.l2sp else None
 
     keep = None if settings.keep_epoch == "last" else settings.keep_epoch
     if keep is not None and score is None:
@@ -420,6 +449,8 @@ def fit(
         torch.set_rng_state(resumed["worker_rngs"][world.rank] if world.size > 1 else resumed["torch_rng"])
         if adaptation is not None:
             adaptation.load_state_dict(resumed["adaptation"])
+        if anchor is not None:
+            anchor.restore(resumed["anchor"])
     elif adaptation is not None:
         adaptation.before_fit(model)
 
@@ -434,6 +465,7 @@ def fit(
                 "scaler": scaler.state_dict() if scaler is not None else {},
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "worker_rngs": worker_rngs, "history": history,
                 "adaptation": adaptation.state_dict() if adaptation is not None else {}, "best": best,
+                "anchor": anchor.state() if anchor is not None else [],
             })
 
     total = settings.epochs * steps_per_epoch
@@ -487,9 +519,10 @@ def fit(
                     target = (x_target, t_idx.to(device, non_blocking=True))  # for the methods' own per-image state
                 done = (epoch * steps_per_epoch + step) / max(1, total - 1)
                 if adaptation is None:
-                    loss, logits = train_step(net, x, y, optimizer, scaler, amp_dtype, loss_scale=world.loss_scale(len(idx), len(batch)))
+                    loss, logits = train_step(net, x, y, optimizer, scaler, amp_dtype, loss_scale=world.loss_scale(len(idx), len(batch)),
+                                              anchor=anchor)
                 else:
-                    loss, logits = train_step(model, x, y, optimizer, scaler, amp_dtype, adaptation, target, done)
+                    loss, logits = train_step(model, x, y, optimizer, scaler, amp_dtype, adaptation, target, done, anchor=anchor)
                 scheduler.step()
                 loss_sum += loss * len(idx)
                 correct += (logits.argmax(1) == y).sum()

@@ -60,6 +60,14 @@ def test_presets_load_and_the_full_grid_has_every_dimension() -> None:
     for name, depends in (("finetune+mcc", True), ("finetune+adabn", False), ("finetune", False)):
         cell = next(c for c in cells if c.name == name)
         assert (full.cell_digest(cell) != heavier.cell_digest(cell)) is depends, name
+    # The pull toward the source weights is part of what transfer strategies depend on, not scratch; at 0 keys and digests
+    # are those of before it existed.
+    pulled, long_source = load_preset("long_source_l2sp"), load_preset("long_source")
+    assert pulled.l2sp > 0 and pulled.model_dump(exclude={"name", "l2sp", "output"}) == long_source.model_dump(exclude={"name", "l2sp", "output"})
+    planned = {c.key: c for c in plan_cells(long_source)}
+    for key, cell in planned.items():
+        assert (pulled.cell_digest(cell) != long_source.cell_digest(cell)) is (cell.kind == "strategy"), key
+    assert full.digest() == full.model_copy(update={"l2sp": 0.0}).digest() != full.model_copy(update={"l2sp": 0.1}).digest()
 
 
 class FewLabelRun(NamedTuple):
@@ -137,6 +145,19 @@ def test_a_few_label_run_named_with_a_learning_rate_trains_at_it(project: Path) 
         return max(float((p - q).detach().abs().max()) for p, q in zip(run.model.parameters(), run.initial.parameters(), strict=True))
 
     assert largest_change("scratch@lr1e-09") < 1e-6 < 1e-3 < largest_change("scratch")
+
+
+def test_l2sp_pulls_a_transfer_strategy_toward_its_start_and_leaves_scratch_alone(project: Path) -> None:
+    """With `l2sp`, a strategy's run ends nearer the weights it started from; scratch trains as without it."""
+    plain = BenchmarkSpec(image_size=16, few_shot={"steps": 20, "batch_size": 10}, eval_points=2)
+    pulled = plain.model_copy(update={"l2sp": 50.0})
+
+    def distance(spec: BenchmarkSpec, kind: str, name: str) -> float:
+        run = few_label_run(spec, name, kind=kind)
+        return sum(float(((p - q).detach() ** 2).sum()) for p, q in zip(run.model.parameters(), run.initial.parameters(), strict=True))
+
+    assert distance(pulled, "strategy", "finetune") < 0.5 * distance(plain, "strategy", "finetune")
+    assert distance(pulled, "scratch", "scratch") == distance(plain, "scratch", "scratch") > 0
 
 
 def test_a_strategy_run_with_labels_held_out_trains_on_the_rest_and_scores_them(project: Path) -> None:

@@ -312,3 +312,53 @@ def test_keep_epoch_ends_with_the_best_scored_epoch_and_a_resume_keeps_it(tmp_pa
         fit(build_classifier(SMALL, 4), _images(), settings, progress=False)
     with pytest.raises(ValueError, match=r"keep_epoch closeness is not among the epoch's scores \['other'\]"):
         fit(build_classifier(SMALL, 4), _images(), settings, progress=False, score=lambda m, d: {"other": 0.0})
+
+
+def test_l2sp_adds_its_weight_times_the_distance_from_the_start_to_the_gradients_of_what_trains() -> None:
+    from adaptflow.train import Anchor
+
+    torch.manual_seed(0)
+    model = build_classifier(SMALL, 4)
+    anchor = Anchor(model, weight=0.3)
+    start = _snapshot(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)  # a linear probe: only the head is pulled
+    penalty = anchor.penalty()
+    head = dict(model.head.named_parameters())
+    expected = 0.5 * 0.3 * sum(float(((p.detach() - start[f"head.{k}"]) ** 2).sum()) for k, p in head.items())
+    assert float(penalty.detach()) == pytest.approx(expected, rel=1e-5) and expected > 0
+    penalty.backward()
+    for k, p in head.items():
+        assert torch.allclose(p.grad, 0.3 * (p.detach() - start[f"head.{k}"]), atol=1e-7)
+    assert all(p.grad is None for p in model.backbone.parameters())
+
+
+def test_l2sp_keeps_a_few_label_fit_closer_to_its_start_and_resumes_from_the_start_it_saved(tmp_path: Path) -> None:
+    def distance(model: torch.nn.Module, start: dict[str, torch.Tensor]) -> float:
+        return sum(float(((p.detach() - start[k]) ** 2).sum()) for k, p in model.named_parameters())
+
+    torch.manual_seed(0)
+    source = build_classifier(SMALL, 4)
+    start = _snapshot(source)
+    few = _images(n=8)
+    moved = {}
+    for weight in (0.0, 10.0):
+        model = build_classifier(SMALL, 4)
+        model.load_state_dict(start)
+        fit(model, few, _settings(epochs=4, l2sp=weight), progress=False)
+        moved[weight] = distance(model, start)
+    assert 0 < moved[10.0] < 0.5 * moved[0.0]
+
+    settings = _settings(epochs=4, l2sp=10.0)
+    state = tmp_path / "train_state.pt"
+    crashed = build_classifier(SMALL, 4)
+    crashed.load_state_dict(start)
+    with pytest.raises(Crash):
+        fit(crashed, few, settings, state_path=state, fingerprint="f", on_epoch=crash_at(2), progress=False)
+    torch.manual_seed(123)
+    resumed = build_classifier(SMALL, 4)  # other weights: the pull must still be toward the run's start
+    fit(resumed, few, settings, state_path=state, fingerprint="f", progress=False)
+    assert distance(resumed, start) == pytest.approx(moved[10.0], rel=1e-6)

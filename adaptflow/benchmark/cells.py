@@ -189,7 +189,7 @@ def _few_shot(spec: BenchmarkSpec, cell: Cell, model: Classifier, labeled: Image
     blocks = len(backbone_blocks(model.backbone))
     settings = _settings(budget, cell.seed, epochs, strategy="finetune" if cell.kind == "scratch" else strategy,
                          lp_epochs=max(1, epochs // 3), unfreeze_epochs=max(1, epochs // (blocks + 1)), layer_lr_decay=spec.layer_lr_decay,
-                         surgical_blocks=spec.surgical_blocks,
+                         surgical_blocks=spec.surgical_blocks, l2sp=0.0 if cell.kind == "scratch" else spec.l2sp,
                          methods=losses, adapt_weight=spec.adapt_weight, pseudo_label_threshold=spec.pseudo_label_threshold,
                          target_batch_size=budget.batch_size)
     if cell.kind == "scratch":  # no pretrained backbone to protect: one learning rate for all

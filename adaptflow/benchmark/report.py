@@ -519,6 +519,8 @@ def write_report(
     if command:
         md += [f"Made with `{command}`.", ""]
     seeds = ", ".join(map(str, spec.seeds))
+    l2sp = (f" Few-label transfer strategies are also pulled toward the source model's weights (L2-SP) with weight {spec.l2sp:g}, "
+            "set by the preset (its file says how it was chosen); scratch is not.") if spec.l2sp else ""
     md += [
         f"Architecture `{spec.arch}` at {spec.image_size} px, seeds {seeds}; values are target-test accuracy, mean ± std over seeds. "
         f"Source models: {spec.source.epochs} epochs on the source {spec.source.describe_augmentation()} "
@@ -527,7 +529,7 @@ def write_report(
         "Hyperparameters are the preset's, not searched: literature defaults (pseudo-label threshold "
         f"{spec.pseudo_label_threshold}, adaptation weight {spec.adapt_weight}, layer-wise decay {spec.layer_lr_decay}, "
         f"surgical blocks {spec.surgical_blocks}, MCC temperature 2.5, DANN's lambda schedule) and the project's training "
-        f"defaults; no hyperparameter was chosen on a target test set. Where a method is chosen per seed, the unsupervised validator `{spec.validator}` chooses it, from "
+        f"defaults; no hyperparameter was chosen on a target test set.{l2sp} Where a method is chosen per seed, the unsupervised validator `{spec.validator}` chooses it, from "
         "unlabeled target images only; the label-based choice is shown beside it for comparison, not used. "
         "A verdict 'helps' means the mean gain over source-only exceeds the seed standard deviation (and 1 point)."
         + (" The few-label learning rate is also tried at the preset's lr_candidates, and the same validator picks it "

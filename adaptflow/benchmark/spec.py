@@ -105,6 +105,8 @@ class BenchmarkSpec(Spec):
     )
     layer_lr_decay: float = Field(0.5, gt=0, le=1, description="discriminative and gradual_unfreeze: rate of each block / the block above")
     surgical_blocks: int = Field(1, ge=1, description="surgical: backbone blocks that train, counted from the input")
+    l2sp: float = Field(0.0, ge=0, description="Few-label transfer strategies: weight of the pull toward the source model's weights "
+                                               "(L2-SP, as finetune.l2sp); scratch has no pretrained weights to be pulled toward")
     pseudo_label_threshold: float = Field(0.9, ge=0, le=1)
     adapt_weight: float = Field(1.0, ge=0)
     source: Budget = Budget()
@@ -174,7 +176,8 @@ class BenchmarkSpec(Spec):
 
     def digest(self) -> str:
         """What the results depend on: not where or how parallel the cells ran, nor where results go."""
-        return content_digest(self.model_dump(mode="json", exclude={*EXECUTION, "output", "tracking"}), 12)
+        unset = set() if self.l2sp else {"l2sp"}  # presets from before it existed keep their digest
+        return content_digest(self.model_dump(mode="json", exclude={*EXECUTION, "output", "tracking", *unset}), 12)
 
     def cell_digest(self, cell: Cell) -> str:
         """What a cell's result depends on (not the rest of the grid): presets that share a cell share its result."""
@@ -193,6 +196,8 @@ class BenchmarkSpec(Spec):
             extra["surgical_blocks"] = self.surgical_blocks
         if cell.kind == "holdout":
             extra["holdout_fraction"] = self.holdout_fraction
+        if cell.kind in ("strategy", "holdout") and self.l2sp:
+            extra["l2sp"] = self.l2sp
         return content_digest({"cell": cell.to_dict(), **extra, **self.model_dump(mode="json", include=shared)}, 12)
 
 

@@ -226,6 +226,11 @@ CONFIG_CASES = [
                                                "finetune.strategy=finetune", "registry.metric=target_map50",
                                                "registry.guard_metric=source_map50", "finetune.keep_epoch=mixval"],
      "finetune.keep_epoch mixval scores a classifier's epochs; with task detection set it to last"),
+    ("negative pull toward the pretrained weights", ["finetune.l2sp=-0.1"], "finetune.l2sp: Input should be greater than or equal to 0"),
+    ("pull toward the pretrained weights on detection", ["task=detection", "pretrain.arch=yolov8n", "finetune.arch=yolov8n",
+                                                          "finetune.strategy=finetune", "registry.metric=target_map50",
+                                                          "registry.guard_metric=source_map50", "finetune.l2sp=0.1"],
+     "finetune.l2sp=0.1 pulls a classifier toward its pretrained weights; detectors train in their own loop without it: set it to 0"),
     ("bad sha256", ["pretrained.sha256=xyz"], "pretrained.sha256: Value error, sha256 must be 64 hexadecimal"),
     ("text where a number goes", ["data.image_size=big"], "data.image_size: Input should be a valid integer"),
 ]
