@@ -57,7 +57,9 @@ def _weights(path: str) -> dict[str, torch.Tensor]:
 def test_two_cpu_workers_match_one_process_and_resume_after_a_crash(project: Path) -> None:
     from adaptflow.io import read_json
 
-    augment = ("finetune.augment=true", "finetune.low_resolution=0.5")  # each worker applies its rows of the global batch's draws
+    # Each worker applies its rows of the global batch's draws; the pull toward the start (l2sp) is in every worker's loss,
+    # and a resumed run pulls toward the start it saved.
+    augment = ("finetune.augment=true", "finetune.low_resolution=0.5", "finetune.l2sp=50")
     cfg = tiny_config("finetune.device=cpu", "finetune.strategy=linear_probe", *augment)
     single = _finetune(cfg, project / "single")
     expected = read_json(project / "single" / "history.json")
