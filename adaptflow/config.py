@@ -206,7 +206,8 @@ class FinetuneConfig(TrainConfig):
     surgical_blocks: int = Field(1, ge=1, description="surgical: backbone blocks that train, counted from the input")
     l2sp: float = Field(
         0.0, ge=0, le=1_000, description="Pull toward the pretrained weights (L2-SP): this x half the squared distance from them "
-        "joins the loss, so few labels cannot drag the backbone far; 0: off. The benchmark's few-label setting: 0.1",
+        "joins the loss, so few labels cannot drag the backbone far; 0: off. On the benchmark 0.1 helped with one label per "
+        "class and not with five or more",
     )
     methods: list[AdaptMethod] = Field(
         [],

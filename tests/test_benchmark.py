@@ -62,11 +62,11 @@ def test_presets_load_and_the_full_grid_has_every_dimension() -> None:
         assert (full.cell_digest(cell) != heavier.cell_digest(cell)) is depends, name
     # The pull toward the source weights is part of what transfer strategies depend on, not scratch; at 0 keys and digests
     # are those of before it existed.
-    pulled, long_source = load_preset("long_source_l2sp"), load_preset("long_source")
-    assert pulled.l2sp > 0 and pulled.model_dump(exclude={"name", "l2sp", "output"}) == long_source.model_dump(exclude={"name", "l2sp", "output"})
-    planned = {c.key: c for c in plan_cells(long_source)}
-    for key, cell in planned.items():
-        assert (pulled.cell_digest(cell) != long_source.cell_digest(cell)) is (cell.kind == "strategy"), key
+    for name, control_name in (("long_source_l2sp", "long_source"), ("long_source_shots_l2sp", "long_source_shots")):
+        pulled, control = load_preset(name), load_preset(control_name)
+        assert pulled.l2sp > 0 and pulled.model_dump(exclude={"name", "l2sp", "output"}) == control.model_dump(exclude={"name", "l2sp", "output"})
+        for cell in plan_cells(control):
+            assert (pulled.cell_digest(cell) != control.cell_digest(cell)) is (cell.kind == "strategy"), cell.key
     assert full.digest() == full.model_copy(update={"l2sp": 0.0}).digest() != full.model_copy(update={"l2sp": 0.1}).digest()
 
 
