@@ -189,11 +189,11 @@ def _few_shot(spec: BenchmarkSpec, cell: Cell, model: Classifier, labeled: Image
     blocks = len(backbone_blocks(model.backbone))
     settings = _settings(budget, cell.seed, epochs, strategy="finetune" if cell.kind == "scratch" else strategy,
                          lp_epochs=max(1, epochs // 3), unfreeze_epochs=max(1, epochs // (blocks + 1)), layer_lr_decay=spec.layer_lr_decay,
-                         surgical_blocks=spec.surgical_blocks, l2sp=0.0 if cell.kind == "scratch" else spec.l2sp,
+                         surgical_blocks=spec.surgical_blocks, l2sp=spec.l2sp,
                          methods=losses, adapt_weight=spec.adapt_weight, pseudo_label_threshold=spec.pseudo_label_threshold,
                          target_batch_size=budget.batch_size)
-    if cell.kind == "scratch":  # no pretrained backbone to protect: one learning rate for all
-        settings = dataclasses.replace(settings, backbone_lr_scale=1.0)
+    if cell.kind == "scratch":  # no pretrained backbone to protect or be pulled toward: one learning rate for all, no pull
+        settings = dataclasses.replace(settings, backbone_lr_scale=1.0, l2sp=0.0)
     seconds = 0.0
 
     def statistics_on_target() -> None:
