@@ -7,7 +7,7 @@ BIN    := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo demo-detection test test-all bench bench-cuda benchmark benchmark-quick data repro ui serve stack stack-down clean help
+.PHONY: install demo demo-adaptation demo-detection test test-all bench bench-cuda benchmark benchmark-quick data repro ui serve stack stack-down clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -21,7 +21,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed  ## create the venv and install adaptflow with its test tools
 
-demo: install  ## build data, pretrain the source model, run the transfer flow, print results
+demo: install  ## the ImageNet model fine-tuned on 10 labels per class of a new domain, against scratch; registered
+	$(BIN)/adaptflow demo -c configs/imagenet.yaml
+
+demo-adaptation: install  ## domain adaptation: pretrain a source model on MNIST, adapt it to UCI digits, register
 	$(BIN)/adaptflow demo
 
 DETECTOR ?= yolo
@@ -53,9 +56,9 @@ benchmark: install  ## the full benchmark grid (over an hour on 2 shared cores):
 data: install  ## build the demo domains under data/ (matches data.dvc; refuses to overwrite added or edited files)
 	$(BIN)/adaptflow data build
 
-PIPELINES ?= classifier yolo
+PIPELINES ?= imagenet classifier yolo
 
-repro: install  ## reproduce the pipelines with DVC (dvc.yaml; PIPELINES="classifier yolo fasterrcnn"), then show their metrics
+repro: install  ## reproduce the pipelines with DVC (dvc.yaml; PIPELINES="imagenet classifier yolo fasterrcnn"), then show their metrics
 	$(BIN)/dvc repro $(PIPELINES:%=register@%)
 	$(BIN)/dvc metrics show $(PIPELINES:%=outputs/%/evaluate/metrics.json)
 

@@ -254,13 +254,17 @@ def ui(
 
 @app.command()
 def fetch(
-    uri: Annotated[str, typer.Argument(help="torchvision:ARCH[:WEIGHTS], ultralytics:ASSET.pt, an http(s) URL, models:/NAME@ALIAS or a local path")],
+    uri: Annotated[str, typer.Argument(help="package:NAME, torchvision:ARCH[:WEIGHTS], ultralytics:ASSET.pt, an http(s) URL, "
+                                            "models:/NAME@ALIAS or a local path")],
     sha256: Annotated[str | None, typer.Option(help="expected sha256")] = None,
+    from_file: Annotated[Path | None, typer.Option("--from", help="torchvision: import this copy of the weights (offline), "
+                                                   "checked against the published hash")] = None,
 ) -> None:
     """Resolve a pretrained URI to a verified local file and print where it is."""
-    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.pretrained import fetch_pretrained, import_torchvision
 
-    typer.echo(json.dumps(fetch_pretrained(uri, sha256).to_dict(), indent=2))
+    ref = import_torchvision(uri, from_file) if from_file is not None else fetch_pretrained(uri, sha256)
+    typer.echo(json.dumps(ref.to_dict(), indent=2))
 
 
 @app.command("predict")
@@ -492,13 +496,47 @@ def demo(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> 
     from adaptflow.data import DEMO_DOMAINS, ensure_domains
 
     typer.secho("1/3 the demo domains (MNIST -> UCI digits; digit scenes -> on photographs), built where missing", bold=True)
-    built = ensure_domains(env.project_path(cfg.data.root), [*DEMO_DOMAINS, cfg.data.source, cfg.data.target])
+    built = ensure_domains(env.project_path(cfg.data.root), [*DEMO_DOMAINS, *filter(None, (cfg.data.source, cfg.data.target))])
     typer.echo(f"built {', '.join(built)}" if built else "present: kept as they are (`adaptflow data build` rebuilds them)")
+    if cfg.data.source is None:  # start from the pretrained model: compare with the same network from scratch
+        typer.secho(f"2/3 transfer flow from {cfg.pretrained.uri}: version data -> fetch -> fine-tune -> evaluate -> register", bold=True)
+        result = _run_flow("transfer", cfg)
+        typer.secho(f"3/3 the same {cfg.finetune.arch} from scratch, on the same labels (a baseline, not registered)", bold=True)
+        from adaptflow.pipeline import run_scratch_baseline
+
+        scratch = run_scratch_baseline(cfg, Path(result["run_dir"]) / "scratch")
+        _print_pretrained_results(cfg, result, scratch, time.perf_counter() - started)
+        return
     typer.secho(f"2/3 pretrain flow: source {cfg.pretrain.arch} on {cfg.data.source}", bold=True)
     source = _run_flow("pretrain", cfg)
     typer.secho("3/3 transfer flow: version data -> fetch -> fine-tune -> evaluate -> register", bold=True)
     result = _run_flow("transfer", cfg)
     _print_results(cfg, source, result, time.perf_counter() - started)
+
+
+def _labeled(cfg) -> str:  # noqa: ANN001 - RunConfig
+    if cfg.task == "detection":
+        return "the labeled target split"
+    return f"{cfg.data.labeled_per_class} labels per class" if cfg.data.labeled_per_class is not None else "the labeled split"
+
+
+def _print_pretrained_results(cfg, result: dict, scratch: dict, seconds: float) -> None:  # noqa: ANN001 - RunConfig
+    """The demo's table for a run that starts from pretrained weights and has no source domain."""
+    m, reg = result["metrics"], result["registration"]
+    typer.echo(f"\nResults: accuracy on the {cfg.data.target} test split ({cfg.finetune.arch}, {_labeled(cfg)}, "
+               f"{cfg.data.image_size} px, data {result['data_version']})")
+    from adaptflow.io import read_json
+
+    history = read_json(Path(result["run_dir"]) / "finetune" / "history.json")
+    rows = [(f"{cfg.pretrained.uri}, fine-tuned ({cfg.finetune.strategy})", m["target_accuracy"], sum(e["epoch_seconds"] for e in history)),
+            ("same network from scratch", scratch["target_accuracy"], scratch["train_seconds"])]
+    for label, value, spent in rows:
+        typer.echo(f"  {label:<48} {value:.4f}   trained in {spent:.0f}s")
+    typer.echo(f"  gain from the pretrained weights: {m['target_accuracy'] - scratch['target_accuracy']:+.4f}")
+    typer.echo("  no source domain (data.source is empty): no forgetting check, no source-only row")
+    typer.echo(f"  registered {reg['model_uri']} -> alias '{reg['alias']}' ({reg['reason']})")
+    typer.echo(f"  run folder {result['run_dir']}   total {seconds:.0f}s")
+    typer.echo("\nOpen the UIs: `make ui` (or .venv/bin/adaptflow ui): Prefect http://127.0.0.1:4200, MLflow http://127.0.0.1:5000")
 
 
 def _print_results(cfg, source: dict, result: dict, seconds: float) -> None:  # noqa: ANN001 - RunConfig
@@ -512,11 +550,7 @@ def _print_results(cfg, source: dict, result: dict, seconds: float) -> None:  # 
         ("fine-tuned on target test", m[f"target_{name}"]),
         ("fine-tuned on source test", m.get(f"source_{name}")),
     ]
-    if cfg.task == "detection":
-        labeled = "the labeled target split"
-    else:
-        labeled = f"{cfg.data.labeled_per_class} labels per class" if cfg.data.labeled_per_class is not None else "the labeled split"
-    typer.echo(f"\nResults: {name} ({cfg.finetune.arch}, {cfg.finetune.strategy}, {labeled}, data {result['data_version']})")
+    typer.echo(f"\nResults: {name} ({cfg.finetune.arch}, {cfg.finetune.strategy}, {_labeled(cfg)}, data {result['data_version']})")
     for label, value in rows:
         typer.echo(f"  {label:<30} {'n/a' if value is None else f'{value:.4f}'}")
     typer.echo(f"  registered {reg['model_uri']} -> alias '{reg['alias']}' ({reg['reason']})")

@@ -24,6 +24,9 @@ ClassifierArch = Literal[
     "mobilenet_v3_small",
     "mobilenet_v3_large",
     "efficientnet_b0",
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
     "small_cnn",
 ]
 DetectorArch = Literal[
@@ -51,7 +54,9 @@ def image_size_problem(arch: str, image_size: int, field: str) -> str | None:
     return (f"{field}={image_size}: {arch} shrinks its input {YOLO_STRIDE} times, so its side must be a multiple of "
             f"{YOLO_STRIDE}; set it to {choices}")
 #: Unsupervised domain adaptation methods (`adaptflow.adapt.METHODS`); a test keeps the two in step.
-AdaptMethod = Literal["adabn", "dann", "coral", "mcc", "self_training"]
+AdaptMethod = Literal["adabn", "dann", "coral", "mcc", "self_training", "shot"]
+#: Methods that align the target with the source's labeled images: they need `data.source`.
+SOURCE_METHODS = ("dann", "coral")
 Precision = Literal["auto", "bf16", "fp16", "off"]
 #: Which fine-tune epoch becomes the model: the last, or the best by the target's labeled validation
 #: set or by an unsupervised validator (`adaptflow.adapt.VALIDATORS`; a test keeps the two in step).
@@ -90,7 +95,10 @@ class DataConfig(Section):
     """Where the domains live and how images are prepared."""
 
     root: Path = Field(Path("data"), description="Folder tracked by data.dvc holding DOMAIN/SPLIT/CLASS/*.png")
-    source: str = Field("mnist", description="Source domain folder under root (what the pretrained model saw)")
+    source: str | None = Field(
+        "mnist", description="Source domain folder under root (what the pretrained model saw), for adaptation methods that align "
+        "with its labeled images and for the forgetting check; empty when you have only your own (target) data",
+    )
     target: str = Field("uci_digits", description="Target domain folder under root (where the model must work)")
     image_size: int = Field(32, ge=8, le=1024, description="Images are resized to image_size x image_size (for YOLO, a multiple of 32)")
     labeled_per_class: int | None = Field(
@@ -212,7 +220,9 @@ class FinetuneConfig(TrainConfig):
     methods: list[AdaptMethod] = Field(
         [],
         description="Unsupervised domain adaptation on the target's unlabeled split, applied in order, e.g. [adabn, self_training]; "
-        "with methods the model trains on the source's labeled images plus labeled_per_class target images",
+        "with methods the model trains on the source's labeled images (when data.source is set) plus labeled_per_class target "
+        "images. Without a source: adabn, self_training, mcc and shot (information maximization with the head frozen) adapt "
+        "from target images alone; dann and coral need the source",
     )
     adapt_weight: float = Field(1.0, ge=0, description="Weight of each adaptation method's loss term")
     pseudo_label_threshold: float = Field(0.9, ge=0, le=1, description="self_training: confidence a pseudo-label needs")
@@ -280,6 +290,7 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _task(self) -> RunConfig:
+        self._check_source()
         detectors = get_args(DetectorArch)
         for name in ("pretrain", "finetune"):
             section: TrainConfig = getattr(self, name)
@@ -329,6 +340,20 @@ class RunConfig(Section):
                     raise ValueError(f"data.{key} counts images per class, which detection scenes do not have; "
                                      f"leave it {unset} (the target train split is the labeled part)")
         return self
+
+    def _check_source(self) -> None:
+        if self.data.source is not None:
+            return
+        needs = [m for m in self.finetune.methods if m in SOURCE_METHODS]
+        if needs:
+            raise ValueError(f"finetune.methods {needs} align the target with the source's labeled images, and data.source is "
+                             "empty: set data.source to a domain folder with labeled images, or adapt from target images alone "
+                             "with adabn, self_training, mcc or shot")
+        if self.task == "detection":
+            raise ValueError("data.source is empty: detection needs a source domain (the detector's own data); set data.source")
+        if self.registry.guard_metric and self.registry.guard_metric.startswith("source_"):
+            raise ValueError(f"registry.guard_metric {self.registry.guard_metric} guards the source domain, and data.source is "
+                             "empty: set registry.guard_metric to null (empty), or set data.source")
 
     def _check_devices(self, name: str, section: TrainConfig) -> None:
         problem = section.devices_problem(name)

@@ -15,7 +15,7 @@ from adaptflow.data import ImageSet, list_classes, load_split, split_dir, target
 from adaptflow.io import write_json
 from adaptflow.metrics import classification_report
 from adaptflow.models import Classifier, load_checkpoint, load_source_model
-from adaptflow.pretrained import PretrainedRef
+from adaptflow.pretrained import SCRATCH, PretrainedRef
 from adaptflow.train import predict
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,9 @@ class TestSets:
 
     @classmethod
     def load(cls, data: DataConfig, classes: tuple[str, ...]) -> TestSets:
-        source_classes = list_classes(split_dir(data, data.source, "test"))
-        source = load_split(data, data.source, "test", classes) if set(source_classes) <= set(classes) else None
+        source = None
+        if data.source is not None and set(list_classes(split_dir(data, data.source, "test"))) <= set(classes):
+            source = load_split(data, data.source, "test", classes)
         return cls(load_split(data, data.target, "test", classes), source, target_validation(data, classes))
 
     def score(self, model: Classifier, cfg: EvaluateConfig, device: str) -> dict[str, dict]:
@@ -85,7 +86,10 @@ def evaluate(
     metrics = headline(reports)
     report: dict = {"classes": list(classes), **reports}
 
-    baseline, base_meta = load_source_model(pretrained.path, pretrained.arch or meta["arch"], pretrained.allow_pickle)
+    if pretrained.uri == SCRATCH:
+        baseline, base_meta = None, {"classes": ()}
+    else:
+        baseline, base_meta = load_source_model(pretrained.path, pretrained.arch or meta["arch"], pretrained.allow_pickle)
     if tuple(base_meta["classes"]) == tuple(classes):
         report["baseline"] = {"name": "source_only", **tests.score(baseline, cfg, device)}
         base = headline(report["baseline"], prefix="baseline_")

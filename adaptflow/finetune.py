@@ -14,8 +14,8 @@ from adaptflow.data import ImageSet, load_split, split_dir, target_labels, targe
 from adaptflow.io import sha256_file, write_json
 from adaptflow.launch import FitJob, fit_on_devices
 from adaptflow.metrics import classification_report
-from adaptflow.models import Classifier, load_source_model, replace_head, save_checkpoint
-from adaptflow.pretrained import PretrainedRef
+from adaptflow.models import Classifier, build_classifier, load_source_model, replace_head, save_checkpoint
+from adaptflow.pretrained import SCRATCH, PretrainedRef
 from adaptflow.train import EpochCallback, EpochScore, FitSettings, predict, seed_everything
 
 log = logging.getLogger(__name__)
@@ -35,11 +35,14 @@ class TrainedModel:
 
 
 def prepare_model(pretrained: PretrainedRef, arch: str, classes: tuple[str, ...]) -> tuple[Classifier, str]:
-    """The pretrained model with a head for `classes`: its own head when the label sets match, else a new one."""
+    """The pretrained model with a head for `classes`: its own head when the label sets match, else a new
+    one (`scratch`: `arch` freshly initialised)."""
+    if pretrained.uri == SCRATCH:
+        return build_classifier(arch, len(classes)), arch
     model, meta = load_source_model(pretrained.path, pretrained.arch or arch, pretrained.allow_pickle)
     if tuple(meta["classes"]) != tuple(classes):
         replace_head(model, len(classes))
-        log.info("new %d-class head (pretrained classes: %s)", len(classes), list(meta["classes"])[:10] or "none")
+        log.info("new %d-class head (the pretrained model has %d classes%s)", len(classes), len(meta["classes"]), f", e.g. {list(meta['classes'])[:3]}" if meta["classes"] else "")
     return model, meta["arch"]
 
 
@@ -48,7 +51,18 @@ def check_pretrained(pretrained: PretrainedRef, cfg: FinetuneConfig, data: DataC
     phases on its backbone, before any compute is spent."""
     from adaptflow.data import list_classes, split_dir
 
-    model, _ = prepare_model(pretrained, cfg.arch, list_classes(split_dir(data, data.target, "train")))
+    classes = list_classes(split_dir(data, data.target, "train"))
+    if pretrained.uri == SCRATCH:
+        FitSettings.from_config(cfg).phases(build_classifier(cfg.arch, len(classes)))
+        return
+    model, meta = load_source_model(pretrained.path, pretrained.arch or cfg.arch, pretrained.allow_pickle)
+    if tuple(meta["classes"]) != tuple(classes):
+        if data.labeled_per_class == 0 and data.source is None:
+            shown = list(meta["classes"])[:5]
+            raise ValueError(f"data.labeled_per_class=0 and no data.source: nothing labeled trains a head for the target's classes "
+                             f"{list(classes)}, and the pretrained model's are {shown or 'none'}{'...' if len(meta['classes']) > 5 else ''}; "
+                             "give labeled target images (data.labeled_per_class), or start from a model trained on these classes")
+        replace_head(model, len(classes))
     FitSettings.from_config(cfg).phases(model)
 
 
@@ -68,8 +82,10 @@ def training_sets(cfg: FinetuneConfig, data: DataConfig) -> tuple[ImageSet, Imag
             raise ValueError("data.labeled_per_class=0 leaves no labeled target images: raise it, or set finetune.methods "
                              "(e.g. [adabn, self_training]) to adapt from unlabeled target images")
         return train, None
-    source = load_split(data, data.source, "train", train.classes)
     unlabeled = load_split(data, data.target, "unlabeled", train.classes)
+    if data.source is None:  # source-free: the labeled target images, if any, and the unlabeled ones
+        return train, unlabeled
+    source = load_split(data, data.source, "train", train.classes)
     return source.concat(train), unlabeled
 
 

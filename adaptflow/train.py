@@ -275,15 +275,19 @@ def backbone_blocks(backbone: nn.Module) -> list[nn.Module]:
     return blocks
 
 
-def param_groups(model: Classifier, lr: float, backbone_lr_scale: float, phase: Phase, layer_decay: float = 1.0) -> list[dict]:
-    """The head at `lr`; the backbone at `lr * backbone_lr_scale`, or frozen.
+def param_groups(
+    model: Classifier, lr: float, backbone_lr_scale: float, phase: Phase, layer_decay: float = 1.0, train_head: bool = True
+) -> list[dict]:
+    """The head at `lr` (frozen unless `train_head`); the backbone at `lr * backbone_lr_scale`, or frozen.
 
     Only the backbone blocks `phase` trains get gradients; with `layer_decay` < 1 each block
     trains at `layer_decay` times the rate of the block above it (discriminative learning rates).
     """
     for p in model.backbone.parameters():
         p.requires_grad_(False)
-    groups = [{"params": list(model.head.parameters()), "lr": lr}]
+    for p in model.head.parameters():
+        p.requires_grad_(train_head)
+    groups = [{"params": list(model.head.parameters()), "lr": lr}] if train_head else []
     if not phase.train_backbone:
         return groups
     if phase.blocks is None and layer_decay == 1.0:
@@ -426,13 +430,28 @@ def fit(
     model.to(device, memory_format=MEMORY_FORMAT)
     normalize = Normalizer(device, settings.low_resolution)
     rows = DeviceRows([train.images, train.labels], device)
-    n = len(rows)
-    steps_per_epoch = world.steps(n, settings.batch_size)
     phases = settings.phases(model)
     layer_decay = settings.layer_lr_decay if settings.strategy in LAYERWISE_STRATEGIES else 1.0
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     adaptation = _adaptation(settings, model, unlabeled, normalize, device, len(train.classes))
     anchor = Anchor(model, settings.l2sp) if settings.l2sp else None
+    # Without labeled images (source-free adaptation) an epoch is a pass over the unlabeled target images,
+    # and the head stays as the pretrained model had it: nothing labeled could correct a head that the
+    # target-only losses move (SHOT's hypothesis transfer).
+    target_only = len(rows) == 0
+    if target_only and adaptation is None:
+        raise ValueError("no labeled images to train on, and no adaptation method: give labeled images "
+                         "(data.labeled_per_class), or adapt from unlabeled target images with finetune.methods (adabn, mcc, "
+                         "self_training, shot)")
+    if target_only and not adaptation.uses_target_batch:  # hooks alone (adabn): nothing trains
+        adaptation.before_fit(model)
+        adaptation.after_fit(model)
+        return []
+    if target_only and not all(phase.train_backbone for phase in phases):
+        raise ValueError(f"finetune.strategy {settings.strategy} has head-only epochs, and without labeled images the head stays "
+                         "as the pretrained model had it: use finetune, discriminative or surgical to adapt from target images alone")
+    n = len(adaptation.target) if target_only else len(rows)
+    steps_per_epoch = world.steps(n, settings.batch_size)
 
     keep = None if settings.keep_epoch == "last" else settings.keep_epoch
     if keep is not None and score is None:
@@ -477,7 +496,7 @@ def fit(
         epoch = phase_end
         if phase_end <= start_epoch:
             continue  # finished before the resume point
-        groups = param_groups(model, settings.lr, settings.backbone_lr_scale, phase, layer_decay)
+        groups = param_groups(model, settings.lr, settings.backbone_lr_scale, phase, layer_decay, train_head=not target_only)
         if adaptation is not None and any(True for _ in adaptation.parameters()):
             groups.append({"params": list(adaptation.parameters()), "lr": settings.lr})  # e.g. DANN's discriminator
         optimizer = make_optimizer(settings.optimizer, groups, settings.weight_decay)
@@ -507,14 +526,19 @@ def fit(
             for step in range(first, steps_per_epoch):
                 start = step * settings.batch_size
                 batch = order[start : start + settings.batch_size if step + 1 < steps_per_epoch else n]  # the global batch
-                draws = normalize.draws(len(batch), generator) if settings.augment else None
+                draws = normalize.draws(len(batch), generator) if settings.augment and not target_only else None
                 idx = batch[world.shard()]  # this worker's rows: all of them on one device
-                images, y = rows.take(idx)
-                x = normalize(images, draws=draws[world.shard()] if draws is not None else None)
                 target = None
+                if target_only:  # the batch is unlabeled target images; the labeled batch is empty
+                    images, y = (t[:0] for t in rows.take(idx[:0]))
+                    t_idx = idx.to(adaptation.target.rows.index_device)
+                else:
+                    images, y = rows.take(idx)
+                x = normalize(images, draws=draws[world.shard()] if draws is not None else None)
                 if adaptation is not None and adaptation.uses_target_batch:
-                    size = settings.target_batch_size or len(idx)
-                    t_idx = torch.randint(len(adaptation.target), (size,), generator=generator).to(adaptation.target.rows.index_device)
+                    if not target_only:
+                        size = settings.target_batch_size or len(idx)
+                        t_idx = torch.randint(len(adaptation.target), (size,), generator=generator).to(adaptation.target.rows.index_device)
                     x_target = normalize(adaptation.target.take(t_idx), generator if settings.augment else None)
                     target = (x_target, t_idx.to(device, non_blocking=True))  # for the methods' own per-image state
                 done = (epoch * steps_per_epoch + step) / max(1, total - 1)
@@ -524,7 +548,7 @@ def fit(
                 else:
                     loss, logits = train_step(model, x, y, optimizer, scaler, amp_dtype, adaptation, target, done, anchor=anchor)
                 scheduler.step()
-                loss_sum += loss * len(idx)
+                loss_sum += loss * len(idx)  # with target_only, the target loss of the step's unlabeled images
                 correct += (logits.argmax(1) == y).sum()
                 bar.update()
                 every = settings.checkpoint_every_steps
@@ -536,7 +560,7 @@ def fit(
             record = {
                 "epoch": epoch,
                 "train_loss": float(loss_sum) / n,
-                "train_accuracy": int(correct) / n,
+                **({} if target_only else {"train_accuracy": int(correct) / n}),
                 "epoch_seconds": time.perf_counter() - t0,
                 "images_per_second": n / (time.perf_counter() - t0),
                 **(adaptation.metrics() if adaptation is not None else {}),

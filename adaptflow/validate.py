@@ -293,8 +293,13 @@ def validate(config: RunConfig, stage: str = "transfer") -> Report:
     if config.task == "detection":
         _validate_detection(config, stage, report)
     else:
-        for split in ("train", "test"):
-            check_image_split(split_dir(data, data.source, split), report, window=data.window)
+        if data.source is not None:
+            for split in ("train", "test"):
+                check_image_split(split_dir(data, data.source, split), report, window=data.window)
+        elif stage == "pretrain":
+            report.error("data.source", "is empty, and pretrain trains the source model on it",
+                         "set data.source to a domain folder of labeled images, or start from a pretrained model (pretrained.uri) "
+                         "and run only the transfer flow")
         if stage == "transfer":
             _check_target(config, report)
     for p in report.warnings:
@@ -310,6 +315,9 @@ def _check_target(config: RunConfig, report: Report) -> None:
     train = split_dir(data, data.target, "train")
     train_hashes = check_image_split(train, report, window=data.window)
     train_classes = tuple(p.name for p in train.iterdir() if p.is_dir()) if train.is_dir() else None
+    if train_classes is not None and len(train_classes) == 1:
+        report.error(train, f"one class ({train_classes[0]}): a classifier needs at least two",
+                     "add a folder of labeled images for each class the model must tell apart")
     test_hashes = check_image_split(split_dir(data, data.target, "test"), report, train_classes, data.window)
     unlabeled = split_dir(data, data.target, "unlabeled")
     if unlabeled.exists():

@@ -141,6 +141,10 @@ class Adaptation(nn.Module):
         self.methods = nn.ModuleList(methods)
         self.target = target
 
+    @staticmethod
+    def target_classes(model: nn.Module) -> int:
+        return model.head.out_features
+
     @property
     def uses_target_batch(self) -> bool:
         return any(m.uses_target_batch for m in self.methods)
@@ -168,10 +172,14 @@ class Adaptation(nn.Module):
     def loss(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_target: torch.Tensor | None, index: torch.Tensor | None, progress: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-entropy on the labeled batch plus every method's term; returns (loss, labeled logits)."""
-        features = model.features(x)
-        logits = model.head(features)
-        loss = F.cross_entropy(logits, y)
+        """Cross-entropy on the labeled batch plus every method's term; returns (loss, labeled logits).
+        An empty labeled batch (source-free adaptation, no labels) adds nothing and passes through no layer."""
+        if len(x):
+            features = model.features(x)
+            logits = model.head(features)
+            loss = F.cross_entropy(logits, y)
+        else:
+            features, logits, loss = x.new_zeros(0, 1), x.new_zeros(0, self.target_classes(model)), x.new_zeros(())
         target_features = target_logits = None
         if x_target is not None:
             target_features = model.features(x_target)
