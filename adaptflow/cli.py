@@ -33,6 +33,7 @@ RunDir = Annotated[Path, typer.Option("--run-dir", help="Run folder the stage re
 
 DEFAULT_CONFIG = Path("params.yaml")
 DETECTION_CONFIG = Path("configs/detection.yaml")
+IMAGENET_CONFIG = Path("configs/imagenet.yaml")
 
 
 class Split(str, Enum):
@@ -205,13 +206,17 @@ def serve(
     cron: Annotated[str, typer.Option(help="Retraining schedule (cron, UTC)")] = "0 2 * * *",
     schedule: Annotated[bool, typer.Option("--schedule/--no-schedule", help="Turn the retraining schedule on")] = False,
     detection: Annotated[Path, typer.Option(help="Detection config; its deployments are served too when the file exists")] = DETECTION_CONFIG,
+    imagenet: Annotated[Path, typer.Option(help="Config of the runs that start from ImageNet weights; its deployments are served "
+                                                "too when the file exists")] = IMAGENET_CONFIG,
 ) -> None:
-    """Serve the pretrain, transfer, retrain (also -detection), benchmark and sweep deployments from this process (needs PREFECT_API_URL)."""
+    """Serve the pretrain, transfer, retrain (also -detection and -imagenet), benchmark and sweep deployments from this process
+    (needs PREFECT_API_URL)."""
     _prefect_api(required="serve")
     from adaptflow.config import load_config
     from flows.deployments import serve as serve_deployments
 
-    serve_deployments(_config(config, overrides), cron, schedule, load_config(detection) if detection.exists() else None)
+    serve_deployments(_config(config, overrides), cron, schedule, load_config(detection) if detection.exists() else None,
+                      load_config(imagenet) if imagenet.exists() else None)
 
 
 @app.command()

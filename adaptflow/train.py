@@ -568,7 +568,7 @@ def fit(
             if score is not None:
                 record |= _scored(score, model, device, keep, epoch, best)
             history.append(record)
-            bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=f"{record['train_accuracy']:.3f}")
+            bar.set_postfix(loss=f"{record['train_loss']:.3f}", **({"acc": f"{record['train_accuracy']:.3f}"} if not target_only else {}))
             save(epoch, 0, order, loss_sum, correct)
             if on_epoch is not None:
                 on_epoch(epoch, record)

@@ -33,13 +33,16 @@ def data_added_trigger(target: str) -> DeploymentEventTrigger:
 
 
 def deployments(config: RunConfig, cron: str = NIGHTLY, schedule_active: bool = False, suffix: str = "") -> list:
-    """pretrain, transfer and retrain (nightly, off until enabled; also triggered when data lands
-    in the config's target domain), named with `suffix` (e.g. `-detection`)."""
+    """pretrain (when the config has a source domain), transfer and retrain (nightly, off until enabled;
+    also triggered when data lands in the config's target domain), named with `suffix` (e.g. `-detection`)."""
     defaults = {"config": config.model_dump(mode="json")}
     tags = ["adaptflow", config.task]
-    return [
+    sourced = [] if config.data.source is None else [
         pretrain.to_deployment(f"pretrain{suffix}", parameters=defaults, tags=tags,
                                description=f"Train the source {config.pretrain.arch} on {config.data.source} and publish it."),
+    ]
+    return [
+        *sourced,
         transfer.to_deployment(f"transfer{suffix}", parameters=defaults, tags=tags,
                                description=f"Adapt the pretrained {config.task} model to {config.data.target} and register it through the champion gate."),
         retrain.to_deployment(
@@ -71,12 +74,17 @@ def sweep_deployment(config: RunConfig):  # noqa: ANN201 - a RunnerDeployment
     )
 
 
-def serve(config: RunConfig, cron: str = NIGHTLY, schedule_active: bool = False, detection: RunConfig | None = None) -> None:
-    """Serve every deployment from this process until interrupted (the `-detection` ones too when
-    a detection config is given)."""
+def serve(
+    config: RunConfig, cron: str = NIGHTLY, schedule_active: bool = False, detection: RunConfig | None = None,
+    imagenet: RunConfig | None = None,
+) -> None:
+    """Serve every deployment from this process until interrupted (the `-detection` and `-imagenet` ones
+    too when those configs are given)."""
     from prefect import serve as prefect_serve
 
     served = [*deployments(config, cron, schedule_active), benchmark_deployment(), sweep_deployment(config)]
     if detection is not None:
         served += deployments(detection, cron, schedule_active, suffix="-detection")
+    if imagenet is not None:
+        served += deployments(imagenet, cron, schedule_active, suffix="-imagenet")
     prefect_serve(*served)

@@ -81,6 +81,9 @@ def test_prefect_yaml_detection_deployments_run_the_shipped_detection_config() -
     declared = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
     for name in ("pretrain-detection", "transfer-detection", "retrain-detection"):
         assert parse_config(declared[name]["parameters"]["config"], name) == shipped, name
+    imagenet = load_config(REPO / "configs" / "imagenet.yaml")
+    for name in ("transfer-imagenet", "retrain-imagenet"):
+        assert parse_config(declared[name]["parameters"]["config"], name) == imagenet, name
     retrain = declared["retrain-detection"]["triggers"][0]["match"]["prefect.resource.id"]
     assert retrain == f"adaptflow.data.{shipped.data.target}"
 
@@ -92,6 +95,7 @@ def test_adaptflow_serve_and_prefect_yaml_offer_the_same_deployments() -> None:
 
     served = [*deployments(load_config(REPO / "params.yaml")), benchmark_deployment(),
               sweep_deployment(load_config(REPO / "params.yaml")),
-              *deployments(load_config(REPO / "configs" / "detection.yaml"), suffix="-detection")]
+              *deployments(load_config(REPO / "configs" / "detection.yaml"), suffix="-detection"),
+              *deployments(load_config(REPO / "configs" / "imagenet.yaml"), suffix="-imagenet")]
     declared = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
     assert sorted((d.name, d.entrypoint) for d in served) == sorted((d["name"], d["entrypoint"]) for d in declared)

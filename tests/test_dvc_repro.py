@@ -80,3 +80,20 @@ def test_repro_reproduces_the_yolo_detection_flow(prefect_api, clone: Path) -> N
     assert "Running stage 'pretrain@yolo'" in out and "Running stage 'evaluate@yolo'" in out
     assert sha256_file(clone / "models" / "source-yolo" / "model.pt") == source["sha256"]
     assert read_json(clone / "outputs" / "yolo" / "evaluate" / "metrics.json") == pytest.approx(flow_metrics)
+
+
+def test_repro_runs_the_imagenet_pipeline_with_a_target_domain_only(clone: Path) -> None:
+    """`register@imagenet`: ImageNet weights from a package, no source domain folder, no pretrain stage."""
+    from adaptflow.config import load_config
+
+    shutil.rmtree(clone / "data" / "mnist")
+    run([sys.executable, "-m", "dvc", "add", "data"], clone)
+    dump_params(load_config(clone / "configs" / "imagenet.yaml", ["data.image_size=32", "finetune.epochs=2", "finetune.batch_size=16",
+                                                                 "evaluate.batch_size=64"]), clone / "configs" / "imagenet.yaml")
+    out = _repro(clone, "register@imagenet")
+    assert "Running stage 'finetune@imagenet'" in out and "pretrain" not in out
+    metrics = read_json(clone / "outputs" / "imagenet" / "evaluate" / "metrics.json")
+    assert 0 <= metrics["target_accuracy"] <= 1 and "source_accuracy" not in metrics
+    registration = read_json(clone / "outputs" / "imagenet" / "register" / "registration.json")
+    assert registration["model_uri"].startswith("models:/adaptflow-imagenet/") and registration["alias"] == "champion"
+    assert "up to date" in _repro(clone, "register@imagenet")
