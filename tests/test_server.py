@@ -167,3 +167,12 @@ def test_deployments_run_from_the_api_and_retrain_only_on_change(served, project
     newest = max(versions, key=lambda v: int(v.version))
     assert newest.tags["adaptflow.decision"] in {"promoted", "kept champion"} and newest.tags["adaptflow.reason"]
     assert newest.tags["adaptflow.data_version"] != champion.tags["adaptflow.data_version"]
+
+    # A target domain only (ImageNet weights from a package, data.source empty): the same deployment runs it.
+    target_only = load_config(None, [*TINY, "data.source=", "registry.guard_metric=", "registry.model_name=target-only",
+                                     "pretrained.uri=package:efficientnet_lite0", "finetune.arch=efficientnet_lite0",
+                                     "finetune.strategy=finetune", "finetune.epochs=1"]).model_dump(mode="json")
+    imagenet = server.finish(server.create_run("transfer", {"config": target_only}))
+    assert imagenet["state_type"] == "COMPLETED", imagenet["state"]
+    version = client.get_model_version_by_alias("target-only", "champion")
+    assert version.tags["adaptflow.source_domain"] == "" and version.tags["adaptflow.pretrained_uri"] == "package:efficientnet_lite0"
