@@ -516,11 +516,23 @@ def gate(
         reason = f"{cfg.metric} {new:.4f} beats {name} ({ref:.4f}) by more than {cfg.min_delta}"
         if guard and guard in metrics and guard in old:
             reason += f"; {guard} {metrics[guard]:.4f} (champion {old[guard]:.4f}, tolerance {cfg.guard_tolerance})"
-        c.set_registered_model_alias(cfg.model_name, CHAMPION, version)
+        _move_champion(c, cfg, version, current.version)
         c.set_model_version_tag(cfg.model_name, version, f"{TAG}previous_champion", str(current.version))
         return CHAMPION, "promoted", reason
+    before = c.get_registered_model(cfg.model_name).aliases.get(CHALLENGER)
     c.set_registered_model_alias(cfg.model_name, CHALLENGER, version)
+    if before is not None and str(before) != str(version):
+        c.set_model_version_tag(cfg.model_name, str(before), f"{TAG}alias", "former challenger")
     return CHALLENGER, "kept champion", reason
+
+
+def _move_champion(c: RetryingClient, cfg: RegistryConfig, version: str, loser: str | int | None, lost: str = "former champion") -> None:
+    """Give `version` the champion alias, and keep each version's `alias` tag true to it: the version that
+    held the alias (`loser`) no longer says champion."""
+    c.set_registered_model_alias(cfg.model_name, CHAMPION, version)
+    c.set_model_version_tag(cfg.model_name, str(version), f"{TAG}alias", CHAMPION)
+    if loser is not None and str(loser) != str(version):
+        c.set_model_version_tag(cfg.model_name, str(loser), f"{TAG}alias", lost)
 
 
 def promote(cfg: RegistryConfig, tracking: TrackingConfig, version: str, reason: str) -> str:
@@ -538,7 +550,7 @@ def promote(cfg: RegistryConfig, tracking: TrackingConfig, version: str, reason:
     previous = str(current.version) if current is not None else ""
     if previous == str(version):
         return previous
-    c.set_registered_model_alias(cfg.model_name, CHAMPION, version)
+    _move_champion(c, cfg, version, previous or None)
     if str(c.get_registered_model(cfg.model_name).aliases.get(CHALLENGER, "")) == str(version):
         c.delete_registered_model_alias(cfg.model_name, CHALLENGER)
     for key, value in {"previous_champion": previous, "decision": "promoted by hand", "reason": reason}.items():
@@ -555,7 +567,7 @@ def rollback(cfg: RegistryConfig, tracking: TrackingConfig, reason: str) -> tupl
     if not previous:
         raise RegistryError(f"{cfg.model_name} v{current.version} replaced no earlier champion: nothing to roll back to")
     c = client(tracking)
-    c.set_registered_model_alias(cfg.model_name, CHAMPION, previous)
+    _move_champion(c, cfg, previous, current.version, lost="rolled back")
     c.set_model_version_tag(cfg.model_name, str(current.version), f"{TAG}rolled_back", reason)
     c.set_model_version_tag(cfg.model_name, previous, f"{TAG}reason", f"restored by rollback: {reason}")
     return str(current.version), previous

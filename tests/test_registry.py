@@ -194,3 +194,19 @@ def test_store_calls_retry_transient_failures_only() -> None:
     with pytest.raises(ValueError, match="no such experiment"):
         tracking.retrying(wrong, attempts=5, base_delay=0)
     assert len(calls) == 1
+
+
+def test_each_version_s_alias_tag_follows_the_alias(project: Path) -> None:
+    """The `adaptflow.alias` tag a version carries says what it is now, not what it was when registered."""
+    def alias_tags() -> dict[str, str]:
+        c = tracking.client(TRACK)
+        return {str(v.version): v.tags["adaptflow.alias"] for v in c.search_model_versions("name='digits'")}
+
+    first, second, third = _register(project, 1, 0.80), _register(project, 2, 0.70), _register(project, 3, 0.75)
+    assert alias_tags() == {first.version: "champion", second.version: "former challenger", third.version: "challenger"}
+    fourth = _register(project, 4, 0.90)  # beats the champion: the old one no longer says champion
+    assert alias_tags()[first.version] == "former champion" and alias_tags()[fourth.version] == "champion"
+    tracking.promote(REG, TRACK, third.version, "by hand")
+    assert alias_tags()[fourth.version] == "former champion" and alias_tags()[third.version] == "champion"
+    tracking.rollback(REG, TRACK, "worse in production")
+    assert alias_tags()[third.version] == "rolled back" and alias_tags()[fourth.version] == "champion"
