@@ -44,8 +44,17 @@ def lineage(config: RunConfig, data: DataVersion, pretrained: PretrainedRef, ori
         "arch": config.finetune.arch,
         "target_domain": config.data.target,
         "source_domain": config.data.source or "",
+        **domain_digests(config),
         "validation_digest": validation_digest(config),
     }
+
+
+def domain_digests(config: RunConfig) -> dict[str, str]:
+    """The content hash of each domain the run reads (`target_digest`, and `source_digest` with a source)."""
+    from adaptflow.data import domain_digest
+
+    domains = {"target_digest": config.data.target, "source_digest": config.data.source}
+    return {key: domain_digest(config.data, name) for key, name in domains.items() if name is not None}
 
 
 def validation_digest(config: RunConfig) -> str:
@@ -168,12 +177,22 @@ def retrain_decision(config: RunConfig, data: DataVersion) -> tuple[bool, str]:
     current = tracking.champion(config.registry, config.tracking)
     if current is None:
         return True, "no champion yet"
-    made_from = current.tags.get(f"{tracking.TAG}data_version", "")
-    if made_from != data.md5:
-        return True, f"data changed since champion v{current.version}: {made_from[:12] or 'unknown'} -> {data.md5[:12]}"
+    if f"{tracking.TAG}target_digest" in current.tags:  # the domains it read, not the whole data version
+        for key, digest in domain_digests(config).items():
+            made_from = current.tags.get(f"{tracking.TAG}{key}", "")
+            if made_from != digest:
+                domain = key.removesuffix("_digest")
+                return True, (f"{domain} domain changed since champion v{current.version}: {made_from[:12] or 'unknown'} -> "
+                              f"{digest[:12]}")
+        reason = f"domains {', '.join(filter(None, (config.data.target, config.data.source)))} unchanged"
+    else:
+        made_from = current.tags.get(f"{tracking.TAG}data_version", "")
+        if made_from != data.md5:
+            return True, f"data changed since champion v{current.version}: {made_from[:12] or 'unknown'} -> {data.md5[:12]}"
+        reason = f"data {data.md5[:12]} unchanged"
     if current.tags.get(f"{tracking.TAG}config_digest") != config.digest():
         return True, f"config changed since champion v{current.version}"
-    return False, f"data {data.md5[:12]} and config {config.digest()} unchanged since champion v{current.version}"
+    return False, f"{reason} and config {config.digest()} unchanged since champion v{current.version}"
 
 
 def record_skip(config: RunConfig, data: DataVersion, reason: str, origin: str) -> str:

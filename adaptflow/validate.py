@@ -142,6 +142,27 @@ def check_image_split(
     return _check_images(folder, images, report, window)
 
 
+def check_unlabeled_split(folder: Path, report: Report, window: WindowConfig | None = None) -> dict[str, str]:
+    """Check an unlabeled split: images in it, or one level down in folders of any name (class folders
+    keep their class for diagnostics; others are images of unknown class); returns {sha256: path}."""
+    images: list[Path] = []
+    for p in sorted(folder.iterdir()):
+        if p.name in IGNORED_NAMES or p.name.startswith("."):
+            continue
+        for q in (sorted(p.iterdir()) if p.is_dir() else [p]):
+            if q.name in IGNORED_NAMES or q.name.startswith("."):
+                continue
+            if q.is_dir():
+                report.error(q, "nested folder inside a folder of unlabeled images", f"flatten it: images go in {folder}/ or {folder}/<folder>/")
+            elif q.suffix.lower() not in IMAGE_SUFFIXES:
+                report.error(q, f"not an image file ({q.suffix or 'no extension'})", "remove it or move it out of the data folder")
+            else:
+                images.append(q)
+    if not images:
+        report.error(folder, "no images", f"put unlabeled images in {folder}/, or remove the folder")
+    return _check_images(folder, images, report, window)
+
+
 def _check_images(folder: Path, images: list[Path], report: Report, window: WindowConfig | None = None) -> dict[str, str]:
     """Decode every image: corrupt, huge, 16-bit (without a window), duplicate, mixed-mode and transparent files; returns {sha256: path}."""
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
@@ -236,7 +257,7 @@ def _detection_classes(domain_dir: Path, report: Report) -> int | None:
 def _validate_detection(config: RunConfig, stage: str, report: Report) -> None:
     data = config.data
     splits = [(data.source, "train", True), (data.source, "test", True)]
-    if stage == "transfer":
+    if stage != "pretrain":
         splits += [(data.target, "train", True), (data.target, "test", True)]
     hashes: dict[tuple[str, str], dict[str, str]] = {}
     classes: dict[str, int | None] = {}  # per domain, its problem reported once
@@ -282,14 +303,16 @@ def check_devices(config: RunConfig, stage: str, report: Report) -> None:
 def validate(config: RunConfig, stage: str = "transfer") -> Report:
     """Check the config and every split `stage` will read; raise DataValidationError on errors.
 
-    `pretrain` reads only the source domain; `transfer` reads both and the pretrained URI.
+    `pretrain` reads only the source domain; `transfer` reads both and the pretrained URI; `data`
+    checks the folders a transfer reads and nothing else (no model, server or device needs to exist yet).
     """
     report = Report()
     data = config.data
     if stage == "transfer":
         check_config(config, report)
-    check_devices(config, stage, report)
-    check_tracking(config, report)
+    if stage != "data":
+        check_devices(config, stage, report)
+        check_tracking(config, report)
     if config.task == "detection":
         _validate_detection(config, stage, report)
     else:
@@ -300,7 +323,7 @@ def validate(config: RunConfig, stage: str = "transfer") -> Report:
             report.error("data.source", "is empty, and pretrain trains the source model on it",
                          "set data.source to a domain folder of labeled images, or start from a pretrained model (pretrained.uri) "
                          "and run only the transfer flow")
-        if stage == "transfer":
+        if stage != "pretrain":
             _check_target(config, report)
     for p in report.warnings:
         log.warning("%s", p)
@@ -321,10 +344,10 @@ def _check_target(config: RunConfig, report: Report) -> None:
     test_hashes = check_image_split(split_dir(data, data.target, "test"), report, train_classes, data.window)
     unlabeled = split_dir(data, data.target, "unlabeled")
     if unlabeled.exists():
-        check_image_split(unlabeled, report, train_classes, data.window)
+        check_unlabeled_split(unlabeled, report, data.window)
     elif config.finetune.methods:
         report.error(unlabeled, f"no unlabeled split, but finetune.methods {config.finetune.methods} adapt from one",
-                     "add unlabeled target images there (one folder per class, or any single folder), or set finetune.methods=[]")
+                     "add unlabeled target images there (in it, or in folders of any name), or set finetune.methods=[]")
     val = split_dir(data, data.target, "val")
     val_hashes = check_image_split(val, report, train_classes, data.window) if val.exists() else {}
     if val.exists() and data.val_fraction:

@@ -38,8 +38,8 @@ class AdaptOptions:
 class TargetData:
     """The unlabeled target images (uint8) and how to feed them to the model on the training device.
 
-    `labels` are the true classes when the split has them: used only for diagnostics
-    (pseudo-label accuracy), never for training.
+    `labels` are the true classes when the split has them (images in class folders; -1 where no one
+    knows): used only for diagnostics (pseudo-label accuracy), never for training.
     """
 
     images: torch.Tensor
@@ -51,6 +51,8 @@ class TargetData:
     def __post_init__(self) -> None:
         self.rows = DeviceRows([self.images], self.device or self.images.device)
         self.device = self.rows.device
+        if self.labels is not None and not (self.labels >= 0).any():
+            self.labels = None  # nobody knows any of their classes
         if self.labels is not None:
             self.labels = self.labels.to(self.device)
 

@@ -46,9 +46,11 @@ class SelfTraining(Method):
         probs = torch.softmax(target.logits(model), 1)
         self.labels, self.keep = select_pseudo_labels(probs, self.options.pseudo_label_threshold)
         self._metrics = {"pseudo_label_fraction": float(self.keep.float().mean())}
-        if target.labels is not None and self.keep.any():  # diagnostics only: true labels never train
-            right = self.labels[self.keep] == target.labels.to(self.labels.device)[self.keep]
-            self._metrics["pseudo_label_accuracy"] = float(right.float().mean())
+        if target.labels is not None:  # diagnostics only: true labels never train
+            known = self.keep & (target.labels.to(self.keep.device) >= 0)
+            if known.any():
+                right = self.labels[known] == target.labels.to(self.labels.device)[known]
+                self._metrics["pseudo_label_accuracy"] = float(right.float().mean())
 
     def loss(self, batch: AdaptBatch) -> torch.Tensor:
         keep = self.keep[batch.target_index]

@@ -31,7 +31,7 @@ def split_dir(cfg: DataConfig, domain: str, split: str):
 
 def load_split(cfg: DataConfig, domain: str, split: str, classes: tuple[str, ...] | None = None) -> ImageSet:
     """Decode one split of a domain at the configured image size."""
-    return load_image_folder(split_dir(cfg, domain, split), cfg.image_size, classes, cfg.window)
+    return load_image_folder(split_dir(cfg, domain, split), cfg.image_size, classes, cfg.window, unlabeled=split == "unlabeled")
 
 
 #: Seed of the validation share held out by `data.val_fraction`: every run of a project, whatever its
@@ -66,6 +66,23 @@ def has_validation(cfg: DataConfig) -> bool:
 def target_validation(cfg: DataConfig, classes: tuple[str, ...]) -> ImageSet | None:
     """The target's labeled validation set (see `target_labels`), or None without loading anything."""
     return target_labels(cfg, classes)[1] if has_validation(cfg) else None
+
+
+def domain_digest(cfg: DataConfig, domain: str) -> str:
+    """A content hash of one domain folder: every file's path inside it and bytes (hidden files aside).
+    Models record it per domain, so adding or editing another domain under the same data root (one DVC
+    version for all) leaves their lineage, and the retraining decision, alone."""
+    import hashlib
+
+    from adaptflow.io import sha256_file
+
+    folder = env.project_path(cfg.root) / domain
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder)
+        if not any(part.startswith(".") for part in relative.parts):
+            digest.update(f"{relative.as_posix()}\0{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
 
 
 def build_all(root: str | Path, domains: list[str] | None = None, force: bool = False) -> Path:
@@ -132,5 +149,5 @@ def ensure_domains(root: str | Path, domains: list[str]) -> list[str]:
     return missing
 
 
-__all__ = ["ImageSet", "build_all", "ensure_domains", "list_classes", "load_image_folder", "load_split", "has_validation", "split_dir",
+__all__ = ["ImageSet", "build_all", "domain_digest", "ensure_domains", "list_classes", "load_image_folder", "load_split", "has_validation", "split_dir",
            "target_labels", "target_validation"]

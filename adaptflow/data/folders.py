@@ -97,10 +97,23 @@ def list_classes(folder: Path) -> tuple[str, ...]:
     return tuple(sorted((p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=natural_key))
 
 
-def scan_folder(folder: Path, classes: tuple[str, ...]) -> tuple[list[Path], list[int]]:
-    """All image files of a split and their class indices, in a stable order."""
+#: The class index of an unlabeled image whose class nobody knows (it lies outside any class folder).
+UNKNOWN = -1
+
+
+def scan_folder(folder: Path, classes: tuple[str, ...], unlabeled: bool = False) -> tuple[list[Path], list[int]]:
+    """All image files of a split and their class indices, in a stable order.
+
+    An `unlabeled` split also takes images that lie in it directly or in folders that are no class
+    (label UNKNOWN): unlabeled images rarely come sorted. Those in class folders keep their class,
+    which measures pseudo-labels and never trains."""
     present = list_classes(folder)
     unknown = [c for c in present if c not in classes]
+    if unlabeled:
+        loose = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+        for name in unknown:
+            loose += sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+        unknown = []
     if unknown:
         raise ValueError(
             f"{folder}: classes {unknown} are not among the model's classes {list(classes)}; "
@@ -115,6 +128,9 @@ def scan_folder(folder: Path, classes: tuple[str, ...]) -> tuple[list[Path], lis
         files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         paths += files
         labels += [index] * len(files)
+    if unlabeled:
+        paths += loose
+        labels += [UNKNOWN] * len(loose)
     if not paths:
         raise ValueError(f"{folder}: no images found (expected {folder}/<class>/*.png)")
     return paths, labels
@@ -149,17 +165,19 @@ def _content_key(folder: Path, paths: list[Path], labels: list[int], size: int, 
 
 
 def load_image_folder(
-    folder: str | Path, image_size: int, classes: tuple[str, ...] | None = None, window: WindowConfig | None = None
+    folder: str | Path, image_size: int, classes: tuple[str, ...] | None = None, window: WindowConfig | None = None,
+    unlabeled: bool = False,
 ) -> ImageSet:
     """Decode every image of `folder/<class>/` into one tensor, using the on-disk cache when it can.
 
     `classes` fixes the class order (take it from the training split); by default the
     folder's own sub-folders are the classes. `window` maps images of more than 8 bits onto 8
-    (`pixels.to_8bit`); without one they are an error.
+    (`pixels.to_8bit`); without one they are an error. An `unlabeled` split may hold images outside
+    class folders too (`scan_folder`).
     """
     folder = Path(folder)
     classes = classes if classes is not None else list_classes(folder)
-    paths, labels = scan_folder(folder, classes)
+    paths, labels = scan_folder(folder, classes, unlabeled)
     key = _content_key(folder, paths, labels, image_size, window)
     cached = env.cache_dir() / "images" / f"{key}.pt"
     if cached.exists():
