@@ -194,11 +194,15 @@ def experiment_id(cfg: TrackingConfig) -> str:
 
 
 def git_commit(root: Path | None = None) -> str:
-    """The project's commit, with `-dirty` when tracked files have changed; `unknown` outside git."""
+    """The project's commit, with `-dirty` when tracked files have changed; `unknown` outside git.
+
+    DVC's pointer files (`*.dvc`, `dvc.lock`) do not count: every run rewrites `data.dvc` when data
+    lands, and the data version is recorded on its own (`data_version`, per-domain digests)."""
     root = root or env.project_root()
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude,glob)**/*.dvc",
+                                ":(exclude)dvc.lock"], cwd=root, capture_output=True, text=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha

@@ -107,3 +107,21 @@ def test_a_wrong_split_mapping_says_how_to_write_it(project: Path, tmp_path: Pat
     result = _cli(project, "data", "import", str(target), "--name", "scans", "--split", mapping)
     assert result.returncode == 2
     assert ("the splits are train, unlabeled, test, val" in result.stderr) or ("write THEIRS=OURS" in result.stderr), result.stderr
+
+
+def test_data_pointer_files_do_not_make_the_code_commit_dirty(tmp_path: Path) -> None:
+    """Adding data rewrites data.dvc: the models of every dataset would be tagged `-dirty` though no code changed."""
+    from adaptflow.tracking import git_commit
+    from conftest import run
+
+    run(["git", "init", "-q"], tmp_path)
+    for name, text in {"data.dvc": "md5: 1\n", "dvc.lock": "1\n", "code.py": "x = 1\n"}.items():
+        (tmp_path / name).write_text(text)
+    run(["git", "add", "-A"], tmp_path)
+    run(["git", "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-qm", "init"], tmp_path)
+    clean = git_commit(tmp_path)
+    (tmp_path / "data.dvc").write_text("md5: 2\n")
+    (tmp_path / "dvc.lock").write_text("2\n")
+    assert git_commit(tmp_path) == clean and not clean.endswith("-dirty")
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == f"{clean}-dirty"

@@ -60,7 +60,7 @@ def summary_markdown(config: RunConfig, grid: dict, results: list[dict], best: d
     suffix = "map50" if config.task == "detection" else "accuracy"
     columns = [metric, *dict.fromkeys(c for c in (f"target_{suffix}", f"source_{suffix}") if c != metric)]
     lines = [
-        f"# Sweep: {config.task} {config.finetune.arch}, {config.data.source} -> {config.data.target}",
+        f"# Sweep: {config.task} {config.finetune.arch}, {config.data.source or config.pretrained.uri} -> {config.data.target}",
         "",
         f"{len(results)} trials over {', '.join(f'`{k}`' for k in grid)}. {selection_note(metric)}",
         "",
