@@ -232,6 +232,10 @@ CONFIG_CASES = [
                                                           "registry.guard_metric=source_map50", "finetune.l2sp=0.1"],
      "finetune.l2sp=0.1 pulls a classifier toward its pretrained weights; detectors train in their own loop without it: set it to 0"),
     ("bad sha256", ["pretrained.sha256=xyz"], "pretrained.sha256: Value error, sha256 must be 64 hexadecimal"),
+    ("target domain leading out of data.root", ["data.target=../escape"],
+     "data.target: Value error, '../escape' is not a plain folder name (no '..', no '/' or '\\', not absolute); name a folder directly"),
+    ("source domain as an absolute path", ["data.source=/tmp/elsewhere"], "data.source: Value error, '/tmp/elsewhere' is not a plain folder name"),
+    ("domain name with a separator", ["data.target=uci_digits/../../x"], "data.target: Value error, 'uci_digits/../../x' is not a plain folder name"),
     ("text where a number goes", ["data.image_size=big"], "data.image_size: Input should be a valid integer"),
 ]
 
