@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 from PIL import Image
 
+from adaptflow import env
 from adaptflow.adapt.validators import VALIDATORS
 from adaptflow.config import RunConfig, WindowConfig
 from adaptflow.data import has_validation, split_dir
@@ -257,6 +258,49 @@ def check_config(config: RunConfig, report: Report) -> None:
     problem = check_uri(config.pretrained.uri)
     if problem:
         report.error("pretrained.uri", *problem)
+    else:
+        check_pretrained_file(config, report)
+
+
+def check_pretrained_file(config: RunConfig, report: Report) -> None:
+    """A local pretrained file that would be refused when loaded (pickled code, not a model file), found
+    without loading it: only the names its pickle refers to are read. Downloads are checked once fetched."""
+    import pickle
+
+    import torch
+
+    from adaptflow.pretrained import ARCHIVE_SUFFIXES
+
+    uri = config.pretrained.uri.strip()
+    if config.pretrained.allow_pickle or uri.startswith(("torchvision:", "ultralytics:", "models:/", "http://", "https://")):
+        return
+    path = env.project_path(Path(uri.removeprefix("file://").partition("#")[0]).expanduser())
+    if not path.is_file() or path.name.endswith(ARCHIVE_SUFFIXES):
+        return
+    detection = config.task == "detection"
+    if detection:
+        from adaptflow.detection.yolo import UNTRUSTED_FIX as fix
+    else:
+        fix = "re-save it as a state dict (torch.save(model.state_dict(), ...)), or set pretrained.allow_pickle=true if you trust its source"
+    try:
+        needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except ValueError:  # not a zip archive: an old-style torch file, or no torch file at all
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+            needed = []
+        except pickle.UnpicklingError:
+            needed = ["objects weights_only=True refuses"]
+        except (RuntimeError, EOFError, OSError) as exc:
+            report.error("pretrained.uri", f"{path} is not a PyTorch model file ({str(exc).splitlines()[0][:200]})",
+                         "check the path, or save the model again with torch.save")
+            return
+    if detection and needed:
+        from adaptflow.detection.yolo import allowed_global
+
+        needed = [name for name in needed if allowed_global(name) is None]  # an Ultralytics checkpoint's model classes load
+    if needed:
+        report.error("pretrained.uri", f"{path} holds pickled Python objects ({', '.join(sorted(needed)[:3])}), which can run code "
+                     "when loaded", fix)
 
 
 def check_tracking(config: RunConfig, report: Report) -> None:
