@@ -148,7 +148,7 @@ def load_weights_only(path: str | Path, allow_pickle: bool, fix: str) -> Any | N
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if not _saved_by_torch(path):
+        if not saved_by_torch(path):
             raise ModelFileError(f"{path}: not a PyTorch model file ({str(exc).splitlines()[-1][:200]}); check the path, "
                                  "or save the model again with torch.save") from None
         if not allow_pickle:
@@ -161,7 +161,7 @@ def load_weights_only(path: str | Path, allow_pickle: bool, fix: str) -> Any | N
                              "or save the model again with torch.save") from None
 
 
-def _saved_by_torch(path: str | Path) -> bool:
+def saved_by_torch(path: str | Path) -> bool:
     """Whether `path` is what torch.save writes: a zip archive, or (the older format) a pickle."""
     import zipfile
 

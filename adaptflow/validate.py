@@ -282,11 +282,17 @@ def check_pretrained_file(config: RunConfig, report: Report) -> None:
         from adaptflow.detection.yolo import UNTRUSTED_FIX as fix
     else:
         fix = "re-save it as a state dict (torch.save(model.state_dict(), ...)), or set pretrained.allow_pickle=true if you trust its source"
+    from adaptflow.models import saved_by_torch
+
+    if not saved_by_torch(path):
+        report.error("pretrained.uri", f"{path} is not a PyTorch model file (neither a zip archive nor a pickle)",
+                     "check the path, or save the model again with torch.save")
+        return
     try:
         needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except ValueError:  # not a zip archive: an old-style torch file, or no torch file at all
+    except ValueError:  # not a zip archive: torch's older format, a pickle read whole
         try:
-            torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+            torch.load(path, map_location="cpu", weights_only=True)
             needed = []
         except pickle.UnpicklingError:
             needed = ["objects weights_only=True refuses"]
