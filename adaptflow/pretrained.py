@@ -97,7 +97,7 @@ def _check_uri(uri: str) -> tuple[str, str] | None:
     if uri.startswith("torchvision:"):
         return _check_torchvision(uri)
     if uri.startswith("ultralytics:"):
-        name = uri.removeprefix("ultralytics:")
+        name = uri.removeprefix("ultralytics:").partition("#")[0]
         return None if _ASSET_NAME.match(name) else (f"'{uri}': not an Ultralytics asset name", "write ultralytics:<name>.pt, e.g. ultralytics:yolo11n.pt")
     if uri.startswith(("http://", "https://")):
         return None if urlparse(uri).netloc else (f"'{uri}': no host in the address", "write https://<host>/<path>")
@@ -162,7 +162,7 @@ def fetch_pretrained(
     elif uri.startswith("ultralytics:"):
         from adaptflow.detection.yolo import asset_url
 
-        name = uri.removeprefix("ultralytics:")
+        name = location.removeprefix("ultralytics:")
         path = _fetch_url(asset_url(name), sha256, attempts, timeout)
         ref = PretrainedRef(uri, str(path), sha256_file(path), arch=Path(name).stem)
     elif uri.startswith(("http://", "https://")):
