@@ -91,7 +91,9 @@ def test_a_malicious_ultralytics_asset_is_refused_and_never_runs_its_payload(sce
         out = _cli("fetch", "ultralytics:yolov8n.pt", cwd=scenes)
         _one_line_refusal(out, f"{server.url}/yolov8n.pt: plain http with no sha256", "pin the file's digest with pretrained.sha256")
         assert server.hits == {}
-    with bad_inputs.attempt():  # its digest pinned, it downloads, and loading it refuses what it refers to
+    out = _cli("fetch", f"ultralytics:yolov8n.pt#sha256={sha}", cwd=scenes)  # pinned in the address: fetched (not loaded)
+    assert out.returncode == 0 and server.hits == {"/yolov8n.pt": 1}, out.stderr[-3000:]
+    with bad_inputs.attempt():  # its digest pinned, the verified cache answers, and loading it refuses what it refers to
         out = _cli("finetune", *DETECTION, "pretrained.uri=ultralytics:yolov8n.pt", f"pretrained.sha256={sha}", "--run-dir", "runs/evil",
                    cwd=scenes)
         _one_line_refusal(out, "yolov8n.pt: refers to builtins.exec, which no Ultralytics model holds, and loading it could run code; "
@@ -244,3 +246,151 @@ def test_a_cached_download_that_changed_is_fetched_again(tmp_path: Path, monkeyp
         Path(ref.path).write_bytes(b"swapped on disk")  # someone with write access to the cache
         again = fetch_pretrained(f"{url}/w.pt")
         assert Path(again.path).read_bytes() == b"published weights" and again.sha256 == ref.sha256 and len(hits) == 2
+
+
+# --- symbolic links out of a data folder are not followed --------------------------------------------
+
+
+def _image(path: Path, value: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (8, 8), value).save(path)
+    return path
+
+
+def test_data_add_refuses_an_image_linked_from_outside_the_folder(tmp_path: Path, bad_inputs) -> None:
+    secret = _image(tmp_path / "private" / "secret.png", 200)
+    _image(tmp_path / "inbox" / "0" / "new.png")
+    (tmp_path / "inbox" / "0" / "linked.png").symlink_to(secret)
+    with bad_inputs.attempt():
+        out = _cli("data", "add", str(tmp_path / "inbox"), f"data.root={tmp_path / 'data'}", "data.target=dom")
+        _one_line_refusal(out, f"{tmp_path / 'inbox' / '0' / 'linked.png'}: a symbolic link to {secret}, outside {tmp_path / 'inbox'}",
+                          "copy the file into the folder, or remove the link")
+        assert not (tmp_path / "data").exists()
+
+
+def test_a_class_folder_linked_from_outside_is_refused_by_validation_and_the_loader(tmp_path: Path, bad_inputs) -> None:
+    from adaptflow.data.folders import LinkOutsideError, load_image_folder
+    from adaptflow.validate import Report, check_image_split
+
+    split = tmp_path / "data" / "dom" / "train"
+    _image(split / "0" / "a.png")
+    _image(split / "0" / "b.png", 30)
+    _image(tmp_path / "elsewhere" / "c.png", 90)
+    (split / "1").symlink_to(tmp_path / "elsewhere")
+    with bad_inputs.attempt():
+        report = Report()
+        check_image_split(split, report)
+        assert [str(p) for p in report.errors] == [f"{split / '1'}: a symbolic link to {tmp_path / 'elsewhere'}, outside {split}; "
+                                                   "copy the file into the folder, or remove the link"]
+    with bad_inputs.attempt(), pytest.raises(LinkOutsideError, match=f"{split / '1' / 'c.png'}: a symbolic link to .*elsewhere/c.png"):
+        load_image_folder(split, 8, ("0", "1"))
+    (split / "0" / "inside.png").symlink_to(split / "0" / "a.png")  # a link that stays inside is a file like any other
+    (split / "1").unlink()
+    report = Report()
+    check_image_split(split, report)
+    assert report.ok, [str(p) for p in report.errors]
+
+
+# --- detection data: labels without images, Ultralytics' own layout -----------------------------------
+
+
+def test_a_yolo_label_without_its_image_is_named_by_validate_and_data_add(scenes: Path, tmp_path: Path, bad_inputs) -> None:
+    from adaptflow.data.ingest import add_detection_images
+    from adaptflow.data.scenes import build_scene_data
+    from adaptflow.validate import DataValidationError
+
+    train = scenes / "data" / "photo_scenes" / "train"
+    (train / "labels" / "9.txt").write_text("3 0.5 0.5 0.2 0.2\n")
+    with bad_inputs.attempt():
+        out = _cli("validate", *DETECTION, cwd=scenes)
+        _one_line_refusal(out, f"{train / 'labels' / '9.txt'}: label file without an image (no images/9.*", "add its image, fix its name")
+    (train / "labels" / "9.txt").unlink()
+    build_scene_data(tmp_path / "new", sizes={"photo_scenes": {"fresh": 2}})
+    fresh = tmp_path / "new" / "photo_scenes" / "fresh"
+    (fresh / "images" / "00001.jpg").unlink()
+    before = sorted((train / "labels").iterdir())
+    with bad_inputs.attempt(), pytest.raises(DataValidationError, match="00001.txt: label file without an image"):
+        add_detection_images(fresh, train, 10)
+    assert sorted((train / "labels").iterdir()) == before, "nothing was added"
+
+
+def test_a_detection_image_linked_from_outside_is_refused(scenes: Path, tmp_path: Path, bad_inputs) -> None:
+    from adaptflow.data.folders import LinkOutsideError
+    from adaptflow.detection.data import image_files
+
+    test = scenes / "data" / "photo_scenes" / "test"
+    outside = _image(tmp_path / "elsewhere" / "photo.jpg")
+    (test / "images" / "photo.jpg").symlink_to(outside)
+    (test / "labels" / "photo.txt").write_text("1 0.5 0.5 0.2 0.2\n")
+    with bad_inputs.attempt():
+        out = _cli("validate", *DETECTION, cwd=scenes)
+        _one_line_refusal(out, f"{test / 'images' / 'photo.jpg'}: a symbolic link to {outside}, outside {test / 'images'}")
+    with bad_inputs.attempt(), pytest.raises(LinkOutsideError, match="photo.jpg: a symbolic link to"):
+        image_files(test)
+
+
+def _as_ultralytics_layout(domain: Path, splits: dict[str, str]) -> None:
+    """Lay a `<split>/images|labels` domain out as Ultralytics documents: `images/<key>`, `labels/<key>`, data.yaml naming them."""
+    import shutil
+
+    import yaml
+
+    spec = yaml.safe_load((domain / "data.yaml").read_text())
+    spec = {"path": "/where/it/was/made"} | {key: f"images/{key}" for key in splits.values()} | {"names": spec["names"]}
+    for split, key in splits.items():
+        for kind in ("images", "labels"):
+            if (domain / split / kind).is_dir():
+                (domain / kind).mkdir(exist_ok=True)
+                shutil.move(domain / split / kind, domain / kind / key)
+        shutil.rmtree(domain / split)
+    (domain / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
+def test_ultralytics_own_dataset_layout_is_validated_loaded_added_to_and_trained_on(scenes: Path, tmp_path: Path, bad_inputs) -> None:
+    from adaptflow.config import load_config
+    from adaptflow.data.ingest import add_detection_images
+    from adaptflow.data.scenes import build_scene_data
+    from adaptflow.detection import stages, yolo
+    from adaptflow.detection.data import load_detection_split, read_names
+    from adaptflow.detection.models import load_detector
+    from adaptflow.pretrained import fetch_pretrained
+
+    data = scenes / "data"
+    classes = read_names(data / "photo_scenes")
+    before = {split: load_detection_split(data / "photo_scenes" / split, 64, classes) for split in ("train", "test")}
+    # the source as Ultralytics' docs show it (train and val; val is the held-out split), the target with a test split too
+    _as_ultralytics_layout(data / "mnist_scenes", {"train": "train", "test": "val"})
+    _as_ultralytics_layout(data / "photo_scenes", {"train": "train", "test": "test", "unlabeled": "unlabeled"})
+    assert (data / "photo_scenes" / "images" / "train").is_dir() and not (data / "photo_scenes" / "train").exists()
+    yolo.ultralytics()
+    from ultralytics import YOLO
+
+    YOLO("yolov8n.yaml").save(scenes / "start.pt")  # an Ultralytics checkpoint to fine-tune from
+    start = [*DETECTION, "pretrained.uri=start.pt"]
+
+    out = _cli("validate", *start, cwd=scenes)
+    assert out.returncode == 0 and out.stdout.startswith("ok: 52 images checked"), out.stdout + out.stderr[-3000:]
+    for split, decoded in before.items():
+        again = load_detection_split(data / "photo_scenes" / split, 64, classes)
+        assert again.images.equal(decoded.images) and again.boxes.equal(decoded.boxes)
+
+    build_scene_data(tmp_path / "new", sizes={"photo_scenes": {"fresh": 2}})
+    assert add_detection_images(tmp_path / "new" / "photo_scenes" / "fresh", data / "photo_scenes" / "train", 10) == {"images": 2}
+    assert len(list((data / "photo_scenes" / "images" / "train").iterdir())) == 14 == len(list((data / "photo_scenes" / "labels" / "train").iterdir()))
+    (data / "photo_scenes" / "labels" / "train" / "stray.txt").write_text("1 0.5 0.5 0.2 0.2\n")
+    with bad_inputs.attempt():  # checked alike: a label without its image is named in this layout too
+        out = _cli("validate", *start, cwd=scenes)
+        _one_line_refusal(out, f"{data / 'photo_scenes' / 'labels' / 'train' / 'stray.txt'}: label file without an image")
+    (data / "photo_scenes" / "labels" / "train" / "stray.txt").unlink()
+
+    cfg = load_config(REPO / "configs" / "detection.yaml", ["data.image_size=64", "finetune.epochs=1", "finetune.batch_size=4",
+                                                            "finetune.device=cpu", "pretrained.uri=start.pt"])
+    trained = stages.finetune(cfg.finetune, cfg.data, fetch_pretrained(cfg.pretrained.uri), scenes / "runs" / "finetune")
+    assert load_detector(trained.path)[1]["classes"] == classes
+
+    spec = (data / "photo_scenes" / "data.yaml").read_text()
+    (data / "photo_scenes" / "data.yaml").write_text(spec.replace("test: images/test", "test: ../../../outside"))
+    with bad_inputs.attempt():  # a data.yaml that points out of its domain folder is refused, like a domain name with '..'
+        out = _cli("validate", *start, cwd=scenes)
+        _one_line_refusal(out, "data.yaml: `test: ../../../outside` leads to", "outside the domain folder",
+                          "keep the dataset's folders inside it (e.g. test: images/test)")
