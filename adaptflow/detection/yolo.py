@@ -129,7 +129,7 @@ def allowed_global(name: str) -> Any | None:
     if module in _MODEL_PACKAGES or module.startswith(tuple(f"{p}." for p in _MODEL_PACKAGES)):
         try:
             obj = getattr(importlib.import_module(module), attr, None)
-        except ImportError:
+        except (ImportError, ValueError):  # no such module (or no name at all)
             return None
         return obj if isinstance(obj, type) and issubclass(obj, nn.Module) else None
     data = {
