@@ -63,6 +63,14 @@ Precision = Literal["auto", "bf16", "fp16", "off"]
 KeepEpoch = Literal["last", "target_val_accuracy", "information_maximization", "entropy", "snd", "mixval"]
 
 
+def folder_name_problem(name: str) -> str | None:
+    """Why `name` is not a plain folder name (a domain or split under data.root), or None. Anything that
+    could lead out of data.root (`..`, a path separator, an absolute path) is refused."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or Path(name).is_absolute():
+        return f"'{name}' is not a plain folder name (no '..', no '/' or '\\', not absolute)"
+    return None
+
+
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, values are checked on assignment."""
 
@@ -114,6 +122,14 @@ class DataConfig(Section):
         "records it and applies it when served. Empty refuses such images (8-bit images are used as they are either way)",
     )
     remote: str | None = Field(None, description="DVC remote to push to; empty uses the default remote")
+
+    @field_validator("source", "target")
+    @classmethod
+    def _domain_folder(cls, value: str | None) -> str | None:
+        problem = folder_name_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(f"{problem}; name a folder directly under data.root, e.g. uci_digits")
+        return value
 
 
 class TrainConfig(Section):

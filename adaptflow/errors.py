@@ -22,6 +22,10 @@ class ConfigError(UserError, ValueError):
     """A configuration the user wrote cannot be used; the message names the field and the fix."""
 
 
+class ModelFileError(UserError, ValueError):
+    """A model file that cannot, or must not, be loaded (pickled code, not a model file); the message names the file and the fix."""
+
+
 class _UserErrorsWithoutTraceback(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], UserError):

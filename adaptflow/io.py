@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import random
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,31 @@ from adaptflow.errors import ConfigError
 CHUNK = 1 << 20
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+
+#: Query parameters that carry credentials: API tokens, passwords, and the signatures of presigned URLs (S3, GCS,
+#: Azure SAS). A name containing token, secret, password, signature or credential counts too.
+SECRET_QUERY_PARAMS = frozenset({
+    "token", "access_token", "id_token", "refresh_token", "auth", "authorization", "api_key", "apikey", "key", "password",
+    "passwd", "pwd", "secret", "client_secret", "sig", "signature", "x-amz-signature", "x-amz-credential",
+    "x-amz-security-token", "x-goog-signature", "x-goog-credential", "awsaccesskeyid", "googleaccessid", "policy",
+})
+_SECRET_QUERY_WORD = re.compile(r"token|secret|passw|signature|credential|api[_-]?key|access[_-]?key", re.IGNORECASE)
+_QUERY_PAIR = re.compile(r"(?P<lead>[?&;](?P<name>[^=&;#\s?]+)=)(?P<value>[^&;#\s'\"]*)")
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^/:@\s]*):[^@/\s]+@", re.IGNORECASE)
+
+
+def mask_secrets(text: str) -> str:
+    """`text` safe to print or log: in any URL it holds, the password of `user:password@` and the values of query
+    parameters that carry credentials (`?token=`, `X-Amz-Signature=`, `sig=`, ...) become `***`."""
+    text = _URL_USERINFO.sub(r"\g<scheme>:***@", text)
+
+    def mask(match: re.Match) -> str:
+        name = match["name"].lower()
+        secret = name in SECRET_QUERY_PARAMS or _SECRET_QUERY_WORD.search(name)
+        return f"{match['lead']}***" if secret and match["value"] else match[0]
+
+    return _QUERY_PAIR.sub(mask, text)
 
 
 def with_retries(call: Callable[[], T], transient: Callable[[Exception], bool], what: str, attempts: int,

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from adaptflow.errors import ModelFileError
+
 if TYPE_CHECKING:
     from adaptflow.config import WindowConfig
 
@@ -145,9 +147,9 @@ def save_checkpoint(
 
 def load_checkpoint(path: str | Path) -> tuple[Classifier, dict[str, Any]]:
     """Rebuild a Classifier from a file written by `save_checkpoint`; returns (model, metadata)."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = load_weights_only(path, False, "Export the model with adaptflow (a finetune or pretrain run writes one)")
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not an adaptflow classifier checkpoint (expected format {CHECKPOINT_FORMAT})")
+        raise ModelFileError(f"{path}: not an adaptflow classifier checkpoint (expected format {CHECKPOINT_FORMAT})")
     model = build_classifier(blob["arch"], len(blob["classes"]))
     state = blob.pop("state_dict")
     head = state.get("head.weight")
@@ -169,10 +171,26 @@ def load_weights_only(path: str | Path, allow_pickle: bool, fix: str) -> Any | N
     allowed (the caller loads it its own way); a pickled file otherwise is refused, naming `fix`."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if not saved_by_torch(path):
+            raise ModelFileError(f"{path}: not a PyTorch model file ({str(exc).splitlines()[-1][:200]}); check the path, "
+                                 "or save the model again with torch.save") from None
         if not allow_pickle:
-            raise ValueError(f"{path}: holds pickled Python objects, which can run code when loaded; refused. {fix}") from None
+            raise ModelFileError(f"{path}: holds pickled Python objects, which can run code when loaded; refused. {fix}") from None
         return None
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, EOFError, OSError) as exc:  # not a torch.save() file at all (truncated, another format)
+        raise ModelFileError(f"{path}: not a PyTorch model file ({str(exc).splitlines()[0][:200]}); check the path, "
+                             "or save the model again with torch.save") from None
+
+
+def saved_by_torch(path: str | Path) -> bool:
+    """Whether `path` is what torch.save writes: a zip archive, or (the older format) a pickle."""
+    import zipfile
+
+    with open(path, "rb") as fh:
+        return fh.read(1) == b"\x80" or zipfile.is_zipfile(path)
 
 
 def load_source_model(path: str | Path, arch: str | None, allow_pickle: bool = False) -> tuple[Classifier, dict[str, Any]]:

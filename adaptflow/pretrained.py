@@ -9,12 +9,14 @@ Supported forms:
   in their file name, since torchvision itself checks only fresh downloads. Offline, the error
   names the file to place there, or `adaptflow fetch torchvision:<arch> --from FILE` imports one
   (`$ADAPTFLOW_TORCHVISION_URL` overrides torchvision's download address, e.g. for a mirror).
-- `https://...` / `http://...` - streamed to a temporary file, verified against `sha256` when
-  given, renamed into a content-addressed cache. Without a hash the file is cached by URL and
-  its hash is recorded.
+- `https://...` / `http://...` - streamed to a temporary file, verified against `sha256` (or a
+  `#sha256=<hex>` fragment) when given, renamed into a content-addressed cache. Without a hash the
+  file is cached by URL with the hash it arrived with beside it (`<file>.sha256`), and reused only
+  while it still matches. Plain http is refused without a hash: nothing would vouch for the bytes.
 - `ultralytics:<asset>.pt` - an Ultralytics release asset (e.g. `yolo11n.pt`), downloaded from its
   GitHub release (`$ADAPTFLOW_ULTRALYTICS_ASSETS_URL` overrides the address, e.g. for a mirror) and
-  cached like any URL. These files are pickles; being Ultralytics' own, they are trusted to load.
+  cached like any URL. These files are pickles: they load with `weights_only=True` and only the
+  torch and Ultralytics model classes allowed (`adaptflow.detection.yolo`), so no code in them runs.
 - `models:/<name>@<alias>` or `models:/<name>/<version>` - a model in the MLflow registry.
 - a local path (`file://` allowed); a `<path>.sha256` file beside it is checked when present.
 - `scratch` - no weights: the architecture freshly initialised, to measure what pretraining buys.
@@ -45,7 +47,7 @@ from filelock import FileLock
 
 from adaptflow import env
 from adaptflow.errors import UserError
-from adaptflow.io import CHUNK, atomic_write, sha256_file, with_retries
+from adaptflow.io import CHUNK, atomic_write, mask_secrets, sha256_file, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +118,29 @@ def check_uri(uri: str) -> tuple[str, str] | None:
     uri = uri.strip()
     if not uri:
         return "is empty", f"name a model: {FORMS}"
+    problem = _check_uri(uri)
+    return (mask_secrets(problem[0]), problem[1]) if problem else None
+
+
+def fragment_digest(uri: str) -> str | None:
+    """The sha256 a `<uri>#sha256=<hex>` fragment pins (lower case), or None without one."""
+    fragment = uri.partition("#")[2]
+    return fragment[len("sha256="):].lower() if fragment.lower().startswith("sha256=") else None
+
+
+def _check_uri(uri: str) -> tuple[str, str] | None:
     if uri == SCRATCH:
         return None
+    pinned = fragment_digest(uri)
+    if pinned is not None and not re.fullmatch(r"[0-9a-f]{64}", pinned):
+        return (f"'{uri}': the #sha256= fragment '{pinned}' is not a sha256 digest",
+                "give the file's 64 hexadecimal digits after #sha256= (`sha256sum FILE`), or drop the fragment")
     if uri.startswith("torchvision:"):
         return _check_torchvision(uri)
     if uri.startswith("package:"):
         return _check_package(uri)
     if uri.startswith("ultralytics:"):
-        name = uri.removeprefix("ultralytics:")
+        name = uri.removeprefix("ultralytics:").partition("#")[0]
         return None if _ASSET_NAME.match(name) else (f"'{uri}': not an Ultralytics asset name", "write ultralytics:<name>.pt, e.g. ultralytics:yolo11n.pt")
     if uri.startswith(("http://", "https://")):
         return None if urlparse(uri).netloc else (f"'{uri}': no host in the address", "write https://<host>/<path>")
@@ -200,6 +217,11 @@ def fetch_pretrained(
     location, _, member = uri.partition("#")
     if uri == SCRATCH:
         return PretrainedRef(SCRATCH, "", "")
+    pinned = fragment_digest(uri)
+    if pinned is not None:
+        if sha256 is not None and sha256 != pinned:
+            raise FetchError(f"{field} '{mask_secrets(uri)}' pins sha256 {pinned} but pretrained.sha256 is {sha256}; keep one of them")
+        sha256, member = pinned, ""
     if uri.startswith("torchvision:"):
         ref = _fetch_torchvision(uri, sha256, attempts, timeout)
     elif uri.startswith("package:"):
@@ -207,7 +229,7 @@ def fetch_pretrained(
     elif uri.startswith("ultralytics:"):
         from adaptflow.detection.yolo import asset_url
 
-        name = uri.removeprefix("ultralytics:")
+        name = location.removeprefix("ultralytics:")
         path = _fetch_url(asset_url(name), sha256, attempts, timeout)
         ref = PretrainedRef(uri, str(path), sha256_file(path), arch=Path(name).stem)
     elif uri.startswith(("http://", "https://")):
@@ -219,7 +241,7 @@ def fetch_pretrained(
         ref = replace(_fetch_local(location, sha256), uri=uri)
     if Path(ref.path).name.endswith(ARCHIVE_SUFFIXES):
         ref = replace(ref, path=str(_from_archive(Path(ref.path), ref.sha256, member, uri)))
-    return replace(ref, allow_pickle=allow_pickle)
+    return replace(ref, uri=mask_secrets(ref.uri), allow_pickle=allow_pickle)
 
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
@@ -245,12 +267,12 @@ def _from_archive(archive: Path, digest: str, member: str, uri: str) -> Path:
     if member:
         path = (folder / member).resolve()
         if not path.is_relative_to(folder.resolve()) or not path.is_file():
-            raise FetchError(f"{uri}: the archive has no file '{member}'")
+            raise FetchError(f"{mask_secrets(uri)}: the archive has no file '{member}'")
         return path
     found = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith(MODEL_SUFFIXES))
     if len(found) != 1:
         names = [str(p.relative_to(folder)) for p in found]
-        raise FetchError(f"{uri}: the archive holds {len(found)} model files {names[:5]}; name one as <uri>#<path inside>")
+        raise FetchError(f"{mask_secrets(uri)}: the archive holds {len(found)} model files {names[:5]}; name one as <uri>#<path inside>")
     return found[0]
 
 
@@ -391,26 +413,42 @@ def import_torchvision(uri: str, source: Path) -> PretrainedRef:
 
 
 def _fetch_url(url: str, expected: str | None, attempts: int, timeout: float) -> Path:
+    """Download `url` into the cache, or reuse the cached file once it matches the digest it was stored under
+    (`<file>.sha256` beside it, written with the download) and `expected`; plain http needs `expected`."""
+    if expected is None and urlparse(url).scheme == "http":
+        raise FetchError(f"{mask_secrets(url)}: plain http with no sha256 to check the file against, so anyone on the way could "
+                         "swap it; use https, or pin the file's digest with pretrained.sha256 (or <url>#sha256=<64 hex digits>)")
     root = env.cache_dir() / "downloads"
     name = Path(urlparse(url).path).name or "download"
     key = f"sha256-{expected}" if expected else f"url-{sha256_hasher(url.encode()).hexdigest()[:24]}"
     dest = root / key / name
+    sidecar = dest.with_name(dest.name + ".sha256")
     with FileLock(str(dest) + ".lock"):
-        if dest.exists() and (expected is None or sha256_file(dest) == expected):
-            return dest
-        _download(url, dest, expected, attempts, timeout)
+        if dest.exists():
+            try:
+                stored = sidecar_digest(sidecar) if sidecar.exists() else None
+            except FetchError:  # a damaged record verifies nothing
+                stored = None
+            if stored is not None and sha256_file(dest) == stored and expected in (None, stored):
+                return dest
+            log.warning("%s: the cached file does not match the sha256 it was stored under; downloading it again", dest)
+        digest = _download(url, dest, expected, attempts, timeout)
+        with atomic_write(sidecar) as tmp:
+            tmp.write_text(f"{digest}  {name}\n")
     return dest
 
 
 def _download(url: str, dest: Path, expected: str | None, attempts: int, timeout: float) -> str:
-    """Stream `url` to `dest` (atomically) and return its sha256; retry transient failures."""
+    """Stream `url` to `dest` (atomically) and return its sha256; retry transient failures. Messages name the
+    URL with its credentials masked."""
     dest.parent.mkdir(parents=True, exist_ok=True)
+    shown = mask_secrets(url)
     try:
         digest = with_retries(lambda: _download_once(url, dest, expected, timeout), lambda exc: isinstance(exc, TransientFetchError),
-                              f"download of {url}", attempts)
+                              f"download of {shown}", attempts)
     except TransientFetchError as exc:
-        raise FetchError(f"{url}: download failed after {attempts} attempts: {exc}") from exc
-    log.info("downloaded %s (sha256 %s)", url, digest)
+        raise FetchError(f"{shown}: download failed after {attempts} attempts: {exc}") from exc
+    log.info("downloaded %s (sha256 %s)", shown, digest)
     return digest
 
 
@@ -435,11 +473,11 @@ def _download_once(url: str, dest: Path, expected: str | None, timeout: float) -
     except urllib.error.HTTPError as exc:
         if exc.code >= 500 or exc.code in (408, 429):
             raise TransientFetchError(f"HTTP {exc.code} {exc.reason}") from None
-        raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}; check the address") from None
+        raise FetchError(f"{mask_secrets(url)}: HTTP {exc.code} {exc.reason}; check the address") from None
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, socket.gaierror):
             raise FetchError(
-                f"{url}: cannot resolve the host ({exc.reason}); offline? place the file in the cache or use a local path"
+                f"{mask_secrets(url)}: cannot resolve the host ({exc.reason}); offline? place the file in the cache or use a local path"
             ) from None
         raise TransientFetchError(f"connection failed: {exc.reason}") from None
     except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:

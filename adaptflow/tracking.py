@@ -23,7 +23,7 @@ from typing import Any
 from adaptflow import env
 from adaptflow.config import RegistryConfig, TrackingConfig
 from adaptflow.errors import UserError
-from adaptflow.io import unreachable, with_retries
+from adaptflow.io import mask_secrets, unreachable, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -221,14 +221,13 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 _SECRET_KEY = re.compile(r"(password|passwd|secret|token|api_key|access_key|credential)", re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^/:@\s]*):[^@/\s]+@", re.IGNORECASE)
 
 
 def redact(key: str, value: object) -> str:
-    """A value safe to log: secrets by key name are masked, passwords inside URLs are masked."""
+    """A value safe to log: secrets by key name are masked, and so are passwords and credential query values inside URLs."""
     if value is not None and _SECRET_KEY.search(key):
         return "***"
-    return _URL_PASSWORD.sub(r"\g<scheme>:***@", str(value))
+    return mask_secrets(str(value))
 
 
 def redacted(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

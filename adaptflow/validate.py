@@ -18,10 +18,11 @@ from typing import NamedTuple
 
 from PIL import Image
 
+from adaptflow import env
 from adaptflow.adapt.validators import VALIDATORS
 from adaptflow.config import RunConfig, WindowConfig
 from adaptflow.data import has_validation, split_dir
-from adaptflow.data.folders import IMAGE_SUFFIXES, held_out_count, natural_key
+from adaptflow.data.folders import IMAGE_SUFFIXES, held_out_count, link_outside, natural_key
 from adaptflow.data.pixels import HIGH_BIT_MODES, WINDOW_FIX
 from adaptflow.errors import UserError
 
@@ -119,6 +120,7 @@ def check_image_split(
         report.error(folder, "no such split folder", BUILD_THE_DATA)
         return {}
     classes = sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: natural_key(p.name))
+    classes = [cls for cls in classes if _inside(cls, folder, report)]
     if not classes:
         report.error(folder, "no class folders", f"put images in {folder}/<class>/<image>.png")
     for stray in (p for p in folder.iterdir() if p.is_file() and p.name not in IGNORED_NAMES and not p.name.startswith(".")):
@@ -135,11 +137,19 @@ def check_image_split(
                 report.error(p, "nested folder inside a class folder", "flatten it: images go directly in <split>/<class>/")
             elif p.suffix.lower() not in IMAGE_SUFFIXES:
                 report.error(p, f"not an image file ({p.suffix or 'no extension'})", "remove it or move it out of the data folder")
-            else:
+            elif _inside(p, folder, report):
                 images.append(p)
         if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
             report.error(cls, "empty class (no images)", "add images or delete the folder")
     return _check_images(folder, images, report, window)
+
+
+def _inside(path: Path, folder: Path, report: Report) -> bool:
+    """Whether `path` stays inside `folder`, the folder being read; a symbolic link leading out is an error."""
+    target = link_outside(path, folder)
+    if target is not None:
+        report.error(path, f"a symbolic link to {target}, outside {folder}", "copy the file into the folder, or remove the link")
+    return target is None
 
 
 def check_unlabeled_split(folder: Path, report: Report, window: WindowConfig | None = None) -> dict[str, str]:
@@ -147,10 +157,10 @@ def check_unlabeled_split(folder: Path, report: Report, window: WindowConfig | N
     keep their class for diagnostics; others are images of unknown class); returns {sha256: path}."""
     images: list[Path] = []
     for p in sorted(folder.iterdir()):
-        if p.name in IGNORED_NAMES or p.name.startswith("."):
+        if p.name in IGNORED_NAMES or p.name.startswith(".") or not _inside(p, folder, report):
             continue
         for q in (sorted(p.iterdir()) if p.is_dir() else [p]):
-            if q.name in IGNORED_NAMES or q.name.startswith("."):
+            if q.name in IGNORED_NAMES or q.name.startswith(".") or not _inside(q, folder, report):
                 continue
             if q.is_dir():
                 report.error(q, "nested folder inside a folder of unlabeled images", f"flatten it: images go in {folder}/ or {folder}/<folder>/")
@@ -197,7 +207,13 @@ def _check_images(folder: Path, images: list[Path], report: Report, window: Wind
 
 
 def check_yolo_labels(images_dir: Path, labels_dir: Path, num_classes: int, report: Report) -> None:
-    """YOLO format: a `<stem>.txt` per image, lines `class cx cy w h`, ids < num_classes, coordinates in [0, 1]."""
+    """YOLO format: a `<stem>.txt` per image, lines `class cx cy w h`, ids < num_classes, coordinates in [0, 1];
+    a label file with no image of its name is an error too (its image is missing or misnamed)."""
+    stems = {p.stem for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    for label in sorted(labels_dir.glob("*.txt")) if labels_dir.is_dir() else []:
+        if label.stem not in stems:
+            report.error(label, f"label file without an image (no {images_dir.name}/{label.stem}.* among {', '.join(sorted(IMAGE_SUFFIXES))})",
+                         "add its image, fix its name, or delete the label")
     for image in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         label = labels_dir / f"{image.stem}.txt"
         if not label.exists():
@@ -227,17 +243,30 @@ def check_yolo_labels(images_dir: Path, labels_dir: Path, num_classes: int, repo
 
 
 def check_detection_split(folder: Path, num_classes: int, report: Report, labeled: bool = True) -> dict[str, str]:
-    """Check one YOLO-format split (`images/`, `labels/`); returns {sha256: path} of its images."""
-    images_dir = folder / "images"
-    if not images_dir.is_dir():
-        report.error(folder, "no images/ folder in this split", BUILD_THE_DATA)
+    """Check one YOLO-format split (`images/`, `labels/`, or the folders the domain's data.yaml names for it);
+    returns {sha256: path} of its images."""
+    from adaptflow.detection.data import DatasetFileError, images_dir, labels_dir
+
+    try:
+        images_folder = images_dir(folder)
+    except DatasetFileError as exc:
+        where, _, message = str(exc).partition(": ")
+        what, _, fix = message.partition("; ")
+        report.error(where, what, fix)
         return {}
-    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images_folder.is_dir():
+        report.error(folder, f"no images/ folder in this split, and {folder.parent.name}/data.yaml names none for '{folder.name}'",
+                     f"{BUILD_THE_DATA}, or name the split's images folder in data.yaml (e.g. {folder.name}: images/{folder.name})")
+        return {}
+    labels_folder = labels_dir(images_folder)
+    images = sorted(p for p in images_folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and _inside(p, images_folder, report))
     if not images:
-        report.error(images_dir, "no images", f"put images in {images_dir} and their labels in {folder / 'labels'}")
+        report.error(images_folder, "no images", f"put images in {images_folder} and their labels in {labels_folder}")
     if labeled:
-        check_yolo_labels(images_dir, folder / "labels", num_classes, report)
-    return _check_images(folder, images, report)
+        labels = sorted(labels_folder.glob("*.txt")) if labels_folder.is_dir() else []
+        if all([_inside(label, labels_folder, report) for label in labels]):
+            check_yolo_labels(images_folder, labels_folder, num_classes, report)
+    return _check_images(folder if images_folder == folder / "images" else images_folder, images, report)
 
 
 def _detection_classes(domain_dir: Path, report: Report) -> int | None:
@@ -278,6 +307,55 @@ def check_config(config: RunConfig, report: Report) -> None:
     problem = check_uri(config.pretrained.uri)
     if problem:
         report.error("pretrained.uri", *problem)
+    else:
+        check_pretrained_file(config, report)
+
+
+def check_pretrained_file(config: RunConfig, report: Report) -> None:
+    """A local pretrained file that would be refused when loaded (pickled code, not a model file), found
+    without loading it: only the names its pickle refers to are read. Downloads are checked once fetched."""
+    import pickle
+
+    import torch
+
+    from adaptflow.pretrained import ARCHIVE_SUFFIXES
+
+    uri = config.pretrained.uri.strip()
+    if config.pretrained.allow_pickle or uri.startswith(("torchvision:", "ultralytics:", "models:/", "http://", "https://")):
+        return
+    path = env.project_path(Path(uri.removeprefix("file://").partition("#")[0]).expanduser())
+    if not path.is_file() or path.name.endswith(ARCHIVE_SUFFIXES):
+        return
+    detection = config.task == "detection"
+    if detection:
+        from adaptflow.detection.yolo import UNTRUSTED_FIX as fix
+    else:
+        fix = "re-save it as a state dict (torch.save(model.state_dict(), ...)), or set pretrained.allow_pickle=true if you trust its source"
+    from adaptflow.models import saved_by_torch
+
+    if not saved_by_torch(path):
+        report.error("pretrained.uri", f"{path} is not a PyTorch model file (neither a zip archive nor a pickle)",
+                     "check the path, or save the model again with torch.save")
+        return
+    try:
+        needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except ValueError:  # not a zip archive: torch's older format, a pickle read whole
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+            needed = []
+        except pickle.UnpicklingError:
+            needed = ["objects weights_only=True refuses"]
+        except (RuntimeError, EOFError, OSError) as exc:
+            report.error("pretrained.uri", f"{path} is not a PyTorch model file ({str(exc).splitlines()[0][:200]})",
+                         "check the path, or save the model again with torch.save")
+            return
+    if detection and needed:
+        from adaptflow.detection.yolo import allowed_global
+
+        needed = [name for name in needed if allowed_global(name) is None]  # an Ultralytics checkpoint's model classes load
+    if needed:
+        report.error("pretrained.uri", f"{path} holds pickled Python objects ({', '.join(sorted(needed)[:3])}), which can run code "
+                     "when loaded", fix)
 
 
 def check_tracking(config: RunConfig, report: Report) -> None:

@@ -312,6 +312,7 @@ BAD_PRESETS = [  # (preset text, what the error must say)
     ("shots: [1]\nholdout_fraction: 0.2\n", r"holdout_fraction: 0.2 needs a k of 2 or more \(or all\) in shots \[1\]: at k = 1 no label"),
     ("source: {augment: false, low_resolution: 0.5}\n", r"source: .*low_resolution=0.5 is part of augmentation: set augment: true too"),
     ("method: [coral]\n", r"  method: unknown field \(did you mean 'methods'\?\); remove it or fix its name"),
+    ("pairs: [{source: mnist, target: ../../elsewhere}]\n", r"pairs\.0\.target: .*'\.\./\.\./elsewhere' is not a plain folder name"),
 ]
 
 

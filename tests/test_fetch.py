@@ -63,9 +63,15 @@ def test_download_is_verified_cached_and_reused_offline(project: Path, server: S
     assert again.path == ref.path and server.hits["/weights.pt"] == 1
 
 
-def test_without_a_hash_the_hash_is_recorded(project: Path, server: Server) -> None:
+def test_plain_http_needs_a_hash_and_takes_it_from_the_address_too(project: Path, server: Server, bad_inputs) -> None:
     sha = _publish(server, "free.pt", b"free")
-    assert fetch_pretrained(f"{server.url}/free.pt").sha256 == sha
+    with bad_inputs.attempt():
+        with pytest.raises(FetchError, match=r"free.pt: plain http with no sha256 .* pin the file's digest with pretrained.sha256"):
+            fetch_pretrained(f"{server.url}/free.pt")
+        assert server.hits == {}, "nothing is downloaded that nothing could check"
+    assert fetch_pretrained(f"{server.url}/free.pt#sha256={sha.upper()}").sha256 == sha
+    with bad_inputs.attempt(), pytest.raises(FetchError, match="pins sha256 .* but pretrained.sha256 is 0000"):
+        fetch_pretrained(f"{server.url}/free.pt#sha256={sha}", "0" * 64)
 
 
 def test_wrong_checksum_fails_and_leaves_no_cache_entry(project: Path, server: Server) -> None:
@@ -79,7 +85,7 @@ def test_wrong_checksum_fails_and_leaves_no_cache_entry(project: Path, server: S
 
 def test_404_fails_at_once_with_the_address(project: Path, server: Server) -> None:
     with pytest.raises(FetchError, match="HTTP 404"):
-        fetch_pretrained(f"{server.url}/missing.pt", attempts=4)
+        fetch_pretrained(f"{server.url}/missing.pt", "0" * 64, attempts=4)
     assert server.hits["/missing.pt"] == 1
 
 
@@ -91,10 +97,10 @@ def test_server_errors_are_retried(project: Path, server: Server) -> None:
 
 
 def test_a_download_that_keeps_failing_stops_after_its_attempts(project: Path, server: Server, caplog: pytest.LogCaptureFixture) -> None:
-    _publish(server, "down.pt", b"never served")
+    sha = _publish(server, "down.pt", b"never served")
     server.fail_first["/down.pt"] = 10
     with caplog.at_level(logging.WARNING, logger="adaptflow.io"), pytest.raises(FetchError, match="download failed after 3 attempts: HTTP 500"):
-        fetch_pretrained(f"{server.url}/down.pt", attempts=3)
+        fetch_pretrained(f"{server.url}/down.pt", sha, attempts=3)
     assert server.hits["/down.pt"] == 3
     assert [r.getMessage().split("; ")[1][:9] for r in caplog.records] == ["retry 1/2", "retry 2/2"]
 

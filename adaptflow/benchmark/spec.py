@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, field_validator, model_serializer, model_validator
 
-from adaptflow.config import AdaptMethod, Arch, ConfigError, Strategy, TrackingConfig, explain
+from adaptflow.config import AdaptMethod, Arch, ConfigError, Strategy, TrackingConfig, explain, folder_name_problem
 from adaptflow.detection.benchmark import DetectionBenchmark
 from adaptflow.execution import DaskAddressField, GpuPoolField, RayAddressField, RunnerField, check_addresses
 from adaptflow.io import content_digest, read_yaml
@@ -40,6 +40,14 @@ class Pair(Spec):
 
     source: str = "mnist"
     target: str = "uci_digits"
+
+    @field_validator("source", "target")
+    @classmethod
+    def _domain_folder(cls, value: str) -> str:
+        problem = folder_name_problem(value)
+        if problem:
+            raise ValueError(f"{problem}; name a folder directly under data_root, e.g. uci_digits")
+        return value
 
 
 class Budget(Spec):

@@ -90,6 +90,28 @@ def natural_key(name: str) -> tuple[int, int | str]:
     return (0, int(name)) if name.isdigit() else (1, name)
 
 
+class LinkOutsideError(UserError, ValueError):
+    """A symbolic link in a data folder that leads out of it; the message names the link and where it points."""
+
+
+def link_outside(path: Path, folder: Path) -> Path | None:
+    """Where `path` leads when a symbolic link takes it out of `folder` (the folder being read); None when it stays
+    inside. Links into the project's DVC cache are DVC's own (`cache.type symlink`) and stay allowed."""
+    target = path.resolve()
+    if target.is_relative_to(folder.resolve()) or target.is_relative_to(env.project_path(".dvc/cache").resolve()):
+        return None
+    return target
+
+
+def refuse_links_outside(paths: list[Path], folder: Path) -> None:
+    """Raise LinkOutsideError for the first of `paths` that a symbolic link takes out of `folder`."""
+    for path in paths:
+        target = link_outside(path, folder)
+        if target is not None:
+            raise LinkOutsideError(f"{path}: a symbolic link to {target}, outside {folder}; copy the file into the folder, "
+                                   "or remove the link")
+
+
 def list_classes(folder: Path) -> tuple[str, ...]:
     """Class names of a split: its sub-folders, in natural order."""
     if not folder.is_dir():
@@ -133,6 +155,7 @@ def scan_folder(folder: Path, classes: tuple[str, ...], unlabeled: bool = False)
         labels += [UNKNOWN] * len(loose)
     if not paths:
         raise ValueError(f"{folder}: no images found (expected {folder}/<class>/*.png)")
+    refuse_links_outside(paths, folder)
     return paths, labels
 
 

@@ -27,10 +27,12 @@ def _digests(folder: Path) -> dict[str, Path]:
     return {sha256_file(p): p for p in images}
 
 
-def _checked(source: Path, split: Path, check: Callable[[Report], dict[str, str]], layout: str) -> dict[str, Path]:
+def _checked(source: Path, split: Path, check: Callable[[Report], dict[str, str]], layout: str,
+             images_of: Callable[[Path], Path] = lambda split: split) -> dict[str, Path]:
     """Raise DataValidationError listing every problem of the new images at `source` (checked before
     any copy), including images another labeled split of the domain already holds; returns the
-    {sha256: path} of those `split` does not hold yet (an image it holds, under any name, is not added again)."""
+    {sha256: path} of those `split` does not hold yet (an image it holds, under any name, is not added again).
+    `images_of(split)`: the folder that holds a split's images."""
     report = Report()
     if not source.is_dir():
         report.error(source, "no such folder", f"give the folder of the new labeled images ({layout})")
@@ -38,13 +40,13 @@ def _checked(source: Path, split: Path, check: Callable[[Report], dict[str, str]
         new = check(report)
         if split.name in DISJOINT:
             for other in (name for name in DISJOINT if name != split.name):
-                for digest, there in _digests(split.parent / other).items():
+                for digest, there in _digests(images_of(split.parent / other)).items():
                     if digest in new:
                         report.error(new[digest], f"already in the {other} split ({there})",
                                      f"drop it from the new images: {', '.join(DISJOINT)} must not share an image")
     if not report.ok:
         raise DataValidationError(report, NOTHING_ADDED)
-    present = _digests(split)
+    present = _digests(images_of(split))
     fresh = {digest: Path(path) for digest, path in sorted(new.items(), key=lambda item: item[1]) if digest not in present}
     if len(fresh) < len(new):
         log.info("%d of the %d new images are already in %s: not added again", len(new) - len(fresh), len(new), split)
@@ -79,11 +81,12 @@ def add_images(source: Path, split: Path, window: WindowConfig | None = None) ->
 def add_detection_images(source: Path, split: Path, num_classes: int) -> dict[str, int]:
     """Copy a YOLO-format folder (`source/images`, `source/labels`) into `split`, each image and its
     label file under the image's content hash; returns {"images": count added}. Checked first."""
-    from adaptflow.detection.data import label_file
+    from adaptflow.detection.data import images_dir, label_file, labels_dir
     from adaptflow.validate import check_detection_split
 
-    fresh = _checked(source, split, lambda report: check_detection_split(source, num_classes, report), "images/ and labels/")
+    fresh = _checked(source, split, lambda report: check_detection_split(source, num_classes, report), "images/ and labels/", images_dir)
+    images = images_dir(split)  # `<split>/images`, or the folder the domain's data.yaml names for the split
     for digest, image in fresh.items():
         stem = f"added-{digest[:16]}"  # the label first: an image never lands alone
-        _place([(label_file(image), split / "labels" / f"{stem}.txt"), (image, split / "images" / f"{stem}{image.suffix.lower()}")])
+        _place([(label_file(image), labels_dir(images) / f"{stem}.txt"), (image, images / f"{stem}{image.suffix.lower()}")])
     return {"images": len(fresh)} if fresh else {}

@@ -1,5 +1,9 @@
 """Detection splits in YOLO format (`<split>/images/*`, `<split>/labels/*.txt`) loaded into tensors.
 
+A domain may also be laid out as Ultralytics documents first: `images/train`, `labels/train`, ...,
+with `data.yaml` naming each split's images folder (`train:`, `val:`, `test:`, relative to `path:`).
+Labels sit where Ultralytics looks for them: the images folder's path with its last `images` made `labels`.
+
 A split decodes once into one uint8 tensor (N x 3 x S x S) plus one box table, so batches are
 indexed, never re-read. Boxes are kept as one (M x 6) tensor of `image, class, x1, y1, x2, y2`
 in pixels; `targets()` cuts it per image for the models that want a list.
@@ -18,8 +22,17 @@ import torch
 import yaml
 from PIL import Image
 
-from adaptflow.data.folders import IMAGE_SUFFIXES
+from adaptflow.data.folders import IMAGE_SUFFIXES, refuse_links_outside
+from adaptflow.errors import UserError
 from adaptflow.io import read_yaml
+
+#: data.yaml keys that can name each of the project's splits, the first present one chosen: Ultralytics'
+#: datasets often hold no `test:`, and their `val:` split is then the held-out one.
+YAML_SPLITS = {"train": ("train",), "val": ("val",), "test": ("test", "val"), "unlabeled": ("unlabeled",)}
+
+
+class DatasetFileError(UserError, ValueError):
+    """A domain's data.yaml names its splits in a way that cannot be read; the message names the key and the fix."""
 
 
 @dataclass(frozen=True)
@@ -79,18 +92,62 @@ def read_names(domain_dir: Path) -> tuple[str, ...]:
     return tuple(str(n) for n in names)
 
 
+def images_dir(split_dir: Path) -> Path:
+    """The images folder of the detection split `<domain>/<split>`: `<split>/images`, or, in a domain laid out
+    as Ultralytics documents, the folder its data.yaml names for that split (`YAML_SPLITS`)."""
+    own = split_dir / "images"
+    if own.is_dir():
+        return own
+    named = yaml_split(split_dir.parent, split_dir.name)
+    return named if named is not None else own
+
+
+def yaml_split(domain_dir: Path, split: str) -> Path | None:
+    """The images folder `<domain>/data.yaml` names for `split` (None where it names none). Entries resolve from
+    `path:` as Ultralytics resolves them, but must stay inside the domain folder; a `path:` that leads elsewhere
+    (where the dataset was made) is ignored: the folder holding data.yaml is the dataset."""
+    spec_path = domain_dir / "data.yaml"
+    spec = read_yaml(spec_path) if spec_path.is_file() else None
+    if not isinstance(spec, dict):
+        return None
+    key = next((k for k in YAML_SPLITS.get(split, (split,)) if spec.get(k)), None)
+    if key is None:
+        return None
+    entry, root = spec[key], domain_dir.resolve()
+    if not isinstance(entry, str) or entry.endswith(".txt"):
+        raise DatasetFileError(f"{spec_path}: `{key}: {entry}` is not one folder of images; name one, relative to the dataset "
+                               f"(e.g. {key}: images/{key}); lists and .txt image lists are not read")
+    base = (root / str(spec["path"])).resolve() if spec.get("path") else root
+    if not base.is_dir() or not base.is_relative_to(root):
+        base = root
+    folder = (base / entry).resolve()
+    if not folder.is_relative_to(root):
+        raise DatasetFileError(f"{spec_path}: `{key}: {entry}` leads to {folder}, outside the domain folder {domain_dir}; "
+                               f"keep the dataset's folders inside it (e.g. {key}: images/{key})")
+    return folder
+
+
+def labels_dir(images: Path) -> Path:
+    """Where Ultralytics looks for the labels of the images in `images`: the path with its last `images` made `labels`."""
+    parts = images.parts
+    last = max((i for i, part in enumerate(parts) if part == "images"), default=None)
+    return Path(*parts[:last], "labels", *parts[last + 1:]) if last is not None else images.parent / "labels"
+
+
 def image_files(split_dir: Path) -> list[Path]:
-    folder = split_dir / "images"
+    folder = images_dir(split_dir)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder (a detection split holds images/ and labels/)")
+        raise FileNotFoundError(f"{folder}: no such folder (a detection split holds images/ and labels/, or data.yaml names its folder)")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"{folder}: no images found")
+    refuse_links_outside(files, folder)
+    refuse_links_outside([label for label in map(label_file, files) if label.exists()], labels_dir(folder))
     return files
 
 
 def label_file(image: Path) -> Path:
-    return image.parent.parent / "labels" / f"{image.stem}.txt"
+    return labels_dir(image.parent) / f"{image.stem}.txt"
 
 
 def _read(path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +172,7 @@ def load_detection_split(split_dir: str | Path, image_size: int, classes: tuple[
     table = torch.from_numpy(np.concatenate(tables)).float() if tables else torch.zeros((0, 6))
     cls, cx, cy, w, h = (table[:, k] for k in range(1, 6))
     if len(table) and (cls.min() < 0 or cls.max() >= len(classes)):
-        raise ValueError(f"{split_dir}/labels: class ids must lie in 0..{len(classes) - 1} (the names in data.yaml)")
+        raise ValueError(f"{labels_dir(images_dir(split_dir))}: class ids must lie in 0..{len(classes) - 1} (the names in data.yaml)")
     xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1).clamp(0, 1) * image_size
     boxes = torch.cat([table[:, :2], xyxy], 1)
     return DetectionSet(images, boxes, classes, tuple(str(p) for p in files))

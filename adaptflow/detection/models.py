@@ -2,8 +2,9 @@
 
 A detector checkpoint is a plain dict (`format`, `arch`, `family`, `classes`, `image_size`,
 `state_dict`) loaded with `torch.load(weights_only=True)`: nothing is unpickled. Models saved
-by Ultralytics itself are pickles; they load only from `ultralytics:` assets or when the user
-sets `pretrained.allow_pickle`.
+by Ultralytics itself are pickles; they load with `weights_only=True` too, allowing only torch's and
+Ultralytics' model classes (`yolo.load_ultralytics_checkpoint`); anything more only when the user sets
+`pretrained.allow_pickle`.
 """
 
 from __future__ import annotations
@@ -51,11 +52,11 @@ def save_detector(path: str | Path, model: nn.Module, *, arch: str, classes: tup
 
 
 def load_detector(path: str | Path, allow_pickle: bool = False) -> tuple[nn.Module, dict[str, Any]]:
-    """A detector from an adaptflow file, or (trusted only) from an Ultralytics checkpoint."""
-    blob = load_weights_only(path, allow_pickle, "An Ultralytics checkpoint? Use an ultralytics:NAME asset, "
-                                                 "or set pretrained.allow_pickle=true if you trust the file")
+    """A detector from an adaptflow file, or from an Ultralytics checkpoint (rebuilding only torch's and Ultralytics'
+    model classes from it; anything else only with `allow_pickle`)."""
+    blob = load_weights_only(path, True, "")  # None: pickled, as Ultralytics saves its models; loaded with their classes only
     if blob is None:
-        model, arch, classes = yolo.from_ultralytics_file(Path(path))
+        model, arch, classes = yolo.from_ultralytics_file(Path(path), allow_pickle)
         return model, {"arch": arch, "family": "yolo", "classes": classes, "image_size": None, "extra": {}}
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not an adaptflow detector file (expected format {CHECKPOINT_FORMAT})")

@@ -78,8 +78,7 @@ def pretrain(cfg: PretrainConfig, data: DataConfig, work_dir: Path, on_epoch: Ep
 
 
 def _load_pretrained(pretrained: PretrainedRef) -> tuple[nn.Module, dict]:
-    trusted = pretrained.allow_pickle or pretrained.uri.startswith("ultralytics:")  # Ultralytics' own release assets
-    return load_detector(pretrained.path, allow_pickle=trusted)
+    return load_detector(pretrained.path, allow_pickle=pretrained.allow_pickle)
 
 
 def prepare_model(pretrained: PretrainedRef, arch: str, classes: tuple[str, ...], image_size: int) -> tuple[nn.Module, str]:

@@ -146,6 +146,20 @@ def _pickled_module(root: Path) -> list[str]:
     return [f"pretrained.uri={_publish_pretrained(root, torch.nn.Linear(3, 3))}"]
 
 
+class _Payload:
+    def __reduce__(self) -> tuple:
+        return exec, ("raise SystemExit('the payload ran')",)
+
+
+def _pickled_payload(root: Path) -> list[str]:
+    return [f"pretrained.uri={_publish_pretrained(root, {'state_dict': _Payload()})}"]
+
+
+def _not_a_model_file(root: Path) -> list[str]:
+    (root / "weird.pt").write_text("weights, I promise")
+    return ["pretrained.uri=weird.pt"]
+
+
 def _wrong_arch_weights(root: Path) -> list[str]:
     import torchvision
 
@@ -196,6 +210,11 @@ CASES: list[Case] = [
     ("unknown torchvision weights", _overrides("pretrained.uri=torchvision:resnet18:V9"), ["torchvision has no weights 'V9'"]),
     ("empty uri", _overrides("pretrained.uri=''"), ["pretrained.uri", "is empty"]),
     ("pickled module", _pickled_module, ["weird.pt", "holds pickled Python objects", "pretrained.allow_pickle=true"]),
+    ("pickled code in the pretrained file", _pickled_payload,
+     ["pretrained.uri", "weird.pt holds pickled Python objects (builtins.exec)", "pretrained.allow_pickle=true"]),
+    ("pretrained file that is not a model", _not_a_model_file, ["pretrained.uri", "weird.pt is not a PyTorch model file"]),
+    ("malformed digest fragment", _overrides("pretrained.uri=https://host.example/w.pt#sha256=abc"),
+     ["pretrained.uri", "the #sha256= fragment 'abc' is not a sha256 digest", "give the file's 64 hexadecimal digits"]),
     ("weights of another architecture", _wrong_arch_weights, ["weird.pt", "do not fit resnet18"]),
     ("head does not fit its classes", _inconsistent_head, ["bad_head.pt", "head has 4 outputs but it lists 10 classes"]),
     ("tampered source model", _tampered, ["model.pt", "the file changed since it was published"]),
@@ -232,6 +251,10 @@ CONFIG_CASES = [
                                                           "registry.guard_metric=source_map50", "finetune.l2sp=0.1"],
      "finetune.l2sp=0.1 pulls a classifier toward its pretrained weights; detectors train in their own loop without it: set it to 0"),
     ("bad sha256", ["pretrained.sha256=xyz"], "pretrained.sha256: Value error, sha256 must be 64 hexadecimal"),
+    ("target domain leading out of data.root", ["data.target=../escape"],
+     "data.target: Value error, '../escape' is not a plain folder name (no '..', no '/' or '\\', not absolute); name a folder directly"),
+    ("source domain as an absolute path", ["data.source=/tmp/elsewhere"], "data.source: Value error, '/tmp/elsewhere' is not a plain folder name"),
+    ("domain name with a separator", ["data.target=uci_digits/../../x"], "data.target: Value error, 'uci_digits/../../x' is not a plain folder name"),
     ("text where a number goes", ["data.image_size=big"], "data.image_size: Input should be a valid integer"),
 ]
 

@@ -69,7 +69,7 @@ def server() -> Iterator[FaultyServer]:
 
 def _cache_files(project: Path) -> list[Path]:
     root = project.parent / "cache" / "downloads"
-    return [p for p in root.rglob("*") if p.is_file() and not p.name.endswith(".lock")] if root.exists() else []
+    return [p for p in root.rglob("*") if p.is_file() and not p.name.endswith((".lock", ".sha256"))] if root.exists() else []
 
 
 def _assert_cache_is_clean(project: Path) -> None:
