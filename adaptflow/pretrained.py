@@ -387,11 +387,15 @@ def _fetch_torchvision(uri: str, expected: str | None, attempts: int, timeout: f
         else:
             try:
                 _download(weights.url, dest, expected, attempts, timeout)
-                actual = weights.check(dest, expected)
             except FetchError as exc:
-                dest.unlink(missing_ok=True)  # a download that is not the published file is not kept
-                raise FetchError(f"{exc}\noffline? place the weights at {dest} (they are {weights.url}), or import a copy: "
+                failure = str(exc).partition("; offline?")[0]
+                raise FetchError(f"{failure}; offline? place the weights at {dest}, or import a copy: "
                                  f"adaptflow fetch {uri} --from FILE") from None
+            try:
+                actual = weights.check(dest, expected)
+            except FetchError:
+                dest.unlink(missing_ok=True)  # a download that is not the published file is not kept
+                raise
     return PretrainedRef(uri, str(dest), actual, arch=weights.arch)
 
 
