@@ -228,7 +228,7 @@ CONFIG_CASES = [
     ("unknown device", ["finetune.device=tpu"], "finetune.device: Value error, 'tpu' is not a device"),
     ("unknown strategy", ["finetune.strategy=guess"], "finetune.strategy: Input should be 'linear_probe', 'finetune', 'lp_ft', 'discriminative', 'gradual_unfreeze' or 'surgical'"),
     ("surgical on no block", ["finetune.surgical_blocks=0"], "finetune.surgical_blocks: Input should be greater than or equal to 1"),
-    ("unknown adaptation method", ["finetune.methods=[adabn, magic]"], "finetune.methods.1: Input should be 'adabn', 'dann', 'coral', 'mcc' or 'self_training'"),
+    ("unknown adaptation method", ["finetune.methods=[adabn, magic]"], "finetune.methods.1: Input should be 'adabn', 'dann', 'coral', 'mcc', 'self_training' or 'shot'"),
     ("adaptation method listed twice", ["finetune.methods=[coral, coral]"], "lists ['coral'] more than once"),
     ("validation share of everything", ["data.val_fraction=1"], "data.val_fraction: Input should be less than 1"),
     ("window the wrong way round", ["data.window.kind=values", "data.window.low=4095", "data.window.high=0"],
