@@ -244,23 +244,120 @@ def redacted(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def start_run(cfg: TrackingConfig, run_name: str, tags: dict[str, str], params: dict[str, Any], parent_run_id: str | None = None) -> str:
+def start_run(cfg: TrackingConfig, run_name: str, tags: dict[str, str], params: dict[str, Any], parent_run_id: str | None = None,
+              work_key: str | None = None) -> str:
     """Open the pipeline's MLflow run, with its lineage tags and flattened config as params (secrets masked).
 
     With `parent_run_id` the run is nested under that run (the MLflow UI shows it as a child).
+    `work_key` names the work the run does (a hash of what it is made from): runs of the same work
+    left RUNNING by a process that no longer exists (killed with SIGKILL, a lost machine) are
+    marked FAILED and linked to this one (`adaptflow.continued_in` on them, `adaptflow.continues`
+    on this one); see `close_orphans`.
     """
     from mlflow.entities import Param, RunTag
 
     c = client(cfg)
-    run_tags = {f"{TAG}{k}": redact(k, v) for k, v in tags.items()}
+    run_tags = {f"{TAG}{k}": redact(k, v) for k, v in tags.items()} | {f"{TAG}owner": owner()}
+    if work_key:
+        run_tags[f"{TAG}work_key"] = work_key
     if parent_run_id:
         run_tags["mlflow.parentRunId"] = parent_run_id
-    run = c.create_run(experiment_id(cfg), run_name=run_name, tags=run_tags)
+    experiment = experiment_id(cfg)
+    run = c.create_run(experiment, run_name=run_name, tags=run_tags)
     items = [Param(k, redact(k, v)[:6000]) for k, v in flatten(params).items()]
     for start in range(0, len(items), 100):
         c.log_batch(run.info.run_id, params=items[start : start + 100])
     c.log_batch(run.info.run_id, tags=[RunTag("mlflow.source.name", "adaptflow")])
+    if work_key:
+        close_orphans(cfg, experiment, work_key, run.info.run_id)
     return run.info.run_id
+
+
+def owner() -> str:
+    """This process as `host:pid:start` (its start time tells a reused pid apart)."""
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
+
+
+def _start_ticks(pid: int) -> str:
+    """When `pid` started (clock ticks after boot, Linux /proc); '' when it is gone or unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def owner_gone(recorded: str) -> bool:
+    """Whether the process an `owner()` string names has ended. Only a process on this machine can
+    be checked: one elsewhere counts as alive."""
+    import socket
+
+    try:
+        host, pid, started = recorded.rsplit(":", 2)
+        pid_number = int(pid)
+    except ValueError:
+        return False
+    if host != socket.gethostname():
+        return False
+    if started:
+        return _start_ticks(pid_number) != started
+    try:
+        os.kill(pid_number, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def close_orphans(cfg: TrackingConfig, experiment: str, work_key: str, successor: str) -> list[str]:
+    """Mark FAILED the runs of `work_key` still RUNNING whose process is gone, linking each to
+    `successor` (the run that does the work again) and back; returns their ids."""
+    from mlflow.entities import RunTag
+
+    c = client(cfg)
+    found = c.search_runs([experiment], filter_string=f"tags.`{TAG}work_key` = '{work_key}' and attributes.status = 'RUNNING'")
+    orphans = [r.info.run_id for r in found if r.info.run_id != successor and owner_gone(r.data.tags.get(f"{TAG}owner", ""))]
+    for run_id in orphans:
+        c.log_batch(run_id, tags=[RunTag(f"{TAG}continued_in", successor),
+                                  RunTag(f"{TAG}end_reason", "its process ended without closing the run (killed)")])
+        c.set_terminated(run_id, status="FAILED")
+        log.warning("MLflow run %s was left RUNNING by a process that is gone: marked FAILED, continued in %s", run_id, successor)
+    if orphans:
+        c.log_batch(successor, tags=[RunTag(f"{TAG}continues", ",".join(orphans))])
+    return orphans
+
+
+def run_status(cfg: TrackingConfig, run_id: str) -> str | None:
+    """The status of an MLflow run (RUNNING, FINISHED, FAILED, KILLED), or None when the store has no such run."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client(cfg).get_run(run_id).info.status
+    except MlflowException:
+        return None
+
+
+def resume_run(cfg: TrackingConfig, run_id: str) -> bool:
+    """Continue an MLflow run that an earlier process of the same work left open (or that was
+    marked FAILED or KILLED when it stopped): RUNNING again, owned by this process. False when the
+    run is not in the store (another store, or deleted)."""
+    from mlflow.entities import RunTag
+
+    if run_status(cfg, run_id) is None:
+        return False
+    c = client(cfg)
+    c.update_run(run_id, status="RUNNING")
+    c.log_batch(run_id, tags=[RunTag(f"{TAG}owner", owner())])
+    return True
+
+
+def work_key(*parts: object) -> str:
+    """A short hash naming a piece of work by what it is made from."""
+    import json
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 def set_tags(cfg: TrackingConfig, run_id: str, tags: dict[str, str]) -> None:
