@@ -119,17 +119,17 @@ def test_flows_run_on_the_stack_and_leave_model_artifacts_and_data_in_its_stores
         assert (stack.state_dir / "pg-password").read_text() not in env_file
 
         # Both servers ask for credentials (health checks excepted); the env file and the worker have them.
+        flows_filter, experiments = f"{stack.prefect_api_url}/flows/filter", f"{stack.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert _status_without(flows_filter, {}) == 401
+        assert _status_without(experiments) == 401
         for name in local_stack.SECRET_FILES:
             assert oct((stack.state_dir / name).stat().st_mode & 0o777) == "0o600", name
         assert oct((stack.state_dir / "env").stat().st_mode & 0o777) == "0o600"
         auth = stack.secret("prefect-auth")
         password = stack.secret("mlflow-password")
         assert f"export PREFECT_API_AUTH_STRING={auth}" in env_file and f"export MLFLOW_TRACKING_PASSWORD={password}" in env_file
-        flows_filter, experiments = f"{stack.prefect_api_url}/flows/filter", f"{stack.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1"
-        assert _status_without(flows_filter, {}) == 401
         assert _status_without(flows_filter, {}, ("adaptflow", "wrong")) == 401
         assert _status_without(flows_filter, {}, tuple(auth.split(":", 1))) == 200
-        assert _status_without(experiments) == 401
         assert _status_without(experiments, auth=(local_stack.STACK_USER, "wrong")) == 401
         assert _status_without(experiments, auth=(local_stack.STACK_USER, password)) == 200
         assert _status_without(f"{stack.prefect_api_url}/health") == 200 and _status_without(f"{stack.mlflow_url}/health") == 200
