@@ -33,6 +33,30 @@ LOG_DEFAULTS: dict[str, str] = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 MLFLOW_SERVER_DEFAULTS: dict[str, str] = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
+#: Set to 1 by the operator of a machine (in a worker's environment) to let runs on it load pickled
+#: model files. Unpickling runs code: a config value, which whoever starts a flow run chooses, cannot.
+ALLOW_PICKLE_VAR = "ADAPTFLOW_ALLOW_PICKLE"
+
+
+def pickle_refused(requested: bool) -> str | None:
+    """Why `pretrained.allow_pickle=true` does not take effect on this machine, or None."""
+    if requested and os.environ.get(ALLOW_PICKLE_VAR) != "1":
+        return (f"pretrained.allow_pickle=true is refused here: loading pickled weights runs code, so only the operator can "
+                f"allow it, by setting {ALLOW_PICKLE_VAR}=1 in the environment of the worker or shell that runs the pipeline")
+    return None
+
+
+def inside_project(path: str | Path, field: str) -> Path:
+    """`path` (relative to the project folder) resolved, if it stays inside the project folder;
+    otherwise a ValueError naming `field`: a run writes only into its own project."""
+    root = project_root()
+    resolved = project_path(path).resolve()
+    if not resolved.is_relative_to(root):
+        raise ValueError(f"{field}={path} resolves to {resolved}, outside the project folder {root}; "
+                         f"give a folder inside it, e.g. {field}=models/source")
+    return resolved
+
+
 def project_root() -> Path:
     """The project folder: `$ADAPTFLOW_ROOT`, else the current directory."""
     return Path(os.environ.get("ADAPTFLOW_ROOT") or Path.cwd()).resolve()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from adaptflow import env
 from adaptflow.errors import ModelFileError
 
 if TYPE_CHECKING:
@@ -177,6 +178,8 @@ def load_weights_only(path: str | Path, allow_pickle: bool, fix: str) -> Any | N
                                  "or save the model again with torch.save") from None
         if not allow_pickle:
             raise ModelFileError(f"{path}: holds pickled Python objects, which can run code when loaded; refused. {fix}") from None
+        if refused := env.pickle_refused(allow_pickle):
+            raise ModelFileError(f"{path}: holds pickled Python objects; {refused}") from None
         return None
     except FileNotFoundError:
         raise

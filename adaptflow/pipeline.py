@@ -102,9 +102,11 @@ def open_run(config: RunConfig, data: DataVersion, pretrained: PretrainedRef, ru
         record = read_json(run_dir / "run.json")
         same = (record["config"] == config.model_dump(mode="json") and record["data"]["md5"] == data.md5
                 and record["pretrained"]["sha256"] == pretrained.sha256)
-        if same and record.get("mlflow_run_id"):
+        if same and record.get("mlflow_run_id") and tracking.resume_run(config.tracking, record["mlflow_run_id"]):
             return record["mlflow_run_id"]
-    run_id = tracking.start_run(config.tracking, run_name, lineage(config, data, pretrained, origin), config.model_dump(mode="json"))
+    key = tracking.work_key("transfer", config.model_dump(mode="json"), data.md5, pretrained.sha256)
+    run_id = tracking.start_run(config.tracking, run_name, lineage(config, data, pretrained, origin), config.model_dump(mode="json"),
+                                work_key=key)
     write_run_record(config, data, pretrained, run_dir, origin, run_id)
     return run_id
 
@@ -217,9 +219,7 @@ def run_pretrain(config: RunConfig, run_dir: Path, data: DataVersion, origin: st
     if kept is not None:
         log.info("source model %s is up to date (same data version, settings and commit): not trained again", kept.path)
         return kept
-    tags = {"git_commit": inputs["git_commit"], "data_version": data.md5, "origin": origin, "stage": "pretrain",
-            "arch": config.pretrain.arch, "source_domain": config.data.source}
-    run_id = tracking.start_run(config.tracking, f"pretrain-{run_dir.name}", tags, {"pretrain": inputs["pretrain"], "data": inputs["data"]})
+    run_id = _open_pretrain_run(config, run_dir, inputs, origin)
     with tracking.ended_on_failure(config.tracking, run_id):
         published = for_task(config.task).pretrain(config.pretrain, config.data, run_dir / "pretrain", tracking.epoch_logger(config.tracking, run_id))
         tracking.log_metrics(config.tracking, run_id, published.metrics)
@@ -227,6 +227,27 @@ def run_pretrain(config: RunConfig, run_dir: Path, data: DataVersion, origin: st
     tracking.finish_run(config.tracking, run_id)
     write_json(Path(published.path).with_name("inputs.json"), inputs)  # last: a folder without it is trained again
     return published
+
+
+def _open_pretrain_run(config: RunConfig, run_dir: Path, inputs: dict, origin: str) -> str:
+    """The pretrain's MLflow run: the one an interrupted pretrain of the same inputs in this run folder
+    left open (training resumes from its checkpoint, so the run goes on too), else a new one, recorded
+    in `<run_dir>/pretrain/mlflow_run.json` at once."""
+    record_path = run_dir / "pretrain" / "mlflow_run.json"
+    try:
+        record = read_json(record_path)
+    except (OSError, ValueError):
+        record = {}
+    run_id = record.get("mlflow_run_id") if record.get("inputs") == inputs else None
+    if run_id and tracking.run_status(config.tracking, run_id) not in (None, "FINISHED") and tracking.resume_run(config.tracking, run_id):
+        log.info("continuing MLflow run %s of the interrupted pretrain in %s", run_id, run_dir)
+        return run_id
+    tags = {"git_commit": inputs["git_commit"], "data_version": inputs["data_version"], "origin": origin, "stage": "pretrain",
+            "arch": config.pretrain.arch, "source_domain": config.data.source}
+    run_id = tracking.start_run(config.tracking, f"pretrain-{run_dir.name}", tags, {"pretrain": inputs["pretrain"], "data": inputs["data"]},
+                                work_key=tracking.work_key("pretrain", inputs))
+    write_json(record_path, {"mlflow_run_id": run_id, "inputs": inputs})
+    return run_id
 
 
 def _published_from(folder: Path, inputs: dict) -> PublishedModel | None:

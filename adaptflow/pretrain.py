@@ -16,6 +16,7 @@ from pathlib import Path
 from adaptflow import env
 from adaptflow.config import DataConfig, PretrainConfig
 from adaptflow.data import load_split
+from adaptflow.errors import ConfigError
 from adaptflow.io import sha256_file, staged_dir, write_json
 from adaptflow.launch import FitJob, fit_on_devices
 from adaptflow.metrics import classification_report
@@ -38,7 +39,12 @@ class PublishedModel:
 
 
 def published_dir(cfg: PretrainConfig) -> Path:
-    return env.project_path(cfg.output)
+    """Where the source model is published: `pretrain.output`, which must stay inside the project
+    folder (ConfigError otherwise), so that a flow run never writes anywhere else on the worker."""
+    try:
+        return env.inside_project(cfg.output, "pretrain.output")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def publish(cfg: PretrainConfig, save: Callable[[Path], None], metrics: dict[str, float], history: list[dict], work_dir: Path) -> PublishedModel:

@@ -198,6 +198,10 @@ def _check_torchvision(uri: str) -> tuple[str, str] | None:
     return None
 
 
+class PickleRefused(UserError, PermissionError):
+    """`pretrained.allow_pickle=true` on a machine whose operator has not allowed pickled weights."""
+
+
 def fetch_pretrained(
     uri: str,
     sha256: str | None = None,
@@ -210,6 +214,8 @@ def fetch_pretrained(
 ) -> PretrainedRef:
     """Resolve `uri` to a local, verified file (see the module docstring for the forms); errors name the
     URI as `field`, where the user gave it."""
+    if refused := env.pickle_refused(allow_pickle):
+        raise PickleRefused(refused)
     uri = uri.strip()
     problem = check_uri(uri)
     if problem is not None:

@@ -6,8 +6,12 @@ same protocol.
   its password comes from `$ADAPTFLOW_STACK_PG_PASSWORD` or is generated, kept in the state
   folder (mode 0600) and handed to the servers through their environment, never on a command line.
 - S3: moto's server standing in for MinIO, with one bucket.
-- The Prefect server on PostgreSQL, and a process work pool with one worker.
-- The MLflow tracking server on PostgreSQL, serving artifacts by proxy into `s3://<bucket>/mlartifacts`.
+- The Prefect server on PostgreSQL, behind its basic authentication, and a process work pool with one worker.
+- The MLflow tracking server on PostgreSQL, with MLflow's `basic-auth` app (users in a SQLite file in the
+  state folder), serving artifacts by proxy into `s3://<bucket>/mlartifacts`.
+- Credentials: the Prefect auth string and the MLflow admin password are generated at each start (random),
+  kept in the state folder (mode 0600) and in `env`, which clients `source`; the worker gets them the
+  same way, from its environment. Nothing on the loopback ports answers without them (but `/health`).
 - The project's DVC remote: `s3://<bucket>/dvc`, made the project's default in `.dvc/config.local`
   (the committed `.dvc/config` keeps its local folder as the default once the stack stops).
 
@@ -60,6 +64,10 @@ DATABASES = ("prefect", "mlflow")
 #: moto accepts any credentials; clients still need some, and no real account is ever touched.
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "adaptflow-local", "AWS_SECRET_ACCESS_KEY": "adaptflow-local-secret",
                   "AWS_DEFAULT_REGION": "us-east-1"}
+#: The Prefect user name in the auth string and the MLflow admin user the stack creates.
+STACK_USER = "adaptflow"
+#: Secret files in the state folder (mode 0600), generated at each start; `stop` deletes them.
+SECRET_FILES = ("pg-password", "prefect-auth", "mlflow-password", "mlflow-flask-key")
 #: The order services start in; `stop` goes backwards (the worker first, PostgreSQL last).
 SERVICES = ("s3", "postgres", "prefect", "mlflow", "worker")
 #: The services that listen on a port (the worker only polls the Prefect API).
@@ -127,11 +135,24 @@ class Stack:
     def pids(self) -> dict[str, int]:
         return {p.name: p.pid for p in self.procs}
 
+    def secret(self, name: str) -> str:
+        """One of the stack's generated secrets (SECRET_FILES)."""
+        return (self.state_dir / name).read_text()
+
+    def prefect_auth_header(self) -> dict[str, str]:
+        """The header Prefect's server asks for (basic authentication with the auth string)."""
+        import base64
+
+        return {"Authorization": "Basic " + base64.b64encode(self.secret("prefect-auth").encode()).decode()}
+
     def client_env(self) -> dict[str, str]:
-        """The variables that point Prefect, MLflow, boto3 and DVC clients at this stack."""
+        """The variables that point Prefect, MLflow, boto3 and DVC clients at this stack, with their credentials."""
         return {
             "PREFECT_API_URL": self.prefect_api_url,
+            "PREFECT_API_AUTH_STRING": self.secret("prefect-auth"),
             "MLFLOW_TRACKING_URI": self.mlflow_url,
+            "MLFLOW_TRACKING_USERNAME": STACK_USER,
+            "MLFLOW_TRACKING_PASSWORD": self.secret("mlflow-password"),
             **S3_CREDENTIALS,
             "AWS_ENDPOINT_URL": self.s3_url,
             "MLFLOW_S3_ENDPOINT_URL": self.s3_url,
@@ -204,6 +225,9 @@ def start(state_dir: Path = DEFAULT_STATE_DIR, project: Path | None = None, *, b
     for name in LISTENING:
         stack.ports[name] = _free_port()
     stack.save()
+    _write_private(state_dir / "prefect-auth", f"{STACK_USER}:{secrets.token_urlsafe(24)}")
+    _write_private(state_dir / "mlflow-password", secrets.token_urlsafe(24))
+    _write_private(state_dir / "mlflow-flask-key", secrets.token_urlsafe(32))
     current = "s3"
     try:
         started = time.monotonic()
@@ -396,6 +420,8 @@ def _start_prefect(stack: Stack, password: str) -> None:
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": url,  # in the environment only, never on a command line
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_API_URL": stack.prefect_api_url,
+        # Every API call but GET /api/health needs `Authorization: Basic base64(<auth string>)`.
+        "PREFECT_SERVER_API_AUTH_STRING": stack.secret("prefect-auth"),
     }
     _spawn(stack, "prefect", [str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(stack.ports["prefect"])], environ)
 
@@ -408,10 +434,25 @@ def _start_mlflow(stack: Stack, workers: int) -> None:
         "PGPASSWORD": (stack.state_dir / "pg-password").read_text(),
         "MLFLOW_S3_ENDPOINT_URL": stack.s3_url,
         "AWS_EC2_METADATA_DISABLED": "true",
+        # MLflow's basic-auth app: its settings file, and the admin it creates on first start.
+        "MLFLOW_AUTH_CONFIG_PATH": str(_write_mlflow_auth_config(stack)),
+        "MLFLOW_AUTH_ADMIN_USERNAME": STACK_USER,
+        "MLFLOW_AUTH_ADMIN_PASSWORD": stack.secret("mlflow-password"),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": stack.secret("mlflow-flask-key"),
     } | env.MLFLOW_SERVER_DEFAULTS
-    _spawn(stack, "mlflow", [str(BIN / "mlflow"), "server", "--host", HOST, "--port", str(stack.ports["mlflow"]),
+    _spawn(stack, "mlflow", [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", HOST, "--port", str(stack.ports["mlflow"]),
                              "--workers", str(workers), "--serve-artifacts",
                              "--artifacts-destination", f"s3://{stack.bucket}/mlartifacts"], environ)
+
+
+def _write_mlflow_auth_config(stack: Stack) -> Path:
+    """MLflow's basic-auth settings: users in a SQLite file of the state folder, and users other than
+    the admin may read (the admin's password comes from the environment, not from this file)."""
+    path = stack.state_dir / "mlflow-auth.ini"
+    _write_private(path, "[mlflow]\ndefault_permission = READ\n"
+                         f"database_uri = sqlite:///{stack.state_dir / 'mlflow-auth.db'}\n"
+                         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    return path
 
 
 def _start_worker(stack: Stack, timeout: float) -> None:
@@ -426,7 +467,7 @@ def _start_worker(stack: Stack, timeout: float) -> None:
                              "--name", f"{stack.pool}-local"], environ, cwd=stack.project)
 
     def online() -> bool:
-        workers = _http_json(f"{stack.prefect_api_url}/work_pools/{stack.pool}/workers/filter", {})
+        workers = _http_json(f"{stack.prefect_api_url}/work_pools/{stack.pool}/workers/filter", {}, stack.prefect_auth_header())
         return any(w.get("status") == "ONLINE" for w in workers)
 
     _wait(stack, "worker", online, timeout)
@@ -512,7 +553,7 @@ def stop(state_dir: Path = DEFAULT_STATE_DIR, timeout: float = 30) -> list[Proc]
     if stack.pg_cluster:
         shutil.rmtree(stack.pg_cluster, ignore_errors=True)
     shutil.rmtree(stack.temp, ignore_errors=True)
-    for name in ("state.json", "env", "pg-password"):
+    for name in ("state.json", "env", "mlflow-auth.ini", "mlflow-auth.db", *SECRET_FILES):
         (state_dir / name).unlink(missing_ok=True)
     return stopped
 
@@ -533,7 +574,8 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, dict]:
         "s3": lambda: stack.bucket in {b["Name"] for b in s3_client(stack).list_buckets().get("Buckets", [])},
         "postgres": lambda: _port_open(stack.ports["postgres"]),
         "worker": lambda: any(w.get("status") == "ONLINE" for w in
-                              _http_json(f"{stack.prefect_api_url}/work_pools/{stack.pool}/workers/filter", {})),
+                              _http_json(f"{stack.prefect_api_url}/work_pools/{stack.pool}/workers/filter", {},
+                                         stack.prefect_auth_header())),
     }
     out = {}
     for proc in stack.procs:
@@ -638,8 +680,8 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _http_json(url: str, body: dict) -> list | dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+def _http_json(url: str, body: dict, headers: dict[str, str] | None = None) -> list | dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json", **(headers or {})})
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 

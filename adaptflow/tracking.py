@@ -244,23 +244,120 @@ def redacted(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def start_run(cfg: TrackingConfig, run_name: str, tags: dict[str, str], params: dict[str, Any], parent_run_id: str | None = None) -> str:
+def start_run(cfg: TrackingConfig, run_name: str, tags: dict[str, str], params: dict[str, Any], parent_run_id: str | None = None,
+              work_key: str | None = None) -> str:
     """Open the pipeline's MLflow run, with its lineage tags and flattened config as params (secrets masked).
 
     With `parent_run_id` the run is nested under that run (the MLflow UI shows it as a child).
+    `work_key` names the work the run does (a hash of what it is made from): runs of the same work
+    left RUNNING by a process that no longer exists (killed with SIGKILL, a lost machine) are
+    marked FAILED and linked to this one (`adaptflow.continued_in` on them, `adaptflow.continues`
+    on this one); see `close_orphans`.
     """
     from mlflow.entities import Param, RunTag
 
     c = client(cfg)
-    run_tags = {f"{TAG}{k}": redact(k, v) for k, v in tags.items()}
+    run_tags = {f"{TAG}{k}": redact(k, v) for k, v in tags.items()} | {f"{TAG}owner": owner()}
+    if work_key:
+        run_tags[f"{TAG}work_key"] = work_key
     if parent_run_id:
         run_tags["mlflow.parentRunId"] = parent_run_id
-    run = c.create_run(experiment_id(cfg), run_name=run_name, tags=run_tags)
+    experiment = experiment_id(cfg)
+    run = c.create_run(experiment, run_name=run_name, tags=run_tags)
     items = [Param(k, redact(k, v)[:6000]) for k, v in flatten(params).items()]
     for start in range(0, len(items), 100):
         c.log_batch(run.info.run_id, params=items[start : start + 100])
     c.log_batch(run.info.run_id, tags=[RunTag("mlflow.source.name", "adaptflow")])
+    if work_key:
+        close_orphans(cfg, experiment, work_key, run.info.run_id)
     return run.info.run_id
+
+
+def owner() -> str:
+    """This process as `host:pid:start` (its start time tells a reused pid apart)."""
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
+
+
+def _start_ticks(pid: int) -> str:
+    """When `pid` started (clock ticks after boot, Linux /proc); '' when it is gone or unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def owner_gone(recorded: str) -> bool:
+    """Whether the process an `owner()` string names has ended. Only a process on this machine can
+    be checked: one elsewhere counts as alive."""
+    import socket
+
+    try:
+        host, pid, started = recorded.rsplit(":", 2)
+        pid_number = int(pid)
+    except ValueError:
+        return False
+    if host != socket.gethostname():
+        return False
+    if started:
+        return _start_ticks(pid_number) != started
+    try:
+        os.kill(pid_number, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def close_orphans(cfg: TrackingConfig, experiment: str, work_key: str, successor: str) -> list[str]:
+    """Mark FAILED the runs of `work_key` still RUNNING whose process is gone, linking each to
+    `successor` (the run that does the work again) and back; returns their ids."""
+    from mlflow.entities import RunTag
+
+    c = client(cfg)
+    found = c.search_runs([experiment], filter_string=f"tags.`{TAG}work_key` = '{work_key}' and attributes.status = 'RUNNING'")
+    orphans = [r.info.run_id for r in found if r.info.run_id != successor and owner_gone(r.data.tags.get(f"{TAG}owner", ""))]
+    for run_id in orphans:
+        c.log_batch(run_id, tags=[RunTag(f"{TAG}continued_in", successor),
+                                  RunTag(f"{TAG}end_reason", "its process ended without closing the run (killed)")])
+        c.set_terminated(run_id, status="FAILED")
+        log.warning("MLflow run %s was left RUNNING by a process that is gone: marked FAILED, continued in %s", run_id, successor)
+    if orphans:
+        c.log_batch(successor, tags=[RunTag(f"{TAG}continues", ",".join(orphans))])
+    return orphans
+
+
+def run_status(cfg: TrackingConfig, run_id: str) -> str | None:
+    """The status of an MLflow run (RUNNING, FINISHED, FAILED, KILLED), or None when the store has no such run."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client(cfg).get_run(run_id).info.status
+    except MlflowException:
+        return None
+
+
+def resume_run(cfg: TrackingConfig, run_id: str) -> bool:
+    """Continue an MLflow run that an earlier process of the same work left open (or that was
+    marked FAILED or KILLED when it stopped): RUNNING again, owned by this process. False when the
+    run is not in the store (another store, or deleted)."""
+    from mlflow.entities import RunTag
+
+    if run_status(cfg, run_id) is None:
+        return False
+    c = client(cfg)
+    c.update_run(run_id, status="RUNNING")
+    c.log_batch(run_id, tags=[RunTag(f"{TAG}owner", owner())])
+    return True
+
+
+def work_key(*parts: object) -> str:
+    """A short hash naming a piece of work by what it is made from."""
+    import json
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 def set_tags(cfg: TrackingConfig, run_id: str, tags: dict[str, str]) -> None:
@@ -417,10 +514,7 @@ def register_model(
     tags |= {f"{TAG}metric.{k}": repr(float(v)) for k, v in metrics.items()}
     with scoped_tracking_uri(tracking_uri(tracking)):
         version = retrying(mlflow.register_model, info.model_uri, cfg.model_name, tags=tags, what="register_model").version
-    with _gate_lock(tracking):
-        alias, decision, reason = gate(cfg, tracking, str(version), metrics, champion_metrics, lineage.get("validation_digest", ""))
-    for key, value in {"alias": alias, "decision": decision, "reason": reason}.items():
-        c.set_model_version_tag(cfg.model_name, version, f"{TAG}{key}", value)
+    alias, decision, reason = gate_version(cfg, tracking, str(version), metrics, champion_metrics, lineage.get("validation_digest", ""))
     set_tags(tracking, run_id, {"registered_model": f"{cfg.model_name}/{version}", "decision": decision, "reason": reason})
     log.info("%s version %s: %s (%s)", cfg.model_name, version, decision, reason)
     return Registration(cfg.model_name, str(version), alias, decision, reason, run_id, f"models:/{cfg.model_name}/{version}")
@@ -452,13 +546,111 @@ def _model_input(checkpoint: str | Path):  # noqa: ANN202 - (example, TensorSpec
     return np.zeros((2, size, size, 3), dtype=np.uint8), TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))
 
 
-def _gate_lock(tracking: TrackingConfig):  # noqa: ANN202 - a context manager
-    """Runs on one machine sharing a SQLite store take turns at the gate (read champion, move alias);
-    a tracking server has no such lock, so concurrent gates there may both promote."""
+def gate_version(
+    cfg: RegistryConfig,
+    tracking: TrackingConfig,
+    version: str,
+    metrics: dict[str, float],
+    champion_metrics: dict[str, float] | None = None,
+    validation_digest: str = "",
+) -> tuple[str, str, str]:
+    """`gate` one version, taking turns with every other run gating the same model, and record the
+    decision on the version's tags. Returns (alias, decision, reason)."""
+    with _gate_lock(tracking, cfg.model_name):
+        alias, decision, reason = gate(cfg, tracking, version, metrics, champion_metrics, validation_digest)
+        c = client(tracking)
+        for key, value in {"alias": alias, "decision": decision, "reason": reason}.items():
+            c.set_model_version_tag(cfg.model_name, version, f"{TAG}{key}", value)
+    return alias, decision, reason
+
+
+def _gate_lock(tracking: TrackingConfig, model_name: str):  # noqa: ANN202 - a context manager
+    """Runs sharing a store take turns at the gate (read champion, compare, move alias): a file lock
+    beside a SQLite store, a lease held in the registry itself for a tracking server (`registry_lease`)."""
     from filelock import FileLock
 
     path = sqlite_file(tracking_uri(tracking))
-    return FileLock(f"{path}.gate.lock") if path else contextlib.nullcontext()
+    return FileLock(f"{path}.gate.lock") if path else registry_lease(tracking, model_name)
+
+
+#: How long a gate lease lasts: a holder that died (kill -9) blocks the gate at most this long.
+LEASE_SECONDS = 120.0
+#: How long a run waits for the gate before giving up.
+LEASE_WAIT_SECONDS = 900.0
+LEASE_SUFFIX = ".gate-lease"
+
+
+@contextlib.contextmanager
+def registry_lease(tracking: TrackingConfig, model_name: str, *, seconds: float = LEASE_SECONDS,
+                   wait: float = LEASE_WAIT_SECONDS) -> Iterator[None]:
+    """Hold the gate of `model_name` on a tracking server: a registered model named
+    `<model_name>.gate-lease` exists while someone holds it. Creating a registered model is atomic
+    on the server (its name is a primary key: a second create fails with RESOURCE_ALREADY_EXISTS),
+    so exactly one run at a time holds it, whichever machine it runs on. The lease carries its
+    holder's token and expiry (tags); a lease past its expiry (its holder was killed) is deleted by
+    the next run that waits for it. Waiters retry with jittered backoff. Limit: the holder must
+    finish the gate within `seconds` (a few registry calls; the model upload happens before)."""
+    import random
+    import uuid
+
+    from mlflow.exceptions import MlflowException
+
+    c = client(tracking)
+    name = f"{model_name}{LEASE_SUFFIX}"
+    token = uuid.uuid4().hex
+    deadline = time.monotonic() + wait
+    delay = 0.05
+    while True:
+        try:
+            c.create_registered_model(name, tags={f"{TAG}lease_token": token, f"{TAG}lease_expires": f"{time.time() + seconds:.3f}"},
+                                      description=f"held while one run moves the aliases of {model_name}; deleted after")
+            break
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        holder = _lease_holder(c, name)
+        if holder is not None and holder[0] == token:  # our create went through, then a retry saw it
+            break
+        if holder is not None and holder[1] < time.time():
+            log.warning("gate lease of %s expired (its holder stopped without releasing it): taking it over", model_name)
+            _release(c, name, holder[0])
+            continue
+        if time.monotonic() > deadline:
+            raise RegistryError(f"waited {wait:.0f}s for the gate of {model_name}, held by another run; if no run is "
+                                f"registering, delete the registered model '{name}'")
+        time.sleep(delay * random.uniform(0.5, 1.5))
+        delay = min(delay * 2, 2.0)
+    try:
+        yield
+    finally:
+        _release(c, name, token)
+
+
+def _lease_holder(c: RetryingClient, name: str) -> tuple[str, float] | None:
+    """(token, expiry) of the lease `name`, or None when nobody holds it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tags = c.get_registered_model(name).tags
+    except MlflowException:
+        return None
+    try:
+        return tags.get(f"{TAG}lease_token", ""), float(tags.get(f"{TAG}lease_expires", "0"))
+    except ValueError:
+        return tags.get(f"{TAG}lease_token", ""), 0.0
+
+
+def _release(c: RetryingClient, name: str, token: str) -> None:
+    """Delete the lease `name` if `token` still holds it."""
+    from mlflow.exceptions import MlflowException
+
+    holder = _lease_holder(c, name)
+    if holder is None or holder[0] != token:
+        return
+    try:
+        c.delete_registered_model(name)
+    except MlflowException as exc:  # gone already
+        log.debug("lease %s: %s", name, exc)
 
 
 def champion(cfg: RegistryConfig, tracking: TrackingConfig):  # noqa: ANN201 - ModelVersion | None

@@ -309,6 +309,9 @@ def check_config(config: RunConfig, report: Report) -> None:
         report.error("pretrained.uri", *problem)
     else:
         check_pretrained_file(config, report)
+    if refused := env.pickle_refused(config.pretrained.allow_pickle):
+        report.error("pretrained.allow_pickle", refused.split(", so ")[0],
+                     f"ask the operator to set {env.ALLOW_PICKLE_VAR}=1 where the pipeline runs, or re-save the model as a state dict")
 
 
 def check_pretrained_file(config: RunConfig, report: Report) -> None:
@@ -388,6 +391,11 @@ def validate(config: RunConfig, stage: str = "transfer") -> Report:
     data = config.data
     if stage == "transfer":
         check_config(config, report)
+    if stage == "pretrain":
+        try:  # what a run writes stays in the project
+            env.inside_project(config.pretrain.output, "pretrain.output")
+        except ValueError as exc:
+            report.error("pretrain.output", str(exc).split("; ")[0], "give a folder inside the project, e.g. pretrain.output=models/source")
     if stage != "data":
         check_devices(config, stage, report)
         check_tracking(config, report)

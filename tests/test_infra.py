@@ -602,3 +602,33 @@ def test_worker_chart_values_run_a_kubernetes_worker_on_the_server() -> None:
     assert set(values["config"]["baseJobTemplate"]) <= {"configuration", "existingConfigMapName", "name"}
     tag = values["image"]["prefectTag"]
     assert tag.startswith(prefect_yaml()["prefect-version"] + "-") and tag.endswith("-kubernetes")
+
+
+def test_both_servers_ask_for_credentials_that_the_worker_and_jobs_are_given(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefect's basic auth and MLflow's basic-auth app are on, each read from the operator's
+    secrets; the worker sends the same credentials, and pickled weights stay off unless the operator
+    turns them on. The basic-auth settings file is one MLflow itself reads (no secret inside)."""
+    from mlflow.server.auth.config import read_auth_config
+
+    prefect, mlflow, worker = (service(name) for name in ("prefect-server", "mlflow", "worker"))
+    server_env, mlflow_env, worker_env = environment(prefect), environment(mlflow), environment(worker)
+    assert server_env["PREFECT_SERVER_API_AUTH_STRING"] == worker_env["PREFECT_API_AUTH_STRING"] == "<PREFECT_AUTH_STRING>"
+    assert option(command(mlflow), "--app-name") == "basic-auth"
+    assert worker_env["MLFLOW_TRACKING_USERNAME"] == mlflow_env["MLFLOW_AUTH_ADMIN_USERNAME"] == "<MLFLOW_ADMIN_USERNAME>"
+    assert worker_env["MLFLOW_TRACKING_PASSWORD"] == mlflow_env["MLFLOW_AUTH_ADMIN_PASSWORD"] == "<MLFLOW_ADMIN_PASSWORD>"
+    assert mlflow_env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "<MLFLOW_FLASK_SECRET_KEY>"
+    assert worker_env["ADAPTFLOW_ALLOW_PICKLE"] == "0"
+    (mount,) = [c for c in mlflow["configs"] if c["target"] == mlflow_env["MLFLOW_AUTH_CONFIG_PATH"]]
+    ini = tmp_path / "basic_auth.ini"
+    ini.write_text(compose()["configs"][mount["source"]]["content"])
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(ini))
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "from-the-environment")
+    auth = read_auth_config()
+    assert auth.admin_password == "from-the-environment" and auth.default_permission == "READ"
+    database = urlsplit(auth.database_uri)
+    assert database.hostname == "postgres" and database.password is None and database.path.lstrip("/") in init_script_databases()
+
+    values = yaml.safe_load(WORKER_VALUES.read_text())["worker"]
+    assert {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in values["extraEnvVars"]} == {"PREFECT_API_AUTH_STRING": "prefect-auth"}

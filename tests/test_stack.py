@@ -1,7 +1,8 @@
 """The production stack, natively on 127.0.0.1 (`adaptflow.stack`, what `make stack` starts):
 PostgreSQL, S3 (moto), the Prefect and MLflow servers on PostgreSQL, a process work pool and its
-worker. The pretrain and transfer flows are deployed to the pool and run by the worker, as in
-production; the test then finds the model in the MLflow server's registry with its lineage, its
+worker. Both servers refuse requests without their credentials (401), which `make stack` generates
+and hands to clients and the worker through the environment. The pretrain and transfer flows are
+deployed to the pool and run by the authenticated worker, as in production; the test then finds the model in the MLflow server's registry with its lineage, its
 artifacts in the bucket, the data version in the DVC remote in the same bucket, and, after
 stop, no process and no open port left."""
 
@@ -21,6 +22,7 @@ from conftest import REPO, tiny_config
 pytestmark = pytest.mark.stack
 pytest.importorskip("moto", reason="the stack needs moto[server]: pip install -e '.[stack]'")
 pytest.importorskip("psycopg2", reason="the stack needs psycopg2: pip install -e '.[stack]'")
+pytest.importorskip("flask_wtf", reason="MLflow's basic-auth app needs Flask-WTF: pip install -e '.[stack]'")
 
 
 def _postgres_missing() -> str | None:
@@ -71,10 +73,28 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _status_without(url: str, body: dict | None = None, auth: tuple[str, str] | None = None) -> int:
+    """The HTTP status a request gets with no credentials, or with `auth` (user, password) as basic auth."""
+    import base64
+    import json
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
+    request = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 def test_flows_run_on_the_stack_and_leave_model_artifacts_and_data_in_its_stores(project: Path, tmp_path: Path,
                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow import MlflowClient
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     from adaptflow import stack as local_stack
     from adaptflow.io import sha256_file
@@ -98,8 +118,26 @@ def test_flows_run_on_the_stack_and_leave_model_artifacts_and_data_in_its_stores
         assert sourced == [str(local_stack.BIN / "prefect"), str(local_stack.BIN / "dvc")]  # a plain shell finds the tools
         assert (stack.state_dir / "pg-password").read_text() not in env_file
 
+        # Both servers ask for credentials (health checks excepted); the env file and the worker have them.
+        flows_filter, experiments = f"{stack.prefect_api_url}/flows/filter", f"{stack.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert _status_without(flows_filter, {}) == 401
+        assert _status_without(experiments) == 401
+        for name in local_stack.SECRET_FILES:
+            assert oct((stack.state_dir / name).stat().st_mode & 0o777) == "0o600", name
+        assert oct((stack.state_dir / "env").stat().st_mode & 0o777) == "0o600"
+        auth = stack.secret("prefect-auth")
+        password = stack.secret("mlflow-password")
+        assert f"export PREFECT_API_AUTH_STRING={auth}" in env_file and f"export MLFLOW_TRACKING_PASSWORD={password}" in env_file
+        assert _status_without(flows_filter, {}, ("adaptflow", "wrong")) == 401
+        assert _status_without(flows_filter, {}, tuple(auth.split(":", 1))) == 200
+        assert _status_without(experiments, auth=(local_stack.STACK_USER, "wrong")) == 401
+        assert _status_without(experiments, auth=(local_stack.STACK_USER, password)) == 200
+        assert _status_without(f"{stack.prefect_api_url}/health") == 200 and _status_without(f"{stack.mlflow_url}/health") == 200
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", local_stack.STACK_USER)  # this test's own MLflow client
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+
         config = tiny_config(*STACK_OVERRIDES).model_dump(mode="json")
-        with temporary_settings({PREFECT_API_URL: stack.prefect_api_url}):
+        with temporary_settings({PREFECT_API_URL: stack.prefect_api_url, PREFECT_API_AUTH_STRING: auth}):
             pretrain_id, transfer_id = (_deploy(name, stack.pool, config) for name in ("pretrain", "transfer"))
             pretrained = _run(pretrain_id)
             assert pretrained.state.is_completed(), pretrained.state

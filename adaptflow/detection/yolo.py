@@ -179,9 +179,11 @@ def from_ultralytics_file(path: Path, allow_pickle: bool = False) -> tuple[nn.Mo
     ultralytics()
     try:
         blob = load_ultralytics_checkpoint(path)
-    except ModelFileError:
+    except ModelFileError as exc:
         if not allow_pickle:
             raise
+        if refused := env.pickle_refused(allow_pickle):
+            raise ModelFileError(f"{path}: holds pickled Python objects; {refused}") from exc
         blob = torch.load(path, map_location="cpu", weights_only=False)  # noqa: S614 - explicitly allowed by the user
     if not isinstance(blob, dict) or not isinstance(blob.get("ema") or blob.get("model"), nn.Module):
         raise ModelFileError(f"{path}: not an Ultralytics checkpoint (no model in it); fetch a detector, e.g. ultralytics:yolo11n.pt")

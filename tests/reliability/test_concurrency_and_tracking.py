@@ -149,3 +149,72 @@ def test_secrets_never_reach_logged_params(project: Path) -> None:
     logged = str(run.data.params) + str(run.data.tags)
     assert "hunter2" not in logged and "AKIA123" not in logged and "topsecret" not in logged
     assert run.data.params["remote.url"] == "https://u:***@h/x"
+
+
+def test_concurrent_gates_on_a_tracking_server_leave_the_best_version_champion(server: TrackingServer, faults) -> None:
+    """Four challengers finish together against one `mlflow server` (loopback, SQLite backend): the
+    gate is a read-compare-move, so without a lease two can both read the same champion and the
+    lower one can move the alias last. With the registry lease they take turns: in every round the
+    best version ends champion, every version's alias tag tells the truth, and no lease is left."""
+    import random
+    import threading
+
+    from mlflow import MlflowClient
+
+    from adaptflow import tracking
+    from adaptflow.config import RegistryConfig
+
+    tcfg = TrackingConfig(uri=server.url)
+    c = MlflowClient(server.url)
+    run = c.create_run(c.create_experiment("gates"))
+    for round_ in range(3):
+        cfg = RegistryConfig(model_name=f"gated-{round_}", guard_metric=None)
+        c.create_registered_model(cfg.model_name)
+        scores = random.Random(round_).sample([0.5, 0.6, 0.7, 0.8], 4)
+        if round_:  # a champion already holds the alias: the challengers race to replace it
+            first = c.create_model_version(cfg.model_name, f"{run.info.artifact_uri}/m", run_id=run.info.run_id)
+            c.set_model_version_tag(cfg.model_name, first.version, f"{tracking.TAG}metric.target_accuracy", "0.55")
+            c.set_registered_model_alias(cfg.model_name, tracking.CHAMPION, first.version)
+        versions = [c.create_model_version(cfg.model_name, f"{run.info.artifact_uri}/m", run_id=run.info.run_id).version
+                    for _ in scores]
+        for version, score in zip(versions, scores, strict=True):
+            c.set_model_version_tag(cfg.model_name, version, f"{tracking.TAG}metric.target_accuracy", repr(score))
+        start, errors = threading.Barrier(len(versions)), []
+
+        def register(version: str, score: float) -> None:
+            try:
+                start.wait()
+                tracking.gate_version(cfg, tcfg, version, {"target_accuracy": score})
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        with faults.attempt():
+            threads = [threading.Thread(target=register, args=pair) for pair in zip(versions, scores, strict=True)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(300)
+            assert not errors, errors
+            best = versions[scores.index(max(scores))]
+            assert str(c.get_model_version_by_alias(cfg.model_name, tracking.CHAMPION).version) == best, (round_, scores)
+            says_champion = [v.version for v in c.search_model_versions(f"name='{cfg.model_name}'")
+                             if v.tags.get(f"{tracking.TAG}alias") == tracking.CHAMPION]
+            assert says_champion == [best]
+            assert not c.search_registered_models(f"name='{cfg.model_name}{tracking.LEASE_SUFFIX}'")
+
+
+def test_a_lease_left_by_a_killed_holder_expires(server: TrackingServer, faults) -> None:
+    """A run killed while holding the gate leaves its lease; the next run takes it over once it expires."""
+    from adaptflow import tracking
+
+    tcfg = TrackingConfig(uri=server.url)
+    with faults.attempt():
+        held = tracking.registry_lease(tcfg, "orphaned", seconds=1.0)
+        held.__enter__()  # never released: its holder "died"
+        began = time.monotonic()
+        with tracking.registry_lease(tcfg, "orphaned", wait=60):
+            waited = time.monotonic() - began
+        assert waited >= 0.5, waited
+        from mlflow import MlflowClient
+
+        assert not MlflowClient(server.url).search_registered_models(f"name='orphaned{tracking.LEASE_SUFFIX}'")

@@ -18,7 +18,7 @@ import pytest
 from adaptflow.config import dump_params, load_config
 from adaptflow.data.demo import build_demo_data
 from adaptflow.io import read_json
-from conftest import TINY
+from conftest import REPO, TINY
 
 SETTINGS = [*TINY, "finetune.epochs=4", "finetune.lp_epochs=1", "finetune.batch_size=16", "finetune.checkpoint_every_steps=3", "finetune.augment=true"]
 STEPS_PER_EPOCH = 10  # 160 labeled images / batch 16
@@ -32,7 +32,9 @@ def kill_project(project: Path) -> Path:
 
 
 def _stage(root: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "ADAPTFLOW_ROOT": str(root), "OMP_NUM_THREADS": "1"}
+    # This checkout's code, whatever adaptflow the interpreter has installed (cwd is the test project).
+    pythonpath = os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))
+    env = {**os.environ, "ADAPTFLOW_ROOT": str(root), "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}
     return subprocess.Popen([sys.executable, "-m", "adaptflow", *args], cwd=root, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -112,3 +114,62 @@ def test_a_prefect_retry_resumes_the_finetune_task(prefect_api, project: Path, m
         assert retried == straight
         # resumed after two finished epochs: 12 steps before the failure, 10 after it, not 12 + 20
         assert calls["n"] == 2 * steps_per_epoch + 2 + 2 * steps_per_epoch
+
+
+PRETRAIN = ["pretrain.epochs=5", "pretrain.batch_size=16", "pretrain.checkpoint_every_steps=2"]
+
+
+def _kill_pretrain_at(root: Path, run_dir: str, target: int) -> None:
+    """Start `adaptflow pretrain --run-dir RUN_DIR`, SIGKILL it once it has trained `target` steps."""
+    proc = _stage(root, "pretrain", "--run-dir", run_dir, *PRETRAIN)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and _progress_of(root / run_dir / "pretrain") < target and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, f"pretraining ended before step {target}: {proc.stderr.read()}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _progress_of(work_dir: Path) -> int:
+    try:
+        state = json.loads((work_dir / "train_state.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return -1
+    return state["epoch"] * STEPS_PER_EPOCH + state["step"]
+
+
+def test_a_killed_run_s_mlflow_run_is_continued_or_closed_never_left_running(kill_project: Path, faults) -> None:
+    """SIGKILL leaves no chance to close the MLflow run. A rerun in the same run folder resumes
+    training and continues the same MLflow run; a rerun of the same work in another folder (a new
+    flow run does that) opens a new run and marks the orphan FAILED, each linked to the other."""
+    from mlflow import MlflowClient
+
+    from adaptflow import env
+
+    root = kill_project
+    c = MlflowClient(env.default_tracking_uri())
+
+    def pretrain_runs() -> dict:
+        exp = c.get_experiment_by_name("adaptflow")
+        runs = c.search_runs([exp.experiment_id], filter_string="tags.`adaptflow.stage` = 'pretrain'") if exp else []
+        return {r.info.run_id: r for r in runs}
+
+    with faults.attempt():
+        _kill_pretrain_at(root, "first", 14)
+        (first,) = pretrain_runs()
+        assert pretrain_runs()[first].info.status == "RUNNING"  # nothing could close it
+
+        _kill_pretrain_at(root, "second", 14)  # the same work in a new folder, killed too
+        runs = pretrain_runs()
+        (second,) = set(runs) - {first}
+        assert runs[first].info.status == "FAILED"
+        assert runs[first].data.tags["adaptflow.continued_in"] == second
+        assert runs[second].data.tags["adaptflow.continues"] == first
+
+        _finish(root, "pretrain", "--run-dir", "second", *PRETRAIN)  # resumes: the same MLflow run goes on
+        runs = pretrain_runs()
+        assert set(runs) == {first, second}
+        assert runs[second].info.status == "FINISHED" and runs[first].info.status == "FAILED"
+        steps = {m.step for m in c.get_metric_history(second, "train_loss")}
+        assert len(steps) == 5, steps  # every epoch logged once to the one run, before and after the kill
+        assert "source_accuracy" in runs[second].data.metrics

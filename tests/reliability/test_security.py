@@ -153,6 +153,52 @@ def test_a_pickled_classifier_is_refused_by_validate_and_finetune_in_one_line(pr
     assert not marker.exists(), "the model file's payload ran"
 
 
+def test_allow_pickle_in_a_config_is_refused_unless_the_operator_allowed_it(project: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch, bad_inputs) -> None:
+    """Trust is the operator's decision, not a flow parameter: `pretrained.allow_pickle=true` takes
+    effect only where the environment sets ADAPTFLOW_ALLOW_PICKLE=1. Without it, the CLI refuses in
+    one line naming the variable, and so do the core loaders a forged run record could reach."""
+    import torch
+
+    from adaptflow.errors import ModelFileError
+    from adaptflow.models import load_source_model
+    from adaptflow.pretrained import PickleRefused, fetch_pretrained
+
+    monkeypatch.delenv("ADAPTFLOW_ALLOW_PICKLE", raising=False)
+    marker = tmp_path / "MARKER"
+    torch.save({"state_dict": _Payload(marker)}, project / "evil.pt")
+    for command in ("validate", "finetune"):
+        with bad_inputs.attempt():
+            out = _cli(command, *TINY, "pretrained.uri=evil.pt", "pretrained.allow_pickle=true", cwd=project)
+            _one_line_refusal(out, "pretrained.allow_pickle: pretrained.allow_pickle=true is refused here", "ADAPTFLOW_ALLOW_PICKLE=1")
+    with bad_inputs.attempt(), pytest.raises(PickleRefused, match="set(ting)? ADAPTFLOW_ALLOW_PICKLE=1"):
+        fetch_pretrained("evil.pt", allow_pickle=True)
+    with bad_inputs.attempt(), pytest.raises(ModelFileError, match="ADAPTFLOW_ALLOW_PICKLE=1"):
+        load_source_model(project / "evil.pt", "small_cnn", allow_pickle=True)
+    assert not marker.exists(), "the model file's payload ran"
+
+    monkeypatch.setenv("ADAPTFLOW_ALLOW_PICKLE", "1")  # the operator's decision, on this machine
+    assert fetch_pretrained("evil.pt", allow_pickle=True).allow_pickle
+
+
+def test_pretrain_output_outside_the_project_is_refused_before_anything_is_written(project: Path, tmp_path: Path,
+                                                                                     bad_inputs) -> None:
+    """A flow run writes only inside its project: `pretrain.output` that resolves elsewhere (an
+    absolute path, `..`) is refused in one line, by validation and by the stage itself."""
+    from adaptflow.config import PretrainConfig
+    from adaptflow.errors import ConfigError
+    from adaptflow.pretrain import published_dir
+
+    for output in (str(tmp_path / "elsewhere"), "../elsewhere"):
+        with bad_inputs.attempt():
+            out = _cli("pretrain", *TINY, f"pretrain.output={output}", cwd=project)
+            _one_line_refusal(out, "pretrain.output", "outside the project folder")
+        with bad_inputs.attempt(), pytest.raises(ConfigError, match="outside the project folder"):
+            published_dir(PretrainConfig(output=Path(output)))
+    assert not (tmp_path / "elsewhere").exists()
+    assert published_dir(PretrainConfig(output=Path("models/other"))) == project / "models" / "other"
+
+
 # --- downloads: credentials in addresses stay out of logs, cached files are checked on reuse ---------------
 
 
