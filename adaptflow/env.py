@@ -47,11 +47,12 @@ def pickle_refused(requested: bool) -> str | None:
 
 
 def inside_project(path: str | Path, field: str) -> Path:
-    """`path` (relative to the project folder) resolved, if it stays inside the project folder;
-    otherwise a ValueError naming `field`: a run writes only into its own project."""
+    """`path` (relative to the project folder) resolved, if it stays inside the project folder or its cache
+    (`cache_dir()`, where the benchmark keeps its models); otherwise a ValueError naming `field`: a run
+    writes only into its own project."""
     root = project_root()
     resolved = project_path(path).resolve()
-    if not resolved.is_relative_to(root):
+    if not (resolved.is_relative_to(root) or resolved.is_relative_to(cache_dir().resolve())):
         raise ValueError(f"{field}={path} resolves to {resolved}, outside the project folder {root}; "
                          f"give a folder inside it, e.g. {field}=models/source")
     return resolved

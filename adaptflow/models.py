@@ -178,9 +178,7 @@ def load_weights_only(path: str | Path, allow_pickle: bool, fix: str) -> Any | N
                                  "or save the model again with torch.save") from None
         if not allow_pickle:
             raise ModelFileError(f"{path}: holds pickled Python objects, which can run code when loaded; refused. {fix}") from None
-        if refused := env.pickle_refused(allow_pickle):
-            raise ModelFileError(f"{path}: holds pickled Python objects; {refused}") from None
-        return None
+        return None  # whoever unpickles it in full checks that the operator allows it (`env.pickle_refused`)
     except FileNotFoundError:
         raise
     except (RuntimeError, EOFError, OSError) as exc:  # not a torch.save() file at all (truncated, another format)
@@ -205,7 +203,9 @@ def load_source_model(path: str | Path, arch: str | None, allow_pickle: bool = F
     """
     blob = load_weights_only(path, allow_pickle, "Re-save it as a state dict, or set pretrained.allow_pickle=true if you trust its source")
     if blob is None:
-        blob = torch.load(path, map_location="cpu", weights_only=False)  # noqa: S614 - explicitly allowed by the user
+        if refused := env.pickle_refused(allow_pickle):
+            raise ModelFileError(f"{path}: holds pickled Python objects; {refused}")
+        blob = torch.load(path, map_location="cpu", weights_only=False)  # noqa: S614 - explicitly allowed by the user and operator
         if isinstance(blob, nn.Module):
             blob = blob.state_dict()
     if isinstance(blob, dict) and blob.get("format") == CHECKPOINT_FORMAT:

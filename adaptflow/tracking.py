@@ -606,7 +606,9 @@ def registry_lease(tracking: TrackingConfig, model_name: str, *, seconds: float 
                                       description=f"held while one run moves the aliases of {model_name}; deleted after")
             break
         except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            # RESOURCE_DOES_NOT_EXIST: the create raced the holder's delete (the server writes the model and its
+            # tags in two steps); a lease left without tags reads as expired below and is cleared.
+            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
                 raise
         holder = _lease_holder(c, name)
         if holder is not None and holder[0] == token:  # our create went through, then a retry saw it
