@@ -413,7 +413,7 @@ def starting_points(spec: BenchmarkSpec, results: list[dict], target: str) -> tu
                          f"steps {_show_ratio(speed['median_step_ratio'])}")
         init = name.partition(INIT_SEP)[0] if INIT_SEP in name else "source"
         lines.append(f"| {init}: {few_label_parts(name)[0]} | " + " | ".join(cells) + " |")
-    starts = "; ".join(f"`{init}` is `{uri}` (its weights, a new head)" for init, uri in spec.pretrained.items())
+    starts = "; ".join(f"`{init}`: `{uri}`, its weights with a new head" for init, uri in spec.pretrained.items())
     text = ("### Starting points against scratch at every k\n\n"
             f"Each strategy trains from the source model (`source`, trained on {', '.join(sorted({p.source for p in spec.pairs}))} as above) "
             f"and from pretrained weights ({starts}); scratch (fresh weights) is the baseline. Per cell: the gain in mean "
