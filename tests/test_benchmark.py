@@ -70,6 +70,88 @@ def test_presets_load_and_the_full_grid_has_every_dimension() -> None:
     assert full.digest() == full.model_copy(update={"l2sp": 0.0}).digest() != full.model_copy(update={"l2sp": 0.1}).digest()
 
 
+def test_pretrained_starts_add_a_run_per_strategy_and_leave_other_presets_keys_alone() -> None:
+    """`pretrained` adds name:strategy runs at every k and seed; they depend on the weights, not on the source
+    model's budget; presets without it keep their digests and cells."""
+    from adaptflow.benchmark.spec import few_label_parts, init_of
+
+    imagenet = load_preset("imagenet")
+    assert imagenet.arch == "efficientnet_lite0" and imagenet.pretrained == {"imagenet": "package:efficientnet_lite0"}
+    cells = plan_cells(imagenet)
+    assert {(c.kind, c.name) for c in cells} == {("source_only", "source_only"), ("scratch", "scratch"), ("strategy", "finetune"),
+                                                 ("strategy", "imagenet:finetune")}
+    assert {(c.target, c.shots, c.seed) for c in cells if c.name == "imagenet:finetune"} == {
+        (t, k, s) for t in ("uci_digits", "mnist_m") for k in (1, 5, 10, "all") for s in (0, 1, 2)}
+    assert few_label_parts("imagenet:finetune+adabn") == ("finetune", ["adabn"]) and init_of("imagenet:finetune") == "imagenet"
+    assert init_of("finetune") is None and init_of("scratch") is None
+    start = next(c for c in cells if c.name == "imagenet:finetune")
+    from_source = next(c for c in cells if c.name == "finetune")
+    longer = imagenet.model_copy(update={"source": imagenet.source.model_copy(update={"epochs": 99})})
+    assert longer.cell_digest(start) == imagenet.cell_digest(start) and longer.cell_digest(from_source) != imagenet.cell_digest(from_source)
+    other = imagenet.model_copy(update={"pretrained": {"imagenet": "package:efficientnet_lite1"}})
+    assert other.cell_digest(start) != imagenet.cell_digest(start) and other.cell_digest(from_source) == imagenet.cell_digest(from_source)
+    full = load_preset("full")
+    assert full.pretrained == {} and "pretrained" not in full.model_dump(exclude_unset=True)
+    assert full.digest() != full.model_copy(update={"pretrained": {"imagenet": "package:efficientnet_lite0"}}).digest()
+    assert full.transfer_names() == full.strategies
+
+
+def test_a_pretrained_start_is_its_weights_with_a_new_head(project: Path, tmp_path: Path) -> None:
+    """A run from `pretrained` starts from the file's backbone with a fresh head of the target's classes, trains and is
+    measured like a run from the source model (packaged ImageNet weights are one such file)."""
+    from adaptflow.benchmark.cells import pretrained_start, run_cell
+    from adaptflow.models import build_classifier, load_source_model, save_checkpoint
+    from adaptflow.pretrained import fetch_pretrained
+
+    torch.manual_seed(1)
+    other = build_classifier("small_cnn", 3)
+    save_checkpoint(tmp_path / "other.pt", other, arch="small_cnn", classes=("a", "b", "c"), image_size=16)
+    spec = BenchmarkSpec(image_size=16, pairs=[{"target": "uci_digits"}], seeds=[0], shots=[1], strategies=["finetune"], methods=[],
+                         pretrained={"other": str(tmp_path / "other.pt")}, few_shot={"steps": 4, "batch_size": 8}, eval_points=2)
+    start = pretrained_start(spec, "other", 10)
+    assert start.head.out_features == 10
+    assert all(torch.equal(a, b) for a, b in zip(start.backbone.state_dict().values(), other.backbone.state_dict().values(), strict=True))
+    cell = next(c for c in plan_cells(spec) if c.name == "other:finetune")
+    result = run_cell(spec, cell)
+    assert result["key"] == "uci_digits-other:finetune-k1-s0" and len(result["curve"]) >= 2 and 0 <= result["target_accuracy"] <= 1
+
+    lite = BenchmarkSpec(arch="efficientnet_lite0", pretrained={"imagenet": "package:efficientnet_lite0"})
+    imagenet, _ = load_source_model(fetch_pretrained("package:efficientnet_lite0").path, "efficientnet_lite0")
+    start = pretrained_start(lite, "imagenet", 10)
+    assert start.head.out_features == 10 and imagenet.head.out_features == 1000
+    assert all(torch.equal(a, b) for a, b in zip(start.backbone.state_dict().values(), imagenet.backbone.state_dict().values(), strict=True))
+
+
+def test_starting_points_report_each_start_against_scratch_at_every_k() -> None:
+    from adaptflow.benchmark.report import few_label_table, starting_points
+
+    spec = BenchmarkSpec(pairs=[{"target": "t"}], shots=[1, 10], strategies=["finetune"], methods=[], arch="efficientnet_lite0",
+                         pretrained={"imagenet": "package:efficientnet_lite0"})
+
+    def cell(name: str, k: int, seed: int, points: list[tuple[int, float, float]]) -> dict:
+        curve = [{"steps": s, "seconds": t, "accuracy": a} for s, t, a in points]
+        return {"target": "t", "kind": "scratch" if name == "scratch" else "strategy", "name": name, "shots": k, "seed": seed,
+                "curve": curve, "target_accuracy": curve[-1]["accuracy"]}
+
+    results = [c for seed in (0, 1) for c in (
+        cell("scratch", 10, seed, [(0, 0.0, 0.1), (50, 5.0, 0.3), (100, 10.0, 0.4)]),
+        cell("imagenet:finetune", 10, seed, [(0, 0.0, 0.1), (10, 1.0, 0.45), (100, 10.0, 0.6)]),  # 1/10 of scratch's time
+        cell("finetune", 10, seed, [(0, 0.0, 0.1), (100, 10.0, 0.35)]),  # never reaches 0.4
+        cell("scratch", 1, seed, [(0, 0.0, 0.1), (10, 2.0, 0.2)]),
+        cell("imagenet:finetune", 1, seed, [(0, 0.0, 0.1), (5, 1.0, 0.3)]),
+    )]
+    text, summary = starting_points(spec, results, "t")
+    assert "| start: strategy | k = 1 | k = 10 |" in text
+    assert "| imagenet: finetune | +10.0 points; time 0.50 (worst 0.50), steps 0.50 | +20.0 points; time 0.10 (worst 0.10), steps 0.10 |" in text
+    assert "| source: finetune |  | -5.0 points; time never (worst never), steps never |" in text
+    assert summary["10"]["imagenet:finetune"]["gain"] == pytest.approx(0.2) and summary["10"]["imagenet:finetune"]["median_ratio"] == 0.1
+    table, _ = few_label_table(spec, results, "t")
+    assert "| imagenet:finetune | 30.0 ± 0.0 | 60.0 ± 0.0 |" in table
+    assert "- k = 10, best from imagenet (target labels only): **imagenet:finetune** 60.0% vs from scratch 40.0% (+20.0 points)" in table
+    assert "- k = 10, best from the source model (target labels only): **finetune** 35.0%" in table
+    assert starting_points(spec.model_copy(update={"pretrained": {}}), results, "t") == ("", {})
+
+
 class FewLabelRun(NamedTuple):
     initial: torch.nn.Module
     model: torch.nn.Module
@@ -311,6 +393,9 @@ BAD_PRESETS = [  # (preset text, what the error must say)
     ("lr_candidates: [-0.1]\n", r"lr_candidates\.0: Input should be greater than 0"),
     ("shots: [1]\nholdout_fraction: 0.2\n", r"holdout_fraction: 0.2 needs a k of 2 or more \(or all\) in shots \[1\]: at k = 1 no label"),
     ("source: {augment: false, low_resolution: 0.5}\n", r"source: .*low_resolution=0.5 is part of augmentation: set augment: true too"),
+    ("pretrained: {source: package:efficientnet_lite0}\n", r"pretrained: .*'source' cannot name a starting point"),
+    ("pretrained: {imagenet: package:efficientnet_lite9}\n", r"pretrained.imagenet 'package:efficientnet_lite9': no packaged weights .*did you mean"),
+    ("pretrained: {imagenet: package:efficientnet_lite0}\n", r"pretrained.imagenet: package:efficientnet_lite0 holds efficientnet_lite0 weights but arch is small_cnn; set arch: efficientnet_lite0"),
     ("method: [coral]\n", r"  method: unknown field \(did you mean 'methods'\?\); remove it or fix its name"),
     ("pairs: [{source: mnist, target: ../../elsewhere}]\n", r"pairs\.0\.target: .*'\.\./\.\./elsewhere' is not a plain folder name"),
 ]

@@ -19,11 +19,23 @@ import torch
 from adaptflow import env
 from adaptflow.adapt import TargetData, score_model
 from adaptflow.adapt.adabn import adapt_batch_norm
-from adaptflow.benchmark.spec import CONTROL, LAYOUT, TARGET_BN, BenchmarkSpec, Budget, Cell, few_label_parts, losses_on_unlabeled, tried_lr
+from adaptflow.benchmark.spec import (
+    CONTROL,
+    LAYOUT,
+    TARGET_BN,
+    BenchmarkSpec,
+    Budget,
+    Cell,
+    few_label_parts,
+    init_of,
+    losses_on_unlabeled,
+    tried_lr,
+)
 from adaptflow.config import DataConfig
 from adaptflow.data import ImageSet, list_classes, load_split, split_dir
 from adaptflow.io import read_json, write_json
-from adaptflow.models import Classifier, build_classifier, load_checkpoint, save_checkpoint
+from adaptflow.models import Classifier, build_classifier, load_checkpoint, load_source_model, replace_head, save_checkpoint
+from adaptflow.pretrained import fetch_pretrained
 from adaptflow.train import FitSettings, Normalizer, backbone_blocks, fit, predict, seed_everything, torch_threads
 
 log = logging.getLogger(__name__)
@@ -77,6 +89,13 @@ def train_source(spec: BenchmarkSpec, source: str, seed: int) -> dict:
     return result
 
 
+def pretrained_start(spec: BenchmarkSpec, init: str, num_classes: int) -> Classifier:
+    """The weights `spec.pretrained[init]` names, with a new head of `num_classes` outputs (drawn from the global RNG)."""
+    ref = fetch_pretrained(spec.pretrained[init], field=f"pretrained.{init}")
+    model, _ = load_source_model(ref.path, spec.arch, ref.allow_pickle)
+    return replace_head(model, num_classes)
+
+
 def holdout_scores(model: Classifier, held_out: ImageSet) -> dict:
     """Accuracy and mean cross-entropy on held-out labeled target images (they pick a strategy; the loss breaks ties)."""
     logits = predict(model, held_out.images)
@@ -113,8 +132,11 @@ def _measure(spec: BenchmarkSpec, cell: Cell, name: str) -> dict:
     unlabeled = load_split(data, cell.target, "unlabeled", classes)
     with _INIT:
         seed_everything(cell.seed)
+        init = init_of(cell.name)
         if cell.kind == "scratch":
             model = build_classifier(spec.arch, len(classes))
+        elif init is not None:
+            model = pretrained_start(spec, init, len(classes))
         else:
             model, meta = load_checkpoint(source_model_path(spec, cell.source, cell.seed))
             if tuple(meta["classes"]) != classes:

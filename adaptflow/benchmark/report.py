@@ -18,7 +18,16 @@ from pathlib import Path
 
 from adaptflow.adapt.validators import VALIDATORS
 from adaptflow.benchmark.cells import _data, source_model_path
-from adaptflow.benchmark.spec import CONTROL, HOLDOUT_TAG, TARGET_BN, BenchmarkSpec, few_label_parts, losses_on_unlabeled, tried_lr
+from adaptflow.benchmark.spec import (
+    CONTROL,
+    HOLDOUT_TAG,
+    INIT_SEP,
+    TARGET_BN,
+    BenchmarkSpec,
+    few_label_parts,
+    losses_on_unlabeled,
+    tried_lr,
+)
 from adaptflow.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -146,7 +155,7 @@ def few_label_table(spec: BenchmarkSpec, results: list[dict], target: str) -> tu
     summary: dict = {}
     semi_names = [_semi(m) for m in spec.semi_supervised if any(r["name"] == _semi(m) for r in semi)]
     scratch, with_unlabeled = _few_label_rows(spec)
-    for name in [*scratch, *spec.strategies, *with_unlabeled, *semi_names]:
+    for name in [*scratch, *spec.transfer_names(), *with_unlabeled, *semi_names]:
         cells = []
         for k in shots:
             group = groups.get((name, k), [])
@@ -157,7 +166,10 @@ def few_label_table(spec: BenchmarkSpec, results: list[dict], target: str) -> tu
     verdicts = []
     # Like against like: labels only against scratch; with unlabeled target images against the better
     # scratch (plain, or with target batch-norm statistics: it may use the unlabeled images too).
-    comparisons = (("transfer strategy (target labels only)", spec.strategies, scratch[:1]),
+    source = "from the source model (target labels only)" if spec.pretrained else "transfer strategy (target labels only)"
+    comparisons = ((source, spec.strategies, scratch[:1]),
+                   *((f"from {init} (target labels only)", [f"{init}{INIT_SEP}{s}" for s in spec.strategies], scratch[:1])
+                     for init in spec.pretrained),
                    ("with unlabeled target images too", [*with_unlabeled, *semi_names], scratch))
     for k in shots:
         for label, names, baselines in comparisons:
@@ -376,6 +388,42 @@ def _time_text(summary: dict, tta: dict, target: str, strategy: str, shots: int 
     return "\n".join(lines)
 
 
+def starting_points(spec: BenchmarkSpec, results: list[dict], target: str) -> tuple[str, dict]:
+    """With `pretrained` starting points: per k, each transfer run's mean gain over scratch and how soon it
+    reaches scratch's best accuracy (time and step ratios, as `time_to_accuracy`), from the source model
+    and from each pretrained start side by side."""
+    if not spec.pretrained:
+        return "", {}
+    names = spec.transfer_names()
+    rows = [r for r in results if r["target"] == target and r["kind"] in ("strategy", "scratch")]
+    shots = sorted({r["shots"] for r in rows}, key=_shots_order)
+    accuracy = {key: statistics.fmean(r["target_accuracy"] for r in g) for key, g in _group(rows, "name", "shots").items()}
+    lines = ["| start: strategy | " + " | ".join(f"k = {k}" for k in shots) + " |", "|---|" + "---|" * len(shots)]
+    summary: dict = {}
+    for name in names:
+        cells = []
+        for k in shots:
+            speed = time_to_accuracy_summary(results, target, [name], k).get(name)
+            if speed is None or ("scratch", k) not in accuracy:
+                cells.append("")
+                continue
+            gain = accuracy[name, k] - accuracy["scratch", k]
+            summary.setdefault(str(k), {})[name] = {"gain": gain, **speed}
+            cells.append(f"{100 * gain:+.1f} points; time {_show_ratio(speed['median_ratio'])} (worst {_show_ratio(speed['worst_ratio'])}), "
+                         f"steps {_show_ratio(speed['median_step_ratio'])}")
+        init = name.partition(INIT_SEP)[0] if INIT_SEP in name else "source"
+        lines.append(f"| {init}: {few_label_parts(name)[0]} | " + " | ".join(cells) + " |")
+    starts = "; ".join(f"`{init}`: `{uri}`, its weights with a new head" for init, uri in spec.pretrained.items())
+    text = ("### Starting points against scratch at every k\n\n"
+            f"Each strategy trains from the source model (`source`, trained on {', '.join(sorted({p.source for p in spec.pairs}))} as above) "
+            f"and from pretrained weights ({starts}); scratch (fresh weights) is the baseline. Per cell: the gain in mean "
+            "target accuracy over scratch; the training time the run took to reach scratch's best accuracy of the same seed, over "
+            "the time scratch took to reach it (median over seeds, worst seed in brackets; never: not reached within the budget); "
+            "the same in optimizer steps (exact, but known only at the evaluation points). Seconds are measured with cells "
+            "running side by side on shared cores, evaluation excluded.\n\n" + "\n".join(lines))
+    return text, summary
+
+
 def _show_ratio(value: float | None) -> str:
     return "never" if value is None else f"{value:.2f}"
 
@@ -405,7 +453,7 @@ def plot_label_efficiency(spec: BenchmarkSpec, results: list[dict], path: Path) 
         shots = sorted({r["shots"] for r in rows}, key=_shots_order)
         xs = list(range(1, len(shots) + 1))
         scratch, with_unlabeled = _few_label_rows(spec)
-        for name in [*scratch, *spec.strategies, *with_unlabeled]:
+        for name in [*scratch, *spec.transfer_names(), *with_unlabeled]:
             means, stds = [], []
             for k in shots:
                 acc = [r["target_accuracy"] for r in rows if r["name"] == name and r["shots"] == k]
@@ -435,23 +483,26 @@ def plot_label_efficiency(spec: BenchmarkSpec, results: list[dict], path: Path) 
     return path
 
 
-def plot_time_to_accuracy(spec: BenchmarkSpec, results: list[dict], path: Path, shots: int | str = 1) -> Path:
-    """Target accuracy against training seconds, every seed: scratch, fine-tuning, and the strategy with
-    the best mean accuracy at `shots` (colours as in the label-efficiency plot)."""
+def plot_time_to_accuracy(spec: BenchmarkSpec, results: list[dict], path: Path, shots: Sequence[int | str] = (1,)) -> Path:
+    """Target accuracy against training seconds, every seed, a row of panels per k in `shots`: scratch,
+    fine-tuning (from the source model and from each of `pretrained`), and the strategy with the best
+    mean accuracy at that k (colours as in the label-efficiency plot)."""
     plt = _plt()
     targets = [p.target for p in spec.pairs]
-    fig, axes = plt.subplots(1, len(targets), figsize=(6 * len(targets), 4.8), squeeze=False)
-    for ax, target in zip(axes[0], targets, strict=True):
-        rows = [r for r in results if r["target"] == target and r["shots"] == shots]
-        means = {n: statistics.fmean(r["target_accuracy"] for r in g) for (n,), g in _group(rows, "name").items() if n in spec.strategies}
+    names = spec.transfer_names()
+    fig, axes = plt.subplots(len(shots), len(targets), figsize=(6 * len(targets), 4.8 * len(shots)), squeeze=False)
+    for ax, (k, target) in zip(axes.flat, [(k, t) for k in shots for t in targets], strict=True):
+        rows = [r for r in results if r["target"] == target and r["shots"] == k]
+        means = {n: statistics.fmean(r["target_accuracy"] for r in g) for (n,), g in _group(rows, "name").items() if n in names}
         best = max(means, key=means.get, default=None)
-        for name in dict.fromkeys(["scratch", *(n for n in ("finetune", best) if n in means)]):
-            color = "black" if name == "scratch" else f"C{spec.strategies.index(name)}"
+        finetunes = ["finetune", *(f"{init}{INIT_SEP}finetune" for init in spec.pretrained)]
+        for name in dict.fromkeys(["scratch", *(n for n in (*finetunes, best) if n in means)]):
+            color = "black" if name == "scratch" else f"C{names.index(name)}"
             label = "from scratch" if name == "scratch" else f"transfer: {name}" + (" (best here)" if name == best else "")
             for i, r in enumerate(x for x in rows if x["name"] == name):
                 ax.plot([p["seconds"] for p in r["curve"]], [100 * p["accuracy"] for p in r["curve"]], color=color, marker=".",
                         alpha=0.8, label=label if i == 0 else None)
-        ax.set(xlabel="training seconds (2-core CPU)", ylabel="target test accuracy %", title=f"mnist -> {target}, k = {shots}",
+        ax.set(xlabel="training seconds (2-core CPU)", ylabel="target test accuracy %", title=f"mnist -> {target}, k = {k}",
                ylim=(0, 100))
         ax.set_xscale("symlog", linthresh=1.0)
         ax.set_xlim(left=0)  # symlog pads below zero, where no time lies
@@ -503,6 +554,11 @@ def plot_features(spec: BenchmarkSpec, results: list[dict], path: Path, models: 
     return path
 
 
+def _labels_per_class(shots: Sequence[int | str]) -> str:
+    text = ", ".join(map(str, shots))
+    return "1 label per class" if list(shots) == [1] else f"k = {text} labels per class"
+
+
 def write_report(
     spec: BenchmarkSpec,
     results: list[dict],
@@ -521,6 +577,9 @@ def write_report(
     seeds = ", ".join(map(str, spec.seeds))
     l2sp = (f" Few-label transfer strategies are also pulled toward the source model's weights (L2-SP) with weight {spec.l2sp:g}, "
             "set by the preset (its file says how it was chosen); scratch is not.") if spec.l2sp else ""
+    starts = (" Few-label strategies also start from pretrained weights: " + "; ".join(
+        f"runs `{init}{INIT_SEP}<strategy>` from `{uri}` (its weights, a new head)" for init, uri in spec.pretrained.items())
+        + "; runs named by the strategy alone start from the source model.") if spec.pretrained else ""
     md += [
         f"Architecture `{spec.arch}` at {spec.image_size} px, seeds {seeds}; values are target-test accuracy, mean ± std over seeds. "
         f"Source models: {spec.source.epochs} epochs on the source {spec.source.describe_augmentation()} "
@@ -529,7 +588,7 @@ def write_report(
         "Hyperparameters are the preset's, not searched: literature defaults (pseudo-label threshold "
         f"{spec.pseudo_label_threshold}, adaptation weight {spec.adapt_weight}, layer-wise decay {spec.layer_lr_decay}, "
         f"surgical blocks {spec.surgical_blocks}, MCC temperature 2.5, DANN's lambda schedule) and the project's training "
-        f"defaults; no hyperparameter was chosen on a target test set.{l2sp} Where a method is chosen per seed, the unsupervised validator `{spec.validator}` chooses it, from "
+        f"defaults; no hyperparameter was chosen on a target test set.{l2sp}{starts} Where a method is chosen per seed, the unsupervised validator `{spec.validator}` chooses it, from "
         "unlabeled target images only; the label-based choice is shown beside it for comparison, not used. "
         "A verdict 'helps' means the mean gain over source-only exceeds the seed standard deviation (and 1 point)."
         + (" The few-label learning rate is also tried at the preset's lr_candidates, and the same validator picks it "
@@ -550,8 +609,10 @@ def write_report(
         lr_text, lr_summary = lr_selection(spec, results, target)
         md += [lr_text, ""] if lr_text else []
         tta = time_to_accuracy(results, target)
-        speed = time_to_accuracy_summary(results, target, spec.strategies)
+        speed = time_to_accuracy_summary(results, target, spec.transfer_names())
         md += [_time_text(speed, tta, target, "finetune", 1), ""]
+        starts_text, starts_summary = starting_points(spec, results, target)
+        md += [starts_text, ""] if starts_text else []
         methods = {k: v for k, v in summary.items() if k not in ("source_only", CONTROL)}
         best = max(methods, key=lambda k: methods[k]["mean"]) if methods else None
         metrics[target] = {
@@ -565,6 +626,7 @@ def write_report(
             "time_to_accuracy_k1_summary": speed,
             **({"strategy_selection": picked_summary} if picked_summary else {}),
             **({"lr_selection": lr_summary} if lr_summary else {}),
+            **({"starting_points": starts_summary} if starts_summary else {}),
         }
         picked = [r for r in results if r["target"] == target and r["kind"] == "method" and r["name"] == best and r["shots"] == 0]
         if picked:
@@ -573,12 +635,13 @@ def write_report(
     paths = {"report": output / "report.md", "metrics": output / "metrics.json", "results": output / "results.json"}
     if any(r["kind"] in ("strategy", "scratch") for r in results):
         paths["label_efficiency"] = plot_label_efficiency(spec, results, output / "label_efficiency.png")
-        paths["time_to_accuracy"] = plot_time_to_accuracy(spec, results, output / "time_to_accuracy.png")
+        # With pretrained starts, at every k: where they differ from the source model may be any k.
+        paths["time_to_accuracy"] = plot_time_to_accuracy(spec, results, output / "time_to_accuracy.png", spec.shots if spec.pretrained else (1,))
     if models and all(after.exists() for _, after in models.values()):
         paths["features"] = plot_features(spec, results, output / "features.png", models)
     md += ["## Plots", ""]
     for key, title in (("label_efficiency", "Label efficiency: accuracy versus labels per class"),
-                       ("time_to_accuracy", "Time to accuracy with 1 label per class"),
+                       ("time_to_accuracy", f"Time to accuracy with {_labels_per_class(spec.shots if spec.pretrained else [1])}"),
                        ("features", "Features before and after adaptation (PCA)")):
         if key in paths:
             md += [f"### {title}", "", f"![{title}]({paths[key].name})", ""]

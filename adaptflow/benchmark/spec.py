@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -27,6 +28,10 @@ TARGET_BN = "adabn"
 LR_TAG = "@lr"
 #: Marks a strategy's run with holdout_fraction of its labels held out to score it (e.g. finetune~holdout).
 HOLDOUT_TAG = "~holdout"
+#: Marks a few-label run that starts from one of `pretrained`'s weights instead of the source model (e.g. imagenet:finetune).
+INIT_SEP = ":"
+#: Starting points that always exist: names `pretrained` cannot take.
+RESERVED_INITS = ("source", "scratch")
 #: Fields that say how the grid runs, not what it computes.
 EXECUTION = {"workers", "threads", "runner", "dask_address", "ray_address", "gpu_pool"}
 
@@ -108,6 +113,12 @@ class BenchmarkSpec(Spec):
         [], description="Methods also run with method_shots labeled target images per class added to the source's labels"
     )
     method_shots: list[int] = Field([1], description="Labeled target images per class for the semi_supervised runs")
+    pretrained: dict[str, str] = Field(
+        {}, description="More starting points for the few-label strategies: a name -> a pretrained URI of the preset's arch (e.g. "
+                        "imagenet: package:efficientnet_lite0). Each strategy also fine-tunes those weights, with a new head, on "
+                        "the target labels alone at every k and seed (runs named name:strategy, at few_shot.lr), beside the "
+                        "source model and scratch",
+    )
     validator: Literal["information_maximization", "entropy", "snd", "mixval"] = Field(
         "information_maximization", description="Unsupervised validator that picks the adaptation method per seed"
     )
@@ -155,6 +166,23 @@ class BenchmarkSpec(Spec):
         return value
 
     @model_validator(mode="after")
+    def _pretrained(self) -> BenchmarkSpec:
+        from adaptflow.pretrained import PACKAGED, check_uri
+
+        for name, uri in self.pretrained.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name in RESERVED_INITS:
+                raise ValueError(f"pretrained: '{name}' cannot name a starting point; use lower-case letters, digits and _, "
+                                 f"not {' or '.join(RESERVED_INITS)} (they always run)")
+            problem = check_uri(uri)
+            if problem is not None or uri == "scratch":
+                what, fix = problem or (f"'{uri}' has no weights", "scratch always runs; name pretrained weights")
+                raise ValueError(f"pretrained.{name} {what}; {fix}")
+            packaged = PACKAGED.get(uri.removeprefix("package:")) if uri.startswith("package:") else None
+            if packaged is not None and packaged.arch != self.arch:
+                raise ValueError(f"pretrained.{name}: {uri} holds {packaged.arch} weights but arch is {self.arch}; set arch: {packaged.arch}")
+        return self
+
+    @model_validator(mode="after")
     def _addresses(self) -> BenchmarkSpec:
         check_addresses(self)
         return self
@@ -178,13 +206,18 @@ class BenchmarkSpec(Spec):
         """The k whose strategies are also trained with labels held out (a class needs two labels to spare one)."""
         return [k for k in self.shots if k == "all" or k >= 2] if self.holdout_fraction else []
 
+    def transfer_names(self) -> list[str]:
+        """The few-label runs from pretrained weights on labels only: each strategy from the source model, then from each of `pretrained`."""
+        return [*self.strategies, *(f"{init}{INIT_SEP}{s}" for init in self.pretrained for s in self.strategies)]
+
     def few_shot_lrs(self) -> list[float]:
         """Every learning rate the few-label runs on labels only try, ascending."""
         return sorted([self.few_shot.lr, *self.lr_candidates])
 
     def digest(self) -> str:
         """What the results depend on: not where or how parallel the cells ran, nor where results go."""
-        unset = set() if self.l2sp else {"l2sp"}  # presets from before it existed keep their digest
+        # presets from before these existed keep their digest
+        unset = {name for name in ("l2sp", "pretrained") if not getattr(self, name)}
         return content_digest(self.model_dump(mode="json", exclude={*EXECUTION, "output", "tracking", *unset}), 12)
 
     def cell_digest(self, cell: Cell) -> str:
@@ -192,7 +225,11 @@ class BenchmarkSpec(Spec):
         shared = {"arch", "image_size", "data_root", "source"}
         shared |= {"adapt", "pseudo_label_threshold", "adapt_weight"} if cell.kind == "method" else {"few_shot", "eval_points"}
         strategy, methods = few_label_parts(cell.name)
+        init = init_of(cell.name)
         extra: dict[str, object] = {"layout": LAYOUT}
+        if init is not None:  # starts from those weights, not from the source model
+            shared.discard("source")
+            extra["pretrained"] = weights_identity(self.pretrained[init])
         if cell.kind != "method":
             extra["curve"] = "geometric"
         if cell.kind != "method" and losses_on_unlabeled(methods):
@@ -242,7 +279,7 @@ def plan_cells(spec: BenchmarkSpec) -> list[Cell]:
                 cells += [Cell(pair.source, pair.target, "method", combo, k, seed) for k in spec.method_shots if k > 0]
             for k in spec.shots:
                 cells.append(Cell(pair.source, pair.target, "scratch", "scratch", k, seed))
-                cells += [Cell(pair.source, pair.target, "strategy", s, k, seed) for s in spec.strategies]
+                cells += [Cell(pair.source, pair.target, "strategy", s, k, seed) for s in spec.transfer_names()]
                 for lr in spec.lr_candidates:
                     cells.append(Cell(pair.source, pair.target, "scratch", with_lr("scratch", lr), k, seed))
                     cells += [Cell(pair.source, pair.target, "strategy", with_lr(s, lr), k, seed) for s in spec.strategies]
@@ -257,8 +294,22 @@ def plan_cells(spec: BenchmarkSpec) -> list[Cell]:
 
 def few_label_parts(name: str) -> tuple[str, list[str]]:
     """A few-label cell's strategy (or scratch) and the methods it adds with the unlabeled target split."""
-    strategy, *methods = name.split(LR_TAG)[0].removesuffix(HOLDOUT_TAG).split("+")
+    strategy, *methods = name.split(LR_TAG)[0].removesuffix(HOLDOUT_TAG).rpartition(INIT_SEP)[2].split("+")
     return strategy, methods
+
+
+def init_of(name: str) -> str | None:
+    """The `pretrained` entry a few-label run starts from; None: the source model (or, for scratch, nothing)."""
+    init, tagged, _ = name.partition(INIT_SEP)
+    return init if tagged else None
+
+
+def weights_identity(uri: str) -> dict[str, str]:
+    """What a run from `uri` depends on: packaged weights by their pinned digest (their content), others by the URI."""
+    from adaptflow.pretrained import PACKAGED
+
+    packaged = PACKAGED.get(uri.removeprefix("package:")) if uri.startswith("package:") else None
+    return {"uri": uri, **({"sha256": packaged.sha256} if packaged else {})}
 
 
 def losses_on_unlabeled(methods: list[str]) -> list[str]:
