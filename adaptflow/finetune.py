@@ -34,15 +34,21 @@ class TrainedModel:
         return asdict(self)
 
 
-def prepare_model(pretrained: PretrainedRef, arch: str, classes: tuple[str, ...]) -> tuple[Classifier, str]:
+def prepare_model(pretrained: PretrainedRef, arch: str, classes: tuple[str, ...], data: DataConfig) -> tuple[Classifier, str]:
     """The pretrained model with a head for `classes`: its own head when the label sets match, else a new
-    one (`scratch`: `arch` freshly initialised)."""
+    one (`scratch`: `arch` freshly initialised). A new head needs labels to learn from: with no labeled
+    images (`data.labeled_per_class=0`, no source) it is refused."""
     if pretrained.uri == SCRATCH:
         return build_classifier(arch, len(classes)), arch
     model, meta = load_source_model(pretrained.path, pretrained.arch or arch, pretrained.allow_pickle)
     if tuple(meta["classes"]) != tuple(classes):
+        shown = f"{list(meta['classes'])[:3]}{'...' if len(meta['classes']) > 3 else ''}" if meta["classes"] else "none"
+        if data.labeled_per_class == 0 and data.source is None:
+            raise ValueError(f"data.labeled_per_class=0 and no data.source: nothing labeled trains a head for the target's classes "
+                             f"{list(classes)}, and the pretrained model's are {shown}; give labeled target images "
+                             "(data.labeled_per_class), or start from a model trained on these classes")
         replace_head(model, len(classes))
-        log.info("new %d-class head (the pretrained model has %d classes%s)", len(classes), len(meta["classes"]), f", e.g. {list(meta['classes'])[:3]}" if meta["classes"] else "")
+        log.info("new %d-class head (the pretrained model has %d classes: %s)", len(classes), len(meta["classes"]), shown)
     return model, meta["arch"]
 
 
@@ -51,18 +57,7 @@ def check_pretrained(pretrained: PretrainedRef, cfg: FinetuneConfig, data: DataC
     phases on its backbone, before any compute is spent."""
     from adaptflow.data import list_classes, split_dir
 
-    classes = list_classes(split_dir(data, data.target, "train"))
-    if pretrained.uri == SCRATCH:
-        FitSettings.from_config(cfg).phases(build_classifier(cfg.arch, len(classes)))
-        return
-    model, meta = load_source_model(pretrained.path, pretrained.arch or cfg.arch, pretrained.allow_pickle)
-    if tuple(meta["classes"]) != tuple(classes):
-        if data.labeled_per_class == 0 and data.source is None:
-            shown = list(meta["classes"])[:5]
-            raise ValueError(f"data.labeled_per_class=0 and no data.source: nothing labeled trains a head for the target's classes "
-                             f"{list(classes)}, and the pretrained model's are {shown or 'none'}{'...' if len(meta['classes']) > 5 else ''}; "
-                             "give labeled target images (data.labeled_per_class), or start from a model trained on these classes")
-        replace_head(model, len(classes))
+    model, _ = prepare_model(pretrained, cfg.arch, list_classes(split_dir(data, data.target, "train")), data)
     FitSettings.from_config(cfg).phases(model)
 
 
@@ -130,7 +125,7 @@ def fit_job(spec: dict) -> FitJob:
     pretrained, work_dir = PretrainedRef(**spec["pretrained"]), Path(spec["work_dir"])
     train, unlabeled = training_sets(cfg, data)
     seed_everything(cfg.seed)  # a new head's initial weights are part of what the seed fixes
-    model, arch = prepare_model(pretrained, cfg.arch, train.classes)
+    model, arch = prepare_model(pretrained, cfg.arch, train.classes, data)
     fingerprint = f"finetune:{cfg.model_dump_json()}:{pretrained.sha256}:{content_digest(train)}"
     return FitJob(model, arch, train, FitSettings.from_config(cfg), work_dir, fingerprint, unlabeled, epoch_score(cfg, data, train.classes))
 
