@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import functools
 import tempfile
 from pathlib import Path
 
@@ -74,15 +75,23 @@ def domain_digest(cfg: DataConfig, domain: str) -> str:
     version for all) leaves their lineage, and the retraining decision, alone."""
     import hashlib
 
-    from adaptflow.io import sha256_file
-
     folder = env.project_path(cfg.root) / domain
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         relative = path.relative_to(folder)
         if not any(part.startswith(".") for part in relative.parts):
-            digest.update(f"{relative.as_posix()}\0{sha256_file(path)}\n".encode())
+            stat = path.stat()
+            digest.update(f"{relative.as_posix()}\0{_file_digest(path, stat.st_size, stat.st_mtime_ns, stat.st_ino)}\n".encode())
     return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=65_536)
+def _file_digest(path: Path, size: int, mtime_ns: int, inode: int) -> str:
+    """A file's sha256, read once per process while its size, modification time and inode stay (a run
+    records the digests of its domains several times: when it opens, registers, decides to retrain)."""
+    from adaptflow.io import sha256_file
+
+    return sha256_file(path)
 
 
 def build_all(root: str | Path, domains: list[str] | None = None, force: bool = False) -> Path:
