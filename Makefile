@@ -71,10 +71,10 @@ serve: install  ## serve the deployments (pretrain, transfer, retrain, benchmark
 STACK_DIR ?= .stack
 
 stack: install  ## the production stack on 127.0.0.1 (PostgreSQL, S3, Prefect + MLflow servers, a worker); then: source .stack/env
-	$(BIN)/python -m adaptflow.stack start --state-dir $(STACK_DIR)
+	$(BIN)/adaptflow stack up --state-dir $(STACK_DIR)
 
 stack-down:  ## stop everything `make stack` started and check nothing is left
-	$(BIN)/python -m adaptflow.stack stop --state-dir $(STACK_DIR)
+	$(BIN)/adaptflow stack down --state-dir $(STACK_DIR)
 
 clean:  ## remove run outputs, the tracking store and caches (keeps the venv and data)
 	rm -rf runs outputs models mlflow.db mlflow.db-* mlflow.db.lock mlflow.db.gate.lock mlartifacts .prefect .cache reports

@@ -12,20 +12,43 @@ import os
 import signal
 import sys
 import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from adaptflow import env
-from adaptflow.errors import UserError
+from adaptflow.errors import EXIT_CODES, ExitCode, RunFailed, ServiceUnavailable, UserError, exit_code_of
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+#: The help's panels, in the order it lists them.
+PANELS = RUN, STAGES, DATA, MODELS, BENCHMARK, OPS = ("Run", "Stages (one step, no orchestrator: what dvc.yaml runs)", "Data",
+                                                      "Models", "Benchmark and sweeps", "Operations")
+EPILOG = "Exit status: " + "; ".join(f"{int(code)} {meaning.split(':')[0]}" for code, meaning in EXIT_CODES.items()) + \
+         " (docs/cli.md). Shell completion: adaptflow --install-completion."
+
+
+
+class _PanelOrder(TyperGroup):
+    """Lists commands panel by panel (in PANELS' order), each panel's in the order they are defined."""
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        rank = {panel: i for i, panel in enumerate(PANELS)}
+        return sorted(super().list_commands(ctx), key=lambda name: rank.get(getattr(self.commands[name], "rich_help_panel", None), len(rank)))
+
+
+app = typer.Typer(cls=_PanelOrder, no_args_is_help=True, add_completion=True, help=__doc__, epilog=EPILOG)
 data_app = typer.Typer(no_args_is_help=True, help="Build, version and add to the data.")
-app.add_typer(data_app, name="data")
+app.add_typer(data_app, name="data", rich_help_panel=DATA)
 registry_app = typer.Typer(no_args_is_help=True, help="The model registry: list versions, promote, roll back.")
-app.add_typer(registry_app, name="registry")
+app.add_typer(registry_app, name="registry", rich_help_panel=MODELS)
+stack_app = typer.Typer(no_args_is_help=True, help="The production stack on 127.0.0.1 (PostgreSQL, S3, the Prefect and MLflow "
+                                                   "servers, a worker): up, status, down.")
+app.add_typer(stack_app, name="stack", rich_help_panel=OPS)
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config (params.yaml format)")]
 Overrides = Annotated[list[str] | None, typer.Argument(help="section.key=value overrides", show_default=False)]
@@ -60,9 +83,37 @@ def _tracked_config(path: Path, overrides: list[str] | None):  # noqa: ANN202 - 
     return cfg
 
 
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON (for scripts) instead of a table")]
+
+
+def _usage(option: str, message: str) -> None:
+    """An option that cannot work as written: exit 2 with the usage, as for an unknown option."""
+    raise typer.BadParameter(message, param_hint=option)
+
+
+#: What the command line itself raises to end a command (typer vendors its own click).
+_COMMAND_LINE_EXITS = (typer.Exit, typer.Abort, next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"))
+
+
+@contextmanager
+def _run_failures() -> Iterator[None]:
+    """Inside a stage or flow, an error that is not the user's input (a UserError) is a failed run: exit 6."""
+    try:
+        yield
+    except (UserError, FileNotFoundError, *_COMMAND_LINE_EXITS):
+        raise
+    except Exception as exc:
+        raise RunFailed(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _show(result: dict, as_json: bool, title: str = "") -> None:
+    """A command's result: a table on a terminal or by default, JSON with --json."""
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+        return
+    from adaptflow.console import print_mapping
+
+    print_mapping(result, title)
 
 
 def _servers_answer(tracking) -> None:  # noqa: ANN001 - TrackingConfig
@@ -84,12 +135,13 @@ def _prefect_api(required: str = "", outcome: str = "") -> str | None:
     url = get_current_settings().api.url
     if not url:
         if required:
-            _fail(f"{required} needs a Prefect server: start one (`make ui`) and export PREFECT_API_URL=http://127.0.0.1:4200/api")
+            raise ServiceUnavailable(f"{required} needs a Prefect server: start one (`make ui`) and export "
+                                     "PREFECT_API_URL=http://127.0.0.1:4200/api")
         return None
     reason = unreachable(f"{url.rstrip('/')}/health")
     if reason:
-        _fail(f"no Prefect server answers at PREFECT_API_URL={url} ({reason}); start it (`make ui`, or `make stack`), "
-              f"or unset PREFECT_API_URL to run on a temporary local server{outcome}")
+        raise ServiceUnavailable(f"no Prefect server answers at PREFECT_API_URL={url} ({reason}); start it (`make ui`, or "
+                                 f"`make stack`), or unset PREFECT_API_URL to run on a temporary local server{outcome}")
     return url
 
 
@@ -108,11 +160,11 @@ def data_build(
 
 
 @data_app.command("version")
-def data_version(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None, push: bool = True) -> None:
+def data_version(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None, push: bool = True, as_json: JsonOption = False) -> None:
     """`dvc add` and `dvc push` the data folder; print its version."""
     from adaptflow.versioning import version_data
 
-    typer.echo(json.dumps(version_data(_config(config, overrides).data, push=push).to_dict(), indent=2))
+    _show(version_data(_config(config, overrides).data, push=push).to_dict(), as_json, "data version")
 
 
 @data_app.command("add")
@@ -185,19 +237,19 @@ def data_import(
 
 
 @registry_app.command("list")
-def registry_list(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> None:
+def registry_list(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None, as_json: JsonOption = False) -> None:
     """Every version with its aliases, metrics, data version and gate decision."""
+    from adaptflow.console import print_rows
     from adaptflow.tracking import versions
 
     cfg = _tracked_config(config, overrides)
     rows = versions(cfg.registry, cfg.tracking)
-    if not rows:
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+    elif not rows:
         typer.echo(f"{cfg.registry.model_name}: no versions")
-        return
-    lines = [list(rows[0])] + [[f"{v:.4f}" if isinstance(v, float) else str(v if v is not None else "") for v in row.values()] for row in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]) - 1)]  # the last column runs on
-    for line in lines:
-        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[-1])
+    else:
+        print_rows(rows)
 
 
 @registry_app.command("promote")
@@ -232,7 +284,7 @@ def registry_rollback(
     typer.echo(f"{cfg.registry.model_name}: champion v{old} -> v{new} ({reason})")
 
 
-@app.command()
+@app.command(rich_help_panel=OPS)
 def serve(
     config: ConfigOption = DEFAULT_CONFIG,
     overrides: Overrides = None,
@@ -252,7 +304,7 @@ def serve(
                       load_config(imagenet) if imagenet.exists() else None)
 
 
-@app.command()
+@app.command(rich_help_panel=OPS)
 def ui(
     prefect_port: int = 4200,
     mlflow_port: int = 5000,
@@ -290,22 +342,23 @@ def ui(
             proc.wait(timeout=30)
 
 
-@app.command()
+@app.command(rich_help_panel=MODELS)
 def fetch(
     uri: Annotated[str, typer.Argument(help="package:NAME, torchvision:ARCH[:WEIGHTS], ultralytics:ASSET.pt, an http(s) URL, "
                                             "models:/NAME@ALIAS or a local path")],
     sha256: Annotated[str | None, typer.Option(help="expected sha256")] = None,
     from_file: Annotated[Path | None, typer.Option("--from", help="torchvision: import this copy of the weights (offline), "
                                                    "checked against the published hash")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Resolve a pretrained URI to a verified local file and print where it is."""
     from adaptflow.pretrained import fetch_pretrained, import_torchvision
 
     ref = import_torchvision(uri, from_file) if from_file is not None else fetch_pretrained(uri, sha256)
-    typer.echo(json.dumps(ref.to_dict(), indent=2))
+    _show(ref.to_dict(), as_json, "pretrained weights")
 
 
-@app.command("predict")
+@app.command("predict", rich_help_panel=MODELS)
 def predict_images(
     images: Annotated[Path, typer.Argument(help="Folder of images to classify (any depth)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV to write: path, class, score")] = Path("predictions.csv"),
@@ -340,22 +393,24 @@ def predict_images(
                    f"{CHECK_MIN_IMAGES} or more on each side")
 
 
-@app.command("validate")
+@app.command("validate", rich_help_panel=DATA)
 def validate_data(
     config: ConfigOption = DEFAULT_CONFIG,
     overrides: Overrides = None,
     data_only: Annotated[bool, typer.Option("--data-only", help="Check only the data folders a run reads (before a source model, "
                                                               "server or GPU exists)")] = False,
 ) -> None:
-    """Check the data and config before spending compute; exit 2 listing each problem and its fix."""
+    """Check the data and config before spending compute; exit 3 listing each problem and its fix (4: only the tracking
+    server does not answer)."""
     from adaptflow.validate import validate
 
     report = validate(_config(config, overrides), "data" if data_only else "transfer")
     typer.echo(f"ok: {report.checked_files} images checked, {len(report.warnings)} warnings")
 
 
-@app.command()
-def pretrain(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None, run_dir: RunDir = Path("outputs")) -> None:
+@app.command(rich_help_panel=STAGES)
+def pretrain(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None, run_dir: RunDir = Path("outputs"),
+             as_json: JsonOption = False) -> None:
     """Stage: train the source model and publish it to pretrain.output (no orchestrator)."""
     from adaptflow.pipeline import run_pretrain
     from adaptflow.versioning import read_version
@@ -364,12 +419,14 @@ def pretrain(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None,
 
     cfg = _config(config, overrides)
     validate(cfg, "pretrain")
-    published = run_pretrain(cfg, run_dir, read_version(cfg.data), origin="cli")
-    typer.echo(json.dumps(published.to_dict(), indent=2))
+    with _run_failures():
+        published = run_pretrain(cfg, run_dir, read_version(cfg.data), origin="cli")
+    _show(published.to_dict(), as_json, "published source model")
 
 
-@app.command()
-def finetune(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None, run_dir: RunDir = Path("outputs")) -> None:
+@app.command(rich_help_panel=STAGES)
+def finetune(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None, run_dir: RunDir = Path("outputs"),
+             as_json: JsonOption = False) -> None:
     """Stage: fetch the pretrained model and fine-tune it on the target (no orchestrator)."""
     from adaptflow.pipeline import write_run_record
     from adaptflow.pretrained import fetch_pretrained
@@ -381,13 +438,15 @@ def finetune(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None,
     cfg = _config(config, overrides)
     validate(cfg)
     pretrained = fetch_pretrained(cfg.pretrained.uri, cfg.pretrained.sha256, allow_pickle=cfg.pretrained.allow_pickle, tracking_uri=tracking_uri(cfg.tracking))
-    write_run_record(cfg, read_version(cfg.data), pretrained, run_dir, origin="cli")
-    model = for_task(cfg.task).finetune(cfg.finetune, cfg.data, pretrained, run_dir / "finetune")
-    typer.echo(json.dumps(model.to_dict(), indent=2))
+    with _run_failures():
+        write_run_record(cfg, read_version(cfg.data), pretrained, run_dir, origin="cli")
+        model = for_task(cfg.task).finetune(cfg.finetune, cfg.data, pretrained, run_dir / "finetune")
+    _show(model.to_dict(), as_json, "fine-tuned model")
 
 
-@app.command()
-def evaluate(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None, run_dir: RunDir = Path("outputs")) -> None:
+@app.command(rich_help_panel=STAGES)
+def evaluate(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None, run_dir: RunDir = Path("outputs"),
+             as_json: JsonOption = False) -> None:
     """Stage: measure the fine-tuned model of a run folder (no orchestrator)."""
     from adaptflow.pipeline import read_run_record
     from adaptflow.pretrained import PretrainedRef
@@ -395,46 +454,60 @@ def evaluate(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None,
 
     cfg = _config(config, overrides)
     pretrained = PretrainedRef(**read_run_record(run_dir)["pretrained"])
-    metrics = for_task(cfg.task).evaluate(cfg.evaluate, cfg.data, run_dir / "finetune" / "model.pt", pretrained, run_dir / "evaluate", cfg.finetune.device)
-    typer.echo(json.dumps(metrics, indent=2))
+    with _run_failures():
+        metrics = for_task(cfg.task).evaluate(cfg.evaluate, cfg.data, run_dir / "finetune" / "model.pt", pretrained, run_dir / "evaluate",
+                                              cfg.finetune.device)
+    _show(metrics, as_json, "metrics")
 
 
-@app.command()
+@app.command(rich_help_panel=STAGES)
 def register(
     config: ConfigOption = DEFAULT_CONFIG,
     overrides: Overrides = None,
     run_dir: Annotated[Path, typer.Option("--run-dir", "--from-run-dir", help="Finished run folder to register")] = Path("outputs"),
+    as_json: JsonOption = False,
 ) -> None:
     """Stage: register a run folder's model in MLflow through the champion gate (safe to repeat)."""
     from adaptflow.pipeline import register_run
 
     cfg = _config(config, overrides)  # an unreachable store fails with the command that registers the run later
-    typer.echo(json.dumps(register_run(cfg, run_dir).to_dict(), indent=2))
+    with _run_failures():
+        registration = register_run(cfg, run_dir)
+    _show(registration.to_dict(), as_json, "registration")
 
 
-@app.command()
+class Flow(str, Enum):
+    """The flows `adaptflow run` starts."""
+
+    pretrain = "pretrain"
+    transfer = "transfer"
+    retrain = "retrain"
+
+
+@app.command(rich_help_panel=RUN)
 def run(
-    flow: Annotated[str, typer.Argument(help="pretrain, transfer or retrain")],
+    flow: Annotated[Flow, typer.Argument(help="The flow: pretrain (the source model), transfer (fine-tune, evaluate, register) "
+                                              "or retrain (transfer when the data changed)")],
     config: ConfigOption = DEFAULT_CONFIG,
     overrides: Overrides = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Run a Prefect flow (ephemeral local API unless PREFECT_API_URL is set)."""
     cfg = _config(config, overrides)
     result = _run_flow(flow, cfg)
-    typer.echo(json.dumps(result, indent=2, default=str))
+    _show(result, as_json, f"{flow.value} flow")
 
 
-def _run_flow(name: str, cfg) -> dict:  # noqa: ANN001 - RunConfig
+def _run_flow(flow: Flow, cfg) -> dict:  # noqa: ANN001 - RunConfig
     _servers_answer(cfg.tracking)  # the flows check MLflow too (their first task); here it costs no server start
-    if name == "transfer":
+    if flow is Flow.transfer:
         from flows.transfer import transfer as flow_fn
-    elif name == "pretrain":
+    elif flow is Flow.pretrain:
         from flows.pretrain import pretrain as flow_fn
-    elif name == "retrain":
-        from flows.retrain import retrain as flow_fn
     else:
-        _fail(f"unknown flow '{name}': use pretrain, transfer or retrain")
-    return flow_fn(config=cfg)
+        from flows.retrain import retrain as flow_fn
+    with _run_failures():
+        return flow_fn(config=cfg)
 
 
 RunnerOption = Annotated[str | None, typer.Option(help="Where task runs execute: thread, dask or ray (ray needs the ray extra: pip install 'adaptflow\\[ray]')")]
@@ -450,43 +523,61 @@ def _execution(runner: str | None, address: str | None, gpu_pool: str | None, de
         values |= {f"{other}_address": "" for other in ("dask", "ray") if other != runner}
     if address is not None:
         if chosen not in ("dask", "ray"):
-            _fail(f"--address is for runner dask or ray (runner is {chosen}); add --runner dask")
+            _usage("--address", f"it is for runner dask or ray (runner is {chosen}); add --runner dask")
         values[f"{chosen}_address"] = address
     return {k: v for k, v in values.items() if v is not None}
 
 
-@app.command()
+def _presets() -> list[str]:
+    """The benchmark's preset names (benchmarks/presets/NAME.yaml), read without importing the benchmark."""
+    return sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "benchmarks" / "presets").glob("*.yaml"))
+
+
+def _complete_preset(incomplete: str) -> list[str]:
+    return [name for name in _presets() if name.startswith(incomplete)]
+
+
+@app.command(rich_help_panel=BENCHMARK)
 def benchmark(
-    preset: Annotated[str, typer.Option(help="Preset name (benchmarks/presets/NAME.yaml) or a YAML file")] = "quick",
+    preset: Annotated[str, typer.Option(help=f"A preset, one of: {', '.join(_presets())}; or a YAML file of your own",
+                                        autocompletion=_complete_preset)] = "quick",
     workers: Annotated[int | None, typer.Option(help="Cells run in parallel (default: the preset's)")] = None,
     output: Annotated[Path | None, typer.Option(help="Report folder (default: the preset's)")] = None,
     runner: RunnerOption = None,
     address: AddressOption = None,
     gpu_pool: GpuPoolOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Run the transfer-learning benchmark (a Prefect flow) and write its report (report.md, PNGs, metrics.json)."""
     from pydantic import ValidationError
 
     from adaptflow.benchmark import BenchmarkSpec, load_preset
     from adaptflow.config import explain
+    from adaptflow.errors import ConfigError
 
     spec = load_preset(preset)
     update = {k: v for k, v in {"workers": workers, "output": output}.items() if v is not None}
     try:
         spec = BenchmarkSpec.model_validate(spec.model_dump() | update | _execution(runner, address, gpu_pool, spec.runner))
     except ValidationError as exc:
-        _fail(f"invalid benchmark settings\n{explain(exc, BenchmarkSpec)}")
+        raise ConfigError(f"invalid benchmark settings\n{explain(exc, BenchmarkSpec)}") from None
     from flows.benchmark import benchmark as benchmark_flow
     from flows.runners import task_runner
 
     task_runner(spec)  # a runner whose package is missing fails before Prefect starts a run
     command = f"adaptflow benchmark --preset {preset}"
     _servers_answer(spec.tracking)
-    result = benchmark_flow(spec=spec, command=command)
-    typer.echo(json.dumps(result, indent=2))
+    with _run_failures():
+        result = benchmark_flow(spec=spec, command=command)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+    else:
+        from adaptflow.console import print_benchmark
+
+        print_benchmark(result)
 
 
-@app.command()
+@app.command(rich_help_panel=BENCHMARK)
 def sweep(
     config: ConfigOption = DEFAULT_CONFIG,
     overrides: Overrides = None,
@@ -508,7 +599,7 @@ def sweep(
 
     cfg = _config(config, overrides)
     if not grid:
-        _fail("give the values to try, e.g. --grid finetune.lr=1e-3,3e-3 (repeat --grid for more keys)")
+        _usage("--grid", "give the values to try, e.g. --grid finetune.lr=1e-3,3e-3 (repeat --grid for more keys)")
     values = parse_grid(grid)
     settings = sweep_settings(metric=metric, workers=workers, **_execution(runner, address, gpu_pool, "thread"))
     trials = plan_trials(cfg, values, settings.metric)  # every combination checked before Prefect starts
@@ -518,7 +609,8 @@ def sweep(
     task_runner(settings)
     _servers_answer(cfg.tracking)
     typer.echo(f"{len(trials)} trials on {settings.runner} ({settings.workers} at a time), best by {settings.metric}")
-    result = sweep_flow(config=cfg, grid=values, settings=settings)
+    with _run_failures():
+        result = sweep_flow(config=cfg, grid=values, settings=settings)
     for row in result["trials"]:
         score = row["metrics"].get(settings.metric)
         shown = f"{score:.4f}" if score is not None else f"failed: {row.get('error', '')[:60]}"
@@ -528,7 +620,7 @@ def sweep(
     typer.echo(f"train and register it: {transfer_command(Path(result['run_dir']))}")
 
 
-@app.command()
+@app.command(rich_help_panel=RUN)
 def demo(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> None:
     """The whole demo: build the data, pretrain the source model, run the transfer flow, show results.
 
@@ -543,17 +635,18 @@ def demo(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> 
     typer.echo(f"built {', '.join(built)}" if built else "present: kept as they are (`adaptflow data build` rebuilds them)")
     if cfg.data.source is None:  # start from the pretrained model: compare with the same network from scratch
         typer.secho(f"2/3 transfer flow from {cfg.pretrained.uri}: version data -> fetch -> fine-tune -> evaluate -> register", bold=True)
-        result = _run_flow("transfer", cfg)
+        result = _run_flow(Flow.transfer, cfg)
         typer.secho(f"3/3 the same {cfg.finetune.arch} from scratch, on the same labels (a baseline, not registered)", bold=True)
         from adaptflow.pipeline import run_scratch_baseline
 
-        scratch = run_scratch_baseline(cfg, Path(result["run_dir"]) / "scratch")
+        with _run_failures():
+            scratch = run_scratch_baseline(cfg, Path(result["run_dir"]) / "scratch")
         _print_pretrained_results(cfg, result, scratch, time.perf_counter() - started)
         return
     typer.secho(f"2/3 pretrain flow: source {cfg.pretrain.arch} on {cfg.data.source}", bold=True)
-    source = _run_flow("pretrain", cfg)
+    source = _run_flow(Flow.pretrain, cfg)
     typer.secho("3/3 transfer flow: version data -> fetch -> fine-tune -> evaluate -> register", bold=True)
-    result = _run_flow("transfer", cfg)
+    result = _run_flow(Flow.transfer, cfg)
     _print_results(cfg, source, result, time.perf_counter() - started)
 
 
@@ -609,12 +702,101 @@ def _print_results(cfg, source: dict, result: dict, seconds: float) -> None:  # 
                    "Prefect http://127.0.0.1:4200, MLflow http://127.0.0.1:5000")
 
 
-@app.command("config")
+StackDir = Annotated[Path, typer.Option("--state-dir", envvar="ADAPTFLOW_STACK_DIR",
+                                        help="Where the stack keeps its state, logs and env file")]
+
+
+@stack_app.command("up")
+def stack_up(
+    state_dir: StackDir = Path(".stack"),
+    project: Annotated[Path | None, typer.Option(help="The project the worker runs flows in (default: this one)")] = None,
+    mlflow_workers: Annotated[int, typer.Option(min=1, help="MLflow server worker processes (more lose TCP_NODELAY, see "
+                                                          "adaptflow/stack.py)")] = 1,
+) -> None:
+    """Start PostgreSQL, S3 (moto), the Prefect and MLflow servers and a worker on free loopback ports; print where they are."""
+    from adaptflow import stack
+
+    with _stack_errors():
+        started = stack.start(state_dir, project, mlflow_workers=mlflow_workers)
+    typer.echo(f"Prefect UI  {started.prefect_api_url.removesuffix('/api')}\nMLflow UI   {started.mlflow_url}\n"
+               f"S3 (moto)   {started.s3_url}  bucket {started.bucket}\nwork pool   {started.pool} (one process worker)\n"
+               f"logs        {started.logs}\n\nsource {started.state_dir / 'env'}   # then: make demo, prefect deploy --all, ...\n"
+               f"{stack.stop_command(started.state_dir)}   # (make stack-down) stops everything")
+
+
+@stack_app.command("down")
+def stack_down(state_dir: StackDir = Path(".stack")) -> None:
+    """Stop every process `stack up` started, check that none is left, and delete the cluster and its temp folder."""
+    from adaptflow import stack
+
+    with _stack_errors():
+        stopped = stack.stop(state_dir)
+    typer.echo(f"stopped: {', '.join(f'{p.name} (pid {p.pid})' for p in stopped)}" if stopped else f"no stack running from {state_dir}")
+
+
+@stack_app.command("status")
+def stack_status(state_dir: StackDir = Path(".stack"), as_json: JsonOption = False) -> None:
+    """Each service's pid, port, health and log; exit 4 unless every one answers."""
+    from adaptflow import stack
+
+    services = stack.status(state_dir)
+    if as_json:
+        typer.echo(json.dumps(services, indent=2))
+    elif services:
+        from adaptflow.console import print_rows
+
+        print_rows([{"service": name, "pid": s["pid"], "port": s["port"] or "-", "state": "up" if s["healthy"] else "DOWN",
+                     "log": s["log"]} for name, s in services.items()])
+    else:
+        typer.echo(f"no stack running from {state_dir}")
+    if not services or not all(s["healthy"] for s in services.values()):
+        raise typer.Exit(ExitCode.UNREACHABLE)
+
+
+@contextmanager
+def _stack_errors() -> Iterator[None]:
+    """A service of the stack that would not start or stop is a service down (exit 4), named with the end of its log."""
+    from adaptflow.stack import StackError
+
+    try:
+        yield
+    except StackError as exc:
+        raise ServiceUnavailable(str(exc)) from exc
+
+
+@app.command("config", rich_help_panel=OPS)
 def show_config(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> None:
     """Print the resolved configuration (after overrides) as YAML."""
     import yaml
 
     typer.echo(yaml.safe_dump(_config(config, overrides).model_dump(mode="json"), sort_keys=False))
+
+
+def _versions() -> str:
+    """adaptflow's version and those of the engines it drives, one per line (read without importing them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    lines = []
+    for name in ("adaptflow", "torch", "torchvision", "prefect", "mlflow", "dvc", "ultralytics"):
+        try:
+            lines.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            lines.append(f"{name} not installed")
+    return "\n".join([*lines, f"python {sys.version.split()[0]}"])
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(_versions())
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the versions of adaptflow, torch, Prefect, MLflow and DVC, and exit")] = False,
+) -> None:
+    pass
 
 
 def _terminated(signum: int, frame: object) -> None:
@@ -632,12 +814,16 @@ def main() -> None:
     for noisy in ("httpx", "alembic", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        app()
+        app(prog_name="adaptflow")
+    except RunFailed as exc:  # a run that stopped: where it stopped matters, so the traceback is shown
+        traceback.print_exception(exc.__cause__, file=sys.stderr)
+        typer.secho(f"error: the run failed: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(exc.exit_code)
     except Exception as exc:
         if not isinstance(exc, (UserError, FileNotFoundError)):  # bad input, not bugs: one line
             raise
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+        sys.exit(exit_code_of(exc))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from urllib.parse import urlparse
 from filelock import FileLock
 
 from adaptflow import env
-from adaptflow.errors import UserError
+from adaptflow.errors import ExitCode, UserError
 from adaptflow.io import CHUNK, atomic_write, mask_secrets, sha256_file, with_retries
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,9 @@ _TORCH_HUB_HASH = re.compile(r"-([a-f0-9]{8,64})\.")
 
 
 class FetchError(UserError, RuntimeError):
-    """A pretrained model could not be resolved; the message says what to do."""
+    """A pretrained model could not be resolved, downloaded or verified; the message says what to do."""
+
+    exit_code = ExitCode.FETCH_FAILED
 
 
 class TransientFetchError(FetchError):
@@ -200,6 +202,8 @@ def _check_torchvision(uri: str) -> tuple[str, str] | None:
 
 class PickleRefused(UserError, PermissionError):
     """`pretrained.allow_pickle=true` on a machine whose operator has not allowed pickled weights."""
+
+    exit_code = ExitCode.FETCH_FAILED
 
 
 def fetch_pretrained(

@@ -15,7 +15,7 @@ same protocol.
 - The project's DVC remote: `s3://<bucket>/dvc`, made the project's default in `.dvc/config.local`
   (the committed `.dvc/config` keeps its local folder as the default once the stack stops).
 
-`start` picks free loopback ports, waits until each service answers, and writes into the state
+`start` (`adaptflow stack up`) picks free loopback ports, waits until each service answers, and writes into the state
 folder (default `.stack/`) one log per service, `state.json` (what it started: what `stop` reads)
 and `env` (export lines for clients: `source .stack/env`). The services' temp folder (`TMPDIR`: the
 worker's per-run folders, the flows' own) is `tmp/` in the state folder too. A start that fails
@@ -24,14 +24,13 @@ ends every process it started, process groups and children included, checks that
 and deletes the cluster and the temp folder.
 The stack is ephemeral: moto keeps objects in memory, so the cluster goes with them.
 
-    python -m adaptflow.stack start [--state-dir .stack] [--project .]
-    python -m adaptflow.stack status
-    python -m adaptflow.stack stop
+    adaptflow stack up [--state-dir .stack] [--project .]     (make stack)
+    adaptflow stack status
+    adaptflow stack down                                      (make stack-down)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -560,7 +559,7 @@ def stop(state_dir: Path = DEFAULT_STATE_DIR, timeout: float = 30) -> list[Proc]
 
 def stop_command(state_dir: Path) -> str:
     """The command that stops the stack in `state_dir`, runnable from any shell."""
-    return f"{shlex.quote(sys.executable)} -m adaptflow.stack stop --state-dir {shlex.quote(str(state_dir))}"
+    return f"{shlex.quote(sys.executable)} -m adaptflow stack down --state-dir {shlex.quote(str(state_dir))}"
 
 
 def status(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, dict]:
@@ -706,40 +705,20 @@ def _tail(path: Path, lines: int = 30) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m adaptflow.stack", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["start", "stop", "status"])
-    parser.add_argument("--state-dir", type=Path, default=Path(os.environ.get("ADAPTFLOW_STACK_DIR", DEFAULT_STATE_DIR)),
-                        help="where the stack keeps its state, logs and env file (default .stack)")
-    parser.add_argument("--project", type=Path, default=None, help="the project the worker runs flows in (default: this one)")
-    parser.add_argument("--mlflow-workers", type=int, default=1,
-                        help="MLflow server worker processes (default 1: more lose TCP_NODELAY, see start())")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s stack: %(message)s", datefmt="%H:%M:%S")
-    try:
-        if args.command == "start":
-            stack = start(args.state_dir, args.project, mlflow_workers=args.mlflow_workers)
-            print(f"Prefect UI  {stack.prefect_api_url.removesuffix('/api')}\nMLflow UI   {stack.mlflow_url}\n"
-                  f"S3 (moto)   {stack.s3_url}  bucket {stack.bucket}\nwork pool   {stack.pool} (one process worker)\n"
-                  f"logs        {stack.logs}\n\nsource {stack.state_dir / 'env'}   # then: make demo, prefect deploy --all, ...\n"
-                  f"{stop_command(stack.state_dir)}   # (make stack-down) stops everything")
-        elif args.command == "stop":
-            stopped = stop(args.state_dir)
-            print(f"stopped: {', '.join(f'{p.name} (pid {p.pid})' for p in stopped)}" if stopped
-                  else f"no stack running from {args.state_dir}")
-        else:
-            services = status(args.state_dir)
-            if not services:
-                print(f"no stack running from {args.state_dir}")
-            for name, s in services.items():
-                print(f"{name:9} pid {s['pid']:<7} port {(s['port'] or '-')!s:<6} {'up' if s['healthy'] else 'DOWN'}  {s['log']}")
-            return 0 if services and all(s["healthy"] for s in services.values()) else 1
-    except StackError as exc:
-        log.error("%s", exc)
-        return 1
-    return 0
+#: The older verbs of `python -m adaptflow.stack`, kept working.
+_VERBS = {"start": "up", "stop": "down"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m adaptflow.stack start|stop|status ...`: the same as `adaptflow stack up|down|status ...`."""
+    from adaptflow.cli import main as adaptflow
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args:
+        args[0] = _VERBS.get(args[0], args[0])
+    sys.argv = ["adaptflow", "stack", *args]
+    adaptflow()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -22,7 +22,7 @@ from typing import Any
 
 from adaptflow import env
 from adaptflow.config import RegistryConfig, TrackingConfig
-from adaptflow.errors import UserError
+from adaptflow.errors import ServiceUnavailable, UserError
 from adaptflow.io import mask_secrets, unreachable, with_retries
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class RegistryError(UserError, ValueError):
     """A registry operation that cannot be done as asked; the message says why."""
 
 
-class TrackingUnavailable(UserError, RuntimeError):
+class TrackingUnavailable(ServiceUnavailable):
     """The tracking store stayed unreachable through every retry."""
 
 

@@ -24,13 +24,15 @@ from adaptflow.config import RunConfig, WindowConfig
 from adaptflow.data import has_validation, split_dir
 from adaptflow.data.folders import IMAGE_SUFFIXES, held_out_count, link_outside, natural_key
 from adaptflow.data.pixels import HIGH_BIT_MODES, WINDOW_FIX
-from adaptflow.errors import UserError
+from adaptflow.errors import ExitCode, UserError
 
 log = logging.getLogger(__name__)
 
 #: Larger images are refused: decoding them would exhaust memory long before training starts.
 MAX_PIXELS = 40_000_000
 IGNORED_NAMES = {".gitignore", ".dvcignore", "Thumbs.db", ".DS_Store"}
+#: The field a tracking server that does not answer is reported under.
+TRACKING_FIELD = "tracking.uri"
 #: The fix for data that is not where the config says.
 BUILD_THE_DATA = "build the data (adaptflow data build), `dvc pull`, or fix data.root"
 
@@ -78,6 +80,13 @@ class DataValidationError(UserError, ValueError):
         self.report = report
         lines = "\n".join(f"  - {p}" for p in report.errors)
         super().__init__(f"{len(report.errors)} problem(s) {outcome}:\n{lines}")
+
+    @property
+    def exit_code(self) -> ExitCode:  # type: ignore[override]
+        """A tracking server that does not answer, and nothing else wrong: a service down, not bad input."""
+        if all(p.path == TRACKING_FIELD for p in self.report.errors):
+            return ExitCode.UNREACHABLE
+        return ExitCode.INVALID_INPUT
 
 
 class Inspection(NamedTuple):
@@ -367,7 +376,7 @@ def check_tracking(config: RunConfig, report: Report) -> None:
 
     problem = server_problem(config.tracking)
     if problem:
-        report.error("tracking.uri", *problem)
+        report.error(TRACKING_FIELD, *problem)
 
 
 def check_devices(config: RunConfig, stage: str, report: Report) -> None:

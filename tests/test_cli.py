@@ -1,4 +1,5 @@
-"""The command line: config errors are one clear line, overrides reach the config."""
+"""The command line: config errors are one clear line, overrides reach the config, each kind of failure
+has its exit status (docs/cli.md)."""
 
 from __future__ import annotations
 
@@ -27,22 +28,22 @@ def test_config_show_applies_overrides() -> None:
     assert cfg["finetune"]["epochs"] == 3 and cfg["finetune"]["strategy"] == "finetune"
 
 
-def test_wrong_key_exits_2_naming_the_field() -> None:
+def test_wrong_key_exits_3_naming_the_field() -> None:
     out = _cli("config", "finetune.epoch=3")
-    assert out.returncode == 2
+    assert out.returncode == 3
     assert "finetune.epoch: unknown field (did you mean 'epochs'?)" in out.stderr
     assert "Traceback" not in out.stderr
 
 
-def test_an_override_that_is_not_yaml_exits_2_naming_it() -> None:
+def test_an_override_that_is_not_yaml_exits_3_naming_it() -> None:
     out = _cli("config", "finetune.methods=[coral")
-    assert (out.returncode, out.stderr) == (2, "error: override 'finetune.methods=[coral': not valid YAML (line 1, column 7): expected "
+    assert (out.returncode, out.stderr) == (3, "error: override 'finetune.methods=[coral': not valid YAML (line 1, column 7): expected "
                                                "',' or ']', but got '<stream end>'; fix it, or quote a value meant as text\n")
 
 
 def test_a_check_across_fields_names_them_and_not_the_whole_section() -> None:
     out = _cli("config", "finetune.strategy=lp_ft", "finetune.epochs=3", "finetune.lp_epochs=5")
-    assert out.returncode == 2
+    assert out.returncode == 3
     assert out.stderr == ("error: params.yaml + overrides: invalid configuration\n"
                           "  finetune: lp_ft needs 0 < lp_epochs < epochs (got lp_epochs=5, epochs=3); "
                           "lower finetune.lp_epochs or raise finetune.epochs\n")
@@ -75,7 +76,7 @@ def test_a_prefect_server_that_does_not_answer_stops_a_command_before_any_work(t
                           (["data", "add", str(tmp_path / "inbox"), f"data.root={tmp_path / 'data'}"], "; nothing was added\n"),
                           (["serve"], "temporary local server\n")):
         out = subprocess.run([sys.executable, "-m", "adaptflow", *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
-        assert out.returncode == 2 and out.stderr.startswith(refused) and out.stderr.endswith(outcome), (args, out.stderr[-800:])
+        assert out.returncode == 4 and out.stderr.startswith(refused) and out.stderr.endswith(outcome), (args, out.stderr[-800:])
     assert not (tmp_path / "data").exists() and not (tmp_path / "model").exists()
 
 
@@ -94,7 +95,9 @@ def test_an_mlflow_server_that_does_not_answer_stops_a_command_before_any_work(t
     for args, shown in ((["registry", "list"], f"error: {refused}"), (["run", "pretrain", f"pretrain.output={tmp_path / 'model'}"], f"error: {refused}"),
                         (["validate"], f"  - tracking.uri: {refused}")):  # what the flows' first task runs
         out = subprocess.run([sys.executable, "-m", "adaptflow", *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
-        assert out.returncode == 2 and shown in out.stderr and "Traceback" not in out.stderr, (args, out.stderr[-800:])
+        # validate lists every problem: where the data is missing too (a fresh clone), that is invalid input first
+        expected = 4 if args != ["validate"] or "1 problem(s)" in out.stderr else 3
+        assert out.returncode == expected and shown in out.stderr and "Traceback" not in out.stderr, (args, out.stderr[-800:])
     assert not (tmp_path / "model").exists()
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # answers 501 to everything
@@ -129,13 +132,13 @@ def test_help_keeps_the_bracketed_text_it_shows() -> None:
 
 def test_stages_on_an_unfinished_run_folder_name_the_stage_to_run_first(tmp_path: Path) -> None:
     out = _cli("evaluate", "--run-dir", str(tmp_path))
-    assert (out.returncode, out.stderr) == (2, f"error: {tmp_path}: no run.json in this run folder; run the finetune stage "
+    assert (out.returncode, out.stderr) == (3, f"error: {tmp_path}: no run.json in this run folder; run the finetune stage "
                                                f"into it first: adaptflow finetune --run-dir {tmp_path}\n")
     (tmp_path / "finetune").mkdir()
     (tmp_path / "finetune" / "model.pt").write_bytes(b"")
     (tmp_path / "run.json").write_text("{}")
     out = _cli("register", "--run-dir", str(tmp_path))
-    assert out.returncode == 2 and "no evaluate/metrics.json in this run folder; run the evaluate stage" in out.stderr, out.stderr
+    assert out.returncode == 3 and "no evaluate/metrics.json in this run folder; run the evaluate stage" in out.stderr, out.stderr
 
 
 def _free_port() -> int:
@@ -223,3 +226,120 @@ def test_sigterm_during_a_run_stops_it_and_the_temporary_prefect_server_it_start
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.info.status for r in runs] == ["KILLED"]  # the pretrain's MLflow run, not RUNNING for ever
+
+
+# --- exit status: one per kind of failure, each tried on a real case --------------------------------------------
+
+
+def test_each_exit_status_is_documented_in_the_help_and_in_docs() -> None:
+    from adaptflow.errors import EXIT_CODES, ExitCode
+
+    assert [int(code) for code in EXIT_CODES] == list(range(7)) and set(EXIT_CODES) == set(ExitCode)
+    table = (REPO / "docs" / "cli.md").read_text()
+    for code, meaning in EXIT_CODES.items():
+        assert f"| {int(code)} | {meaning} |" in table, f"docs/cli.md: no row for exit status {int(code)}: | {int(code)} | {meaning} |"
+    shown = _cli("--help")
+    assert shown.returncode == 0, shown.stderr
+    help_text = " ".join(shown.stdout.split())
+    for code, meaning in EXIT_CODES.items():
+        assert f"{int(code)} {meaning.split(':')[0]}" in help_text, help_text[-1500:]
+
+
+def test_version_names_adaptflow_and_the_engines() -> None:
+    from importlib.metadata import version
+
+    out = _cli("--version")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == f"adaptflow {version('adaptflow')}"
+    for name in ("torch", "prefect", "mlflow", "dvc"):
+        assert f"{name} {version(name)}" in lines
+
+
+def test_a_command_line_that_cannot_work_exits_2_listing_the_choices() -> None:
+    out = subprocess.run([sys.executable, "-m", "adaptflow", "run", "pretrian"], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "250"})
+    assert out.returncode == 2 and "'pretrian' is not one of 'pretrain', 'transfer', 'retrain'" in out.stderr, out.stderr
+    out = subprocess.run([sys.executable, "-m", "adaptflow", "sweep"], cwd=REPO, capture_output=True, text=True, env={**os.environ, "COLUMNS": "250"})
+    assert out.returncode == 2 and "give the values to try, e.g. --grid finetune.lr=1e-3,3e-3" in out.stderr, out.stderr
+
+
+def test_a_data_folder_that_cannot_be_used_exits_3_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "mnist" / "train").mkdir(parents=True)
+    out = _cli("validate", "--data-only", f"data.root={tmp_path}")
+    assert out.returncode == 3 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert f"{tmp_path / 'mnist' / 'train'}: no class folders" in out.stderr, out.stderr[-2000:]
+
+
+def test_weights_whose_sha256_does_not_match_exit_5(tmp_path: Path) -> None:
+    from conftest import QuietHandler, serve_on_loopback
+
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(b"not the published weights")
+    wrong = "0" * 64
+    out = _cli("fetch", str(weights), "--sha256", wrong)
+    assert out.returncode == 5, out.stderr
+    assert out.stderr.startswith(f"error: {weights}: sha256 is ") and f"expected {wrong}" in out.stderr and "Traceback" not in out.stderr
+
+    class Weights(QuietHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_body(b"tampered on the way")
+
+    httpd = serve_on_loopback(Weights)
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/w.pt"
+        out = subprocess.run([sys.executable, "-m", "adaptflow", "fetch", url, "--sha256", wrong], cwd=tmp_path, capture_output=True,
+                             text=True, env={**os.environ, "ADAPTFLOW_ROOT": str(tmp_path), "ADAPTFLOW_CACHE": str(tmp_path / "cache")},
+                             timeout=300)
+    finally:
+        httpd.shutdown()
+    assert out.returncode == 5 and "download failed after 4 attempts: sha256 mismatch" in out.stderr, out.stderr[-2000:]
+    assert not list((tmp_path / "cache").rglob("w.pt")), "a file that failed its check is not kept"
+
+
+def test_a_run_that_fails_exits_6_with_its_traceback(project: Path) -> None:
+    """The source model trains, then cannot be published (its folder would be under a file): the run failed."""
+    (project / "blocker").write_text("a file where the model's folder would go")
+    out = subprocess.run([sys.executable, "-m", "adaptflow", "pretrain", *TINY, "pretrain.output=blocker/source", "--run-dir", "runs/failing"],
+                         cwd=project, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 6, out.stderr[-3000:]
+    assert "Traceback" in out.stderr and out.stderr.splitlines()[-1].startswith("error: the run failed: "), out.stderr[-3000:]
+    assert (project / "blocker").read_text().startswith("a file")
+
+
+def test_results_print_as_a_table_or_as_json(tmp_path: Path) -> None:
+    import json
+
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(b"weights")
+    as_json = _cli("fetch", str(weights), "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    ref = json.loads(as_json.stdout)
+    assert ref["path"] == str(weights) and len(ref["sha256"]) == 64
+    table = _cli("fetch", str(weights))
+    assert table.returncode == 0, table.stderr
+    assert [line.split() for line in table.stdout.splitlines() if line.startswith(("path", "sha256"))] == [["path", str(weights)],
+                                                                                                         ["sha256", ref["sha256"]]]
+
+
+def test_the_stack_is_under_the_main_command_and_its_old_entry_still_works(tmp_path: Path) -> None:
+    for command in ([sys.executable, "-m", "adaptflow", "stack", "status"], [sys.executable, "-m", "adaptflow.stack", "status"]):
+        out = subprocess.run([*command, "--state-dir", str(tmp_path / "none")], cwd=REPO, capture_output=True, text=True)
+        assert (out.returncode, out.stdout) == (4, f"no stack running from {tmp_path / 'none'}\n"), out.stderr
+    out = subprocess.run([sys.executable, "-m", "adaptflow.stack", "stop", "--state-dir", str(tmp_path / "none")], cwd=REPO,
+                         capture_output=True, text=True)
+    assert (out.returncode, out.stdout) == (0, f"no stack running from {tmp_path / 'none'}\n"), out.stderr
+    makefile = (REPO / "Makefile").read_text()
+    assert "$(BIN)/adaptflow stack up --state-dir" in makefile and "$(BIN)/adaptflow stack down --state-dir" in makefile
+
+
+def test_shell_completion_offers_the_commands_and_the_presets() -> None:
+    def complete(words: str) -> list[str]:
+        out = subprocess.run([sys.executable, "-m", "adaptflow"], cwd=REPO, capture_output=True, text=True,
+                             env={**os.environ, "_ADAPTFLOW_COMPLETE": "complete_bash", "COMP_WORDS": words,
+                                  "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1))})
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    assert {"run", "stack", "registry", "benchmark"} <= set(complete("adaptflow "))
+    assert complete("adaptflow benchmark --preset qu") == ["quick"]

@@ -145,7 +145,7 @@ def test_fetch_from_a_file_imports_only_the_published_weights(project: Path) -> 
     torch.save(build_classifier("resnet18", 10).state_dict(), copied)
     result = subprocess.run([sys.executable, "-m", "adaptflow", "fetch", "torchvision:resnet18", "--from", str(copied)],
                             cwd=project, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
+    assert result.returncode == 5  # an integrity failure
     assert result.stderr.count("\n") == 1 and "does not match f37072fd... published for torchvision:resnet18" in result.stderr
     assert not (project.parent / "cache" / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth").exists()
 

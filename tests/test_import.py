@@ -43,7 +43,7 @@ def test_folders_of_another_layout_become_a_dataset_that_trains_and_registers_un
 
     target, source = _their_layout(project, tmp_path)
     refused = _cli(project, "data", "import", str(target), "--name", "scans", "--source", str(source))
-    assert refused.returncode == 2 and "held_out'] are no split the pipeline knows; name each with --split held_out=" in refused.stderr
+    assert refused.returncode == 3 and "held_out'] are no split the pipeline knows; name each with --split held_out=" in refused.stderr
     assert not (project / "data" / "scans").exists() and not (project / "configs" / "scans.yaml").exists()
 
     made = _cli(project, "data", "import", str(target), "--name", "scans", "--source", str(source), "--split", "held_out=test",
@@ -59,7 +59,7 @@ def test_folders_of_another_layout_become_a_dataset_that_trains_and_registers_un
     # The data is checked before the source model exists; the full check says what is missing.
     assert _cli(project, "validate", "-c", "configs/scans.yaml", "--data-only").returncode == 0
     full = _cli(project, "validate", "-c", "configs/scans.yaml")
-    assert full.returncode == 2 and "models/scans-source/model.pt" in full.stderr
+    assert full.returncode == 3 and "models/scans-source/model.pt" in full.stderr
 
     data = version_data(cfg.data)
     run_pretrain(cfg, project / "runs" / "pretrain", data)
@@ -91,21 +91,21 @@ def test_an_import_that_fails_its_check_leaves_nothing_behind(project: Path, tmp
     broken.write_bytes(b"not a png")
     with bad_inputs.attempt():
         result = _cli(project, "data", "import", str(target), "--name", "scans")
-        assert result.returncode == 2 and "nothing was imported" in result.stderr and broken.name in result.stderr
+        assert result.returncode == 3 and "nothing was imported" in result.stderr and broken.name in result.stderr
     assert not (project / "data" / "scans").exists() and not (project / "configs" / "scans.yaml").exists()
     assert not [p for p in (project / "data").iterdir() if p.name.startswith(".import")]
     for args, message in ((["--name", "../up"], "--name '../up': use letters"),
                           (["--name", "uci_digits"], "uci_digits exists; choose another --name")):
         with bad_inputs.attempt():
             result = _cli(project, "data", "import", str(target), *args)
-            assert result.returncode == 2 and message in result.stderr, result.stderr
+            assert result.returncode == 3 and message in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("mapping", ["train_labeled=nowhere", "train_labeled"])
 def test_a_wrong_split_mapping_says_how_to_write_it(project: Path, tmp_path: Path, mapping: str) -> None:
     target, _ = _their_layout(project, tmp_path)
     result = _cli(project, "data", "import", str(target), "--name", "scans", "--split", mapping)
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert ("the splits are train, unlabeled, test, val" in result.stderr) or ("write THEIRS=OURS" in result.stderr), result.stderr
 
 

@@ -85,5 +85,5 @@ def test_predict_names_what_is_wrong_with_its_input(project: Path, tmp_path: Pat
     assert not (tmp_path / "p.csv").exists()
     out = subprocess.run([sys.executable, "-m", "adaptflow", "predict", "data/mnist/test", "--model", "models:/nosuch@champion",
                           "-o", str(tmp_path / "p.csv")], cwd=project, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2 and "error: --model 'models:/nosuch@champion': nothing is registered" in out.stderr, out.stderr
+    assert out.returncode == 5 and "error: --model 'models:/nosuch@champion': nothing is registered" in out.stderr, out.stderr
     assert not (tmp_path / "p.csv").exists()

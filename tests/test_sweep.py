@@ -145,7 +145,7 @@ def test_runner_settings_build_the_task_runner() -> None:
 def test_cli_refuses_a_bad_grid_before_prefect_starts() -> None:
     result = subprocess.run([sys.executable, "-m", "adaptflow", "sweep", "--grid", "finetune.lrr=1e-3,3e-3"],
                             cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 2 and "grid key 'finetune.lrr'" in result.stderr and "did you mean 'finetune.lr'" in result.stderr
+    assert result.returncode == 3 and "grid key 'finetune.lrr'" in result.stderr and "did you mean 'finetune.lr'" in result.stderr
     assert "prefect" not in result.stderr.lower()
 
 

@@ -20,8 +20,9 @@ def _cli(*args: str, cwd: Path = REPO, **env: str) -> subprocess.CompletedProces
                           env={**os.environ, "COLUMNS": "250", "PYTHONPATH": path, **env}, timeout=600)
 
 
-def _one_line_refusal(out: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
+def _one_line_refusal(out: subprocess.CompletedProcess, *fragments: str, code: int = 3) -> None:
+    """Refused with one `error:` line holding `fragments`, no traceback, and exit status `code` (3: invalid input, 5: a fetch refused)."""
+    assert out.returncode == code, (out.returncode, out.stderr[-3000:])
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
     error = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
     assert error, out.stderr[-3000:]
@@ -89,7 +90,7 @@ def test_a_malicious_ultralytics_asset_is_refused_and_never_runs_its_payload(sce
     monkeypatch.setenv("ADAPTFLOW_ULTRALYTICS_ASSETS_URL", server.url)  # a mirror on plain http
     with bad_inputs.attempt():  # without a digest nothing vouches for the bytes: not even downloaded
         out = _cli("fetch", "ultralytics:yolov8n.pt", cwd=scenes)
-        _one_line_refusal(out, f"{server.url}/yolov8n.pt: plain http with no sha256", "pin the file's digest with pretrained.sha256")
+        _one_line_refusal(out, f"{server.url}/yolov8n.pt: plain http with no sha256", "pin the file's digest with pretrained.sha256", code=5)
         assert server.hits == {}
     out = _cli("fetch", f"ultralytics:yolov8n.pt#sha256={sha}", cwd=scenes)  # pinned in the address: fetched (not loaded)
     assert out.returncode == 0 and server.hits == {"/yolov8n.pt": 1}, out.stderr[-3000:]
@@ -233,7 +234,7 @@ def test_credentials_in_a_download_address_are_masked_in_output_logs_and_mlflow(
     assert "token=***&X-Amz-Credential=***&X-Amz-Signature=***&sig=***&size=1" in shown
     with bad_inputs.attempt():
         out = _cli("fetch", f"{server_url}/missing.pt?{secrets}", "--sha256", sha, cwd=tmp_path / "project")
-        _one_line_refusal(out, "missing.pt?token=***", "HTTP 404")
+        _one_line_refusal(out, "missing.pt?token=***", "HTTP 404", code=5)
         shown += out.stdout + out.stderr
     for secret in ("TOKEN123", "AKIAEXAMPLE", "SIG456", "AZSIG789"):
         assert secret not in shown
