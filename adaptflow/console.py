@@ -7,6 +7,7 @@ Progress bars go to stderr and are drawn only on a terminal: logs and captured o
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -42,8 +43,11 @@ def cell(value: object) -> str:
 
 def _table(columns: Sequence[str], title: str = "") -> Table:
     terminal = sys.stdout.isatty()
-    return Table(*columns, title=title or None, box=box.SIMPLE_HEAD if terminal else None, pad_edge=False,
-                 show_edge=terminal, header_style="bold" if terminal else "", title_justify="left")
+    table = Table(title=title or None, box=box.SIMPLE_HEAD if terminal else None, pad_edge=False, show_edge=terminal,
+                  header_style="bold" if terminal else "", title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")  # a path or a digest wraps on a narrow terminal, whole
+    return table
 
 
 def _print(table: Table) -> None:
@@ -106,10 +110,23 @@ def progress(total: int | None, description: str, unit: str = "") -> Iterator[Ca
 
     counted = [DownloadColumn(), TransferSpeedColumn()] if unit == "bytes" else [MofNCompleteColumn()]
     columns = [TextColumn("{task.description}"), BarColumn(), *counted, TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
-    with Progress(*columns, console=Console(stderr=True), transient=False, refresh_per_second=4) as bar:
+    with Progress(*columns, console=Console(stderr=True), transient=False, refresh_per_second=4) as bar, _logs_above_the_bar():
         task = bar.add_task(description, total=total)
 
         def advance(n: int = 1) -> None:
             bar.advance(task, n)
 
         yield advance
+
+
+@contextmanager
+def _logs_above_the_bar() -> Iterator[None]:
+    """Log lines bound for the terminal go through the live bar's stderr (which prints them above it), not across it."""
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler) and h.stream is sys.__stderr__]
+    for handler in handlers:
+        handler.setStream(sys.stderr)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.setStream(sys.__stderr__)

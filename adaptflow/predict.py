@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from adaptflow.config import WindowConfig
+from adaptflow.console import progress
 from adaptflow.data.folders import IMAGE_SUFFIXES, decode_image
 from adaptflow.data.pixels import recorded_window
 from adaptflow.errors import UserError
@@ -163,7 +164,7 @@ def predict_folder(model_path: str | Path, folder: str | Path, output: str | Pat
     sampled = torch.zeros(len(files), dtype=torch.bool)  # the images whose features the domain check keeps
     sampled[torch.randperm(len(files), generator=torch.Generator().manual_seed(0))[:CHECK_IMAGES]] = True
     result, kept, total_score = Prediction(), [], 0.0
-    with atomic_write(output) as tmp, open(tmp, "w", newline="") as fh:
+    with atomic_write(output) as tmp, open(tmp, "w", newline="") as fh, progress(len(files), "predict") as advance:
         writer = csv.writer(fh)
         writer.writerow(COLUMNS)
         done = 0
@@ -177,6 +178,7 @@ def predict_folder(model_path: str | Path, folder: str | Path, output: str | Pat
             total_score += float(score.sum())
             kept.append(features[sampled[done : done + len(images)]])
             done += len(images)
+            advance(len(images))
     result.mean_score = total_score / done
     log.info("predicted %d images from %s into %s", done, folder, output)
     if reference is not None:

@@ -46,6 +46,7 @@ from urllib.parse import urlparse
 from filelock import FileLock
 
 from adaptflow import env
+from adaptflow.console import progress
 from adaptflow.errors import ExitCode, UserError
 from adaptflow.io import CHUNK, atomic_write, mask_secrets, sha256_file, with_retries
 
@@ -473,11 +474,12 @@ def _download_once(url: str, dest: Path, expected: str | None, timeout: float) -
             size = response.headers.get("Content-Length")
             digest = sha256_hasher()
             received = 0
-            with open(tmp, "wb") as out:
+            with open(tmp, "wb") as out, progress(int(size) if size else None, f"download {dest.name}", unit="bytes") as advance:
                 while chunk := response.read(CHUNK):
                     digest.update(chunk)
                     out.write(chunk)
                     received += len(chunk)
+                    advance(len(chunk))
             if size is not None and received != int(size):
                 raise TransientFetchError(f"truncated: received {received} of {size} bytes")
             actual = digest.hexdigest()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import tasks  # noqa: F401 - applies the offline defaults before Prefect starts
 
 from prefect import flow, unmapped
+from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
 from adaptflow.benchmark import BenchmarkSpec, plan_cells, source_jobs
+from adaptflow.console import progress
 from adaptflow.tracking import ended_on_failure
 from flows.runners import task_runner
 from tasks.benchmark import (
@@ -32,8 +34,11 @@ def benchmark_grid(spec: BenchmarkSpec, parent_run_id: str) -> tuple[list[dict],
     """Source models, then the cells, as task runs on this flow's task runner (the one `spec.runner` chose)."""
     jobs = source_jobs(spec)
     sources = train_source_task.map(unmapped(spec), [s for s, _ in jobs], [seed for _, seed in jobs]).result()
-    results = run_cell_task.map(unmapped(spec), plan_cells(spec), unmapped(parent_run_id)).result()
-    return sources, results
+    cells = run_cell_task.map(unmapped(spec), plan_cells(spec), unmapped(parent_run_id))
+    with progress(len(cells), f"benchmark {spec.name}: cells") as advance:  # done/total and the time left, on a terminal
+        for _ in as_completed(cells):
+            advance(1)
+    return sources, cells.result()
 
 
 @flow(name="benchmark", flow_run_name=benchmark_run_name)

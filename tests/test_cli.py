@@ -343,3 +343,44 @@ def test_shell_completion_offers_the_commands_and_the_presets() -> None:
 
     assert {"run", "stack", "registry", "benchmark"} <= set(complete("adaptflow "))
     assert complete("adaptflow benchmark --preset qu") == ["quick"]
+
+
+def test_a_download_shows_progress_on_a_terminal_and_none_in_a_pipe(tmp_path: Path) -> None:
+    import hashlib
+    import pty
+
+    from conftest import QuietHandler, serve_on_loopback
+
+    body = os.urandom(3 << 20)
+
+    class Weights(QuietHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_body(body)
+
+    httpd = serve_on_loopback(Weights)
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/w.pt"
+    command = [sys.executable, "-m", "adaptflow", "fetch", url, "--sha256", hashlib.sha256(body).hexdigest()]
+    environ = {**os.environ, "ADAPTFLOW_ROOT": str(tmp_path), "COLUMNS": "120"}
+    try:
+        piped = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                               env=environ | {"ADAPTFLOW_CACHE": str(tmp_path / "piped")})
+        main, terminal = pty.openpty()
+        with subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=terminal,
+                              env=environ | {"ADAPTFLOW_CACHE": str(tmp_path / "terminal")}) as shown:
+            os.close(terminal)
+            drawn = b""
+            while True:
+                try:
+                    chunk = os.read(main, 65536)
+                except OSError:  # the other end closed
+                    break
+                if not chunk:
+                    break
+                drawn += chunk
+        os.close(main)
+    finally:
+        httpd.shutdown()
+    assert piped.returncode == 0 and shown.returncode == 0, piped.stderr[-2000:]
+    assert "download w.pt" not in piped.stderr and "eta" not in piped.stderr, piped.stderr
+    text = drawn.decode(errors="replace")
+    assert "download w.pt" in text and "3.1/3.1 MB" in text and "eta" in text, text[-2000:]

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from adaptflow.config import WindowConfig
+from adaptflow.console import progress
 from adaptflow.data.folders import IMAGE_SUFFIXES, list_classes
 from adaptflow.io import atomic_write, sha256_file
 from adaptflow.validate import DataValidationError, Report, check_image_split
@@ -72,9 +73,11 @@ def add_images(source: Path, split: Path, window: WindowConfig | None = None) ->
     fresh = _checked(source, split, lambda report: check_image_split(source, report, classes, window),
                      "CLASS/IMAGE")
     added: dict[str, int] = {}
-    for digest, image in fresh.items():
-        _place([(image, split / image.parent.name / f"added-{digest[:16]}{image.suffix.lower()}")])
-        added[image.parent.name] = added.get(image.parent.name, 0) + 1
+    with progress(len(fresh), f"add to {split.name}") as advance:
+        for digest, image in fresh.items():
+            _place([(image, split / image.parent.name / f"added-{digest[:16]}{image.suffix.lower()}")])
+            added[image.parent.name] = added.get(image.parent.name, 0) + 1
+            advance(1)
     return added
 
 
@@ -86,7 +89,9 @@ def add_detection_images(source: Path, split: Path, num_classes: int) -> dict[st
 
     fresh = _checked(source, split, lambda report: check_detection_split(source, num_classes, report), "images/ and labels/", images_dir)
     images = images_dir(split)  # `<split>/images`, or the folder the domain's data.yaml names for the split
-    for digest, image in fresh.items():
-        stem = f"added-{digest[:16]}"  # the label first: an image never lands alone
-        _place([(label_file(image), labels_dir(images) / f"{stem}.txt"), (image, images / f"{stem}{image.suffix.lower()}")])
+    with progress(len(fresh), f"add to {split.name}") as advance:
+        for digest, image in fresh.items():
+            stem = f"added-{digest[:16]}"  # the label first: an image never lands alone
+            _place([(label_file(image), labels_dir(images) / f"{stem}.txt"), (image, images / f"{stem}{image.suffix.lower()}")])
+            advance(1)
     return {"images": len(fresh)} if fresh else {}
