@@ -7,7 +7,7 @@ BIN    := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo demo-adaptation demo-detection test test-all bench bench-cuda benchmark benchmark-quick data repro ui serve stack stack-down clean help
+.PHONY: install demo demo-adaptation demo-detection test test-quick test-all bench bench-cuda benchmark benchmark-quick data repro ui serve stack stack-down clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -37,6 +37,14 @@ TEST_WORKERS ?= 2
 
 test: install  ## the test suite (CPU, offline; TEST_WORKERS=2 parallel workers)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
+
+#: The tests `make test-quick` runs: all but the heavy ones (tests/heavy.py), the servers, the stack and the browser.
+QUICK_TESTS = not gpu and not slow and not heavy and not server and not stack and not browser
+
+test-quick: install  ## the tests to run on every change (under 3 min on 2 cores): every module's unit tests and one tiny end-to-end run
+	@start=$$(date +%s); $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m '$(QUICK_TESTS)'; status=$$?; \
+	echo "make test-quick: $$(( $$(date +%s) - start )) s wall time on $$(nproc) cores (load average $$(cut -d' ' -f1 /proc/loadavg)); make test runs the complete suite"; \
+	exit $$status
 
 test-all: install  ## the test suite including tests marked slow (none at present)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m 'not gpu'

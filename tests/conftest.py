@@ -75,6 +75,24 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(threads)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark `heavy` the tests tests/heavy.py lists (`make test-quick` leaves them out); a listed name its
+    file no longer defines stops the run."""
+    from heavy import HEAVY
+
+    modules = {}
+    for item in items:
+        path = Path(item.path).relative_to(REPO).as_posix()
+        if getattr(item, "originalname", None) in HEAVY.get(path, ()):
+            item.add_marker(pytest.mark.heavy)
+        if getattr(item, "module", None) is not None:
+            modules[path] = item.module
+    stale = [f"{path}::{name}" for path, module in modules.items() for name in HEAVY.get(path, ()) if not hasattr(module, name)]
+    if stale:
+        raise pytest.UsageError(f"tests/heavy.py lists tests that do not exist: {', '.join(stale)}; rename or drop them there")
+
+
 @pytest.fixture(autouse=True)
 def network_guard():
     """Fail the test if anything, in this process or a child, tried to connect outside loopback,
