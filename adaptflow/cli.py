@@ -611,13 +611,18 @@ def sweep(
     typer.echo(f"{len(trials)} trials on {settings.runner} ({settings.workers} at a time), best by {settings.metric}")
     with _run_failures():
         result = sweep_flow(config=cfg, grid=values, settings=settings)
-    for row in result["trials"]:
-        score = row["metrics"].get(settings.metric)
-        shown = f"{score:.4f}" if score is not None else f"failed: {row.get('error', '')[:60]}"
-        typer.echo(f"  {row['name']}  {settings.metric} {shown}  {' '.join(override_text(k, v) for k, v in row['overrides'].items())}")
+    from adaptflow.console import print_rows
+
+    print_rows([{"trial": row["name"],
+                 settings.metric: _or_failed(row["metrics"].get(settings.metric), row),
+                 "overrides": " ".join(override_text(k, v) for k, v in row["overrides"].items())} for row in result["trials"]])
     best = result["best"]
     typer.echo(f"best: {best['name']} ({settings.metric} {best['score']:.4f}); summary {result['summary']}")
     typer.echo(f"train and register it: {transfer_command(Path(result['run_dir']))}")
+
+
+def _or_failed(score: float | None, row: dict) -> float | str:
+    return score if score is not None else f"failed: {row.get('error', '')[:60]}"
 
 
 @app.command(rich_help_panel=RUN)
