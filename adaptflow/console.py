@@ -91,7 +91,7 @@ def print_benchmark(result: Mapping[str, object]) -> None:
     metrics_path = Path(str(result["report"])).with_name("metrics.json")
     metrics = read_json(metrics_path) if metrics_path.exists() else {}
     rows = [{"target": target, "source-only": m.get("source_only"), "best method": m.get("best_method"),
-             "its accuracy": m.get("best_method_accuracy"), "gain": m.get("best_method_gain"), "picked by": m.get("validator")}
+             "its accuracy": m.get("best_method_accuracy"), "gain over source-only": m.get("best_method_gain")}
             for target, m in metrics.items() if isinstance(m, Mapping) and "best_method" in m]
     if rows:
         print_rows(rows, f"benchmark: {result['cells']} cells (target-test accuracy, mean over seeds)")

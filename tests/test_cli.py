@@ -384,3 +384,17 @@ def test_a_download_shows_progress_on_a_terminal_and_none_in_a_pipe(tmp_path: Pa
     assert "download w.pt" not in piped.stderr and "eta" not in piped.stderr, piped.stderr
     text = drawn.decode(errors="replace")
     assert "download w.pt" in text and "3.1/3.1 MB" in text and "eta" in text, text[-2000:]
+
+
+def test_a_benchmark_summary_is_a_table_of_each_target(tmp_path: Path, capsys) -> None:
+    from adaptflow.console import print_benchmark
+    from adaptflow.io import write_json
+
+    write_json(tmp_path / "metrics.json", {"uci_digits": {"source_only": 0.61, "best_method": "coral", "best_method_accuracy": 0.724,
+                                                          "best_method_gain": 0.114}, "detection": {"adabn": {"gain": 0.17}}})
+    print_benchmark({"report": str(tmp_path / "report.md"), "cells": 12, "mlflow_run_id": "abc"})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "benchmark: 12 cells (target-test accuracy, mean over seeds)"
+    assert lines[1].split() == ["target", "source-only", "best", "method", "its", "accuracy", "gain", "over", "source-only"]
+    assert lines[2].split() == ["uci_digits", "0.6100", "coral", "0.7240", "0.1140"]
+    assert any(line.split() == ["report", str(tmp_path / "report.md")] for line in lines[3:])
