@@ -197,7 +197,9 @@ class PretrainedConfig(Section):
 
     uri: str = Field(
         "models/source/model.pt",
-        description="torchvision:ARCH[:WEIGHTS], https://HOST/FILE[#MEMBER], models:/NAME@ALIAS or a local path",
+        description="package:NAME (ImageNet weights shipped in a Python package, e.g. package:efficientnet_lite0), "
+        "torchvision:ARCH[:WEIGHTS], ultralytics:ASSET.pt, https://HOST/FILE[#MEMBER], models:/NAME@ALIAS (a registered "
+        "model) or a local path (e.g. the source model models/source/model.pt)",
     )
     sha256: str | None = Field(None, description="Expected sha256 of the file; downloads are verified against it")
     allow_pickle: bool = Field(

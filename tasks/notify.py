@@ -29,7 +29,7 @@ from prefect.states import State
 from adaptflow.tracking import Registration
 from tasks.common import NO_RESULT_CACHE
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"adaptflow.{__name__}")  # under adaptflow: its lines reach the flow run's log
 BLOCK_VAR = "ADAPTFLOW_NOTIFY_BLOCK"
 DEFAULT_BLOCK = "adaptflow-notify"
 TIMEOUT_SECONDS = 10.0
