@@ -4,6 +4,8 @@
   config model itself (`adaptflow/config.py`).
 - The result tables of `docs/benchmark.md` and the README's headline table: read from the
   `metrics.json` each benchmark run wrote beside its report (`docs/benchmark/<preset>/`).
+- The reports themselves (`docs/benchmark/<preset>/report.md`) are the benchmark's own output, written by
+  the same run as their metrics.json; `report_disagreements` finds a report whose tables no longer match it.
 
     python -m adaptflow.docs            # write them
     python -m adaptflow.docs --check    # exit 1, naming the stale files, if any differs from what is committed
@@ -209,6 +211,34 @@ def detection_table(root: Path = REPO) -> str:
             gain = "" if name == "source_only" else _pts(m["gain"])
             lines.append(f"| {label} | {_pct(m['target_map50'])} ± {_pct(m['target_map50_std'])} | {gain} | {_pct(m['source_map50'])} |")
     return "\n".join(lines)
+
+
+def report_disagreements(root: Path = REPO) -> list[str]:
+    """Where a committed report.md's few-label table disagrees with the metrics.json the same benchmark
+    run wrote beside it (a report edited by hand, or a metrics file from another run); empty when they agree."""
+    found = []
+    for preset in PRESETS:
+        report = (root / _report_link(preset, f"{BENCHMARK_DIR}/")).read_text()
+        metrics = _metrics(root, preset)
+        for section in re.split(r"^## ", report, flags=re.M)[1:]:
+            target = section.split("\n", 1)[0].split(" -> ")[-1].strip()
+            lines = section.splitlines()
+            header = next((i for i, line in enumerate(lines) if line.startswith("| strategy | k = ")), None)
+            if target not in metrics or header is None:
+                continue
+            shots = [cell.strip().removeprefix("k = ") for cell in lines[header].strip("|").split("|")[1:]]
+            for line in lines[header + 2:]:
+                if not line.startswith("|"):
+                    break
+                label, *cells = [cell.strip() for cell in line.strip("|").split("|")]
+                name = label.replace("from scratch", "scratch", 1)
+                for k, cell in zip(shots, cells):
+                    expected = metrics[target]["few_shot"].get(name, {}).get(k)
+                    shown = cell.split(" ± ")[0]
+                    if (expected is None) != (shown == "") or (expected is not None and shown != _pct(expected)):
+                        found.append(f"{_report_link(preset, BENCHMARK_DIR + '/')}: {target} {label} k = {k} shows '{shown}', "
+                                     f"its metrics.json {_pct(expected) or 'nothing'}")
+    return found
 
 
 # --- writing and checking ------------------------------------------------------------------------

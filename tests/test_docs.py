@@ -51,3 +51,13 @@ def test_a_page_without_its_markers_says_where_they_go(tmp_path: Path) -> None:
     shutil.copytree(REPO / docs.BENCHMARK_DIR, tmp_path / docs.BENCHMARK_DIR)
     with pytest.raises(ValueError, match="docs/benchmark.md: no block '<!-- generated: imagenet-table"):
         docs.generated(tmp_path)
+
+
+def test_each_benchmark_report_agrees_with_the_metrics_its_run_wrote(tmp_path: Path) -> None:
+    """The reports are the benchmark's own output: a few-label table edited by hand no longer matches its metrics.json."""
+    assert docs.report_disagreements() == []
+    shutil.copytree(REPO / docs.BENCHMARK_DIR, tmp_path / docs.BENCHMARK_DIR)
+    report = tmp_path / docs.BENCHMARK_DIR / "imagenet" / "report.md"
+    report.write_text(report.read_text().replace("| from scratch | 45.6 ± 6.0 |", "| from scratch | 40.6 ± 6.0 |", 1))
+    assert docs.report_disagreements(tmp_path) == [
+        "docs/benchmark/imagenet/report.md: uci_digits from scratch k = 1 shows '40.6', its metrics.json 45.6"]
