@@ -7,7 +7,7 @@ BIN    := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo demo-adaptation demo-detection test test-quick test-all bench bench-cuda benchmark benchmark-quick data repro ui serve stack stack-down clean help
+.PHONY: install demo demo-adaptation demo-detection test test-quick test-all bench bench-cuda benchmark benchmark-quick data repro ui serve stack stack-down docs screenshots clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -83,6 +83,12 @@ stack: install  ## the production stack on 127.0.0.1 (PostgreSQL, S3, Prefect + 
 
 stack-down:  ## stop everything `make stack` started and check nothing is left
 	$(BIN)/adaptflow stack down --state-dir $(STACK_DIR)
+
+docs:  ## regenerate the generated docs: the config reference and the benchmark tables (tests fail when they are stale)
+	$(BIN)/python -m adaptflow.docs
+
+screenshots: install  ## retake the UI screenshots in docs/ with the browser test (needs chromium and: npm ci --prefix tests/browser)
+	ADAPTFLOW_SCREENSHOTS_DIR=docs ADAPTFLOW_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -n 0 -m browser tests/test_browser.py
 
 clean:  ## remove run outputs, the tracking store and caches (keeps the venv and data)
 	rm -rf runs outputs models mlflow.db mlflow.db-* mlflow.db.lock mlflow.db.gate.lock mlartifacts .prefect .cache reports

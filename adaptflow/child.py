@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -29,6 +30,9 @@ import torch
 
 #: A record the child writes when it fails: the parent raises with its text.
 ERROR_KEY = "__error__"
+#: A record holding one of the child's log lines (logger name, level, message): the parent logs it again,
+#: so that adaptflow's lines from the child reach wherever the parent's go (a Prefect flow run's log).
+LOG_KEY = "__log__"
 POLL_SECONDS = 0.2
 
 
@@ -54,6 +58,9 @@ def call(fn: Callable[..., Any], folder: Path, /, *, on_record: Callable[[dict],
     def receive(record: dict) -> None:
         if ERROR_KEY in record:
             errors.append(record[ERROR_KEY])
+        elif LOG_KEY in record:
+            name, level, message = record[LOG_KEY]
+            logging.getLogger(name).log(level, "%s", message)
         elif on_record is not None:
             on_record(record)
 
@@ -106,6 +113,20 @@ class Relay:
             self.on_record(json.loads(line))
 
 
+class LogRelay(logging.Handler):
+    """Sends the child's log records to the parent as records of their own."""
+
+    def __init__(self, emit: Emitter) -> None:
+        super().__init__(logging.INFO)
+        self.emit_record = emit
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.emit_record({LOG_KEY: [record.name, record.levelno, record.getMessage()]})
+        except Exception:  # noqa: BLE001 - a log line must never fail the training
+            self.handleError(record)
+
+
 class Emitter:
     """Appends records to the file the parent reads. It holds a path, not an open file, so a
     trainer that ships its callbacks to processes of its own (Ultralytics' DDP workers pickle
@@ -124,6 +145,9 @@ def main(call_path: str) -> int:
     module, _, name = spec["target"].partition(":")
     fn = getattr(importlib.import_module(module), name)
     emit = Emitter(spec["records"])
+    logger = logging.getLogger("adaptflow")  # run as __main__: the package is named here
+    logger.addHandler(LogRelay(emit))
+    logger.setLevel(logging.INFO)
     try:
         result = fn(**spec["kwargs"], emit=emit)
     except BaseException as exc:

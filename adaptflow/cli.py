@@ -304,6 +304,15 @@ def serve(
                       load_config(imagenet) if imagenet.exists() else None)
 
 
+def prefect_server_env(host: str, port: int) -> dict[str, str]:
+    """Settings for a Prefect server on `host:port` whose UI calls its API on that same port: by default the UI
+    asks PREFECT_API_URL (often another server's, exported earlier) or port 4200, and then shows only an error."""
+    address = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # a browser cannot call 0.0.0.0
+    base = f"http://{address}:{port}"
+    return {"PREFECT_SERVER_API_HOST": host, "PREFECT_SERVER_API_PORT": str(port), "PREFECT_API_URL": f"{base}/api",
+            "PREFECT_UI_API_URL": f"{base}/api", "PREFECT_UI_URL": base}
+
+
 @app.command(rich_help_panel=OPS)
 def ui(
     prefect_port: int = 4200,
@@ -318,7 +327,8 @@ def ui(
 
     bin_dir = Path(sys.executable).parent
     procs = [
-        subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", host, "--port", str(prefect_port)]),
+        subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", host, "--port", str(prefect_port)],
+                         env=os.environ | prefect_server_env(host, prefect_port)),
         # One worker process (MLflow's default is four) serves one person's browser.
         subprocess.Popen([str(bin_dir / "mlflow"), "ui", "--backend-store-uri", tracking_uri(TrackingConfig()),
                           "--default-artifact-root", env.default_artifact_location(), "--host", host, "--port", str(mlflow_port),

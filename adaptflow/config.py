@@ -137,17 +137,17 @@ class TrainConfig(Section):
 
     arch: Arch = Field("resnet18", description="Classifier (torchvision) or, with task detection, detector architecture")
     epochs: int = Field(10, ge=1, le=10_000, description="Passes over the training images")
-    batch_size: int = Field(64, ge=1, le=65_536)
+    batch_size: int = Field(64, ge=1, le=65_536, description="Images per optimizer step (the global batch with devices > 1)")
     lr: float = Field(1e-3, gt=0, le=10, description="Learning rate of the head (and of everything when training from scratch)")
-    weight_decay: float = Field(1e-4, ge=0)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = Field(1e-4, ge=0, description="Weight decay of the optimizer (pulls weights toward zero; l2sp pulls toward the pretrained ones)")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="adamw, or sgd (Nesterov momentum 0.9)")
     augment: bool = Field(False, description="Augment training batches: classifiers random affine (on the device); YOLO Ultralytics' mosaic, colour and scale; Faster R-CNN colour jitter")
     low_resolution: float = Field(
         0.0, ge=0, le=1, description="Classifiers, with augment: this share of the training images is seen at a random lower resolution "
         "(downsampled to between a quarter of image_size and full, then scaled back up), for a model that holds up on a blurrier or "
         "lower-resolution camera than its training images'",
     )
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="Seeds data order, augmentation and initialization: the same seed and inputs train the same model on CPU")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     devices: int = Field(
         1, ge=1, le=1024, description="Train on this many devices: 1 in this process; N > 1 as N data-parallel workers (torchrun + DDP "
@@ -187,8 +187,8 @@ class TrainConfig(Section):
 class PretrainConfig(TrainConfig):
     """Train a model on the source domain and publish it as a file with its sha256."""
 
-    epochs: int = Field(4, ge=1, le=10_000)
-    augment: bool = True
+    epochs: int = Field(4, ge=1, le=10_000, description="Passes over the source training images")
+    augment: bool = Field(True, description="Augment source batches (random affine for classifiers; see finetune.augment)")
     output: Path = Field(Path("models/source"), description="Folder the source model is published to")
 
 
@@ -197,7 +197,9 @@ class PretrainedConfig(Section):
 
     uri: str = Field(
         "models/source/model.pt",
-        description="torchvision:ARCH[:WEIGHTS], https://HOST/FILE[#MEMBER], models:/NAME@ALIAS or a local path",
+        description="package:NAME (ImageNet weights shipped in a Python package, e.g. package:efficientnet_lite0), "
+        "torchvision:ARCH[:WEIGHTS], ultralytics:ASSET.pt, https://HOST/FILE[#MEMBER], models:/NAME@ALIAS (a registered "
+        "model) or a local path (e.g. the source model models/source/model.pt)",
     )
     sha256: str | None = Field(None, description="Expected sha256 of the file; downloads are verified against it")
     allow_pickle: bool = Field(
@@ -251,8 +253,8 @@ class FinetuneConfig(TrainConfig):
         "the target's labeled validation set (target_val_accuracy: data.val_fraction or a val folder) or by an unsupervised "
         "validator on its unlabeled split (information_maximization, entropy, snd, mixval)",
     )
-    epochs: int = Field(15, ge=1, le=10_000)
-    batch_size: int = Field(32, ge=1, le=65_536)
+    epochs: int = Field(15, ge=1, le=10_000, description="Fine-tuning epochs in all (lp_ft: lp_epochs of them train the head only)")
+    batch_size: int = Field(32, ge=1, le=65_536, description="Labeled images per optimizer step (the global batch with devices > 1)")
 
     @model_validator(mode="after")
     def _phases(self) -> FinetuneConfig:
@@ -267,7 +269,7 @@ class FinetuneConfig(TrainConfig):
 class EvaluateConfig(Section):
     """How the adapted model is measured."""
 
-    batch_size: int = Field(512, ge=1)
+    batch_size: int = Field(512, ge=1, description="Images per forward pass when measuring (memory only: metrics do not depend on it)")
 
 
 class RegistryConfig(Section):
@@ -288,8 +290,8 @@ class RegistryConfig(Section):
 class TrackingConfig(Section):
     """Where runs are recorded; empty uri uses $MLFLOW_TRACKING_URI or SQLite in the project."""
 
-    uri: str | None = None
-    experiment: str = Field("adaptflow", min_length=1)
+    uri: str | None = Field(None, description="MLflow tracking URI (http://HOST:PORT of a server, or sqlite:///FILE); empty: $MLFLOW_TRACKING_URI, else mlflow.db in the project")
+    experiment: str = Field("adaptflow", min_length=1, description="MLflow experiment the runs are recorded in")
 
 
 class RunConfig(Section):

@@ -23,9 +23,18 @@ OFFLINE_DEFAULTS: dict[str, str] = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
 }
 
+#: The loggers whose lines a flow run's log (the Prefect UI's Logs tab) shows beside Prefect's own:
+#: adaptflow's (images validated, epochs, metrics, the registry gate's decision). Prefect reads it when
+#: it is imported, so a worker's environment must hold it too (the image and the local stack set it).
+PREFECT_EXTRA_LOGGERS_VAR = "PREFECT_LOGGING_EXTRA_LOGGERS"
+LOGGER = "adaptflow"
+
 #: Variables that keep the tools' output fit for log files: MLflow otherwise draws a progress bar
-#: for every artifact it copies, into Prefect's logs and the demo's output too.
-LOG_DEFAULTS: dict[str, str] = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+#: for every artifact it copies, into Prefect's logs and the demo's output too. adaptflow's lines go
+#: to the flow run's log; outside a flow run (the CLI's own commands) to the console only, without a
+#: warning from Prefect.
+LOG_DEFAULTS: dict[str, str] = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", PREFECT_EXTRA_LOGGERS_VAR: LOGGER,
+                                "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore"}
 
 #: The environment of the MLflow servers adaptflow starts (`adaptflow ui`, the local stack, the tests'):
 #: MLflow 3 otherwise starts a job runner with seven huey consumers (about 2 GB, and a folder in /dev/shm
@@ -87,6 +96,9 @@ def apply() -> None:
     """Set the offline defaults and local homes for every tool; values the user set win."""
     for key, value in {**OFFLINE_DEFAULTS, **LOG_DEFAULTS}.items():
         os.environ.setdefault(key, value)
+    extra = [name.strip() for name in os.environ.get(PREFECT_EXTRA_LOGGERS_VAR, "").split(",") if name.strip()]
+    if LOGGER not in extra:  # the user's own extra loggers stay
+        os.environ[PREFECT_EXTRA_LOGGERS_VAR] = ",".join([*extra, LOGGER])
     root = project_root()
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
     os.environ.setdefault("TORCH_HOME", str(cache_dir() / "torch"))

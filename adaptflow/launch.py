@@ -40,7 +40,7 @@ from adaptflow.data.folders import ImageSet
 from adaptflow.distributed import devices_problem, launched_by_torchrun
 from adaptflow.io import atomic_write, read_json, write_json
 from adaptflow.models import Classifier
-from adaptflow.train import EpochCallback, EpochScore, FitSettings, fit, resolve_device
+from adaptflow.train import EpochCallback, EpochScore, FitSettings, epoch_line, fit, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def launch(build: Builder, spec: dict, devices: int, job_dir: Path, on_epoch: Ep
 
 
 def _relay_epoch(on_epoch: EpochCallback | None, row: dict) -> None:
-    log.info("epoch %d: %s", row["epoch"], ", ".join(f"{k} {v:.4g}" for k, v in row["record"].items() if k != "epoch"))
+    log.info("%s", epoch_line(row["epoch"], None, row["record"]))
     if on_epoch is not None:
         on_epoch(row["epoch"], row["record"])
 

@@ -273,7 +273,7 @@ def _service_env(stack: Stack) -> dict[str, str]:
     """The environment of every service: offline, and not pointed at any other stack."""
     base = {k: v for k, v in os.environ.items()
             if not k.startswith(("PREFECT_", "MLFLOW_", "AWS_", "PG")) and k != "ADAPTFLOW_ROOT"}
-    return base | env.OFFLINE_DEFAULTS | {"PYTHONUNBUFFERED": "1", "TMPDIR": str(stack.temp)}
+    return base | env.OFFLINE_DEFAULTS | env.LOG_DEFAULTS | {"PYTHONUNBUFFERED": "1", "TMPDIR": str(stack.temp)}
 
 
 def _spawn(stack: Stack, name: str, cmd: list[str], environ: dict[str, str], cwd: Path | None = None) -> Proc:

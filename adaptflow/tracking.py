@@ -443,12 +443,21 @@ def ended_on_failure(cfg: TrackingConfig, run_id: str) -> Iterator[None]:
         raise
 
 
-def run_url(cfg: TrackingConfig, run_id: str) -> str:
-    """Where a person opens the run: the server's page, or `mlflow ui`'s default address locally."""
+def _ui_base(cfg: TrackingConfig) -> str:
+    """The MLflow UI of the store: the server itself, or `mlflow ui`'s default address (`adaptflow ui`) locally."""
     uri = tracking_uri(cfg)
+    return (uri if uri.startswith("http") else "http://127.0.0.1:5000").rstrip("/")
+
+
+def run_url(cfg: TrackingConfig, run_id: str) -> str:
+    """Where a person opens the run."""
     exp = client(cfg).get_run(run_id).info.experiment_id
-    base = uri if uri.startswith("http") else "http://127.0.0.1:5000"
-    return f"{base.rstrip('/')}/#/experiments/{exp}/runs/{run_id}"
+    return f"{_ui_base(cfg)}/#/experiments/{exp}/runs/{run_id}"
+
+
+def model_version_url(cfg: TrackingConfig, name: str, version: str) -> str:
+    """Where a person opens a registered model's version (its lineage tags and model card)."""
+    return f"{_ui_base(cfg)}/#/models/{name}/versions/{version}"
 
 
 def register_model(
@@ -514,10 +523,61 @@ def register_model(
     tags |= {f"{TAG}metric.{k}": repr(float(v)) for k, v in metrics.items()}
     with scoped_tracking_uri(tracking_uri(tracking)):
         version = retrying(mlflow.register_model, info.model_uri, cfg.model_name, tags=tags, what="register_model").version
+    before = champion(cfg, tracking)
     alias, decision, reason = gate_version(cfg, tracking, str(version), metrics, champion_metrics, lineage.get("validation_digest", ""))
+    compared = (str(before.version), champion_metrics or recorded_metrics(before)) if before is not None else None
+    card = model_card(cfg.model_name, str(version), metrics, lineage, compared, decision, reason)
+    retrying(c.update_model_version, cfg.model_name, str(version), description=card, what="update_model_version")
     set_tags(tracking, run_id, {"registered_model": f"{cfg.model_name}/{version}", "decision": decision, "reason": reason})
     log.info("%s version %s: %s (%s)", cfg.model_name, version, decision, reason)
     return Registration(cfg.model_name, str(version), alias, decision, reason, run_id, f"models:/{cfg.model_name}/{version}")
+
+
+def model_card(
+    name: str,
+    version: str,
+    metrics: dict[str, float],
+    lineage: dict[str, str],
+    champion_before: tuple[str, dict[str, float]] | None,
+    decision: str,
+    reason: str,
+) -> str:
+    """A model version's description (markdown, shown on its MLflow page): what it was made from, its metrics
+    against the champion it was gated against, and how to load, export and serve it."""
+    uri = f"models:/{name}/{version}"
+    header = "| metric | this version |" + (f" champion v{champion_before[0]} |" if champion_before else "")
+    rows = [header, "|---|---|" + ("---|" if champion_before else "")]
+    for key, value in sorted(metrics.items()):
+        if isinstance(value, int | float):
+            other = champion_before[1].get(key) if champion_before else None
+            rows.append(f"| {key} | {value:.4f} |" + ((f" {other:.4f} |" if other is not None else " |") if champion_before else ""))
+    source = lineage.get("source_domain") or "none"
+    weights = lineage.get("pretrained_uri", "")
+    package = f" (package {lineage['pretrained_package']})" if lineage.get("pretrained_package") else ""
+    return "\n".join([
+        f"**{lineage.get('task', 'classification')}**: `{lineage.get('arch', '')}` adapted to `{lineage.get('target_domain', '')}` "
+        f"(source domain: {source}). Gate: **{decision}**: {reason}.",
+        "",
+        "**Made from**",
+        "",
+        f"- data: DVC version `{lineage.get('data_version', '')}` of `{lineage.get('data_path', '')}`",
+        f"- pretrained weights: `{weights}`{package}, sha256 `{lineage.get('pretrained_sha256', '')}`",
+        f"- code: git commit `{lineage.get('git_commit', '')}`, config digest `{lineage.get('config_digest', '')}` "
+        f"(the run's config.yaml artifact), started by `{lineage.get('origin', '')}`",
+        "",
+        "**Metrics**" + (" (the champion's as the gate compared them)" if champion_before else " (no champion before it)"),
+        "",
+        *rows,
+        "",
+        "**Use it**",
+        "",
+        f"- load: `mlflow.pyfunc.load_model(\"{uri}\").predict(images)`: a batch of images of any size, as the model's "
+        "signature and input example say; a table of predictions comes back",
+        f"- predict a folder: `adaptflow predict FOLDER --model {uri}`",
+        f"- export: `adaptflow export {uri} --format onnx`",
+        f"- serve: `mlflow models serve -m {uri}`; the current champion, whichever version it is: "
+        f"`mlflow models serve -m models:/{name}@champion`",
+    ])
 
 
 def _serving(task: str):  # noqa: ANN202 - a module

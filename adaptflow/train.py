@@ -570,6 +570,8 @@ def fit(
             history.append(record)
             bar.set_postfix(loss=f"{record['train_loss']:.3f}", **({"acc": f"{record['train_accuracy']:.3f}"} if not target_only else {}))
             save(epoch, 0, order, loss_sum, correct)
+            if world.is_main:
+                log.info("%s", epoch_line(epoch, settings.epochs, record))
             if on_epoch is not None:
                 on_epoch(epoch, record)
     bar.close()
@@ -580,6 +582,12 @@ def fit(
         adaptation.after_fit(model)
     model.eval()
     return history
+
+
+def epoch_line(epoch: int, epochs: int | None, record: dict[str, float]) -> str:
+    """One finished epoch as a log line: `epoch 3/15: train_loss 0.412, train_accuracy 0.875, ...`."""
+    of = f"/{epochs}" if epochs else ""
+    return f"epoch {epoch}{of}: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch")
 
 
 def _scored(score: EpochScore, model: nn.Module, device: torch.device, keep: str | None, epoch: int, best: dict) -> dict[str, float]:

@@ -10,11 +10,12 @@ from prefect.runtime import flow_run
 from adaptflow.config import RunConfig
 from flows.naming import pretrain_run_name, run_dir
 from tasks.data import version_data_task
+from tasks.notify import on_failure
 from tasks.training import pretrain_task
 from tasks.validation import validate_task
 
 
-@flow(name="pretrain", flow_run_name=pretrain_run_name)
+@flow(name="pretrain", flow_run_name=pretrain_run_name, on_failure=[on_failure])
 def pretrain(config: RunConfig = RunConfig()) -> dict:
     """Train a source model on the source domain; transfer runs then fetch it like any pretrained model."""
     validate_task(config, "pretrain")

@@ -13,11 +13,12 @@ from adaptflow.config import RunConfig
 from flows.naming import retrain_run_name
 from flows.transfer import transfer
 from tasks.data import version_data_task
+from tasks.notify import on_failure
 from tasks.retraining import record_skip_task, retrain_decision_task
 from tasks.validation import validate_task
 
 
-@flow(name="retrain", flow_run_name=retrain_run_name)
+@flow(name="retrain", flow_run_name=retrain_run_name, on_failure=[on_failure])
 def retrain(config: RunConfig = RunConfig(), force: bool = False) -> dict:
     """Scheduled or triggered retraining. `force` trains even when nothing changed."""
     validate_task(config)

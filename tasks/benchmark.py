@@ -19,13 +19,13 @@ from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE, TRAINING_RETRY
 from tasks.gpu import gpu_slot
 
 
-@task(name="prepare-data", **NO_RESULT_CACHE)
+@task(name="prepare-data", task_run_name="prepare demo data", **NO_RESULT_CACHE)
 def prepare_data_task(spec: BenchmarkSpec) -> list[str]:
     """Build the demo domains when the grid needs one that is missing (a fresh clone); returns the missing ones."""
     return ensure_domains(env.project_path(spec.data_root), domains(spec))
 
 
-@task(name="open-benchmark-run", **NETWORK_RETRIES, **NO_RESULT_CACHE)
+@task(name="open-benchmark-run", task_run_name="open MLflow run of {spec.name}", **NETWORK_RETRIES, **NO_RESULT_CACHE)
 def open_benchmark_run_task(spec: BenchmarkSpec, origin: str) -> str:
     """The parent MLflow run every cell's run nests under."""
     return record.open_parent_run(spec, origin)
@@ -65,7 +65,7 @@ def detection_cell_task(spec: BenchmarkSpec, seed: int, method: str, parent_run_
     return result
 
 
-@task(name="benchmark-report", **NO_RESULT_CACHE)
+@task(name="benchmark-report", task_run_name="report {spec.name}", **NO_RESULT_CACHE)
 def report_task(spec: BenchmarkSpec, results: list[dict], sources: list[dict], parent_run_id: str, command: str,
                 detection_results: list[dict] = ()) -> dict[str, str]:
     """report.md, PNG plots and metrics.json; attached to the parent run and shown as a Prefect artifact."""

@@ -13,7 +13,7 @@ from adaptflow.stages import for_task
 from tasks.common import NO_RESULT_CACHE
 
 
-@task(name="evaluate", **NO_RESULT_CACHE)
+@task(name="evaluate", task_run_name="evaluate on {config.data.target}", **NO_RESULT_CACHE)
 def evaluate_task(config: RunConfig, model: TrainedModel, pretrained: PretrainedRef, run_dir: Path) -> dict[str, float]:
     """Target and source test metrics, and the source-only baseline."""
     return for_task(config.task).evaluate(config.evaluate, config.data, model.path, pretrained, run_dir / "evaluate", config.finetune.device)

@@ -25,7 +25,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from adaptflow.execution import visible_gpus
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"adaptflow.{__name__}")  # under adaptflow: its lines reach the flow run's log
 
 
 def limit_name(pool: str) -> str:

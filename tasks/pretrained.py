@@ -26,7 +26,7 @@ def fetch_pretrained_task(config: RunConfig) -> PretrainedRef:
     return fetch_pretrained(cfg.uri, cfg.sha256, allow_pickle=cfg.allow_pickle, tracking_uri=tracking_uri(config.tracking))
 
 
-@task(name="check-pretrained", **NO_RESULT_CACHE)
+@task(name="check-pretrained", task_run_name="check {config.finetune.arch} for {config.data.target}", **NO_RESULT_CACHE)
 def check_pretrained_task(config: RunConfig, pretrained: PretrainedRef) -> None:
     """Load the pretrained model and fit it a head for the target classes, before any compute is spent.
 

@@ -11,13 +11,13 @@ from adaptflow.versioning import DataVersion
 from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE
 
 
-@task(name="decide-retrain", **NETWORK_RETRIES, **NO_RESULT_CACHE)
+@task(name="decide-retrain", task_run_name="decide whether to retrain", **NETWORK_RETRIES, **NO_RESULT_CACHE)
 def retrain_decision_task(config: RunConfig, data: DataVersion) -> tuple[bool, str]:
     """Train only when the data or the config differ from what the champion was made from."""
     return retrain_decision(config, data)
 
 
-@task(name="record-skip", **NETWORK_RETRIES, **NO_RESULT_CACHE)
+@task(name="record-skip", task_run_name="record skipped retraining", **NETWORK_RETRIES, **NO_RESULT_CACHE)
 def record_skip_task(config: RunConfig, data: DataVersion, reason: str, origin: str) -> str:
     """Record the decision not to retrain in MLflow and as a Prefect artifact."""
     run_id = record_skip(config, data, reason, origin)

@@ -22,7 +22,7 @@ from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE, TRAINING_RETRY
 from tasks.gpu import gpu_slot
 
 
-@task(name="open-sweep-run", **NETWORK_RETRIES, **NO_RESULT_CACHE)
+@task(name="open-sweep-run", task_run_name="open MLflow run {run_name}", **NETWORK_RETRIES, **NO_RESULT_CACHE)
 def open_sweep_run_task(config: RunConfig, grid: dict, settings: SweepSettings, count: int, origin: str, run_name: str) -> str:
     """The parent MLflow run every trial's run nests under."""
     return open_parent_run(config, grid, settings.metric, count, origin, run_name)
@@ -40,7 +40,7 @@ def run_trial_task(trial: Trial, pretrained: PretrainedRef, folder: Path, parent
     return result | {"started_at": started, "finished_at": finished, "gpu_pool": pool, "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
 
-@task(name="sweep-report", **NO_RESULT_CACHE)
+@task(name="sweep-report", task_run_name="report sweep by {metric}", **NO_RESULT_CACHE)
 def sweep_report_task(config: RunConfig, grid: dict, results: list[dict], metric: str, parent_run_id: str, folder: Path) -> dict:
     """Pick the best trial, write summary.md and trials.json, attach them to the sweep's run and
     show the summary as a Prefect artifact."""

@@ -15,6 +15,7 @@ from adaptflow.pretrained import PretrainedRef
 from adaptflow.stages import for_task
 from adaptflow.versioning import DataVersion
 from tasks.common import NO_RESULT_CACHE, TRAINING_RETRY
+from tasks.progress import epoch_progress
 
 
 @task(name="pretrain", task_run_name="pretrain {config.pretrain.arch} on {config.data.source}", **TRAINING_RETRY, **NO_RESULT_CACHE)
@@ -25,6 +26,7 @@ def pretrain_task(config: RunConfig, run_dir: Path, data: DataVersion, origin: s
 
 @task(name="finetune", task_run_name="finetune {config.finetune.strategy}", **TRAINING_RETRY, **NO_RESULT_CACHE)
 def finetune_task(config: RunConfig, pretrained: PretrainedRef, run_dir: Path, mlflow_run_id: str) -> TrainedModel:
-    """Fine-tune on the labeled target split, logging each epoch to the MLflow run."""
-    on_epoch = tracking.epoch_logger(config.tracking, mlflow_run_id)
+    """Fine-tune on the labeled target split, logging each epoch to the MLflow run and to a progress artifact."""
+    on_epoch = epoch_progress(config.finetune.epochs, f"Fine-tuning {config.finetune.arch} on {config.data.target}",
+                              then=tracking.epoch_logger(config.tracking, mlflow_run_id))
     return for_task(config.task).finetune(config.finetune, config.data, pretrained, run_dir / "finetune", on_epoch)

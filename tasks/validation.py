@@ -9,7 +9,7 @@ from adaptflow.validate import validate
 from tasks.common import NO_RESULT_CACHE
 
 
-@task(name="validate", **NO_RESULT_CACHE)
+@task(name="validate", task_run_name="validate {stage} inputs", **NO_RESULT_CACHE)
 def validate_task(config: RunConfig, stage: str = "transfer") -> dict:
     """Check the splits `stage` reads and the config; raises with each problem, its file and its fix."""
     return validate(config, stage).to_dict()

@@ -49,6 +49,22 @@ def hand_to_another_process(emit) -> None:  # noqa: ANN001
     subprocess.run([sys.executable, "-c", load], check=True)
 
 
+def log_an_epoch(emit) -> None:  # noqa: ANN001
+    import logging
+
+    logging.getLogger("adaptflow.detection.yolo").info("epoch 1/2: box_loss 1.5")
+    logging.getLogger("ultralytics").info("not adaptflow's: stays in the child")
+
+
+def test_the_childs_log_lines_are_logged_again_by_the_parent(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """So that they reach the parent's handlers: a Prefect flow run's log shows a child's epochs."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    child.call(log_an_epoch, tmp_path)
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [("adaptflow.detection.yolo", logging.INFO, "epoch 1/2: box_loss 1.5")]
+
+
 def test_records_arrive_in_order_from_another_process_and_the_result_returns(tmp_path: Path) -> None:
     seen: list[dict] = []
     result = child.call(count, tmp_path, on_record=seen.append, n=3)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import tiny_config
+from conftest import QuietHandler, serve_on_loopback, tiny_config
 
 
 @pytest.fixture
@@ -18,7 +20,47 @@ def flows(prefect_api, project: Path):
     return pretrain, transfer
 
 
-def test_pretrain_then_transfer_registers_a_champion_with_lineage(flows, project: Path) -> None:
+@pytest.fixture
+def webhook(prefect_api) -> Iterator[list[dict]]:
+    """A webhook on loopback, saved as the Webhook block flows notify; yields the bodies it receives."""
+    from prefect.blocks.webhook import Webhook
+
+    from tasks.notify import DEFAULT_BLOCK
+
+    received: list[dict] = []
+
+    class Hook(QuietHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_body(b"ok")
+
+    server = serve_on_loopback(Hook)
+    Webhook(url=f"http://127.0.0.1:{server.server_port}/hook").save(DEFAULT_BLOCK, overwrite=True)
+    try:
+        yield received
+    finally:
+        Webhook.delete(DEFAULT_BLOCK)
+        server.shutdown()
+
+
+def flow_run_record(flow_run_id: str) -> dict:
+    """What the Prefect UI shows of a flow run: its task runs' names, its log lines and its artifacts."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=30)  # the log lines still queued in this process
+    with get_client(sync_client=True) as client:
+        runs = FlowRunFilter(id={"any_": [flow_run_id]})
+        return {
+            "task_runs": sorted(r.name for r in client.read_task_runs(flow_run_filter=runs)),
+            "logs": [log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))],
+            "artifacts": {a.key or a.type: a.data for a in client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))},
+        }
+
+
+def test_pretrain_then_transfer_registers_a_champion_with_lineage(flows, project: Path, webhook: list[dict]) -> None:
     from mlflow import MlflowClient
 
     from adaptflow import env
@@ -55,14 +97,43 @@ def test_pretrain_then_transfer_registers_a_champion_with_lineage(flows, project
     assert run.data.params["finetune.strategy"] == "lp_ft"
     assert {a.path for a in client.list_artifacts(champion.run_id)} >= {"metrics.json", "confusion_matrix.png", "config.yaml", "report.json"}
 
+    # The model card: what the version was made from, and how to load, export and serve it.
+    card = champion.description
+    for text in (f"DVC version `{data_md5}`", published["sha256"], "no champion before it", f"| target_accuracy | {metrics['target_accuracy']:.4f} |",
+                 "adaptflow export models:/adaptflow-classifier/1 --format onnx", "mlflow models serve -m models:/adaptflow-classifier@champion"):
+        assert text in card, text
+
+    # What the Prefect UI shows of the run: task runs named for what they do, adaptflow's own log lines
+    # (validation, each epoch, the gate's decision), a metrics table, links to MLflow, training progress.
+    flow_run_id = read_json(run_dir / "run.json")["origin"]
+    shown = flow_run_record(flow_run_id)
+    assert shown["task_runs"] == sorted([
+        "validate transfer inputs", "version data", f"fetch {cfg.pretrained.uri}", "check resnet18 for uci_digits",
+        f"open MLflow run {run_dir.name.split('-data-')[0]}", "finetune lp_ft", "evaluate on uci_digits", "register adaptflow-classifier",
+        "summarize for the UI", "notify promotion of adaptflow-classifier v1"])
+    logs = "\n".join(shown["logs"])
+    for line in ("validated ", f"epoch {cfg.finetune.epochs}/{cfg.finetune.epochs}: train_loss ", "target accuracy ",
+                 "adaptflow-classifier version 1: promoted (no champion yet)"):
+        assert line in logs, line
+    artifacts = shown["artifacts"]
+    assert set(artifacts) == {"transfer-metrics", "mlflow-run", "mlflow-model-version", "transfer-summary", "progress"}
+    table = json.loads(artifacts["transfer-metrics"])
+    assert {row["metric"]: row["value"] for row in table}["target_accuracy"] == round(metrics["target_accuracy"], 4)
+    assert artifacts["mlflow-run"].endswith(f"/#/experiments/{run.info.experiment_id}/runs/{champion.run_id})")  # [text](link)
+    assert artifacts["mlflow-model-version"] == "[adaptflow-classifier v1 (champion)](http://127.0.0.1:5000/#/models/adaptflow-classifier/versions/1)"
+    assert artifacts["progress"] == 100.0  # training finished: the progress artifact reached 100%
+    assert [(h["event"], h["model_uri"]) for h in webhook] == [("promoted", "models:/adaptflow-classifier/1")]
+
     # A second run of the same config is no better: it stays challenger, champion unchanged.
     again = transfer(config=cfg)
     assert again["metrics"]["target_accuracy"] == pytest.approx(metrics["target_accuracy"])
     assert again["registration"]["alias"] == "challenger"
     assert client.get_model_version_by_alias("adaptflow-classifier", "champion").version == champion.version
+    assert "| metric | this version | champion v1 |" in client.get_model_version("adaptflow-classifier", "2").description
+    assert len(webhook) == 1, "a version that stays challenger is not announced"
 
 
-def test_flow_fails_before_training_when_the_pretrained_model_is_missing(flows, project: Path) -> None:
+def test_flow_fails_before_training_when_the_pretrained_model_is_missing(flows, project: Path, webhook: list[dict]) -> None:
     from mlflow import MlflowClient
 
     from adaptflow import env
@@ -72,6 +143,8 @@ def test_flow_fails_before_training_when_the_pretrained_model_is_missing(flows, 
         transfer(config=tiny_config("pretrained.uri=models/none/model.pt"))
     assert not list((project / "runs").rglob("model.pt")) if (project / "runs").exists() else True
     assert MlflowClient(env.default_tracking_uri()).search_registered_models() == []
+    (failed,) = webhook
+    assert failed["event"] == "failed" and failed["flow"] == "transfer" and "no such file" in failed["text"], failed
 
 
 def test_bad_input_fails_the_task_once_and_logs_its_message_without_a_traceback(flows, project: Path, caplog) -> None:

@@ -1,15 +1,10 @@
 // Starts a custom run of a deployment from the Prefect UI's form, as a person would:
 // Deployments -> <deployment> -> Run -> Custom run -> change one field -> Submit.
 // Usage: node custom_run.mjs <ui-url> <deployment> <section> <field> <value> <screenshot-dir>
-import { chromium } from 'playwright-core';
+import { launch } from './chromium.mjs';
 
 const [ui, deployment, section, field, value, shots] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-         '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
-});
+const browser = await launch();
 try {
   const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
   page.setDefaultTimeout(60000);
@@ -26,10 +21,10 @@ try {
   const before = await input.inputValue();
   await input.fill(value);
   await input.scrollIntoViewIfNeeded();
-  await page.screenshot({ path: `${shots}/custom-run-form.png` });
+  await page.screenshot({ path: `${shots}/prefect-custom-run-form.png` });
   await page.getByRole('button', { name: 'Submit' }).click();
   await page.getByText('1 Flow run').or(page.getByText(/\d+ Flow runs/)).first().waitFor();
-  await page.screenshot({ path: `${shots}/custom-run-submitted.png` });
+  await page.screenshot({ path: `${shots}/prefect-custom-run-submitted.png` });
   console.log(JSON.stringify({ deployment, section, field, before, after: value }));
 } finally {
   await browser.close();
