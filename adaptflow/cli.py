@@ -51,6 +51,13 @@ def _config(path: Path, overrides: list[str] | None):  # noqa: ANN202 - RunConfi
     return load_config(path if path.exists() or path != DEFAULT_CONFIG else None, overrides or [])
 
 
+def _stage_config(path: Path, overrides: list[str] | None):  # noqa: ANN202 - RunConfig, imported lazily
+    """The config of a command that computes: this process, and those it starts, get its thread budget (`threads`)."""
+    cfg = _config(path, overrides)
+    env.apply_threads(cfg.threads)
+    return cfg
+
+
 def _tracked_config(path: Path, overrides: list[str] | None):  # noqa: ANN202 - RunConfig, imported lazily
     """The config of a command that talks to MLflow, whose server is checked to answer first."""
     from adaptflow.tracking import require_server
@@ -362,7 +369,7 @@ def pretrain(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None,
 
     from adaptflow.validate import validate
 
-    cfg = _config(config, overrides)
+    cfg = _stage_config(config, overrides)
     validate(cfg, "pretrain")
     published = run_pretrain(cfg, run_dir, read_version(cfg.data), origin="cli")
     typer.echo(json.dumps(published.to_dict(), indent=2))
@@ -378,7 +385,7 @@ def finetune(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None,
     from adaptflow.validate import validate
     from adaptflow.versioning import read_version
 
-    cfg = _config(config, overrides)
+    cfg = _stage_config(config, overrides)
     validate(cfg)
     pretrained = fetch_pretrained(cfg.pretrained.uri, cfg.pretrained.sha256, allow_pickle=cfg.pretrained.allow_pickle, tracking_uri=tracking_uri(cfg.tracking))
     write_run_record(cfg, read_version(cfg.data), pretrained, run_dir, origin="cli")
@@ -393,7 +400,7 @@ def evaluate(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None,
     from adaptflow.pretrained import PretrainedRef
     from adaptflow.stages import for_task
 
-    cfg = _config(config, overrides)
+    cfg = _stage_config(config, overrides)
     pretrained = PretrainedRef(**read_run_record(run_dir)["pretrained"])
     metrics = for_task(cfg.task).evaluate(cfg.evaluate, cfg.data, run_dir / "finetune" / "model.pt", pretrained, run_dir / "evaluate", cfg.finetune.device)
     typer.echo(json.dumps(metrics, indent=2))
@@ -419,7 +426,7 @@ def run(
     overrides: Overrides = None,
 ) -> None:
     """Run a Prefect flow (ephemeral local API unless PREFECT_API_URL is set)."""
-    cfg = _config(config, overrides)
+    cfg = _stage_config(config, overrides)
     result = _run_flow(flow, cfg)
     typer.echo(json.dumps(result, indent=2, default=str))
 
@@ -534,7 +541,7 @@ def demo(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> 
 
     `adaptflow demo` adapts a classifier; `adaptflow demo -c configs/detection.yaml` a YOLO detector
     (`configs/detection-fasterrcnn.yaml`: a Faster R-CNN)."""
-    cfg = _config(config, overrides)
+    cfg = _stage_config(config, overrides)
     started = time.perf_counter()
     from adaptflow.data import DEMO_DOMAINS, ensure_domains
 

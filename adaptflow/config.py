@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 
 from adaptflow.errors import ConfigError
 from adaptflow.io import content_digest, parse_yaml, read_yaml
@@ -296,6 +296,12 @@ class RunConfig(Section):
     """Everything one run of the pipeline needs."""
 
     task: Task = Field("classification", description="classification or detection (YOLO-format boxes)")
+    threads: Annotated[Literal["auto"] | int, WithJsonSchema(
+        {"anyOf": [{"const": "auto", "type": "string"}, {"type": "integer", "minimum": 1, "maximum": 1024}]})] = Field(
+        "auto", description="CPU threads of every stage's process and of the processes it starts (torch, OpenMP, MKL). auto: the "
+        "CPUs this process may use (its affinity mask and cgroup CPU quota, not the host's core count) less those other processes "
+        "keep busy when the stage starts; or what $OMP_NUM_THREADS says when it is set. Recorded on the run (threads_used)",
+    )
     data: DataConfig = DataConfig()
     pretrain: PretrainConfig = PretrainConfig()
     pretrained: PretrainedConfig = PretrainedConfig()
@@ -303,6 +309,16 @@ class RunConfig(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig = RegistryConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @field_validator("threads", mode="plain")
+    @classmethod
+    def _threads(cls, value: object) -> str | int:
+        text = str(value).strip()
+        if text == "auto":
+            return "auto"
+        if isinstance(value, bool) or not text.isdigit() or not 1 <= int(text) <= 1024:
+            raise ValueError("threads must be auto or a whole number from 1 to 1024, e.g. threads=auto")
+        return int(text)
 
     @model_validator(mode="after")
     def _task(self) -> RunConfig:
