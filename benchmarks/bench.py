@@ -16,6 +16,8 @@
 4. Image cache (`benchmarks/image_cache.py`): the peak memory of decoding an image folder, the time
    of loading it back from the decode cache, and the memory two processes take for one cached set,
    `load_image_folder` over a plain list-stack-permute decode and a whole-file cache read.
+5. Thread budget (`benchmarks/threads.py`): the loop's images/s with `threads: auto` over torch's
+   default thread count, beside a CPU-bound neighbour process and without one.
 
 The machine may be shared: on 2 cores one busy neighbour slows a 2-thread torch process
 several-fold. So every timed run records how much CPU other processes took meanwhile; a run
@@ -47,6 +49,8 @@ from typing import Any, TypeVar
 
 from benchmarks import progress_log
 from benchmarks.image_cache import bench_image_cache
+from benchmarks.threads import bench_threads
+from benchmarks.threads import summary as threads_summary
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "reports" / "bench.json"
@@ -506,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retries", type=int, default=1, help="re-runs of a run other processes disturbed (default 1)")
     parser.add_argument("--budget", type=float, default=330.0,
                         help="seconds after which runs no longer wait for quiet nor re-run (default 330)")
+    parser.add_argument("--thread-rounds", type=int, default=3,
+                        help="alternating (auto, default) rounds of the thread-budget cases, with and without a neighbour (default 3)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary projects")
     args = parser.parse_args(argv)
 
@@ -526,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("temporary projects under %s", base)
     try:
         template = make_template(base)
+        threads_result = bench_threads(template, args.thread_rounds)
         fit_result = bench_fit(template, measurer, args.fit_images, args.fit_epochs, args.fit_rounds)
         layout_result = bench_layout(template, measurer, args.fit_images, args.fit_rounds)
         flow_result = bench_flow(Roots(base, template), measurer, args.flow_rounds)
@@ -544,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         "training_loop": fit_result,
         "memory_layout": layout_result,
         "image_cache": cache_result,
+        "thread_budget": threads_result,
         "discarded_runs": measurer.discarded,
         "contended_cores_threshold": CONTENDED_CORES,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
@@ -574,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
           f"memory {c['decode_peak_ratio']:.2f} ({mib(c['ours']['decode_peak_growth_mib'])} against {mib(c['plain']['decode_peak_growth_mib'])}), "
           f"cached load time {c['cached_load_ratio']:.2f}, two processes' memory for one cached set {c['two_processes_ratio']:.2f} "
           f"({mib(c['ours']['two_processes_pss_mib'])} against {mib(c['plain']['two_processes_pss_mib'])})")
+    for line in threads_summary(threads_result):
+        print(line)
     kept = f["contended_runs"] + t["contended_runs"] + sum(layout_result[arch]["contended_runs"] for arch in LAYOUT_ARCHS)
     if measurer.discarded or kept:
         print(f"note: other processes shared the CPUs: {len(measurer.discarded)} disturbed run(s) discarded and re-run, "
