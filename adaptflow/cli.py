@@ -415,7 +415,7 @@ def register(
     """Stage: register a run folder's model in MLflow through the champion gate (safe to repeat)."""
     from adaptflow.pipeline import register_run
 
-    cfg = _config(config, overrides)  # an unreachable store fails with the command that registers the run later
+    cfg = _stage_config(config, overrides)  # an unreachable store fails with the command that registers the run later
     typer.echo(json.dumps(register_run(cfg, run_dir).to_dict(), indent=2))
 
 
