@@ -18,6 +18,8 @@
    `load_image_folder` over a plain list-stack-permute decode and a whole-file cache read.
 5. Thread budget (`benchmarks/threads.py`): the loop's images/s with `threads: auto` over torch's
    default thread count, beside a CPU-bound neighbour process and without one.
+6. Detector evaluation (`benchmarks/detection_eval.py`): scoring a YOLO file on the demo's test sets
+   as before (default threads, torchmetrics' per-class re-evaluations) against now.
 
 The machine may be shared: on 2 cores one busy neighbour slows a 2-thread torch process
 several-fold. So every timed run records how much CPU other processes took meanwhile; a run
@@ -49,6 +51,8 @@ from typing import Any, TypeVar
 
 from benchmarks import progress_log
 from benchmarks.image_cache import bench_image_cache
+from benchmarks.detection_eval import bench_detection_eval, make_model
+from benchmarks.detection_eval import summary as detection_summary
 from benchmarks.threads import bench_threads
 from benchmarks.threads import summary as threads_summary
 
@@ -533,6 +537,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         template = make_template(base)
         threads_result = bench_threads(template, args.thread_rounds)
+        from adaptflow.data import ensure_domains
+
+        ensure_domains(template / "data", ["mnist_scenes", "photo_scenes"])
+        detection_result = bench_detection_eval(template, make_model(base / "yolov8n.pt", "yolov8n", REPO / "configs" / "detection.yaml", template),
+                                                rounds=args.thread_rounds)
         fit_result = bench_fit(template, measurer, args.fit_images, args.fit_epochs, args.fit_rounds)
         layout_result = bench_layout(template, measurer, args.fit_images, args.fit_rounds)
         flow_result = bench_flow(Roots(base, template), measurer, args.flow_rounds)
@@ -552,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
         "memory_layout": layout_result,
         "image_cache": cache_result,
         "thread_budget": threads_result,
+        "detection_evaluation": detection_result,
         "discarded_runs": measurer.discarded,
         "contended_cores_threshold": CONTENDED_CORES,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
@@ -582,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
           f"memory {c['decode_peak_ratio']:.2f} ({mib(c['ours']['decode_peak_growth_mib'])} against {mib(c['plain']['decode_peak_growth_mib'])}), "
           f"cached load time {c['cached_load_ratio']:.2f}, two processes' memory for one cached set {c['two_processes_ratio']:.2f} "
           f"({mib(c['ours']['two_processes_pss_mib'])} against {mib(c['plain']['two_processes_pss_mib'])})")
-    for line in threads_summary(threads_result):
+    for line in [*threads_summary(threads_result), *detection_summary(detection_result)]:
         print(line)
     kept = f["contended_runs"] + t["contended_runs"] + sum(layout_result[arch]["contended_runs"] for arch in LAYOUT_ARCHS)
     if measurer.discarded or kept:
