@@ -156,6 +156,11 @@ class TrainConfig(Section):
     precision: Precision = Field(
         "auto", description="Mixed precision on CUDA: auto picks bf16 where supported (YOLO: Ultralytics' fp16 AMP); off trains in fp32",
     )
+    compile: bool = Field(
+        False, description="Classifiers: run the training step's model through torch.compile (TorchInductor): slower to start "
+        "(about a minute of compiling per phase on a CPU), faster per step on GPUs. On a CPU it needs a C++ compiler. Not with "
+        "finetune.methods (their losses run the model themselves)",
+    )
     checkpoint_every_steps: int = Field(
         0, ge=0, description="Also checkpoint every N optimizer steps (0: at the end of each epoch only)"
     )
@@ -339,6 +344,9 @@ class RunConfig(Section):
             problem = image_size_problem(arch, self.data.image_size, "data.image_size")
             if problem:
                 raise ValueError(problem)
+            if section.compile and (arch in detectors or (name == "finetune" and self.finetune.methods)):
+                why = "detectors train in their own loops" if arch in detectors else "finetune.methods run the model in their own losses"
+                raise ValueError(f"{name}.compile=true compiles the classifier loop's training step, and {why}: set {name}.compile=false")
             if arch in detectors and not arch.startswith("fasterrcnn") and section.precision == "bf16":
                 raise ValueError(f"{name}.precision=bf16: Ultralytics trains YOLO in fp16 mixed precision only; set {name}.precision "
                                  "to auto or fp16 (mixed), or off (fp32)")
