@@ -305,7 +305,9 @@ class RunConfig(Section):
         {"anyOf": [{"const": "auto", "type": "string"}, {"type": "integer", "minimum": 1, "maximum": 1024}]})] = Field(
         "auto", description="CPU threads of every stage's process and of the processes it starts (torch, OpenMP, MKL). auto: the "
         "CPUs this process may use (its affinity mask and cgroup CPU quota, not the host's core count) less those other processes "
-        "keep busy when the stage starts; or what $OMP_NUM_THREADS says when it is set. Recorded on the run (threads_used)",
+        "keep busy when the stage starts; or what $OMP_NUM_THREADS says when it is set. Recorded on the run (threads_used). "
+        "Float results can differ in the last digits between thread counts: set a number to reproduce a run bit for bit on a "
+        "busy machine",
     )
     data: DataConfig = DataConfig()
     pretrain: PretrainConfig = PretrainConfig()

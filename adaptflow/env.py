@@ -110,6 +110,8 @@ def apply() -> None:
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 #: The budget `apply_threads` chose last in this process, for the run's record.
 _applied: int | None = None
+#: $OMP_NUM_THREADS as it was before `apply_threads` first set it (what this process was given).
+_given: str | None = None
 
 
 def cgroup_cpu_limit(cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")) -> float | None:
@@ -204,8 +206,10 @@ def resolve_threads(setting: int | str = "auto", *, cgroup_root: Path = Path("/s
     else the CPUs it may use (`usable_cpus`) less those other processes keep busy right now, at least 1."""
     if setting != "auto":
         return int(setting)
-    given = os.environ.get("OMP_NUM_THREADS", "")
-    if given.isdigit() and int(given) > 0 and given != str(_applied):  # not this process's own earlier budget
+    given = os.environ.get("OMP_NUM_THREADS") or ""
+    if _applied is not None and given == str(_applied):  # this process's own earlier budget: what it was given before
+        given = _given or ""
+    if given.isdigit() and int(given) > 0:
         return int(given)
     cpus = usable_cpus(cgroup_root, proc_cgroup)
     if cpus == 1:
@@ -217,7 +221,9 @@ def apply_threads(setting: int | str = "auto") -> int:
     """Give this process and the processes it starts the thread budget of `threads: <setting>`:
     torch's intra-op threads (when torch is loaded) and $OMP_NUM_THREADS / $MKL_NUM_THREADS for
     children. Returns the count."""
-    global _applied
+    global _applied, _given
+    if _applied is None:
+        _given = os.environ.get("OMP_NUM_THREADS")
     n = resolve_threads(setting)
     for key in THREAD_VARS:
         os.environ[key] = str(n)

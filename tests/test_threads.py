@@ -128,3 +128,24 @@ def test_bad_threads_name_the_field_and_the_fix() -> None:
 
     with pytest.raises(ConfigError, match=r"threads: .*auto or a whole number from 1 to 1024, e.g. threads=auto \(got 0\)"):
         load_config(None, ["threads=0"])
+
+
+def test_auto_follows_a_given_count_also_after_setting_the_same_count_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process given $OMP_NUM_THREADS keeps it through repeated stages; one that was not re-decides
+    at each stage rather than taking its own earlier budget as given."""
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(env, "_applied", None)
+    monkeypatch.setattr(env, "_given", None)
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert [env.apply_threads("auto") for _ in range(3)] == [3, 3, 3]
+        monkeypatch.setattr(env, "_applied", None)
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        cpus = len(os.sched_getaffinity(0))
+        env.apply_threads(cpus + 5)  # a number, set by this process: not a count it was given
+        assert os.environ["OMP_NUM_THREADS"] == str(cpus + 5)
+        assert 1 <= env.resolve_threads("auto") <= cpus
+    finally:
+        torch.set_num_threads(before)
