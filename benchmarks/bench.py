@@ -519,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary projects")
     args = parser.parse_args(argv)
 
-    progress_log(log, "bench")
+    for name in ("benchmarks.bench", "benchmarks.threads", "benchmarks.detection_eval"):
+        progress_log(logging.getLogger(name), "bench")
     started = time.perf_counter()
     measurer = Measurer(started + args.budget, args.quiet_wait, args.retries)
     base = Path(tempfile.mkdtemp(prefix="adaptflow-bench-"))
