@@ -74,6 +74,13 @@ def _config(path: Path, overrides: list[str] | None):  # noqa: ANN202 - RunConfi
     return load_config(path if path.exists() or path != DEFAULT_CONFIG else None, overrides or [])
 
 
+def _stage_config(path: Path, overrides: list[str] | None):  # noqa: ANN202 - RunConfig, imported lazily
+    """The config of a command that computes: this process, and those it starts, get its thread budget (`threads`)."""
+    cfg = _config(path, overrides)
+    env.apply_threads(cfg.threads)
+    return cfg
+
+
 def _tracked_config(path: Path, overrides: list[str] | None):  # noqa: ANN202 - RunConfig, imported lazily
     """The config of a command that talks to MLflow, whose server is checked to answer first."""
     from adaptflow.tracking import require_server
@@ -427,7 +434,7 @@ def pretrain(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None,
 
     from adaptflow.validate import validate
 
-    cfg = _config(config, overrides)
+    cfg = _stage_config(config, overrides)
     validate(cfg, "pretrain")
     with _run_failures():
         published = run_pretrain(cfg, run_dir, read_version(cfg.data), origin="cli")
@@ -445,7 +452,7 @@ def finetune(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None,
     from adaptflow.validate import validate
     from adaptflow.versioning import read_version
 
-    cfg = _config(config, overrides)
+    cfg = _stage_config(config, overrides)
     validate(cfg)
     pretrained = fetch_pretrained(cfg.pretrained.uri, cfg.pretrained.sha256, allow_pickle=cfg.pretrained.allow_pickle, tracking_uri=tracking_uri(cfg.tracking))
     with _run_failures():
@@ -462,7 +469,7 @@ def evaluate(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None,
     from adaptflow.pretrained import PretrainedRef
     from adaptflow.stages import for_task
 
-    cfg = _config(config, overrides)
+    cfg = _stage_config(config, overrides)
     pretrained = PretrainedRef(**read_run_record(run_dir)["pretrained"])
     with _run_failures():
         metrics = for_task(cfg.task).evaluate(cfg.evaluate, cfg.data, run_dir / "finetune" / "model.pt", pretrained, run_dir / "evaluate",
@@ -480,7 +487,7 @@ def register(
     """Stage: register a run folder's model in MLflow through the champion gate (safe to repeat)."""
     from adaptflow.pipeline import register_run
 
-    cfg = _config(config, overrides)  # an unreachable store fails with the command that registers the run later
+    cfg = _stage_config(config, overrides)  # an unreachable store fails with the command that registers the run later
     with _run_failures():
         registration = register_run(cfg, run_dir)
     _show(registration.to_dict(), as_json, "registration")
@@ -503,7 +510,7 @@ def run(
     as_json: JsonOption = False,
 ) -> None:
     """Run a Prefect flow (ephemeral local API unless PREFECT_API_URL is set)."""
-    cfg = _config(config, overrides)
+    cfg = _stage_config(config, overrides)
     result = _run_flow(flow, cfg)
     _show(result, as_json, f"{flow.value} flow")
 
@@ -641,7 +648,7 @@ def demo(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> 
 
     `adaptflow demo` adapts a classifier; `adaptflow demo -c configs/detection.yaml` a YOLO detector
     (`configs/detection-fasterrcnn.yaml`: a Faster R-CNN)."""
-    cfg = _config(config, overrides)
+    cfg = _stage_config(config, overrides)
     started = time.perf_counter()
     from adaptflow.data import DEMO_DOMAINS, ensure_domains
 

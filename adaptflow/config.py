@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 
 from adaptflow.errors import ConfigError
 from adaptflow.io import content_digest, parse_yaml, read_yaml
@@ -156,6 +156,11 @@ class TrainConfig(Section):
     precision: Precision = Field(
         "auto", description="Mixed precision on CUDA: auto picks bf16 where supported (YOLO: Ultralytics' fp16 AMP); off trains in fp32",
     )
+    compile: bool = Field(
+        False, description="Classifiers: run the training step's model through torch.compile (TorchInductor): slower to start "
+        "(about a minute of compiling per phase on a CPU), faster per step on GPUs. On a CPU it needs a C++ compiler. Not with "
+        "finetune.methods (their losses run the model themselves)",
+    )
     checkpoint_every_steps: int = Field(
         0, ge=0, description="Also checkpoint every N optimizer steps (0: at the end of each epoch only)"
     )
@@ -298,6 +303,14 @@ class RunConfig(Section):
     """Everything one run of the pipeline needs."""
 
     task: Task = Field("classification", description="classification or detection (YOLO-format boxes)")
+    threads: Annotated[Literal["auto"] | int, WithJsonSchema(
+        {"anyOf": [{"const": "auto", "type": "string"}, {"type": "integer", "minimum": 1, "maximum": 1024}]})] = Field(
+        "auto", description="CPU threads of every stage's process and of the processes it starts (torch, OpenMP, MKL). auto: the "
+        "CPUs this process may use (its affinity mask and cgroup CPU quota, not the host's core count) less those other processes "
+        "keep busy when the stage starts; or what $OMP_NUM_THREADS says when it is set. Recorded on the run (threads_used). "
+        "Float results can differ in the last digits between thread counts: set a number to reproduce a run bit for bit on a "
+        "busy machine",
+    )
     data: DataConfig = DataConfig()
     pretrain: PretrainConfig = PretrainConfig()
     pretrained: PretrainedConfig = PretrainedConfig()
@@ -305,6 +318,16 @@ class RunConfig(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig = RegistryConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @field_validator("threads", mode="plain")
+    @classmethod
+    def _threads(cls, value: object) -> str | int:
+        text = str(value).strip()
+        if text == "auto":
+            return "auto"
+        if isinstance(value, bool) or not text.isdigit() or not 1 <= int(text) <= 1024:
+            raise ValueError("threads must be auto or a whole number from 1 to 1024, e.g. threads=auto")
+        return int(text)
 
     @model_validator(mode="after")
     def _task(self) -> RunConfig:
@@ -325,6 +348,9 @@ class RunConfig(Section):
             problem = image_size_problem(arch, self.data.image_size, "data.image_size")
             if problem:
                 raise ValueError(problem)
+            if section.compile and (arch in detectors or (name == "finetune" and self.finetune.methods)):
+                why = "detectors train in their own loops" if arch in detectors else "finetune.methods run the model in their own losses"
+                raise ValueError(f"{name}.compile=true compiles the classifier loop's training step, and {why}: set {name}.compile=false")
             if arch in detectors and not arch.startswith("fasterrcnn") and section.precision == "bf16":
                 raise ValueError(f"{name}.precision=bf16: Ultralytics trains YOLO in fp16 mixed precision only; set {name}.precision "
                                  "to auto or fp16 (mixed), or off (fp32)")

@@ -9,6 +9,8 @@ server, an MLflow server, S3) is chosen by exporting its variables as usual.
 from __future__ import annotations
 
 import os
+import sys
+import time
 from pathlib import Path
 
 #: Variables that stop telemetry and update checks. Values are the "off" settings.
@@ -104,3 +106,146 @@ def apply() -> None:
     os.environ.setdefault("TORCH_HOME", str(cache_dir() / "torch"))
     os.environ.setdefault("YOLO_CONFIG_DIR", str(cache_dir() / "ultralytics"))
     os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+# --- CPU budget ---------------------------------------------------------------------------------
+#
+# torch starts as many threads as the host has cores. In a container limited by a CPU quota, on a
+# process pinned to some cores (taskset, a Kubernetes static CPU policy), or beside other busy
+# processes, those threads outnumber the cores the process really gets, and every OpenMP barrier
+# then waits for a thread that is not running: on 2 shared cores one epoch took 3-8x longer with
+# 2 threads than with 1 (`make bench`, contention case). A passive OpenMP wait policy recovered
+# only part of that, so the budget lowers the thread count instead.
+
+#: Environment variables that carry the thread budget to child processes (torchrun workers, the
+#: YOLO trainer's process, DVC stages started by a flow): OpenMP and MKL read them when they load.
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+#: The budget `apply_threads` chose last in this process, for the run's record.
+_applied: int | None = None
+#: $OMP_NUM_THREADS as it was before `apply_threads` first set it (what this process was given).
+_given: str | None = None
+
+
+def cgroup_cpu_limit(cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")) -> float | None:
+    """The CPU quota of this process's cgroup in CPUs (quota / period), or None without one.
+
+    Reads cgroup v2 (`cpu.max`) and v1 (`cpu.cfs_quota_us` / `cpu.cfs_period_us`), in the process's own
+    cgroup and in every ancestor up to the mount point (the tightest wins); the files are read from
+    `cgroup_root`, so that a test can give fake ones."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        lines = []
+    limits: list[float] = []
+    for line in lines or ["0::/"]:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: one unified hierarchy
+            bases = [cgroup_root, cgroup_root / "unified"]
+            reader = _v2_limit
+        elif "cpu" in controllers.split(","):
+            bases = [cgroup_root / name for name in ("cpu", "cpu,cpuacct", "cpuacct,cpu")]
+            reader = _v1_limit
+        else:
+            continue
+        for base in bases:
+            if base.is_dir():
+                limits += _limits_along(base, path, reader)
+    return min(limits) if limits else None
+
+
+def _limits_along(base: Path, path: str, reader) -> list[float]:  # noqa: ANN001 - one of the two readers below
+    """Quotas of the cgroup at `path` under `base` and of its ancestors (a container sees its own
+    cgroup at the mount point: then only the files there count)."""
+    parts = [p for p in path.split("/") if p]
+    folders = [base.joinpath(*parts[:i]) for i in range(len(parts), -1, -1)]
+    return [limit for folder in folders if folder.is_dir() and (limit := reader(folder)) is not None]
+
+
+def _v2_limit(folder: Path) -> float | None:
+    try:
+        quota, period = (folder / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else int(quota) / int(period)
+
+
+def _v1_limit(folder: Path) -> float | None:
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota <= 0 or period <= 0 else quota / period
+
+
+def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")) -> int:
+    """The CPUs this process may really use: those of its affinity mask (taskset, cpusets), capped by
+    its cgroup's CPU quota (rounded down: a quota of 1.5 CPUs runs 1 thread unthrottled); at least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    limit = cgroup_cpu_limit(cgroup_root, proc_cgroup)
+    if limit is not None:
+        cpus = min(cpus, int(limit))
+    return max(1, cpus)
+
+
+def busy_cores_elsewhere(window_s: float = 0.1, stat: Path = Path("/proc/stat")) -> float:
+    """Cores that other processes kept busy during the last `window_s` seconds (Linux /proc/stat,
+    minus this process's own CPU time); 0.0 where that cannot be read."""
+
+    def busy() -> float | None:
+        try:
+            values = [int(v) for v in stat.read_text().split("\n", 1)[0].split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        user, nice, system, _idle, _iowait, irq, softirq, steal = values
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+    before, own_before, t0 = busy(), time.process_time(), time.perf_counter()
+    time.sleep(window_s)
+    after, own_after, elapsed = busy(), time.process_time(), time.perf_counter() - t0
+    if before is None or after is None:
+        return 0.0
+    return max(0.0, (after - before - (own_after - own_before)) / elapsed)
+
+
+def resolve_threads(setting: int | str = "auto", *, cgroup_root: Path = Path("/sys/fs/cgroup"),
+                    proc_cgroup: Path = Path("/proc/self/cgroup")) -> int:
+    """The thread count `threads: <setting>` means here. A number is taken as it is. `auto`: the
+    count this process was given ($OMP_NUM_THREADS, set by a parent's budget, a test runner or the user),
+    else the CPUs it may use (`usable_cpus`) less those other processes keep busy right now, at least 1."""
+    if setting != "auto":
+        return int(setting)
+    given = os.environ.get("OMP_NUM_THREADS") or ""
+    if _applied is not None and given == str(_applied):  # this process's own earlier budget: what it was given before
+        given = _given or ""
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    cpus = usable_cpus(cgroup_root, proc_cgroup)
+    if cpus == 1:
+        return 1
+    return max(1, cpus - round(busy_cores_elsewhere()))
+
+
+def apply_threads(setting: int | str = "auto") -> int:
+    """Give this process and the processes it starts the thread budget of `threads: <setting>`:
+    torch's intra-op threads (when torch is loaded) and $OMP_NUM_THREADS / $MKL_NUM_THREADS for
+    children. Returns the count."""
+    global _applied, _given
+    if _applied is None:
+        _given = os.environ.get("OMP_NUM_THREADS")
+    n = resolve_threads(setting)
+    for key in THREAD_VARS:
+        os.environ[key] = str(n)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    _applied = n
+    return n
+
+
+def threads_in_use() -> int | None:
+    """The count `apply_threads` set last in this process (None before it ran)."""
+    return _applied

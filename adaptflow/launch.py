@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from adaptflow import env
 from adaptflow.child import Emitter, Relay, watch
 from adaptflow.config import ConfigError
 from adaptflow.data.folders import ImageSet
@@ -114,13 +115,20 @@ def launch(build: Builder, spec: dict, devices: int, job_dir: Path, on_epoch: Ep
     log.info("training on %d devices: %s", devices, " ".join(cmd))
     with open(job_dir / "workers.log", "wb") as out:
         # A session of its own: a Ctrl-C reaches the caller alone, which then stops torchrun (and so the workers) itself.
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=worker_env(devices))
         watch(proc, Relay(job_dir / "epochs.jsonl", partial(_relay_epoch, on_epoch)), stop=_stop)
     if proc.returncode != 0:
         raise WorkerFailed(failure_message(job_dir, proc.returncode))
     result = torch.load(job_dir / "result.pt", map_location="cpu", weights_only=True)
     shutil.rmtree(job_dir, ignore_errors=True)
     return result
+
+
+def worker_env(devices: int) -> dict[str, str]:
+    """The workers' environment: this process's thread budget shared among them (CPU workers on one
+    machine would otherwise each start a thread per core)."""
+    budget = env.threads_in_use() or env.resolve_threads("auto")
+    return os.environ | {var: str(max(1, budget // devices)) for var in env.THREAD_VARS}
 
 
 def _relay_epoch(on_epoch: EpochCallback | None, row: dict) -> None:

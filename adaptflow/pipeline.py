@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from adaptflow import tracking
+from adaptflow import env, tracking
 from adaptflow.config import RunConfig
 from adaptflow.io import read_json, sha256_file, write_json, write_yaml
 from adaptflow.pretrain import PublishedModel, published_dir
@@ -72,14 +72,20 @@ def validation_digest(config: RunConfig) -> str:
 def write_run_record(
     config: RunConfig, data: DataVersion, pretrained: PretrainedRef, run_dir: Path, origin: str, mlflow_run_id: str | None = None
 ) -> Path:
-    """`<run_dir>/run.json`: what this run was made from, read back by the register stage."""
+    """`<run_dir>/run.json`: what this run was made from (and the thread budget it trains with), read back by the register stage."""
     return write_json(run_dir / "run.json", {
         "config": config.model_dump(mode="json"),
         "data": data.to_dict(),
         "pretrained": pretrained.to_dict(),
         "mlflow_run_id": mlflow_run_id,
         "origin": origin,
+        "threads_used": env.apply_threads(config.threads),
     })
+
+
+def run_params(config: RunConfig, threads_used: int | None = None) -> dict:
+    """The run's MLflow params: its config, and the thread count `threads` came to (`threads_used`)."""
+    return config.model_dump(mode="json") | {"threads_used": threads_used or env.apply_threads(config.threads)}
 
 
 def read_run_record(run_dir: Path, *, evaluated: bool = False) -> dict:
@@ -105,8 +111,7 @@ def open_run(config: RunConfig, data: DataVersion, pretrained: PretrainedRef, ru
         if same and record.get("mlflow_run_id") and tracking.resume_run(config.tracking, record["mlflow_run_id"]):
             return record["mlflow_run_id"]
     key = tracking.work_key("transfer", config.model_dump(mode="json"), data.md5, pretrained.sha256)
-    run_id = tracking.start_run(config.tracking, run_name, lineage(config, data, pretrained, origin), config.model_dump(mode="json"),
-                                work_key=key)
+    run_id = tracking.start_run(config.tracking, run_name, lineage(config, data, pretrained, origin), run_params(config), work_key=key)
     write_run_record(config, data, pretrained, run_dir, origin, run_id)
     return run_id
 
@@ -137,7 +142,7 @@ def _register_run(config: RunConfig, run_dir: Path) -> Registration:
         run_id = read_json(opened)["mlflow_run_id"]
     if run_id is None:
         run_id = tracking.start_run(config.tracking, run_dir.name, lineage(config, data, pretrained, record["origin"]),
-                                    config.model_dump(mode="json"))
+                                    run_params(config, record.get("threads_used")))
         # Recorded at once, so a repeated register reuses this run and its registration key
         # (beside run.json, which the stages before this one own).
         write_json(opened, {"mlflow_run_id": run_id})
@@ -219,7 +224,8 @@ def run_pretrain(config: RunConfig, run_dir: Path, data: DataVersion, origin: st
     if kept is not None:
         log.info("source model %s is up to date (same data version, settings and commit): not trained again", kept.path)
         return kept
-    run_id = _open_pretrain_run(config, run_dir, inputs, origin)
+    threads = env.apply_threads(config.threads)
+    run_id = _open_pretrain_run(config, run_dir, inputs, origin, threads)
     with tracking.ended_on_failure(config.tracking, run_id):
         published = for_task(config.task).pretrain(config.pretrain, config.data, run_dir / "pretrain", tracking.epoch_logger(config.tracking, run_id))
         tracking.log_metrics(config.tracking, run_id, published.metrics)
@@ -229,7 +235,7 @@ def run_pretrain(config: RunConfig, run_dir: Path, data: DataVersion, origin: st
     return published
 
 
-def _open_pretrain_run(config: RunConfig, run_dir: Path, inputs: dict, origin: str) -> str:
+def _open_pretrain_run(config: RunConfig, run_dir: Path, inputs: dict, origin: str, threads: int) -> str:
     """The pretrain's MLflow run: the one an interrupted pretrain of the same inputs in this run folder
     left open (training resumes from its checkpoint, so the run goes on too), else a new one, recorded
     in `<run_dir>/pretrain/mlflow_run.json` at once."""
@@ -244,7 +250,8 @@ def _open_pretrain_run(config: RunConfig, run_dir: Path, inputs: dict, origin: s
         return run_id
     tags = {"git_commit": inputs["git_commit"], "data_version": inputs["data_version"], "origin": origin, "stage": "pretrain",
             "arch": config.pretrain.arch, "source_domain": config.data.source}
-    run_id = tracking.start_run(config.tracking, f"pretrain-{run_dir.name}", tags, {"pretrain": inputs["pretrain"], "data": inputs["data"]},
+    run_id = tracking.start_run(config.tracking, f"pretrain-{run_dir.name}", tags, {"pretrain": inputs["pretrain"], "data": inputs["data"],
+                                                                                      "threads": config.threads, "threads_used": threads},
                                 work_key=tracking.work_key("pretrain", inputs))
     write_json(record_path, {"mlflow_run_id": run_id, "inputs": inputs})
     return run_id
@@ -290,6 +297,7 @@ def run_transfer(config: RunConfig, run_dir: Path, origin: str = "local", versio
     from adaptflow.validate import validate
     from adaptflow.versioning import read_version
 
+    env.apply_threads(config.threads)
     validate(config)
     data = version_data(config.data) if version else read_version(config.data)
     pretrained = fetch_pretrained(config.pretrained.uri, config.pretrained.sha256, allow_pickle=config.pretrained.allow_pickle, tracking_uri=tracking.tracking_uri(config.tracking))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adaptflow import env
 from adaptflow.config import WindowConfig
 from adaptflow.console import progress
 from adaptflow.data.folders import IMAGE_SUFFIXES, decode_image
@@ -76,7 +76,7 @@ def _decoded(files: list[Path], size: int, window: WindowConfig | None, chunk: i
     def stack(futures: list[Future]) -> torch.Tensor:
         return torch.from_numpy(np.stack([f.result() for f in futures])).permute(0, 3, 1, 2)
 
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=min(8, env.usable_cpus())) as pool:
         pending: deque[list[Future]] = deque()
         for start in range(0, len(files), chunk):
             pending.append([pool.submit(decode, p) for p in files[start : start + chunk]])

@@ -82,6 +82,7 @@ class FitSettings:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
+    compile: bool = False  # the training step's model through torch.compile (`compiled`)
     strategy: str = "finetune"
     lp_epochs: int = 0
     backbone_lr_scale: float = 1.0
@@ -170,6 +171,18 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def compiled(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` through torch.compile (TorchInductor), which generates C++ on a CPU: without a compiler it
+    would fail at the first step, so that is checked first, with the fix in the message."""
+    import os
+    import shutil
+
+    if device.type == "cpu" and shutil.which(os.environ.get("CXX", "c++")) is None:
+        raise ConfigError("compile=true: torch.compile generates C++ for the CPU and no C++ compiler was found ($CXX or c++); "
+                          "install one (e.g. apt-get install g++) or set compile=false")
+    return torch.compile(model)
 
 
 def seed_everything(seed: int) -> None:
@@ -502,6 +515,8 @@ def fit(
         optimizer = make_optimizer(settings.optimizer, groups, settings.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=phase.epochs * steps_per_epoch)
         net = world.wrap(model, device)  # after param_groups: DDP syncs what trains in this phase
+        if settings.compile:
+            net = compiled(net, device)  # again each phase: what trains, and so the graph, changed
         if resumed is not None and (phase_start, 0) < (start_epoch, start_step):  # resuming inside this phase
             optimizer.load_state_dict(resumed["optimizer"])
             scheduler.load_state_dict(resumed["scheduler"])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -184,7 +183,7 @@ def check_unlabeled_split(folder: Path, report: Report, window: WindowConfig | N
 
 def _check_images(folder: Path, images: list[Path], report: Report, window: WindowConfig | None = None) -> dict[str, str]:
     """Decode every image: corrupt, huge, 16-bit (without a window), duplicate, mixed-mode and transparent files; returns {sha256: path}."""
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=min(8, env.usable_cpus())) as pool:
         results = list(pool.map(_inspect, images))
     report.checked_files += len(images)
     modes: Counter[str] = Counter()

@@ -16,6 +16,10 @@
 4. Image cache (`benchmarks/image_cache.py`): the peak memory of decoding an image folder, the time
    of loading it back from the decode cache, and the memory two processes take for one cached set,
    `load_image_folder` over a plain list-stack-permute decode and a whole-file cache read.
+5. Thread budget (`benchmarks/threads.py`): the loop's images/s with `threads: auto` over torch's
+   default thread count, beside a CPU-bound neighbour process and without one.
+6. Detector evaluation (`benchmarks/detection_eval.py`): scoring a YOLO file on the demo's test sets
+   as before (default threads, torchmetrics' per-class re-evaluations) against now.
 
 The machine may be shared: on 2 cores one busy neighbour slows a 2-thread torch process
 several-fold. So every timed run records how much CPU other processes took meanwhile; a run
@@ -47,6 +51,10 @@ from typing import Any, TypeVar
 
 from benchmarks import progress_log
 from benchmarks.image_cache import bench_image_cache
+from benchmarks.detection_eval import bench_detection_eval, make_model
+from benchmarks.detection_eval import summary as detection_summary
+from benchmarks.threads import bench_threads
+from benchmarks.threads import summary as threads_summary
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "reports" / "bench.json"
@@ -506,10 +514,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retries", type=int, default=1, help="re-runs of a run other processes disturbed (default 1)")
     parser.add_argument("--budget", type=float, default=330.0,
                         help="seconds after which runs no longer wait for quiet nor re-run (default 330)")
+    parser.add_argument("--thread-rounds", type=int, default=3,
+                        help="alternating (auto, default) rounds of the thread-budget cases, with and without a neighbour (default 3)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary projects")
     args = parser.parse_args(argv)
 
-    progress_log(log, "bench")
+    for name in ("benchmarks.bench", "benchmarks.threads", "benchmarks.detection_eval"):
+        progress_log(logging.getLogger(name), "bench")
     started = time.perf_counter()
     measurer = Measurer(started + args.budget, args.quiet_wait, args.retries)
     base = Path(tempfile.mkdtemp(prefix="adaptflow-bench-"))
@@ -526,6 +537,12 @@ def main(argv: list[str] | None = None) -> int:
     log.info("temporary projects under %s", base)
     try:
         template = make_template(base)
+        threads_result = bench_threads(template, args.thread_rounds)
+        from adaptflow.data import ensure_domains
+
+        ensure_domains(template / "data", ["mnist_scenes", "photo_scenes"])
+        detection_result = bench_detection_eval(template, make_model(base / "yolov8n.pt", "yolov8n", REPO / "configs" / "detection.yaml", template),
+                                                rounds=args.thread_rounds)
         fit_result = bench_fit(template, measurer, args.fit_images, args.fit_epochs, args.fit_rounds)
         layout_result = bench_layout(template, measurer, args.fit_images, args.fit_rounds)
         flow_result = bench_flow(Roots(base, template), measurer, args.flow_rounds)
@@ -544,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
         "training_loop": fit_result,
         "memory_layout": layout_result,
         "image_cache": cache_result,
+        "thread_budget": threads_result,
+        "detection_evaluation": detection_result,
         "discarded_runs": measurer.discarded,
         "contended_cores_threshold": CONTENDED_CORES,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
@@ -574,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
           f"memory {c['decode_peak_ratio']:.2f} ({mib(c['ours']['decode_peak_growth_mib'])} against {mib(c['plain']['decode_peak_growth_mib'])}), "
           f"cached load time {c['cached_load_ratio']:.2f}, two processes' memory for one cached set {c['two_processes_ratio']:.2f} "
           f"({mib(c['ours']['two_processes_pss_mib'])} against {mib(c['plain']['two_processes_pss_mib'])})")
+    for line in [*threads_summary(threads_result), *detection_summary(detection_result)]:
+        print(line)
     kept = f["contended_runs"] + t["contended_runs"] + sum(layout_result[arch]["contended_runs"] for arch in LAYOUT_ARCHS)
     if measurer.discarded or kept:
         print(f"note: other processes shared the CPUs: {len(measurer.discarded)} disturbed run(s) discarded and re-run, "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prefect import task
 
-from adaptflow import tracking
+from adaptflow import env, tracking
 from adaptflow.config import RunConfig
 from adaptflow.finetune import TrainedModel
 from adaptflow.pipeline import run_pretrain
@@ -27,6 +27,7 @@ def pretrain_task(config: RunConfig, run_dir: Path, data: DataVersion, origin: s
 @task(name="finetune", task_run_name="finetune {config.finetune.strategy}", **TRAINING_RETRY, **NO_RESULT_CACHE)
 def finetune_task(config: RunConfig, pretrained: PretrainedRef, run_dir: Path, mlflow_run_id: str) -> TrainedModel:
     """Fine-tune on the labeled target split, logging each epoch to the MLflow run and to a progress artifact."""
+    env.apply_threads(config.threads)
     on_epoch = epoch_progress(config.finetune.epochs, f"Fine-tuning {config.finetune.arch} on {config.data.target}",
                               then=tracking.epoch_logger(config.tracking, mlflow_run_id))
     return for_task(config.task).finetune(config.finetune, config.data, pretrained, run_dir / "finetune", on_epoch)

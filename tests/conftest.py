@@ -65,12 +65,15 @@ else:
 
 def pytest_configure(config: pytest.Config) -> None:
     """With N xdist workers, each worker and the processes its tests start get 1/N of the cores as
-    torch threads: N workers at full thread count oversubscribe the CPU and run slower than one."""
+    torch threads: N workers at full thread count oversubscribe the CPU and run slower than one. The
+    count is fixed for the whole run (also with one worker), so that `threads: auto` takes it as given
+    instead of following the machine's load: float results depend on the thread count, and tests
+    compare runs made in different processes (a flow and `dvc repro`)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
+    if "OMP_NUM_THREADS" not in os.environ or workers > 1:
         import torch
 
-        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        threads = max(1, env.usable_cpus() // workers)
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
 

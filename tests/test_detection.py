@@ -351,3 +351,40 @@ def test_benchmark_flow_adds_the_detection_table_plot_and_child_runs(prefect_api
     benchmark(spec=spec)
     assert len(models) == len(methods) + 1 and [p.stat().st_mtime_ns for p in models] == stamps
     assert read_json(out / "metrics.json")["detection"] == detection
+
+
+def test_detection_metrics_equal_torchmetrics_map_to_1e_6() -> None:
+    """Jittered true boxes, duplicates, false positives, tied scores, more than 100 boxes in an image, a
+    class never predicted and one never present: every number of the report matches torchmetrics'."""
+    import torch
+
+    from adaptflow.detection.metrics import detection_report, torchmetrics_report
+
+    g = torch.Generator().manual_seed(0)
+    classes = tuple(str(i) for i in range(6))
+    predictions, targets = [], []
+    for i in range(40):
+        n = int(torch.randint(0, 6, (1,), generator=g))
+        xy = torch.rand(n, 2, generator=g) * 100
+        truth = {"boxes": torch.cat([xy, xy + 8 + torch.rand(n, 2, generator=g) * 20], 1),
+                 "labels": torch.randint(0, 5, (n,), generator=g)}  # class 5 never present
+        jitter = truth["boxes"] + torch.randn(n, 4, generator=g) * 3
+        extra = 120 if i == 3 else int(torch.randint(0, 8, (1,), generator=g))
+        fxy = torch.rand(extra, 2, generator=g) * 100
+        boxes = torch.cat([jitter, truth["boxes"][: n // 2] + 1, torch.cat([fxy, fxy + 10], 1)])
+        labels = torch.cat([truth["labels"], truth["labels"][: n // 2], torch.randint(0, 6, (extra,), generator=g)])
+        labels[labels == 4] = 0 if i % 2 else 4  # class 4 predicted in some images only
+        scores = (torch.rand(len(boxes), generator=g) * 10).round() / 10  # ties
+        predictions.append({"boxes": boxes, "scores": scores, "labels": labels})
+        targets.append(truth)
+    ours, reference = detection_report(predictions, targets, classes), torchmetrics_report(predictions, targets, classes)
+    for key in ("map50", "map50_95", "mar100"):
+        assert ours[key] == pytest.approx(reference[key], abs=1e-6), key
+    assert 0.05 < ours["map50"] < 0.95  # a score with room on both sides, not a degenerate 0 or 1
+    assert ours["ap50_95_per_class"].keys() == reference["ap50_95_per_class"].keys()
+    for name, ap in reference["ap50_95_per_class"].items():
+        assert (ours["ap50_95_per_class"][name] is None) == (ap is None), name
+        if ap is not None:
+            assert ours["ap50_95_per_class"][name] == pytest.approx(ap, abs=1e-6), name
+    assert ours["ap50_95_per_class"]["5"] is None
+    assert ours["pr_curve"]["precision"] == pytest.approx(reference["pr_curve"]["precision"], abs=1e-6)

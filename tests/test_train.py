@@ -362,3 +362,31 @@ def test_l2sp_keeps_a_few_label_fit_closer_to_its_start_and_resumes_from_the_sta
     resumed = build_classifier(SMALL, 4)  # other weights: the pull must still be toward the run's start
     fit(resumed, few, settings, state_path=state, fingerprint="f", progress=False)
     assert distance(resumed, start) == pytest.approx(moved[10.0], rel=1e-6)
+
+
+@pytest.mark.slow  # TorchInductor compiles C++ for the CPU: about a minute per phase on 2 cores
+def test_compiled_loop_trains_like_the_eager_one() -> None:
+    """compile=true on a CPU: the same loss and weights as the eager loop, to float tolerance (a compiled
+    graph may fuse and reorder float operations; SGD, because AdamW's normalised step turns the tiny
+    differences of near-zero gradients into differences of a whole learning rate)."""
+    histories, weights = [], []
+    for compile_ in (False, True):
+        torch.manual_seed(0)
+        model = build_classifier("small_cnn", 4)
+        histories.append(fit(model, _images(32), _settings(epochs=1, strategy="finetune", optimizer="sgd", compile=compile_), progress=False))
+        weights.append(_snapshot(model))
+    assert histories[1][0]["train_loss"] == pytest.approx(histories[0][0]["train_loss"], rel=1e-4)
+    assert all(torch.allclose(weights[0][k].float(), weights[1][k].float(), atol=1e-5) for k in weights[0])
+
+
+def test_compile_is_refused_where_the_loop_does_not_run_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    from adaptflow.config import ConfigError, load_config
+    from adaptflow.train import compiled
+
+    with pytest.raises(ConfigError, match=r"finetune.compile=true .* finetune.methods run the model in their own losses: set finetune.compile=false"):
+        load_config(None, ["finetune.compile=true", "finetune.methods=[adabn]"])
+    with pytest.raises(ConfigError, match=r"pretrain.compile=true .* detectors train in their own loops"):
+        load_config("configs/detection.yaml", ["pretrain.compile=true"])
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    with pytest.raises(ConfigError, match=r"no C\+\+ compiler was found .* or set compile=false"):
+        compiled(build_classifier("small_cnn", 4), torch.device("cpu"))

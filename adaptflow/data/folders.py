@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -213,7 +212,7 @@ def load_image_folder(
     def decode(row: int) -> None:  # straight into its row: no list of arrays, no stacked copy
         rows[row] = decode_image(paths[row], image_size, window).transpose(2, 0, 1)
 
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=min(8, env.usable_cpus())) as pool:
         list(pool.map(decode, range(len(paths))))
     result = ImageSet(images, torch.tensor(labels, dtype=torch.int64), tuple(classes))
     with atomic_write(cached) as tmp:

@@ -22,6 +22,7 @@ import torch
 import yaml
 from PIL import Image
 
+from adaptflow import env
 from adaptflow.data.folders import IMAGE_SUFFIXES, refuse_links_outside
 from adaptflow.errors import UserError
 from adaptflow.io import read_yaml
@@ -165,7 +166,7 @@ def load_detection_split(split_dir: str | Path, image_size: int, classes: tuple[
     """Decode a YOLO-format split at `image_size`; boxes come back in pixels of the resized image."""
     split_dir = Path(split_dir)
     files = image_files(split_dir)
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=min(8, env.usable_cpus())) as pool:
         decoded = list(pool.map(lambda p: _read(p, image_size), files))
     images = torch.from_numpy(np.stack([pixels for pixels, _ in decoded])).permute(0, 3, 1, 2).contiguous()
     tables = [np.column_stack([np.full(len(rows), i), rows]) for i, (_, rows) in enumerate(decoded) if len(rows)]
