@@ -340,6 +340,43 @@ def predict_images(
                    f"{CHECK_MIN_IMAGES} or more on each side")
 
 
+class ExportFormat(str, Enum):
+    """What `adaptflow export` writes."""
+
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+@app.command("export")
+def export_model(
+    model: Annotated[str, typer.Argument(help="models:/NAME@ALIAS or /VERSION, a run folder (runs/NAME), or a model file")],
+    format: Annotated[ExportFormat, typer.Option("--format", "-f", help="onnx or torchscript")] = ExportFormat.onnx,  # noqa: A002
+    half: Annotated[bool, typer.Option("--half", help="fp16 weights and inputs (detectors: on a CUDA GPU)")] = False,
+    dynamic: Annotated[bool, typer.Option("--dynamic", help="Any batch size (YOLO: and image size) instead of batch 1")] = False,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default: exports/NAME.onnx)")] = None,
+    images: Annotated[Path | None, typer.Option(help="Real images to check the export on (default: the target test split "
+                                                     "the model's run recorded, else data.target's)")] = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+    overrides: Overrides = None,
+) -> None:
+    """Export a classifier or detector to ONNX or TorchScript, checked against PyTorch on real images, and log it to the
+    model version's run (exports/FORMAT/, with a JSON of its opset, input shape and preprocessing)."""
+    from adaptflow.data import split_dir
+    from adaptflow.export import export_model as export, recorded_test_split, resolve_model
+    from adaptflow.tracking import require_server, tracking_uri
+
+    cfg = _config(config, overrides)
+    if model.startswith("models:/"):
+        require_server(cfg.tracking)
+    uri = tracking_uri(cfg.tracking)
+    source = resolve_model(model, uri)
+    folder = images or recorded_test_split(source, uri) or split_dir(cfg.data, cfg.data.target, "test")
+    result = export(source, format.value, folder, output, half=half, dynamic=dynamic, tracking_uri=uri)
+    typer.echo(f"{result.path} ({result.metadata.name}): check passed, {result.check['summary']}")
+    if result.run_id:
+        typer.echo(f"logged to MLflow run {result.run_id} under exports/{format.value}/")
+
+
 @app.command("validate")
 def validate_data(
     config: ConfigOption = DEFAULT_CONFIG,
