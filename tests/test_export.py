@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,67 @@ def test_the_demos_efficientnet_lite0_with_imagenet_weights_exports_within_1e_4(
     result = export_model(ModelSource(project / "lite.pt", "lite.pt"), "onnx", images, project / "lite.onnx")
     assert result.check["logits_max_abs_diff"] <= result.check["tolerance"] and result.check["top1_agreement"] == 1.0
     print(f"efficientnet_lite0 ONNX: {result.check['summary']}")
+
+
+def test_the_registered_yolo_opens_in_ultralytics_with_its_names_and_adaptflows_boxes(project: Path) -> None:
+    """`YOLO(path)` on the registered model's `ultralytics.pt` has the class names, and its own predict and val run on
+    it and find the boxes adaptflow's inference finds."""
+    from adaptflow.data.scenes import build_scene_data
+    from adaptflow.detection import yolo
+    from adaptflow.detection.data import load_detection_split, stage_yolo_dataset
+    from adaptflow.detection.models import load_detector
+    from adaptflow.pretrained import fetch_pretrained
+
+    build_scene_data(project / "data", sizes={"photo_scenes": {"test": 8}})
+    test = project / "data" / "photo_scenes" / "test"
+    _confident_detector(project / "model.pt", "yolov8n")
+    track, reg = TrackingConfig(), RegistryConfig(model_name="digits-detector", metric="target_map50")
+    run_id = tracking.start_run(track, "run", {}, {})
+    tracking.register_model(reg, track, run_id, project / "model.pt", {"target_map50": 0.0}, {"task": "detection"})
+    folder = Path(fetch_pretrained("models:/digits-detector@champion").path).parent
+    assert sorted(p.name for p in folder.iterdir()) == ["model.pt", "ultralytics.pt"]
+    requirements = (folder.parent / "requirements.txt").read_text().split()
+    assert requirements[0] == "adaptflow==0.1.0" and any(r.startswith("ultralytics==") for r in requirements)
+
+    native = yolo.ultralytics().YOLO(str(folder / "ultralytics.pt"))
+    assert native.names == dict(enumerate(CLASSES)) and native.task == "detect"
+    split = load_detection_split(test, 64, CLASSES)
+    ours = yolo.predict(load_detector(folder / "model.pt")[0], split.images, 8, "cpu", conf=0.25)
+    files = sorted((test / "images").iterdir())
+    theirs = [{"boxes": r.boxes.xyxy * 64 / 128, "labels": r.boxes.cls.long(), "scores": r.boxes.conf}  # scenes are 128 px
+              for r in native.predict([str(f) for f in files], imgsz=64, conf=0.25, device="cpu", verbose=False)]
+    matched, total = match_boxes(ours, theirs, iou=0.9)  # Ultralytics resizes with OpenCV, adaptflow with PIL
+    assert total > 0 and matched >= 0.9 * total, (matched, total)
+    dataset = stage_yolo_dataset({"train": test, "val": test}, CLASSES, project / "work" / "dataset")
+    metrics = native.val(data=str(dataset), split="val", imgsz=64, batch=8, device="cpu", plots=False, verbose=False,
+                         project=str(project / "work" / "val"))
+    assert 0.0 <= metrics.box.map50 <= 1.0
+    assert isinstance(yolo.load_ultralytics_checkpoint(folder / "ultralytics.pt"), dict)  # adaptflow opens it without unpickling code
+
+
+DEMO = Path(os.environ.get("ADAPTFLOW_DEMO_PROJECT", Path(__file__).resolve().parents[1]))
+
+
+@pytest.mark.skipif(not (DEMO / "models" / "source-yolo" / "model.pt").is_file(), reason="needs `make demo-detection` (its source YOLO)")
+def test_the_demos_yolo_validates_in_ultralytics_to_adaptflows_map50(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The detection demo's source YOLO, written as the registry writes it for Ultralytics: `YOLO(path).val` on the target
+    test split gives adaptflow's own mAP50 within 0.01."""
+    from adaptflow.config import EvaluateConfig, load_config
+    from adaptflow.detection import yolo
+    from adaptflow.detection.data import stage_yolo_dataset
+    from adaptflow.detection.models import load_detector
+    from adaptflow.detection.stages import measure
+
+    monkeypatch.setenv("ADAPTFLOW_ROOT", str(DEMO))
+    monkeypatch.setenv("ADAPTFLOW_CACHE", str(tmp_path / "cache"))
+    cfg = load_config(DEMO / "configs" / "detection.yaml")
+    model, meta = load_detector(DEMO / "models" / "source-yolo" / "model.pt")
+    native = yolo.save_ultralytics(tmp_path / "ultralytics.pt", model, arch=meta["arch"], classes=meta["classes"],
+                                   image_size=meta["image_size"])
+    ours = measure(EvaluateConfig(batch_size=64), cfg.data, DEMO / "models" / "source-yolo" / "model.pt", "cpu")["target_map50"]
+    test = DEMO / cfg.data.root / cfg.data.target / "test"
+    dataset = stage_yolo_dataset({"train": test, "val": test}, meta["classes"], tmp_path / "dataset")
+    theirs = yolo.ultralytics().YOLO(str(native)).val(data=str(dataset), split="val", imgsz=meta["image_size"], batch=64, device="cpu",
+                                                      plots=False, verbose=False, project=str(tmp_path / "val")).box.map50
+    print(f"target test mAP50: adaptflow {ours:.4f}, Ultralytics {theirs:.4f}")
+    assert abs(ours - theirs) <= 0.01
