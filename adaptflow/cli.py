@@ -307,9 +307,13 @@ def fetch(
 
 @app.command("predict")
 def predict_images(
-    images: Annotated[Path, typer.Argument(help="Folder of images to classify (any depth)")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="CSV to write: path, class, score")] = Path("predictions.csv"),
-    model: Annotated[str | None, typer.Option(help="models:/NAME@ALIAS or /VERSION, or a model file; default: the registry's champion")] = None,
+    images: Annotated[Path, typer.Argument(help="Folder of images to classify or detect objects in (any depth)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV (or .json) to write: path, class, score; a detector adds "
+                                         "x1, y1, x2, y2 in the image's pixels, one row per box")] = Path("predictions.csv"),
+    model: Annotated[str | None, typer.Option(help="models:/NAME@ALIAS or /VERSION, a run folder, a model file or an exported .onnx; "
+                                              "default: the registry's champion")] = None,
+    conf: Annotated[float, typer.Option(min=0.0, max=1.0, help="Detectors: the lowest score of a box written")] = 0.25,
+    save_images: Annotated[Path | None, typer.Option(help="Detectors: a folder for copies of the images with their boxes drawn")] = None,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Check whether the images look like the target's test split "
                                         "(data.target), on the model's features")] = True,
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
@@ -317,9 +321,10 @@ def predict_images(
     config: ConfigOption = DEFAULT_CONFIG,
     overrides: Overrides = None,
 ) -> None:
-    """Classify every image under IMAGES with a registered or local classifier, decoded as training decoded its images."""
+    """Classify every image under IMAGES, or detect objects in it, with a registered or local model (or an exported ONNX
+    file), decoded as training decoded its images."""
     from adaptflow.data import split_dir
-    from adaptflow.predict import CHECK_MIN_IMAGES, predict_folder
+    from adaptflow.predict import CHECK_MIN_IMAGES, model_kind, predict_any
     from adaptflow.pretrained import fetch_pretrained
     from adaptflow.tracking import require_server, tracking_uri
 
@@ -327,13 +332,25 @@ def predict_images(
     uri = model or f"models:/{cfg.registry.model_name}@champion"
     if uri.startswith("models:/"):
         require_server(cfg.tracking)
-    ref = fetch_pretrained(uri, tracking_uri=tracking_uri(cfg.tracking), field="--model")
+    if Path(uri).is_dir() and (Path(uri) / "finetune" / "model.pt").is_file():  # a run folder
+        uri = str(Path(uri) / "finetune" / "model.pt")
+    if not uri.endswith(".onnx"):
+        ref = fetch_pretrained(uri, tracking_uri=tracking_uri(cfg.tracking), field="--model")
+        path, uri = ref.path, ref.uri
+    else:
+        path = uri
     reference = split_dir(cfg.data, cfg.data.target, "test")
-    result = predict_folder(ref.path, images, output, batch_size, device, reference if check and reference.is_dir() else None)
-    typer.echo(f"{result.counts.total()} images -> {output} ({ref.uri}): " + ", ".join(f"{c} {n}" for c, n in sorted(result.counts.items())))
+    detector = model_kind(path) != "classifier"
+    result = predict_any(path, images, output, batch_size=batch_size, device=device, conf=conf, save_images=save_images,
+                         reference=reference if check and reference.is_dir() else None)
+    counted = "boxes" if detector else "images"
+    typer.echo(f"{result.counts.total()} {counted} -> {output} ({uri}): " + ", ".join(f"{c} {n}" for c, n in sorted(result.counts.items())))
+    if save_images is not None:
+        typer.echo(f"images with their boxes drawn: {save_images}")
     if result.check is not None:
-        typer.echo(f"mean score {result.mean_score:.3f} (on {result.check.reference}: {result.check.reference_mean_score:.3f}; "
-                   "scores stay high on images from another domain)")
+        if not detector:
+            typer.echo(f"mean score {result.mean_score:.3f} (on {result.check.reference}: {result.check.reference_mean_score:.3f}; "
+                       "scores stay high on images from another domain)")
         typer.echo(str(result.check))
     elif check:
         typer.echo(f"no domain check: it compares with {reference}, leaving out the images predicted, and needs "
