@@ -16,6 +16,9 @@
 4. Image cache (`benchmarks/image_cache.py`): the peak memory of decoding an image folder, the time
    of loading it back from the decode cache, and the memory two processes take for one cached set,
    `load_image_folder` over a plain list-stack-permute decode and a whole-file cache read.
+5. Deployment (`benchmarks/deploy.py`): CPU throughput of the exported ONNX model over eager PyTorch for
+   the demo's classifier and YOLO at batch 1 and 32, and the serving round trip (p50/p95 over 200 requests
+   of one image to `mlflow models serve` on loopback). `--only deploy` runs this section alone.
 
 The machine may be shared: on 2 cores one busy neighbour slows a 2-thread torch process
 several-fold. So every timed run records how much CPU other processes took meanwhile; a run
@@ -46,6 +49,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from benchmarks import progress_log
+from benchmarks.deploy import bench_deploy, report_lines
 from benchmarks.image_cache import bench_image_cache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -506,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retries", type=int, default=1, help="re-runs of a run other processes disturbed (default 1)")
     parser.add_argument("--budget", type=float, default=330.0,
                         help="seconds after which runs no longer wait for quiet nor re-run (default 330)")
+    parser.add_argument("--deploy-rounds", type=int, default=3, help="timed (ONNX, eager) pairs per model and batch (default 3)")
+    parser.add_argument("--only", choices=("all", "deploy"), default="all", help="deploy: only the deployment section")
     parser.add_argument("--keep", action="store_true", help="keep the temporary projects")
     args = parser.parse_args(argv)
 
@@ -525,11 +531,21 @@ def main(argv: list[str] | None = None) -> int:
     env.apply()
     log.info("temporary projects under %s", base)
     try:
+        if args.only == "deploy":
+            use_root(base / "deploy")
+            deploy_result = bench_deploy(base / "deploy", measurer, args.deploy_rounds)
+            for line in ["", *report_lines(deploy_result)]:
+                print(line)
+            REPORT.parent.mkdir(parents=True, exist_ok=True)
+            (REPORT.parent / "bench-deploy.json").write_text(json.dumps(deploy_result, indent=2) + "\n")
+            return 0
         template = make_template(base)
         fit_result = bench_fit(template, measurer, args.fit_images, args.fit_epochs, args.fit_rounds)
         layout_result = bench_layout(template, measurer, args.fit_images, args.fit_rounds)
         flow_result = bench_flow(Roots(base, template), measurer, args.flow_rounds)
         cache_result = bench_image_cache(base, args.cache_images)
+        use_root(base / "deploy")
+        deploy_result = bench_deploy(base / "deploy", measurer, args.deploy_rounds)
     finally:
         if args.keep:
             log.info("kept %s", base)
@@ -544,6 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         "training_loop": fit_result,
         "memory_layout": layout_result,
         "image_cache": cache_result,
+        "deployment": deploy_result,
         "discarded_runs": measurer.discarded,
         "contended_cores_threshold": CONTENDED_CORES,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
@@ -574,6 +591,8 @@ def main(argv: list[str] | None = None) -> int:
           f"memory {c['decode_peak_ratio']:.2f} ({mib(c['ours']['decode_peak_growth_mib'])} against {mib(c['plain']['decode_peak_growth_mib'])}), "
           f"cached load time {c['cached_load_ratio']:.2f}, two processes' memory for one cached set {c['two_processes_ratio']:.2f} "
           f"({mib(c['ours']['two_processes_pss_mib'])} against {mib(c['plain']['two_processes_pss_mib'])})")
+    for line in report_lines(deploy_result):
+        print(line)
     kept = f["contended_runs"] + t["contended_runs"] + sum(layout_result[arch]["contended_runs"] for arch in LAYOUT_ARCHS)
     if measurer.discarded or kept:
         print(f"note: other processes shared the CPUs: {len(measurer.discarded)} disturbed run(s) discarded and re-run, "
