@@ -57,6 +57,15 @@ def test_a_classifier_exports_to_onnx_and_torchscript_that_give_adaptflows_logit
     expected = predict(load_checkpoint(model_file)[0], batch, device="cpu").numpy()
     assert logits.shape == (40, 10) and np.abs(logits - expected).max() <= 1e-4
 
+    # `adaptflow predict` takes the exported file and gives the classes the model file gives
+    from adaptflow.predict import predict_any
+
+    predict_any(onnx.path, images, project / "onnx.csv")
+    predict_any(model_file, images, project / "torch.csv")
+    assert (project / "onnx.csv").read_text().splitlines()[0] == "path,class,score"
+    assert [line.split(",")[:2] for line in (project / "onnx.csv").read_text().splitlines()] == \
+        [line.split(",")[:2] for line in (project / "torch.csv").read_text().splitlines()]
+
     script = export_model(ModelSource(model_file, str(model_file)), "torchscript", images, project / "out" / "digits.torchscript")
     loaded = torch.jit.load(str(script.path))
     assert torch.allclose(loaded(batch[:1].float() / 255), torch.from_numpy(expected[:1]), atol=1e-4)
