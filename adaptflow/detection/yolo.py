@@ -330,9 +330,10 @@ def amp_check(model: nn.Module) -> bool:
 
 
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: str, conf: float = 0.001, iou: float = 0.7,
-            max_det: int = 100) -> list[dict[str, torch.Tensor]]:
+            max_det: int = 100, multi_label: bool = False) -> list[dict[str, torch.Tensor]]:
     """Boxes (xyxy pixels), scores and class indices for uint8 images (N x 3 x H x W). The model moves
-    to the device before inference mode, so that it can still be trained afterwards."""
+    to the device before inference mode, so that it can still be trained afterwards. `multi_label`: a box
+    for every class scoring above `conf`, as Ultralytics' validator measures mAP (with max_det 300)."""
     ultralytics()
     from ultralytics.utils.nms import non_max_suppression
 
@@ -348,7 +349,8 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: str
         for start in range(0, len(images), batch_size):
             x = torch.nn.functional.pad(images[start : start + batch_size].to(dev).float().div_(255), pad, value=114 / 255)
             out = model(x)
-            for det in non_max_suppression(out[0] if isinstance(out, tuple | list) else out, conf, iou, max_det=max_det):
+            for det in non_max_suppression(out[0] if isinstance(out, tuple | list) else out, conf, iou, multi_label=multi_label,
+                                           max_det=300 if multi_label else max_det):
                 det = det.float().cpu()
                 det[:, 0:4:2] = det[:, 0:4:2].clamp(0, w)  # boxes stay inside the (unpadded) image
                 det[:, 1:4:2] = det[:, 1:4:2].clamp(0, h)
