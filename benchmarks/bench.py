@@ -511,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=330.0,
                         help="seconds after which runs no longer wait for quiet nor re-run (default 330)")
     parser.add_argument("--deploy-rounds", type=int, default=3, help="timed (ONNX, eager) pairs per model and batch (default 3)")
+    parser.add_argument("--deploy-threads", type=int, default=None, help="threads of both runtimes in the deployment section "
+                        "(default: torch's; 1 on a busy machine, where two threads wait on each other)")
     parser.add_argument("--only", choices=("all", "deploy"), default="all", help="deploy: only the deployment section")
     parser.add_argument("--keep", action="store_true", help="keep the temporary projects")
     args = parser.parse_args(argv)
@@ -533,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.only == "deploy":
             use_root(base / "deploy")
-            deploy_result = bench_deploy(base / "deploy", measurer, args.deploy_rounds)
+            deploy_result = bench_deploy(base / "deploy", measurer, args.deploy_rounds, args.deploy_threads)
             for line in ["", *report_lines(deploy_result)]:
                 print(line)
             REPORT.parent.mkdir(parents=True, exist_ok=True)
@@ -545,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         flow_result = bench_flow(Roots(base, template), measurer, args.flow_rounds)
         cache_result = bench_image_cache(base, args.cache_images)
         use_root(base / "deploy")
-        deploy_result = bench_deploy(base / "deploy", measurer, args.deploy_rounds)
+        deploy_result = bench_deploy(base / "deploy", measurer, args.deploy_rounds, args.deploy_threads)
     finally:
         if args.keep:
             log.info("kept %s", base)

@@ -70,19 +70,25 @@ def _throughput(run, batch, measurer, label: str) -> tuple[float, Any]:  # noqa:
     return calls * len(batch) / t.seconds, t
 
 
-def bench_onnx(base: Path, measurer, rounds: int) -> dict[str, Any]:  # noqa: ANN001 - bench.Measurer
+def bench_onnx(base: Path, measurer, rounds: int, threads: int | None = None) -> dict[str, Any]:  # noqa: ANN001 - bench.Measurer
+    """Both runtimes on the same number of threads (`threads`, default torch's); ONNX Runtime's threads do not spin
+    after a run, which would take the CPUs from the eager run that follows it."""
     import onnxruntime as ort
     import torch
 
     from adaptflow.export import ModelSource, check_images, export_model, read_model
-    from adaptflow.train import predict
+    from adaptflow.train import predict, torch_threads
 
-    result: dict[str, Any] = {"images_per_run": IMAGES_PER_RUN, "runs_each": rounds, "torch_threads": torch.get_num_threads()}
+    threads = threads or torch.get_num_threads()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    result: dict[str, Any] = {"images_per_run": IMAGES_PER_RUN, "runs_each": rounds, "threads": threads}
     for arch, (path, images) in _models(base).items():
         exported = export_model(ModelSource(path, str(path)), "onnx", images, base / f"{arch}.onnx", dynamic=True)
         kind, model, meta = read_model(path)
         size = int(meta["image_size"])
-        session = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(exported.path), options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         pool = check_images(images, size, limit=64)
         if kind == "classifier":
@@ -100,11 +106,12 @@ def bench_onnx(base: Path, measurer, rounds: int) -> dict[str, Any]:  # noqa: AN
             batch = pool[:batch_size] if batch_size <= len(pool) else pool.repeat(-(-batch_size // len(pool)), 1, 1, 1)[:batch_size]
             scaled = batch.float().div(255).numpy()
             onnx = lambda _b, s=scaled: session.run(None, {name: s})  # noqa: E731
-            eager(batch), onnx(batch)  # warm-up
             ours, theirs = [], []
-            for _ in range(rounds):
-                ours.append(_throughput(onnx, batch, measurer, f"{arch} onnx b{batch_size}")[0])
-                theirs.append(_throughput(eager, batch, measurer, f"{arch} eager b{batch_size}")[0])
+            with torch_threads(threads):
+                eager(batch), onnx(batch)  # warm-up
+                for _ in range(rounds):
+                    ours.append(_throughput(onnx, batch, measurer, f"{arch} onnx b{batch_size}")[0])
+                    theirs.append(_throughput(eager, batch, measurer, f"{arch} eager b{batch_size}")[0])
             o, e = statistics.median(ours), statistics.median(theirs)
             row[f"batch_{batch_size}"] = {"onnx_images_per_s": o, "eager_images_per_s": e, "ratio": o / e}
             log.info("%s batch %d: ONNX Runtime %.0f images/s, eager PyTorch %.0f (%.2fx)", arch, batch_size, o, e, o / e)
@@ -128,7 +135,8 @@ def bench_serving(base: Path) -> dict[str, Any]:
     reg = tracking.register_model(RegistryConfig(model_name="bench-serving"), track, run_id, base / "lite.pt",
                                   {"target_accuracy": 0.5}, {"task": "classification"})
     port = _free_port()
-    env = os.environ | {"MLFLOW_TRACKING_URI": tracking.tracking_uri(track)}
+    env = os.environ | {"MLFLOW_TRACKING_URI": tracking.tracking_uri(track),  # and uvicorn, which it starts, from this Python's bin
+                        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     logfile = open(base / "serve.log", "w")  # noqa: SIM115 - closed below
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{reg.name}/{reg.version}",
                                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
@@ -165,9 +173,9 @@ def bench_serving(base: Path) -> dict[str, Any]:
             "body_bytes": len(body)}
 
 
-def bench_deploy(base: Path, measurer, rounds: int) -> dict[str, Any]:  # noqa: ANN001 - bench.Measurer
+def bench_deploy(base: Path, measurer, rounds: int, threads: int | None = None) -> dict[str, Any]:  # noqa: ANN001 - bench.Measurer
     base.mkdir(parents=True, exist_ok=True)
-    return {"onnx": bench_onnx(base, measurer, rounds), "serving": bench_serving(base)}
+    return {"onnx": bench_onnx(base, measurer, rounds, threads), "serving": bench_serving(base)}
 
 
 def report_lines(result: dict[str, Any]) -> list[str]:
@@ -176,7 +184,8 @@ def report_lines(result: dict[str, Any]) -> list[str]:
         row = result["onnx"][arch]
         cells = ", ".join(f"batch {b} {row[f'batch_{b}']['ratio']:.2f} ({row[f'batch_{b}']['onnx_images_per_s']:.0f} against "
                           f"{row[f'batch_{b}']['eager_images_per_s']:.0f})" for b in BATCHES)
-        lines.append(f"ONNX Runtime / eager PyTorch, {arch} at {row['image_size']} px on the CPU (images/s): {cells}")
+        lines.append(f"ONNX Runtime / eager PyTorch, {arch} at {row['image_size']} px, {result['onnx']['threads']} CPU thread(s) "
+                     f"each (images/s): {cells}")
     s = result["serving"]
     lines.append(f"serving round trip, one {64} px image per request over loopback ({s['requests']} requests): p50 {s['p50_ms']:.1f} ms, "
                  f"p95 {s['p95_ms']:.1f} ms (server ready after {s['server_ready_s']:.0f} s)")
