@@ -316,7 +316,6 @@ def predict_detections(model_path: str | Path, folder: str | Path, output: str |
     ONNX) and write `output`: CSV, or JSON for a `.json` name, one row per box scoring `conf` or more, its box in the
     pixels of the image file. `save_images` gets a copy of each image with its boxes drawn. With `reference` (the
     target's test split, `images/` inside), the domain check compares the folder's images with it on the backbone's features."""
-    from adaptflow.detection.data import load_detection_split
     from adaptflow.detection.models import load_detector, predict
 
     folder, output = Path(folder), Path(output)
@@ -339,10 +338,9 @@ def predict_detections(model_path: str | Path, folder: str | Path, output: str |
                                "model (its model.pt) or a run folder")
     dev = str(resolve_device(device))
     if reference is not None:  # first: a reference that does not load stops the run before anything is written
-        ref_images = load_detection_split(reference, size, classes).images
+        ref_files, ref_images = reference_images(reference, size)
         predicted = {p.resolve() for p in files}
-        keep = [i for i, p in enumerate(image_files(reference / "images" if (reference / "images").is_dir() else reference))
-                if p.resolve() not in predicted]
+        keep = [i for i, p in enumerate(ref_files) if p.resolve() not in predicted]
         pick = torch.tensor(keep, dtype=torch.long)[torch.randperm(len(keep), generator=torch.Generator().manual_seed(0))[:CHECK_IMAGES]]
         reference = reference if len(pick) >= CHECK_MIN_IMAGES else None
     sizes = _sizes(files)
@@ -380,6 +378,23 @@ def predict_detections(model_path: str | Path, folder: str | Path, output: str |
         ref = detector_features(model, meta["family"], ref_images[pick], batch_size, dev)
         result.check = domain_check(torch.cat(kept), ref, str(reference), float("nan"))
     return result
+
+
+def reference_images(split: Path, size: int) -> tuple[list[Path], torch.Tensor]:
+    """The images of a detection split (`images/` inside it) decoded at `size`, through the decode cache that image folders
+    use (`folders.load_image_folder`: content-addressed, memory-mapped), so a second check decodes nothing."""
+    from adaptflow import env
+    from adaptflow.data.folders import _content_key
+
+    folder = split / "images" if (split / "images").is_dir() else split
+    files = image_files(folder)
+    cached = env.cache_dir() / "images" / f"detection-{_content_key(folder, files, [0] * len(files), size, None)}.pt"
+    if cached.exists():
+        return files, torch.load(cached, weights_only=True, mmap=True)["images"]
+    images = torch.cat(list(_decoded(files, size, None, 256)))
+    with atomic_write(cached) as tmp:
+        torch.save({"images": images}, tmp)
+    return files, images
 
 
 def _yolo_boxes(raw: np.ndarray, conf: float, size: int) -> list[dict[str, torch.Tensor]]:

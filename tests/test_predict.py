@@ -142,3 +142,7 @@ def test_predict_detects_objects_in_a_folder_with_boxes_in_each_images_pixels(pr
     check = predict_any(project / "yolo.pt", project / "data" / "mnist_scenes" / "test", tmp_path / "source.csv",
                         reference=project / "data" / "photo_scenes" / "test").check
     assert check is not None and check.images == 24 and check.auc > 0.9, check
+    assert len(list((tmp_path / "cache" / "images").glob("detection-*.pt"))) == 1  # the reference, decoded once
+    again = predict_any(project / "yolo.pt", project / "data" / "mnist_scenes" / "test", tmp_path / "source.csv",
+                        reference=project / "data" / "photo_scenes" / "test").check
+    assert again.auc == check.auc
