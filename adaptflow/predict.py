@@ -422,7 +422,7 @@ def draw_boxes(folder: Path, rows: list[tuple], dest: Path, files: list[Path]) -
         pen = ImageDraw.Draw(canvas)
         for _, label, score, *box in by_image.get(name, []):
             pen.rectangle(box, outline=(255, 64, 0), width=max(1, round(min(canvas.size) / 100)))
-            pen.text((box[0] + 2, box[1] + 1), f"{label} {score:.2f}", fill=(255, 64, 0))
+            pen.text((box[0], box[1] - 11 if box[1] >= 11 else box[3] + 1), f"{label} {score:.2f}", fill=(255, 64, 0))  # beside the box
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
         canvas.save(target)
