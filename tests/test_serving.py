@@ -164,6 +164,9 @@ def test_without_a_declared_requirement_the_model_does_not_load(served: dict) ->
     assert "No module named 'adaptflow'" in gone.stderr
     try:
         proc, log = _serve(served, served["uris"]["lite"])
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
         assert proc is None, "served without adaptflow installed"
         assert "No module named 'adaptflow'" in log
     finally:
