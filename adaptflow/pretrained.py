@@ -535,7 +535,9 @@ def _fetch_registered(uri: str, expected: str | None, tracking_uri: str | None, 
                 staging.rename(folder)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-    found = sorted(folder.rglob("artifacts/*.pt"))
+    from adaptflow.tracking import ULTRALYTICS_FILE
+
+    found = sorted(p for p in folder.rglob("artifacts/*.pt") if p.name != ULTRALYTICS_FILE)  # the same weights for Ultralytics
     if not found:
         raise FetchError(f"{uri}: version {version} holds no adaptflow model file (artifacts/*.pt)")
     path = found[0]

@@ -505,19 +505,19 @@ def register_model(
                                outputs=Schema([ColSpec(kind, name) for name, kind in serving.COLUMNS.items()]),
                                params=infer_signature(example, params=params).params)
 
-    def log_model():  # noqa: ANN202
+    def log_model(artifacts: dict[str, str]):  # noqa: ANN202
         with mlflow.start_run(run_id=run_id):
             return mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(Path(serving.__file__)),
-                artifacts={"checkpoint": str(checkpoint)},
+                artifacts=artifacts,
                 signature=signature,
                 input_example=example,
-                pip_requirements=_requirements(),
+                pip_requirements=requirements(checkpoint),
             )
 
-    with scoped_tracking_uri(tracking_uri(tracking)):
-        info = retrying(log_model, what="log_model")
+    with model_artifacts(checkpoint) as artifacts, scoped_tracking_uri(tracking_uri(tracking)):
+        info = retrying(log_model, artifacts, what="log_model")
     tags = {f"{TAG}{k}": str(v) for k, v in lineage.items()}
     tags |= {f"{TAG}run_key": run_key, f"{TAG}model_sha256": model_sha}
     tags |= {f"{TAG}metric.{k}": repr(float(v)) for k, v in metrics.items()}
@@ -855,10 +855,48 @@ def versions(cfg: RegistryConfig, tracking: TrackingConfig) -> list[dict[str, An
     return sorted(rows, key=lambda r: -r["version"])
 
 
-def _requirements() -> list[str]:
+#: The registered YOLO model's weights as Ultralytics saves them, beside adaptflow's own file (`artifacts/ULTRALYTICS_FILE`).
+ULTRALYTICS_FILE = "ultralytics.pt"
+
+
+@contextlib.contextmanager
+def model_artifacts(checkpoint: str | Path) -> Iterator[dict[str, str]]:
+    """The files a registered model carries: adaptflow's checkpoint, and for a YOLO detector the same weights as Ultralytics
+    saves them (`yolo.save_ultralytics`), so that `YOLO(path)` and the `yolo` command open the registered model."""
+    import tempfile
+
+    import torch
+
+    meta = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    if meta.get("family") != "yolo":
+        yield {"checkpoint": str(checkpoint)}
+        return
+    from adaptflow.detection import yolo
+    from adaptflow.detection.models import load_detector
+
+    model, meta = load_detector(checkpoint)
+    with tempfile.TemporaryDirectory(prefix="adaptflow-ultralytics-") as tmp:
+        native = yolo.save_ultralytics(Path(tmp) / ULTRALYTICS_FILE, model, arch=meta["arch"], classes=meta["classes"],
+                                       image_size=int(meta["image_size"]))
+        yield {"checkpoint": str(checkpoint), "ultralytics": str(native)}
+
+
+#: What every registered model's pyfunc imports besides adaptflow, pinned to the versions it was trained and checked with.
+SERVING_PACKAGES = ("torch", "torchvision", "numpy", "pandas", "pillow", "mlflow")
+#: What a model of a family needs on top (EfficientNet-Lite is timm's; YOLO is Ultralytics').
+FAMILY_PACKAGES = {"efficientnet_lite": ("timm",), "yolo": ("ultralytics",)}
+
+
+def requirements(checkpoint: str | Path) -> list[str]:
+    """The pip requirements of a registered model: adaptflow at this exact version (a wheel of the project:
+    `pip wheel --no-deps .`, from your package index or `--find-links`), and pinned, the packages its serving code
+    imports and the ones its architecture needs (timm for EfficientNet-Lite, ultralytics for YOLO)."""
     import importlib.metadata as md
 
-    pins = []
-    for dist in ("torch", "torchvision", "numpy", "pandas", "mlflow"):
-        pins.append(f"{dist}=={md.version(dist).split('+')[0]}")
-    return pins
+    import torch
+
+    meta = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    arch = str(meta.get("arch", ""))
+    family = meta.get("family") or next((key for key in FAMILY_PACKAGES if arch.startswith(key)), "")
+    names = (*SERVING_PACKAGES, *FAMILY_PACKAGES.get(family, ()))
+    return [f"adaptflow=={md.version('adaptflow')}", *(f"{name}=={md.version(name).split('+')[0]}" for name in names)]

@@ -20,6 +20,9 @@
    default thread count, beside a CPU-bound neighbour process and without one.
 6. Detector evaluation (`benchmarks/detection_eval.py`): scoring a YOLO file on the demo's test sets
    as before (default threads, torchmetrics' per-class re-evaluations) against now.
+7. Deployment (`benchmarks/deploy.py`): CPU throughput of the exported ONNX model over eager PyTorch for
+   the demo's classifier and YOLO at batch 1 and 32, and the serving round trip (p50/p95 over 200 requests
+   of one image to `mlflow models serve` on loopback). `--only deploy` runs this section alone.
 
 The machine may be shared: on 2 cores one busy neighbour slows a 2-thread torch process
 several-fold. So every timed run records how much CPU other processes took meanwhile; a run
@@ -50,6 +53,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from benchmarks import progress_log
+from benchmarks.deploy import bench_deploy, report_lines
 from benchmarks.image_cache import bench_image_cache
 from benchmarks.detection_eval import bench_detection_eval, make_model
 from benchmarks.detection_eval import summary as detection_summary
@@ -516,6 +520,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds after which runs no longer wait for quiet nor re-run (default 330)")
     parser.add_argument("--thread-rounds", type=int, default=3,
                         help="alternating (auto, default) rounds of the thread-budget cases, with and without a neighbour (default 3)")
+    parser.add_argument("--deploy-rounds", type=int, default=3, help="timed (ONNX, eager) pairs per model and batch (default 3)")
+    parser.add_argument("--deploy-threads", type=int, default=None, help="threads of both runtimes in the deployment section "
+                        "(default: torch's; 1 on a busy machine, where two threads wait on each other)")
+    parser.add_argument("--only", choices=("all", "deploy"), default="all", help="deploy: only the deployment section")
     parser.add_argument("--keep", action="store_true", help="keep the temporary projects")
     args = parser.parse_args(argv)
 
@@ -536,6 +544,14 @@ def main(argv: list[str] | None = None) -> int:
     env.apply()
     log.info("temporary projects under %s", base)
     try:
+        if args.only == "deploy":
+            use_root(base / "deploy")
+            deploy_result = bench_deploy(base / "deploy", measurer, args.deploy_rounds, args.deploy_threads)
+            for line in ["", *report_lines(deploy_result)]:
+                print(line)
+            REPORT.parent.mkdir(parents=True, exist_ok=True)
+            (REPORT.parent / "bench-deploy.json").write_text(json.dumps(deploy_result, indent=2) + "\n")
+            return 0
         template = make_template(base)
         threads_result = bench_threads(template, args.thread_rounds)
         from adaptflow.data import ensure_domains
@@ -547,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
         layout_result = bench_layout(template, measurer, args.fit_images, args.fit_rounds)
         flow_result = bench_flow(Roots(base, template), measurer, args.flow_rounds)
         cache_result = bench_image_cache(base, args.cache_images)
+        use_root(base / "deploy")
+        deploy_result = bench_deploy(base / "deploy", measurer, args.deploy_rounds, args.deploy_threads)
     finally:
         if args.keep:
             log.info("kept %s", base)
@@ -563,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         "image_cache": cache_result,
         "thread_budget": threads_result,
         "detection_evaluation": detection_result,
+        "deployment": deploy_result,
         "discarded_runs": measurer.discarded,
         "contended_cores_threshold": CONTENDED_CORES,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
@@ -593,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
           f"memory {c['decode_peak_ratio']:.2f} ({mib(c['ours']['decode_peak_growth_mib'])} against {mib(c['plain']['decode_peak_growth_mib'])}), "
           f"cached load time {c['cached_load_ratio']:.2f}, two processes' memory for one cached set {c['two_processes_ratio']:.2f} "
           f"({mib(c['ours']['two_processes_pss_mib'])} against {mib(c['plain']['two_processes_pss_mib'])})")
-    for line in [*threads_summary(threads_result), *detection_summary(detection_result)]:
+    for line in [*threads_summary(threads_result), *detection_summary(detection_result), *report_lines(deploy_result)]:
         print(line)
     kept = f["contended_runs"] + t["contended_runs"] + sum(layout_result[arch]["contended_runs"] for arch in LAYOUT_ARCHS)
     if measurer.discarded or kept:

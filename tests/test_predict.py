@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,3 +88,61 @@ def test_predict_names_what_is_wrong_with_its_input(project: Path, tmp_path: Pat
                           "-o", str(tmp_path / "p.csv")], cwd=project, capture_output=True, text=True, timeout=300)
     assert out.returncode == 5 and "error: --model 'models:/nosuch@champion': nothing is registered" in out.stderr, out.stderr
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_predict_detects_objects_in_a_folder_with_boxes_in_each_images_pixels(project: Path, tmp_path: Path) -> None:
+    """A detector over a folder: one row per box, in the pixels of the file on disk (whatever its size), the same boxes
+    from its ONNX export, copies with the boxes drawn, and the domain check on the backbone's features."""
+    import json
+
+    from PIL import Image
+
+    from adaptflow.data.scenes import build_scene_data
+    from adaptflow.detection.data import load_detection_split
+    from adaptflow.detection.models import build_detector, load_detector, predict, save_detector
+    from adaptflow.export import ModelSource, export_model
+    from adaptflow.predict import predict_any
+
+    build_scene_data(project / "data", sizes={"mnist_scenes": {"test": 24}, "photo_scenes": {"test": 24}})
+    torch.manual_seed(0)
+    model = build_detector("yolov8n", 10, 64)
+    with torch.no_grad():
+        for branch in model.model[-1].cv3:
+            branch[-1].bias += 6.0
+    save_detector(project / "yolo.pt", model, arch="yolov8n", classes=tuple(str(i) for i in range(10)), image_size=64)
+    inbox = tmp_path / "inbox"
+    (inbox / "cam").mkdir(parents=True)
+    sources = sorted((project / "data" / "photo_scenes" / "test" / "images").iterdir())[:3]
+    for i, source in enumerate(sources):  # one at twice the size: its boxes come back at twice the scale
+        with Image.open(source) as img:
+            (img.resize((256, 256)) if i == 0 else img).save(inbox / "cam" / f"{i}.png")
+    result = predict_any(project / "yolo.pt", inbox, tmp_path / "boxes.csv", save_images=tmp_path / "drawn", conf=0.25)
+    rows = _rows(tmp_path / "boxes.csv")
+    assert list(rows[0]) == ["path", "class", "score", "x1", "y1", "x2", "y2"] and result.counts.total() == len(rows) > 0
+    expected = predict(load_detector(project / "yolo.pt")[0], "yolov8n", load_detection_split(project / "data" / "photo_scenes" / "test", 64,
+                       tuple(str(i) for i in range(10))).images[:3], device="cpu")
+    for i in range(3):
+        mine = [r for r in rows if r["path"] == f"cam/{i}.png"]
+        keep = expected[i]["scores"] >= 0.25
+        assert len(mine) == int(keep.sum())
+        scale = (256 if i == 0 else 128) / 64
+        got = torch.tensor([[float(r[k]) for k in ("x1", "y1", "x2", "y2")] for r in mine])
+        assert torch.allclose(got, expected[i]["boxes"][keep] * scale, atol=0.05 * scale)
+    with Image.open(tmp_path / "drawn" / "cam" / "0.png") as drawn, Image.open(inbox / "cam" / "0.png") as original:
+        assert drawn.size == original.size and np.asarray(drawn).tolist() != np.asarray(original.convert("RGB")).tolist()
+
+    exported = export_model(ModelSource(project / "yolo.pt", "yolo.pt"), "onnx", project / "data" / "photo_scenes" / "test" / "images",
+                            tmp_path / "yolo.onnx")
+    predict_any(exported.path, inbox, tmp_path / "boxes.json", conf=0.25)
+    from_onnx = json.loads((tmp_path / "boxes.json").read_text())
+    assert [(r["path"], r["class"]) for r in from_onnx] == [(r["path"], r["class"]) for r in rows]
+    assert np.allclose([r["x1"] for r in from_onnx], [float(r["x1"]) for r in rows], atol=0.1)
+
+    # the domain check tells digits on flat backgrounds from digits on photographs
+    check = predict_any(project / "yolo.pt", project / "data" / "mnist_scenes" / "test", tmp_path / "source.csv",
+                        reference=project / "data" / "photo_scenes" / "test").check
+    assert check is not None and check.images == 24 and check.auc > 0.9, check
+    assert len(list((tmp_path / "cache" / "images").glob("detection-*.pt"))) == 1  # the reference, decoded once
+    again = predict_any(project / "yolo.pt", project / "data" / "mnist_scenes" / "test", tmp_path / "source.csv",
+                        reference=project / "data" / "photo_scenes" / "test").check
+    assert again.auc == check.auc

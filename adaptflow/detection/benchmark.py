@@ -158,7 +158,7 @@ def run_cell(spec: DetectionBenchmark, root: Path, work: Path, seed: int, method
     for name in ("target", "source"):
         domain = data.target if name == "target" else data.source
         test = stages.load_split(data, domain, "test", meta["classes"])
-        report = detection_report(predict(model, spec.arch, test.images), test.targets(), meta["classes"])
+        report = detection_report(predict(model, spec.arch, test.images, for_map=True), test.targets(), meta["classes"])
         result[f"{name}_map50"], result[f"{name}_map50_95"] = report["map50"], report["map50_95"]
     save_detector(folder / "model.pt", model, arch=spec.arch, classes=meta["classes"], image_size=spec.image_size)
     write_json(folder / "result.json", result)

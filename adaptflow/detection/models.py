@@ -69,8 +69,11 @@ def load_detector(path: str | Path, allow_pickle: bool = False) -> tuple[nn.Modu
     return model.eval(), blob
 
 
-def predict(model: nn.Module, arch: str, images: torch.Tensor, batch_size: int = 64, device: str = "auto") -> list[dict[str, torch.Tensor]]:
-    """Per image: `boxes` (K x 4, xyxy pixels), `scores` (K), `labels` (K, class indices)."""
+def predict(model: nn.Module, arch: str, images: torch.Tensor, batch_size: int = 64, device: str = "auto",
+            for_map: bool = False) -> list[dict[str, torch.Tensor]]:
+    """Per image: `boxes` (K x 4, xyxy pixels), `scores` (K), `labels` (K, class indices). `for_map`: the predictions
+    mAP is measured on; for YOLO, as Ultralytics' validator makes them (a box once for every class scoring above the
+    threshold), so that adaptflow's mAP of a YOLO is the one `yolo val` reports for the same weights."""
     if family(arch) == "yolo":
-        return yolo.predict(model, images, batch_size, device)
+        return yolo.predict(model, images, batch_size, device, multi_label=for_map)
     return frcnn.predict(model, images, batch_size, device)

@@ -69,7 +69,7 @@ def pretrain(cfg: PretrainConfig, data: DataConfig, work_dir: Path, on_epoch: Ep
     fingerprint = f"pretrain:{cfg.model_dump_json()}:{data.model_dump_json()}"
     model, history = _train(model, cfg.arch, cfg, data, splits, classes, work_dir, fingerprint, on_epoch)
     test = load_split(data, data.source, "test", classes)
-    report = detection_report(predict(model, cfg.arch, test.images, device=cfg.device), test.targets(), classes)
+    report = detection_report(predict(model, cfg.arch, test.images, device=cfg.device, for_map=True), test.targets(), classes)
 
     def save(path: Path) -> None:
         save_detector(path, model, arch=cfg.arch, classes=classes, image_size=data.image_size, extra={"domain": data.source})
@@ -156,7 +156,7 @@ def adapt_methods(model: nn.Module, arch: str, cfg: FinetuneConfig, data: DataCo
 def _score(model: nn.Module, arch: str, tests: dict[str, DetectionSet], cfg: EvaluateConfig, device: str) -> tuple[dict, dict]:
     reports, predictions = {}, {}
     for name, test in tests.items():
-        predictions[name] = predict(model, arch, test.images, cfg.batch_size, device)
+        predictions[name] = predict(model, arch, test.images, cfg.batch_size, device, for_map=True)
         reports[name] = detection_report(predictions[name], test.targets(), test.classes)
     return reports, predictions
 

@@ -193,6 +193,31 @@ def from_ultralytics_file(path: Path, allow_pickle: bool = False) -> tuple[nn.Mo
     return model, arch, tuple(str(names[i]) for i in sorted(names))
 
 
+def save_ultralytics(path: Path, model: nn.Module, *, arch: str, classes: tuple[str, ...] | list[str], image_size: int) -> Path:
+    """Write `model` as Ultralytics writes a trained model (`YOLO.save`: the module under `model`, `ema` None), with
+    the class names and image size, so that `YOLO(path)` and the `yolo` command (val, predict, export) open it. The
+    weights stay fp32 (Ultralytics stores fp16): its predictions are adaptflow's. Loading it runs Ultralytics'
+    unpickler; adaptflow itself loads it with only the model classes allowed (`load_ultralytics_checkpoint`)."""
+    from datetime import datetime
+
+    ultra = ultralytics()
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    net = copy.deepcopy(model).float().cpu().eval().to(memory_format=torch.contiguous_format)
+    net.names = {i: str(name) for i, name in enumerate(classes)}
+    args = {**DEFAULT_CFG_DICT, "task": "detect", "mode": "train", "model": f"{arch}.yaml", "imgsz": image_size}
+    net.args = {k: v for k, v in args.items() if isinstance(v, str | int | float | bool | type(None))}
+    blob = {"date": datetime.now().astimezone().isoformat(), "version": ultra.__version__,
+            "license": "AGPL-3.0 License (https://ultralytics.com/license)", "docs": "https://docs.ultralytics.com",
+            "epoch": -1, "best_fitness": None, "model": net, "ema": None, "updates": None, "optimizer": None,
+            "train_args": net.args, "train_metrics": {}, "train_results": {}}
+    from adaptflow.io import atomic_write
+
+    with atomic_write(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(blob, fh)
+    return Path(path)
+
+
 def _device(name: str) -> str:
     if name == "auto":
         return "0" if torch.cuda.is_available() else "cpu"
@@ -305,9 +330,10 @@ def amp_check(model: nn.Module) -> bool:
 
 
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: str, conf: float = 0.001, iou: float = 0.7,
-            max_det: int = 100) -> list[dict[str, torch.Tensor]]:
+            max_det: int = 100, multi_label: bool = False) -> list[dict[str, torch.Tensor]]:
     """Boxes (xyxy pixels), scores and class indices for uint8 images (N x 3 x H x W). The model moves
-    to the device before inference mode, so that it can still be trained afterwards."""
+    to the device before inference mode, so that it can still be trained afterwards. `multi_label`: a box
+    for every class scoring above `conf`, as Ultralytics' validator measures mAP (with max_det 300)."""
     ultralytics()
     from ultralytics.utils.nms import non_max_suppression
 
@@ -323,7 +349,8 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: str
         for start in range(0, len(images), batch_size):
             x = torch.nn.functional.pad(images[start : start + batch_size].to(dev).float().div_(255), pad, value=114 / 255)
             out = model(x)
-            for det in non_max_suppression(out[0] if isinstance(out, tuple | list) else out, conf, iou, max_det=max_det):
+            for det in non_max_suppression(out[0] if isinstance(out, tuple | list) else out, conf, iou, multi_label=multi_label,
+                                           max_det=300 if multi_label else max_det):
                 det = det.float().cpu()
                 det[:, 0:4:2] = det[:, 0:4:2].clamp(0, w)  # boxes stay inside the (unpadded) image
                 det[:, 1:4:2] = det[:, 1:4:2].clamp(0, h)
