@@ -95,7 +95,7 @@ def test_custom_run_from_the_ui_form_completes_with_the_changed_parameter(browse
     seen = json.loads(shown.stdout.strip().splitlines()[-1])
     assert "mlflow-model-version" in seen["artifacts"] and "validated " in seen["logs"], seen
     assert "adaptflow.pretrained_sha256" in seen["model_version"] and "mlflow models serve" in seen["model_version"], seen["model_version"]
-    for name in ("prefect-flow-run.png", "prefect-flow-run-logs.png", "mlflow-model-version.png"):
+    for name in ("prefect-flow-run.png", "prefect-flow-run-logs.png", "mlflow-model-version.png", "mlflow-model-version-lineage.png"):
         assert (shots / name).stat().st_size > 10_000, name
     shutil.copytree(shots, REPO / "reports" / "browser", dirs_exist_ok=True)  # the latest screenshots, for a look
     if os.environ.get("ADAPTFLOW_SCREENSHOTS_DIR"):  # `make screenshots`: the ones the docs show

@@ -27,7 +27,9 @@ try {
   await page.getByText('adaptflow.data_version').first().waitFor();
   await page.getByText('Made from').first().waitFor();
   seen.model_version = await page.locator('body').innerText();
-  await page.screenshot({ path: `${shots}/mlflow-model-version.png`, fullPage: true });
+  await page.screenshot({ path: `${shots}/mlflow-model-version.png` });
+  await page.getByText('adaptflow.data_version').first().scrollIntoViewIfNeeded();
+  await page.screenshot({ path: `${shots}/mlflow-model-version-lineage.png` });
   console.log(JSON.stringify(seen));
 } finally {
   await browser.close();
