@@ -307,7 +307,7 @@ def fetch(
 
 @app.command("predict")
 def predict_images(
-    images: Annotated[Path, typer.Argument(help="Folder of images to classify (any depth)")],
+    images: Annotated[Path, typer.Argument(help="Folder of images to classify (any depth), or a CSV or JSONL file with a text column for a text classifier")],
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV to write: path, class, score")] = Path("predictions.csv"),
     model: Annotated[str | None, typer.Option(help="models:/NAME@ALIAS or /VERSION, or a model file; default: the registry's champion")] = None,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Check whether the images look like the target's test split "
@@ -328,6 +328,12 @@ def predict_images(
     if uri.startswith("models:/"):
         require_server(cfg.tracking)
     ref = fetch_pretrained(uri, tracking_uri=tracking_uri(cfg.tracking), field="--model")
+    from adaptflow.text.predict import is_text_input, predict_file
+
+    if is_text_input(images):  # a CSV or JSONL file of texts, for a text classifier
+        counts = predict_file(ref.path, images, output, batch_size)
+        typer.echo(f"{counts.total()} texts -> {output} ({ref.uri}): " + ", ".join(f"{c} {n}" for c, n in sorted(counts.items())))
+        return
     reference = split_dir(cfg.data, cfg.data.target, "test")
     result = predict_folder(ref.path, images, output, batch_size, device, reference if check and reference.is_dir() else None)
     typer.echo(f"{result.counts.total()} images -> {output} ({ref.uri}): " + ", ".join(f"{c} {n}" for c, n in sorted(result.counts.items())))
@@ -541,6 +547,13 @@ def demo(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> 
     typer.secho("1/3 the demo domains (MNIST -> UCI digits; digit scenes -> on photographs), built where missing", bold=True)
     built = ensure_domains(env.project_path(cfg.data.root), [*DEMO_DOMAINS, *filter(None, (cfg.data.source, cfg.data.target))])
     typer.echo(f"built {', '.join(built)}" if built else "present: kept as they are (`adaptflow data build` rebuilds them)")
+    if cfg.task == "text_classification":  # a pretrained encoder: no source model to train first
+        from adaptflow.text.report import demo_lines
+
+        typer.secho(f"2/2 transfer flow from {cfg.pretrained.uri}: version data -> fetch -> fine-tune -> evaluate -> register", bold=True)
+        result = _run_flow("transfer", cfg)
+        typer.echo("\n".join(demo_lines(cfg, result, time.perf_counter() - started)))
+        return
     if cfg.data.source is None:  # start from the pretrained model: compare with the same network from scratch
         typer.secho(f"2/3 transfer flow from {cfg.pretrained.uri}: version data -> fetch -> fine-tune -> evaluate -> register", bold=True)
         result = _run_flow("transfer", cfg)

@@ -524,6 +524,8 @@ def _serving(task: str):  # noqa: ANN202 - a module
     """The pyfunc code file for a task's models (its `COLUMNS` and `PARAMS` shape the signature)."""
     if task == "detection":
         from adaptflow.detection import serving
+    elif task == "text_classification":
+        from adaptflow.text import serving
     else:
         from adaptflow import serving
     return serving
@@ -540,6 +542,10 @@ def _model_input(checkpoint: str | Path):  # noqa: ANN202 - (example, TensorSpec
     from adaptflow.data.pixels import recorded_window
 
     meta = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    if "tokenizer" in meta:  # a text model: a column of strings
+        from adaptflow.text.serving import model_input
+
+        return model_input()
     size = int(meta["image_size"])
     if recorded_window(meta) is not None:
         return np.zeros((2, size, size), dtype=np.float32), TensorSpec(np.dtype(np.float32), (-1, -1, -1))

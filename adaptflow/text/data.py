@@ -249,8 +249,11 @@ def check_text_domains(data: DataConfig, target_splits: tuple[str, ...], report:
         if path is None:
             _missing(data, domain, split, report)
             continue
+        before = len(report.errors)
         rows = read_rows(path, report, labeled=split in LABELED_SPLITS)
         if (domain, split) == (data.target, "train"):
+            if len(report.errors) > before:
+                continue  # its labels are not known: no label of another split is checked against them
             train_labels = set(rows.labels)
             if len(rows) and len(train_labels) < 2:
                 report.error(path, f"one label ({next(iter(train_labels))}): a classifier needs at least two",
