@@ -218,14 +218,39 @@ def test_text_run_killed_with_sigkill_resumes_to_the_same_model_then_registers_a
     lines = (root / "scored.csv").read_text().splitlines()
     assert lines[0] == "line,class,score,p_bad,p_good" and len(lines) == 3
 
-    script = ("import mlflow, sys; m = mlflow.pyfunc.load_model(sys.argv[1]); "
-              "print(m.metadata.get_input_schema().input_names()); print(m.predict(['it helped me a lot', 'awful']).to_json())")
+    script = ("import mlflow, sys, pandas as pd; m = mlflow.pyfunc.load_model(sys.argv[1]); s = m.metadata.get_input_schema(); "
+              "print([str(t) for t in s.input_types()]); assert m.metadata.load_input_example() is not None; "
+              "assert m.predict(pd.DataFrame({'text': ['fine']}))['class'].size == 1; "
+              "print(m.predict(['it helped me a lot', 'awful']).to_json())")
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
     served = subprocess.run([sys.executable, "-c", script, registration["model_uri"]], cwd=root, env=env, capture_output=True,
                             text=True, timeout=300)
     assert served.returncode == 0, served.stderr
-    names, table = served.stdout.strip().splitlines()[-2:]
-    assert names == "['text']"
+    types, table = served.stdout.strip().splitlines()[-2:]
+    assert types == "['DataType.string']"
     rows = json.loads(table)
     assert set(rows["class"].values()) <= {"bad", "good"} and len(rows["class"]) == 2
     assert all(abs(sum(json.loads(p).values()) - 1) < 1e-4 for p in rows["probabilities"].values())
+
+
+def test_adaptation_methods_train_a_text_model_on_the_pooled_embedding(text_project: Path) -> None:
+    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.text import stages
+
+    source = text_project / "data" / "movies"
+    _csv(source / "train.csv", [("a fine film", "good"), ("a dull film", "bad"), ("loved every minute", "good"), ("a waste", "bad")])
+    _csv(source / "test.csv", [("great acting", "good"), ("boring plot", "bad")])
+    unlabeled = text_project / "data" / "reviews" / "unlabeled.jsonl"
+    unlabeled.write_text("".join(json.dumps({"text": t}) + "\n" for t, _ in _rows()))
+    cfg = _config("data.source=movies", "data.labeled_per_class=2", "finetune.methods=[coral, mcc, self_training]",
+                  "finetune.pseudo_label_threshold=0.0", "finetune.strategy=finetune", "finetune.epochs=1")
+    validate(cfg, "data")
+    ref = fetch_pretrained(cfg.pretrained.uri)
+    model = stages.finetune(cfg.finetune, cfg.data, ref, text_project / "ft")
+    history = json.loads((text_project / "ft" / "history.json").read_text())
+    assert model.classes == ("bad", "good") and len(history) == 1
+    assert history[0]["train_loss"] > 0
+    metrics = stages.evaluate(cfg.evaluate, cfg.data, model.path, ref, text_project / "ev", "cpu")
+    report = json.loads((text_project / "ev" / "report.json").read_text())
+    assert report["baseline"]["train_rows"] == 4 + 4  # TF-IDF saw what the model saw: the source's rows and 2 per class
+    assert 0 <= metrics["source_accuracy"] <= 1 and 0 <= metrics["tfidf_target_macro_f1"] <= 1

@@ -1,8 +1,8 @@
 """The registered text classifier's serving interface: an MLflow pyfunc around an adaptflow text model file.
 
 Logged "from code" (this file), so loading unpickles nothing: the weights, the encoder's config and
-the tokenizer load from the weights-only file. `predict` takes a column of strings (a DataFrame with
-a `text` column, a list or an array of strings) and returns, per text, the predicted class, its
+the tokenizer load from the weights-only file. `predict` takes a column of strings (a list, or a
+DataFrame with one column, or with a `text` column) and returns, per text, the predicted class, its
 score and every class's probability.
 """
 
@@ -20,10 +20,11 @@ EXAMPLE = ["The medicine worked within a week and the side effects were mild.", 
 
 
 def model_input():  # noqa: ANN201 - (example, ColSpec)
-    """The input example (two texts) and the column a text model's signature declares."""
+    """The input example (two texts) and the one unnamed string column a text model's signature declares:
+    a list of strings is accepted as it is, and so is a table with one column of them."""
     from mlflow.types import ColSpec
 
-    return pd.DataFrame({"text": EXAMPLE}), ColSpec("string", "text")
+    return list(EXAMPLE), ColSpec("string")
 
 
 def texts_of(model_input: object) -> list[str]:
