@@ -420,7 +420,8 @@ def validate(config: RunConfig, stage: str = "transfer") -> Report:
         log.warning("%s", p)
     if not report.ok:
         raise DataValidationError(report)
-    log.info("validated %d images: %d warnings", report.checked_files, len(report.warnings))
+    log.info("validated %d %s: %d warnings", report.checked_files, "files" if config.task == "text_classification" else "images",
+             len(report.warnings))
     return report
 
 
