@@ -46,8 +46,9 @@ test: install  ## the test suite (CPU, offline; TEST_WORKERS=2 parallel workers)
 test-all: install  ## the test suite including tests marked slow (none at present)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m 'not gpu'
 
-bench: install  ## flow overhead, training-loop throughput, memory layout and image cache, as measured ratios
+bench: install  ## flow overhead, training-loop throughput (images and text), memory layout and image cache, as measured ratios
 	$(BIN)/python -m benchmarks.bench
+	$(BIN)/python -m benchmarks.text_throughput
 
 bench-cuda: install  ## on a CUDA GPU: training-loop images/s against a bare torch loop, host-memory data, share of the matmul rate
 	$(BIN)/python -m benchmarks.cuda

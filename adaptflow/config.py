@@ -311,6 +311,12 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _task(self) -> RunConfig:
         self._check_source()
+        packaged = self.pretrained.uri.strip().removeprefix("package:") if self.pretrained.uri.strip().startswith("package:") else None
+        if packaged is not None and (packaged in get_args(TextArch)) != (self.task == "text_classification"):
+            kind = "a text encoder" if packaged in get_args(TextArch) else "an image model"
+            raise ValueError(f"pretrained.uri {self.pretrained.uri} is {kind} but task is {self.task}; set task to "
+                             f"{'text_classification' if packaged in get_args(TextArch) else 'classification'}, or pick other "
+                             "pretrained weights")
         if self.task == "text_classification":
             self._check_text()
             return self

@@ -166,6 +166,10 @@ def test_adabn_is_refused_for_a_transformer_with_the_reason() -> None:
         _config("finetune.arch=resnet18")
     with pytest.raises(ConfigError, match="is a text encoder"):
         load_config(None, ["finetune.arch=minilm_l6"])
+    with pytest.raises(ConfigError, match="is a text encoder but task is classification"):
+        load_config(None, ["pretrained.uri=package:minilm_l6"])
+    with pytest.raises(ConfigError, match="is an image model but task is text_classification"):
+        _config("pretrained.uri=package:efficientnet_lite0")
     _config("finetune.methods=[mcc, self_training]")  # methods on the pooled embedding are accepted
 
 
