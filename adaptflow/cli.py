@@ -377,7 +377,7 @@ def fetch(
 
 @app.command("predict", rich_help_panel=MODELS)
 def predict_images(
-    images: Annotated[Path, typer.Argument(help="Folder of images to classify or detect objects in (any depth)")],
+    images: Annotated[Path, typer.Argument(help="Folder of images to classify or detect objects in (any depth), or a CSV or JSONL file with a text column for a text classifier")],
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV (or .json) to write: path, class, score; a detector adds "
                                          "x1, y1, x2, y2 in the image's pixels, one row per box")] = Path("predictions.csv"),
     model: Annotated[str | None, typer.Option(help="models:/NAME@ALIAS or /VERSION, a run folder, a model file or an exported .onnx; "
@@ -409,6 +409,12 @@ def predict_images(
         path, uri = ref.path, ref.uri
     else:
         path = uri
+    from adaptflow.text.predict import is_text_input, predict_file
+
+    if is_text_input(images):  # a CSV or JSONL file of texts, for a text classifier
+        counts = predict_file(path, images, output, batch_size)
+        typer.echo(f"{counts.total()} texts -> {output} ({uri}): " + ", ".join(f"{c} {n}" for c, n in sorted(counts.items())))
+        return
     reference = split_dir(cfg.data, cfg.data.target, "test")
     detector = model_kind(path) != "classifier"
     result = predict_any(path, images, output, batch_size=batch_size, device=device, conf=conf, save_images=save_images,
@@ -709,6 +715,13 @@ def demo(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> 
     typer.secho("1/3 the demo domains (MNIST -> UCI digits; digit scenes -> on photographs), built where missing", bold=True)
     built = ensure_domains(env.project_path(cfg.data.root), [*DEMO_DOMAINS, *filter(None, (cfg.data.source, cfg.data.target))])
     typer.echo(f"built {', '.join(built)}" if built else "present: kept as they are (`adaptflow data build` rebuilds them)")
+    if cfg.task == "text_classification":  # a pretrained encoder: no source model to train first
+        from adaptflow.text.report import demo_lines
+
+        typer.secho(f"2/2 transfer flow from {cfg.pretrained.uri}: version data -> fetch -> fine-tune -> evaluate -> register", bold=True)
+        result = _run_flow(Flow.transfer, cfg)
+        typer.echo("\n".join(demo_lines(cfg, result, time.perf_counter() - started)))
+        return
     if cfg.data.source is None:  # start from the pretrained model: compare with the same network from scratch
         typer.secho(f"2/3 transfer flow from {cfg.pretrained.uri}: version data -> fetch -> fine-tune -> evaluate -> register", bold=True)
         result = _run_flow(Flow.transfer, cfg)

@@ -37,8 +37,10 @@ DetectorArch = Literal[
     "fasterrcnn_mobilenet_v3_large_fpn",
     "fasterrcnn_resnet50_fpn_v2",
 ]
-Arch = Literal[get_args(ClassifierArch) + get_args(DetectorArch)]
-Task = Literal["classification", "detection"]
+#: Pretrained text encoders (`adaptflow.text.encoder.TEXT_ARCHS`) for task text_classification.
+TextArch = Literal["minilm_l6"]
+Arch = Literal[get_args(ClassifierArch) + get_args(DetectorArch) + get_args(TextArch)]
+Task = Literal["classification", "detection", "text_classification"]
 Strategy = Literal["linear_probe", "finetune", "lp_ft", "discriminative", "gradual_unfreeze", "surgical"]
 #: Strategies that train a detector too; the others need a classifier's backbone blocks.
 DETECTION_STRATEGIES = ("finetune", "linear_probe")
@@ -122,6 +124,7 @@ class DataConfig(Section):
         "records it and applies it when served. Empty refuses such images (8-bit images are used as they are either way)",
     )
     remote: str | None = Field(None, description="DVC remote to push to; empty uses the default remote")
+    max_length: int = Field(128, ge=8, le=4096, description="text_classification: a text's tokens beyond this many are cut off")
 
     @field_validator("source", "target")
     @classmethod
@@ -302,7 +305,8 @@ class TrackingConfig(Section):
 class RunConfig(Section):
     """Everything one run of the pipeline needs."""
 
-    task: Task = Field("classification", description="classification or detection (YOLO-format boxes)")
+    task: Task = Field("classification", description="classification, detection (YOLO-format boxes) or text_classification "
+                       "(CSV or JSONL files of text and label)")
     threads: Annotated[Literal["auto"] | int, WithJsonSchema(
         {"anyOf": [{"const": "auto", "type": "string"}, {"type": "integer", "minimum": 1, "maximum": 1024}]})] = Field(
         "auto", description="CPU threads of every stage's process and of the processes it starts (torch, OpenMP, MKL). auto: the "
@@ -332,10 +336,22 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _task(self) -> RunConfig:
         self._check_source()
+        packaged = self.pretrained.uri.strip().removeprefix("package:") if self.pretrained.uri.strip().startswith("package:") else None
+        if packaged is not None and (packaged in get_args(TextArch)) != (self.task == "text_classification"):
+            kind = "a text encoder" if packaged in get_args(TextArch) else "an image model"
+            raise ValueError(f"pretrained.uri {self.pretrained.uri} is {kind} but task is {self.task}; set task to "
+                             f"{'text_classification' if packaged in get_args(TextArch) else 'classification'}, or pick other "
+                             "pretrained weights")
+        if self.task == "text_classification":
+            self._check_text()
+            return self
         detectors = get_args(DetectorArch)
         for name in ("pretrain", "finetune"):
             section: TrainConfig = getattr(self, name)
             arch = section.arch
+            if arch in get_args(TextArch):
+                raise ValueError(f"{name}.arch '{arch}' is a text encoder but task is {self.task}; set task to text_classification, "
+                                 f"or use one of: {', '.join(get_args(ClassifierArch))}")
             if (arch in detectors) != (self.task == "detection"):
                 kind = "a detector" if arch in detectors else "a classifier"
                 wanted = ", ".join(detectors if self.task == "detection" else get_args(ClassifierArch))
@@ -398,6 +414,28 @@ class RunConfig(Section):
         if self.registry.guard_metric and self.registry.guard_metric.startswith("source_"):
             raise ValueError(f"registry.guard_metric {self.registry.guard_metric} guards the source domain, and data.source is "
                              "empty: set registry.guard_metric to null (empty), or set data.source")
+
+    def _check_text(self) -> None:
+        """What a text classifier cannot do of what the image settings allow (the pretrain section is unused)."""
+        ft = self.finetune
+        if ft.arch not in get_args(TextArch):
+            raise ValueError(f"finetune.arch '{ft.arch}' is an image model but task is text_classification; use one of: "
+                             f"{', '.join(get_args(TextArch))}")
+        if "adabn" in ft.methods:
+            raise ValueError("finetune.methods adabn re-estimates batch-norm statistics on the target, and a transformer has none: "
+                             "its LayerNorm normalises each token by that token's own statistics, so there is nothing to re-estimate; "
+                             "use mcc, self_training, coral or dann (they act on the pooled sentence embedding)")
+        if ft.augment or ft.low_resolution:
+            raise ValueError("finetune.augment and finetune.low_resolution transform images; with task text_classification set "
+                             "finetune.augment=false and finetune.low_resolution=0")
+        if self.data.window is not None:
+            raise ValueError("data.window maps image pixels onto 8 bits; with task text_classification leave it empty")
+        if ft.devices != 1:
+            raise ValueError(f"finetune.devices={ft.devices}: a text classifier trains on one device; set finetune.devices=1")
+        for key in ("metric", "guard_metric"):
+            if "map50" in (getattr(self.registry, key) or ""):
+                raise ValueError(f"registry.{key} '{getattr(self.registry, key)}' is a detection metric; with task "
+                                 "text_classification use target_accuracy or target_macro_f1 (guard: source_accuracy)")
 
     def _check_devices(self, name: str, section: TrainConfig) -> None:
         problem = section.devices_problem(name)

