@@ -210,9 +210,9 @@ def test_text_run_killed_with_sigkill_resumes_to_the_same_model_then_registers_a
     assert killed_at["epoch"] >= 1 and len(history) == 3
     assert [h["train_loss"] for h in history] == pytest.approx([h["train_loss"] for h in straight], abs=1e-6)
 
-    metrics = json.loads(_finish(root, "evaluate", "--run-dir", "killed"))
+    metrics = json.loads(_finish(root, "evaluate", "--run-dir", "killed", "--json"))
     assert {"target_accuracy", "target_macro_f1", "tfidf_target_accuracy", "tfidf_target_macro_f1"} <= set(metrics)
-    registration = json.loads(_finish(root, "register", "--run-dir", "killed"))
+    registration = json.loads(_finish(root, "register", "--run-dir", "killed", "--json"))
     assert registration["alias"] == "champion"
 
     (root / "new.jsonl").write_text('{"text": "it helped me a lot"}\n{"text": "awful, made it worse"}\n')
