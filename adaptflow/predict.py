@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -204,9 +205,9 @@ def model_kind(path: str | Path) -> str:
         return "onnx"
     from adaptflow.models import load_weights_only
 
-    blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True) if path.is_file() else None
-    if blob is None:
-        load_weights_only(path, False, "")  # raises the error a missing or pickled file gets
+    if not path.is_file():
+        raise PredictError(f"{path}: no such model file; give models:/NAME@ALIAS, a run folder or a model file")
+    blob = load_weights_only(path, False, "Predict with a model file adaptflow saved (weights only), or a registered model")
     return "detector" if isinstance(blob, dict) and blob.get("format", "").startswith("adaptflow-detector") else "classifier"
 
 

@@ -105,7 +105,7 @@ def test_a_registered_model_exports_from_the_command_line_into_its_runs_artifact
     assert described["model"] == "models:/digits/1" and described["check"]["images"].endswith("data/uci_digits/test")
 
     bad = subprocess.run([sys.executable, "-m", "adaptflow", "export", "runs/none"], cwd=project, capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "error: runs/none: no such file or folder; give models:/NAME@ALIAS, a run folder or a model file" in bad.stderr
+    assert bad.returncode == 3 and "error: runs/none: no such file or folder; give models:/NAME@ALIAS, a run folder or a model file" in bad.stderr
 
 
 @pytest.mark.parametrize(("arch", "fmt"), [("yolov8n", "onnx"), ("yolov8n", "torchscript"), ("fasterrcnn_mobilenet_v3_large_fpn", "onnx")])
