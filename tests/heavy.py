@@ -11,6 +11,18 @@ the collection, so the list cannot rot silently.
 from __future__ import annotations
 
 HEAVY: dict[str, tuple[str, ...]] = {
+    "tests/test_export.py": (
+        "test_a_registered_model_exports_from_the_command_line_into_its_runs_artifacts",
+        "test_a_detector_exports_with_the_same_boxes",
+        "test_the_demos_efficientnet_lite0_with_imagenet_weights_exports_within_1e_4",
+        "test_the_registered_yolo_opens_in_ultralytics_with_its_names_and_adaptflows_boxes",
+        "test_the_demos_yolo_validates_in_ultralytics_to_adaptflows_map50",
+    ),
+    "tests/test_text.py": (
+        "test_text_run_killed_with_sigkill_resumes_to_the_same_model_then_registers_and_serves_strings",
+        "test_adaptation_methods_train_a_text_model_on_the_pooled_embedding",
+    ),
+    "tests/test_ui.py": ("test_the_served_ui_calls_the_api_on_the_chosen_port",),
     "tests/test_adapt.py": (
         "test_finetune_adapts_from_source_labels_and_unlabeled_target",
         "test_finetune_keeps_the_epoch_best_on_the_validation_set_or_by_a_validator",
