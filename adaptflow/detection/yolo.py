@@ -251,6 +251,23 @@ def train(
     return trained, history
 
 
+def trainer_args(arch: str, data_yaml: Path, work_dir: Path, *, epochs: int, batch_size: int, lr: float, weight_decay: float,
+                 image_size: int, freeze: int, seed: int, device: str, optimizer: str, augment: bool = True,
+                 precision: str = "auto") -> dict[str, Any]:
+    """The settings Ultralytics' trainer gets from `fit`'s keywords (also what `YOLO(...).train(**args)` takes)."""
+    args = {
+        "model": f"{arch}.yaml", "data": str(data_yaml), "epochs": epochs, "batch": batch_size, "imgsz": image_size,
+        "lr0": lr, "weight_decay": weight_decay, "optimizer": "SGD" if optimizer == "sgd" else "AdamW",
+        "freeze": freeze or None, "seed": seed, "deterministic": True, "device": device, "amp": device != "cpu" and precision != "off",
+        "project": str(work_dir), "name": "ultralytics", "exist_ok": True, "val": False, "plots": False,
+        "verbose": False, "nbs": batch_size, "warmup_epochs": min(3, max(epochs - 1, 0)), "pretrained": False,
+        "workers": 2, "fliplr": 0.0,  # mirrored digits or text are other symbols: no flips
+    }
+    if not augment:
+        args |= {"mosaic": 0.0, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "translate": 0.0, "scale": 0.0, "erasing": 0.0}
+    return args
+
+
 def fit(
     model: nn.Module,
     arch: str,
@@ -278,16 +295,9 @@ def fit(
     ultralytics()
     from ultralytics.models.yolo.detect import DetectionTrainer
 
-    args = {
-        "model": f"{arch}.yaml", "data": str(data_yaml), "epochs": epochs, "batch": batch_size, "imgsz": image_size,
-        "lr0": lr, "weight_decay": weight_decay, "optimizer": "SGD" if optimizer == "sgd" else "AdamW",
-        "freeze": freeze or None, "seed": seed, "deterministic": True, "device": device, "amp": device != "cpu" and precision != "off",
-        "project": str(work_dir), "name": "ultralytics", "exist_ok": True, "val": False, "plots": False,
-        "verbose": False, "nbs": batch_size, "warmup_epochs": min(3, max(epochs - 1, 0)), "pretrained": False,
-        "workers": 2, "fliplr": 0.0,  # mirrored digits or text are other symbols: no flips
-    }
-    if not augment:
-        args |= {"mosaic": 0.0, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "translate": 0.0, "scale": 0.0, "erasing": 0.0}
+    args = trainer_args(arch, data_yaml, work_dir, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                        image_size=image_size, freeze=freeze, seed=seed, device=device, optimizer=optimizer, augment=augment,
+                        precision=precision)
     trainer = DetectionTrainer(overrides=args)
     trainer.model = trainer.get_model(cfg=f"{arch}.yaml", weights=model, verbose=False)
 
