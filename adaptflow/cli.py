@@ -507,7 +507,7 @@ def finetune(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None,
     from adaptflow.versioning import read_version
 
     cfg = _stage_config(config, overrides)
-    validate(cfg)
+    validate(cfg, "finetune")
     pretrained = fetch_pretrained(cfg.pretrained.uri, cfg.pretrained.sha256, allow_pickle=cfg.pretrained.allow_pickle, tracking_uri=tracking_uri(cfg.tracking))
     with _run_failures():
         write_run_record(cfg, read_version(cfg.data), pretrained, run_dir, origin="cli")

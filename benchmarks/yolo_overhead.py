@@ -67,6 +67,9 @@ def prepare(root: Path, epochs: int) -> dict:
     from adaptflow.detection.models import build_detector, save_detector
 
     ensure_domains(root / "data", ["mnist_scenes", "photo_scenes"])
+    if not (root / "data.dvc").exists():  # a stage records the data version: the project is a git + DVC repo
+        for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"], [sys.executable, "-m", "dvc", "add", "-q", "data"]):
+            subprocess.run(cmd, cwd=root, check=True, capture_output=True, env=os.environ | {"DVC_NO_ANALYTICS": "1"})
     cfg = load_config(str(CONFIG), [f"finetune.epochs={epochs}", "finetune.device=cpu"])
     classes = stages.domain_classes(cfg.data, cfg.data.target)
     import torch

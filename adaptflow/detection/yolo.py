@@ -225,16 +225,20 @@ def _device(name: str) -> str:
 
 
 def train(
-    model: nn.Module,
+    model: nn.Module | Path,
     arch: str,
     data_yaml: Path,
     work_dir: Path,
     *,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     **settings: Any,
-) -> tuple[nn.Module, list[dict[str, float]]]:
+) -> tuple[nn.Module | None, list[dict[str, float]]]:
     """Train with Ultralytics' trainer, starting from `model`'s weights; returns the EMA weights and
     per-epoch history. Validation uses the `val` split of `data_yaml` (never a target test split).
+
+    `model` may be the path of an adaptflow detector file: the trainer's process loads it, and this
+    one never builds the model (nor imports Ultralytics). With `save_to` (`save_detector`'s keywords
+    but the model) that process also writes the trained model, and None is returned in its place.
 
     The trainer runs in a child process: its augmentations draw from process-global random
     generators, which a host's other threads (Prefect's) would otherwise share, so a flow run and
@@ -247,7 +251,8 @@ def train(
         if on_epoch is not None:
             on_epoch(int(row["epoch"]), row)
 
-    trained = child.call(fit, work_dir, on_record=relay, model=model, arch=arch, data_yaml=data_yaml, work_dir=work_dir, **settings)
+    trained = child.call(fit, work_dir, on_record=relay, model=str(model) if isinstance(model, Path) else model, arch=arch,
+                         data_yaml=data_yaml, work_dir=work_dir, **settings)
     return trained, history
 
 
@@ -269,7 +274,7 @@ def trainer_args(arch: str, data_yaml: Path, work_dir: Path, *, epochs: int, bat
 
 
 def fit(
-    model: nn.Module,
+    model: nn.Module | str,
     arch: str,
     data_yaml: Path,
     work_dir: Path,
@@ -285,9 +290,11 @@ def fit(
     optimizer: str,
     augment: bool = True,
     precision: str = "auto",
+    save_to: dict[str, Any] | None = None,
     emit: Callable[[dict[str, float]], None] | None = None,
-) -> nn.Module:
-    """`train` in this process; `emit` gets each epoch's record. With several GPUs (`device` "0,1")
+) -> nn.Module | None:
+    """`train` in this process; `emit` gets each epoch's record. `model` may be a detector file's path;
+    with `save_to` the trained model is written (`save_detector(model=..., **save_to)`) and None returned. With several GPUs (`device` "0,1")
     Ultralytics trains in DDP workers of its own: rank 0 emits the epochs (the callbacks travel
     with the trainer, pickled), and the trained weights are read back from its last checkpoint.
     `device` is Ultralytics' own device argument, as `ultralytics_device` makes it. On a GPU it trains
@@ -295,6 +302,10 @@ def fit(
     ultralytics()
     from ultralytics.models.yolo.detect import DetectionTrainer
 
+    if isinstance(model, str):
+        from adaptflow.detection.models import load_detector
+
+        model = load_detector(model)[0]
     args = trainer_args(arch, data_yaml, work_dir, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                         image_size=image_size, freeze=freeze, seed=seed, device=device, optimizer=optimizer, augment=augment,
                         precision=precision)
@@ -319,8 +330,15 @@ def fit(
     engine.check_amp = amp_check  # this process's trainer; Ultralytics' DDP workers import their own
     trainer.train()
     if trainer.ema is None:  # DDP: the workers trained; their EMA weights are in the last checkpoint (stored in fp16)
-        return from_ultralytics_file(Path(trainer.last))[0]
-    return copy.deepcopy(trainer.ema.ema).float().cpu()
+        trained = from_ultralytics_file(Path(trainer.last))[0]
+    else:
+        trained = copy.deepcopy(trainer.ema.ema).float().cpu()
+    if save_to is None:
+        return trained
+    from adaptflow.detection.models import save_detector
+
+    save_detector(model=trained, **save_to)
+    return None
 
 
 def amp_check(model: nn.Module) -> bool:
