@@ -507,6 +507,11 @@ def finetune(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None,
     from adaptflow.versioning import read_version
 
     cfg = _stage_config(config, overrides)
+    if cfg.task == "detection" and cfg.finetune.arch.startswith("yolo"):
+        from adaptflow import child
+
+        env.apply()  # the environment the trainer's process would get, set before it starts
+        child.prestart(run_dir / "finetune", "adaptflow.detection.yolo:ultralytics")  # its imports overlap the checks below
     validate(cfg, "finetune")
     pretrained = fetch_pretrained(cfg.pretrained.uri, cfg.pretrained.sha256, allow_pickle=cfg.pretrained.allow_pickle, tracking_uri=tracking_uri(cfg.tracking))
     with _run_failures():

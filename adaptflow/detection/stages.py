@@ -89,16 +89,17 @@ def _check_family(pretrained: PretrainedRef, pretrained_arch: str, arch: str) ->
                          f"set finetune.arch to {pretrained_arch} or fetch a {family(arch)} model")
 
 
-def _yolo_file(pretrained: PretrainedRef, cfg: FinetuneConfig) -> tuple[Path, str] | None:
+def _yolo_file(pretrained: PretrainedRef, cfg: FinetuneConfig, classes: tuple[str, ...]) -> tuple[Path, str] | None:
     """The pretrained YOLO file and its arch, checked from the file's metadata, where the trainer's process can load it
-    itself: an adaptflow detector file, fine-tuned with no method that needs the model here (`methods`, a linear probe)."""
+    itself: an adaptflow detector file of the target's classes, fine-tuned with no method that needs the model here
+    (`methods`, a linear probe)."""
     if family(cfg.arch) != "yolo" or cfg.methods or cfg.strategy == "linear_probe":
         return None
     meta = read_detector_meta(pretrained.path)
     if meta is None:  # an Ultralytics checkpoint: its metadata is inside the pickled model
         return None
     _check_family(pretrained, meta["arch"], cfg.arch)
-    return Path(pretrained.path), meta["arch"]
+    return (Path(pretrained.path), meta["arch"]) if meta["classes"] == tuple(classes) else None
 
 
 def prepare_model(pretrained: PretrainedRef, arch: str, classes: tuple[str, ...], image_size: int) -> tuple[nn.Module, str]:
@@ -119,8 +120,9 @@ def prepare_model(pretrained: PretrainedRef, arch: str, classes: tuple[str, ...]
 def check_pretrained(pretrained: PretrainedRef, cfg: FinetuneConfig, data: DataConfig) -> None:
     """Load the pretrained detector and fit it to the target classes before any compute is spent (a YOLO file the
     trainer's process loads itself: its metadata only)."""
-    if _yolo_file(pretrained, cfg) is None:
-        prepare_model(pretrained, cfg.arch, domain_classes(data, data.target), data.image_size)
+    classes = domain_classes(data, data.target)
+    if _yolo_file(pretrained, cfg, classes) is None:
+        prepare_model(pretrained, cfg.arch, classes, data.image_size)
 
 
 def finetune(cfg: FinetuneConfig, data: DataConfig, pretrained: PretrainedRef, work_dir: Path,
@@ -135,7 +137,7 @@ def finetune(cfg: FinetuneConfig, data: DataConfig, pretrained: PretrainedRef, w
     """
     classes = domain_classes(data, data.target)
     seed_everything(cfg.seed)
-    on_file = _yolo_file(pretrained, cfg)  # the trainer's process loads it and writes the result: no model built here
+    on_file = _yolo_file(pretrained, cfg, classes)  # the trainer's process loads it and writes the result: no model built here
     model, arch = on_file or prepare_model(pretrained, cfg.arch, classes, data.image_size)
     work_dir.mkdir(parents=True, exist_ok=True)
     train_dir = split_dir(data, data.target, "train")

@@ -28,6 +28,7 @@ from torch import nn
 from adaptflow import child, env
 from adaptflow.config import ConfigError, TrainConfig
 from adaptflow.errors import ModelFileError
+from adaptflow.models import load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -302,15 +303,20 @@ def fit(
     ultralytics()
     from ultralytics.models.yolo.detect import DetectionTrainer
 
-    if isinstance(model, str):
-        from adaptflow.detection.models import load_detector
-
-        model = load_detector(model)[0]
+    path = model if isinstance(model, str) else None
     args = trainer_args(arch, data_yaml, work_dir, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                         image_size=image_size, freeze=freeze, seed=seed, device=device, optimizer=optimizer, augment=augment,
                         precision=precision)
     trainer = DetectionTrainer(overrides=args)
-    trainer.model = trainer.get_model(cfg=f"{arch}.yaml", weights=model, verbose=False)
+    if path is not None:  # the file's weights go straight into the model the trainer builds: no model is built for them
+        model = _Weights(load_weights_only(path, False, "")["state_dict"])
+        trainer.model = trainer.get_model(cfg=f"{arch}.yaml", weights=model, verbose=False)
+        if not model.fits(trainer.model):  # a head of another width: Ultralytics rebuilds it from the module's shape
+            from adaptflow.detection.models import load_detector
+
+            trainer.model = trainer.get_model(cfg=f"{arch}.yaml", weights=load_detector(path)[0], verbose=False)
+    else:
+        trainer.model = trainer.get_model(cfg=f"{arch}.yaml", weights=model, verbose=False)
 
     def record(t) -> None:  # noqa: ANN001 - Ultralytics' trainer
         if t.epoch >= t.epochs or int(os.environ.get("RANK", -1)) > 0:  # the final validation reports again; DDP: rank 0 reports
@@ -339,6 +345,24 @@ def fit(
 
     save_detector(model=trained, **save_to)
     return None
+
+
+class _Weights:
+    """A detector file's weights where Ultralytics' `BaseModel.load` takes a model: it reads `.float().state_dict()`."""
+
+    def __init__(self, state: dict[str, torch.Tensor]) -> None:
+        self.state = state
+
+    def float(self) -> _Weights:
+        return self
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.float() if v.is_floating_point() else v for k, v in self.state.items()}
+
+    def fits(self, model: nn.Module) -> bool:
+        """Whether every tensor has its place, of its shape, in `model` (so all of them were loaded)."""
+        own = model.state_dict()
+        return all(k in own and own[k].shape == v.shape for k, v in self.state.items())
 
 
 def amp_check(model: nn.Module) -> bool:
