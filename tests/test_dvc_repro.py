@@ -124,8 +124,8 @@ def test_an_edit_to_a_file_a_stage_reads_reruns_that_stage_and_what_follows_only
     def edit(path: Path) -> None:
         path.write_bytes(path.read_bytes() + b"\0")
 
-    edit(next((clone / "data" / "uci_digits" / "test").rglob("*.png")))  # the target's test split: read by evaluate only
-    assert _stages_to_run(clone) == {"evaluate@classifier"}
+    edit(next((clone / "data" / "uci_digits" / "test").rglob("*.png")))  # the target's test split: evaluate reads it; fine-tuning
+    assert _stages_to_run(clone) == {"finetune@classifier", "evaluate@classifier"}  # depends on the whole target folder
     edit(next((clone / "data" / "mnist" / "train").rglob("*.png")))  # the source's training split: pretrain, and finetune (dann, coral)
     assert _stages_to_run(clone) == {"pretrain@classifier", "finetune@classifier", "evaluate@classifier"}
     edit(clone / "adaptflow" / "train.py")  # the code every training and evaluation stage runs
