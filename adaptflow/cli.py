@@ -505,6 +505,12 @@ def pretrain(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None,
 def finetune(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None, run_dir: RunDir = Path("outputs"),
              as_json: JsonOption = False) -> None:
     """Stage: fetch the pretrained model and fine-tune it on the target (no orchestrator)."""
+    cfg = _stage_config(config, overrides)
+    if cfg.task == "detection" and cfg.finetune.arch.startswith("yolo"):
+        from adaptflow import child
+
+        env.apply()  # the environment the trainer's process would get, set before it starts
+        child.prestart(run_dir / "finetune", "adaptflow.detection.yolo:ultralytics")  # its imports overlap this one's and the checks
     from adaptflow.pipeline import write_run_record
     from adaptflow.pretrained import fetch_pretrained
     from adaptflow.stages import for_task
@@ -512,8 +518,7 @@ def finetune(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None,
     from adaptflow.validate import validate
     from adaptflow.versioning import read_version
 
-    cfg = _stage_config(config, overrides)
-    validate(cfg)
+    validate(cfg, "finetune")
     pretrained = fetch_pretrained(cfg.pretrained.uri, cfg.pretrained.sha256, allow_pickle=cfg.pretrained.allow_pickle, tracking_uri=tracking_uri(cfg.tracking))
     with _run_failures():
         write_run_record(cfg, read_version(cfg.data), pretrained, run_dir, origin="cli")

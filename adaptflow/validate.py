@@ -294,7 +294,9 @@ def _detection_classes(domain_dir: Path, report: Report) -> int | None:
 def _validate_detection(config: RunConfig, stage: str, report: Report) -> None:
     data = config.data
     splits = [(data.source, "train", True), (data.source, "test", True)]
-    if stage != "pretrain":
+    if stage == "finetune":  # what the fine-tune stage reads: the target's training split, and the source's for self-training
+        splits = [(data.target, "train", True)] + [(data.source, "train", True)] * ("self_training" in config.finetune.methods)
+    elif stage != "pretrain":
         splits += [(data.target, "train", True), (data.target, "test", True)]
     hashes: dict[tuple[str, str], dict[str, str]] = {}
     classes: dict[str, int | None] = {}  # per domain, its problem reported once
@@ -392,12 +394,13 @@ def check_devices(config: RunConfig, stage: str, report: Report) -> None:
 def validate(config: RunConfig, stage: str = "transfer") -> Report:
     """Check the config and every split `stage` will read; raise DataValidationError on errors.
 
-    `pretrain` reads only the source domain; `transfer` reads both and the pretrained URI; `data`
-    checks the folders a transfer reads and nothing else (no model, server or device needs to exist yet).
+    `pretrain` reads only the source domain; `transfer` reads both and the pretrained URI; `finetune` is
+    `transfer` with, for detection, only the splits the fine-tune stage trains on; `data` checks the folders
+    a transfer reads and nothing else (no model, server or device needs to exist yet).
     """
     report = Report()
     data = config.data
-    if stage == "transfer":
+    if stage in ("transfer", "finetune"):
         check_config(config, report)
     if stage == "pretrain":
         try:  # what a run writes stays in the project

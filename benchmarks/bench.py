@@ -23,6 +23,9 @@
 7. Deployment (`benchmarks/deploy.py`): CPU throughput of the exported ONNX model over eager PyTorch for
    the demo's classifier and YOLO at batch 1 and 32, and the serving round trip (p50/p95 over 200 requests
    of one image to `mlflow models serve` on loopback). `--only deploy` runs this section alone.
+8. YOLO fixed cost (`benchmarks/yolo_overhead.py`): `adaptflow finetune -c configs/detection.yaml` over plain
+   Ultralytics `YOLO(weights).train(...)` with the same data, weights and settings, whole commands in fresh
+   processes, 10 epochs. `--only yolo` runs this section alone.
 
 The machine may be shared: on 2 cores one busy neighbour slows a 2-thread torch process
 several-fold. So every timed run records how much CPU other processes took meanwhile; a run
@@ -59,6 +62,8 @@ from benchmarks.detection_eval import bench_detection_eval, make_model
 from benchmarks.detection_eval import summary as detection_summary
 from benchmarks.threads import bench_threads
 from benchmarks.threads import summary as threads_summary
+from benchmarks.yolo_overhead import bench_yolo_overhead
+from benchmarks.yolo_overhead import summary as yolo_summary
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "reports" / "bench.json"
@@ -523,11 +528,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deploy-rounds", type=int, default=3, help="timed (ONNX, eager) pairs per model and batch (default 3)")
     parser.add_argument("--deploy-threads", type=int, default=None, help="threads of both runtimes in the deployment section "
                         "(default: torch's; 1 on a busy machine, where two threads wait on each other)")
-    parser.add_argument("--only", choices=("all", "deploy"), default="all", help="deploy: only the deployment section")
+    parser.add_argument("--yolo-rounds", type=int, default=3, help="alternating (adaptflow, Ultralytics) rounds of the YOLO section (default 3)")
+    parser.add_argument("--only", choices=("all", "deploy", "yolo"), default="all",
+                        help="deploy: only the deployment section; yolo: only the YOLO fixed-cost section")
     parser.add_argument("--keep", action="store_true", help="keep the temporary projects")
     args = parser.parse_args(argv)
 
-    for name in ("benchmarks.bench", "benchmarks.threads", "benchmarks.detection_eval"):
+    for name in ("benchmarks.bench", "benchmarks.threads", "benchmarks.detection_eval", "benchmarks.yolo_overhead"):
         progress_log(logging.getLogger(name), "bench")
     started = time.perf_counter()
     measurer = Measurer(started + args.budget, args.quiet_wait, args.retries)
@@ -552,6 +559,14 @@ def main(argv: list[str] | None = None) -> int:
             REPORT.parent.mkdir(parents=True, exist_ok=True)
             (REPORT.parent / "bench-deploy.json").write_text(json.dumps(deploy_result, indent=2) + "\n")
             return 0
+        if args.only == "yolo":
+            use_root(base / "yolo")
+            yolo_result = bench_yolo_overhead(base / "yolo", args.yolo_rounds)
+            for line in ["", *yolo_summary(yolo_result)]:
+                print(line)
+            REPORT.parent.mkdir(parents=True, exist_ok=True)
+            (REPORT.parent / "bench-yolo.json").write_text(json.dumps(yolo_result, indent=2) + "\n")
+            return 0
         template = make_template(base)
         threads_result = bench_threads(template, args.thread_rounds)
         from adaptflow.data import ensure_domains
@@ -559,6 +574,9 @@ def main(argv: list[str] | None = None) -> int:
         ensure_domains(template / "data", ["mnist_scenes", "photo_scenes"])
         detection_result = bench_detection_eval(template, make_model(base / "yolov8n.pt", "yolov8n", REPO / "configs" / "detection.yaml", template),
                                                 rounds=args.thread_rounds)
+        use_root(base / "yolo")
+        yolo_result = bench_yolo_overhead(base / "yolo", args.yolo_rounds)
+        use_root(template)
         fit_result = bench_fit(template, measurer, args.fit_images, args.fit_epochs, args.fit_rounds)
         layout_result = bench_layout(template, measurer, args.fit_images, args.fit_rounds)
         flow_result = bench_flow(Roots(base, template), measurer, args.flow_rounds)
@@ -581,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         "image_cache": cache_result,
         "thread_budget": threads_result,
         "detection_evaluation": detection_result,
+        "yolo_fixed_cost": yolo_result,
         "deployment": deploy_result,
         "discarded_runs": measurer.discarded,
         "contended_cores_threshold": CONTENDED_CORES,
@@ -612,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
           f"memory {c['decode_peak_ratio']:.2f} ({mib(c['ours']['decode_peak_growth_mib'])} against {mib(c['plain']['decode_peak_growth_mib'])}), "
           f"cached load time {c['cached_load_ratio']:.2f}, two processes' memory for one cached set {c['two_processes_ratio']:.2f} "
           f"({mib(c['ours']['two_processes_pss_mib'])} against {mib(c['plain']['two_processes_pss_mib'])})")
-    for line in [*threads_summary(threads_result), *detection_summary(detection_result), *report_lines(deploy_result)]:
+    for line in [*threads_summary(threads_result), *detection_summary(detection_result), *yolo_summary(yolo_result), *report_lines(deploy_result)]:
         print(line)
     kept = f["contended_runs"] + t["contended_runs"] + sum(layout_result[arch]["contended_runs"] for arch in LAYOUT_ARCHS)
     if measurer.discarded or kept:

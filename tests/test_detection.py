@@ -153,6 +153,40 @@ def test_the_adapter_leaves_the_thread_count_of_later_processes_alone_and_keeps_
     assert out.stdout.split() == ["None", str(folders / "weights"), str(folders / "datasets"), str(folders / "runs")]
 
 
+def test_yolo_finetune_gives_the_losses_of_plain_ultralytics_on_the_same_data_weights_and_settings(scenes: Path) -> None:
+    """adaptflow's YOLO fine-tune (the trainer's process loads the detector file and writes the result) and
+    `YOLO(checkpoint).train(...)` from the same weights, images, settings and seed: identical per-epoch losses
+    (both train on the CPU with Ultralytics' deterministic mode, in processes of their own)."""
+    import json
+
+    import torch
+
+    from adaptflow.detection import stages, yolo
+    from adaptflow.detection.models import build_detector, save_detector
+    from adaptflow.io import read_json
+    from adaptflow.pretrained import fetch_pretrained
+    from benchmarks.yolo_overhead import PLAIN, plain_args
+
+    cfg = detection_config("yolov8n", "finetune.epochs=2", "finetune.device=cpu")
+    classes = stages.domain_classes(cfg.data, cfg.data.target)
+    torch.manual_seed(0)
+    model = build_detector("yolov8n", len(classes), cfg.data.image_size)
+    save_detector(scenes / "start.pt", model, arch="yolov8n", classes=classes, image_size=cfg.data.image_size)
+    yolo.save_ultralytics(scenes / "start-ultralytics.pt", model, arch="yolov8n", classes=classes, image_size=cfg.data.image_size)
+
+    trained = stages.finetune(cfg.finetune, cfg.data, fetch_pretrained(str(scenes / "start.pt")), scenes / "run")
+    assert read_json(Path(trained.path).with_name("history.json"))  # written by this process, the model by the trainer's
+    ours = [{k: row[k] for k in ("train_box_loss", "train_cls_loss", "train_dfl_loss")} for row in read_json(scenes / "run" / "history.json")]
+
+    train = scenes / "run" / "dataset" / "data.yaml"  # the same images: the run's staged dataset (train and val: the target's train split)
+    out = subprocess.run([sys.executable, "-c", PLAIN, str(scenes / "start-ultralytics.pt"), json.dumps(plain_args(cfg, train, scenes / "plain"))],
+                         capture_output=True, text=True, cwd=scenes)
+    assert out.returncode == 0, out.stderr[-3000:]
+    plain = [{k.replace("/", "_"): v for k, v in row.items()} for row in json.loads(out.stdout.strip().splitlines()[-1])["losses"]]
+    assert len(ours) == 2 and ours == plain
+    assert all(v > 0 for row in ours for v in row.values())
+
+
 def test_faster_rcnn_pretrains_finetunes_and_is_measured_by_the_same_map(scenes: Path) -> None:
     from adaptflow.detection import stages
     from adaptflow.pretrained import fetch_pretrained

@@ -97,3 +97,38 @@ def test_repro_runs_the_imagenet_pipeline_with_a_target_domain_only(clone: Path)
     registration = read_json(clone / "outputs" / "imagenet" / "register" / "registration.json")
     assert registration["model_uri"].startswith("models:/adaptflow-imagenet/") and registration["alias"] == "champion"
     assert "up to date" in _repro(clone, "register@imagenet")
+
+
+CLASSIFIER_STAGES = ("pretrain@classifier", "finetune@classifier", "evaluate@classifier", "register@classifier")
+
+
+def _stages_to_run(root: Path) -> set[str]:
+    """The classifier pipeline's stages `dvc repro` would run now (a dry run: it names them and runs nothing)."""
+    out = _repro(root, "--dry", "register@classifier")
+    return {stage for stage in CLASSIFIER_STAGES if f"Running stage '{stage}'" in out}
+
+
+def test_an_edit_to_a_file_a_stage_reads_reruns_that_stage_and_what_follows_only(clone: Path) -> None:
+    """The pipeline's outputs recorded as they are (`dvc commit --force`), then one file edited at a time: the stages
+    that read it rerun, the others do not (data files, a domain's test split, the code)."""
+    outs = {"models/source/model.pt": "m", "outputs/classifier/run.json": "{}", "outputs/classifier/finetune/model.pt": "f",
+            "outputs/classifier/evaluate/report.json": "{}", "outputs/classifier/evaluate/metrics.json": '{"target_accuracy": 0.5}',
+            "outputs/classifier/evaluate/confusion_matrix.png": "p", "outputs/classifier/register/registration.json": "{}"}
+    for name, text in outs.items():
+        (clone / name).parent.mkdir(parents=True, exist_ok=True)
+        (clone / name).write_text(text)
+    run([sys.executable, "-m", "dvc", "commit", "--force", "-q", *CLASSIFIER_STAGES], clone)
+    assert _stages_to_run(clone) == set()
+    assert "up to date" in _repro(clone, "register@classifier")
+
+    def edit(path: Path) -> None:
+        path.write_bytes(path.read_bytes() + b"\0")
+
+    edit(next((clone / "data" / "uci_digits" / "test").rglob("*.png")))  # the target's test split: evaluate reads it; fine-tuning
+    assert _stages_to_run(clone) == {"finetune@classifier", "evaluate@classifier"}  # depends on the whole target folder
+    edit(next((clone / "data" / "mnist" / "train").rglob("*.png")))  # the source's training split: pretrain, and finetune (dann, coral)
+    assert _stages_to_run(clone) == {"pretrain@classifier", "finetune@classifier", "evaluate@classifier"}
+    edit(clone / "adaptflow" / "train.py")  # the code every training and evaluation stage runs
+    assert _stages_to_run(clone) == {"pretrain@classifier", "finetune@classifier", "evaluate@classifier"}
+    edit(clone / "outputs" / "classifier" / "evaluate" / "metrics.json")  # what register reads
+    assert "register@classifier" in _stages_to_run(clone)

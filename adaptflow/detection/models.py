@@ -51,6 +51,18 @@ def save_detector(path: str | Path, model: nn.Module, *, arch: str, classes: tup
         torch.save(blob, fh)
 
 
+def read_detector_meta(path: str | Path) -> dict[str, Any] | None:
+    """An adaptflow detector file's metadata (`arch`, `family`, `classes`, `image_size`, `extra`, ...), read without
+    building the model; None for an Ultralytics checkpoint, whose metadata sits inside the pickled model."""
+    blob = load_weights_only(path, True, "")
+    if blob is None:
+        return None
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not an adaptflow detector file (expected format {CHECKPOINT_FORMAT})")
+    del blob["state_dict"]
+    return blob | {"classes": tuple(blob["classes"])}
+
+
 def load_detector(path: str | Path, allow_pickle: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """A detector from an adaptflow file, or from an Ultralytics checkpoint (rebuilding only torch's and Ultralytics'
     model classes from it; anything else only with `allow_pickle`)."""

@@ -20,7 +20,7 @@ from adaptflow.detection import frcnn, yolo
 from adaptflow.detection.adapt import adapt_batch_norm, pseudo_label_quality, pseudo_labels, write_pseudo_split
 from adaptflow.detection.data import DetectionSet, load_detection_split, read_names, stage_yolo_dataset
 from adaptflow.detection.metrics import detection_report, plot_pr_curves, plot_predictions
-from adaptflow.detection.models import build_detector, family, load_detector, predict, save_detector
+from adaptflow.detection.models import build_detector, family, load_detector, predict, read_detector_meta, save_detector
 from adaptflow.finetune import TrainedModel
 from adaptflow.io import sha256_file, write_json
 from adaptflow.pretrain import PublishedModel, publish
@@ -41,16 +41,18 @@ def load_split(data: DataConfig, domain: str, split: str, classes: tuple[str, ..
     return load_detection_split(split_dir(data, domain, split), data.image_size, classes)
 
 
-def _train(model: nn.Module, arch: str, cfg: TrainConfig, data: DataConfig, splits: dict[str, Path | list[Path]], classes: tuple[str, ...],
-           work_dir: Path, fingerprint: str, on_epoch: EpochCallback | None, head_only: bool = False) -> tuple[nn.Module, list[dict]]:
-    """Train either family on `splits['train']` (`splits['val']` is what YOLO validates on)."""
+def _train(model: nn.Module | Path, arch: str, cfg: TrainConfig, data: DataConfig, splits: dict[str, Path | list[Path]],
+           classes: tuple[str, ...], work_dir: Path, fingerprint: str, on_epoch: EpochCallback | None, head_only: bool = False,
+           save_to: dict | None = None) -> tuple[nn.Module | None, list[dict]]:
+    """Train either family on `splits['train']` (`splits['val']` is what YOLO validates on). A YOLO `model` may be
+    a detector file's path, and `save_to` have the trainer's process write the result (`yolo.train`)."""
     if family(arch) == "yolo":
         dataset = stage_yolo_dataset(splits, classes, work_dir / "dataset")
         freeze = len(model.model) - 1 if head_only else cfg.freeze  # everything but the Detect head
         return yolo.train(model, arch, dataset, work_dir, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                           weight_decay=cfg.weight_decay, image_size=data.image_size, freeze=freeze, seed=cfg.seed,
                           device=yolo.ultralytics_device(cfg), optimizer=cfg.optimizer, augment=cfg.augment, precision=cfg.precision,
-                          on_epoch=on_epoch)
+                          save_to=save_to, on_epoch=on_epoch)
     parts = splits["train"] if isinstance(splits["train"], list) else [splits["train"]]
     train = DetectionSet.join([load_detection_split(part, data.image_size, classes) for part in parts])
     history = frcnn.train(model, train, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -81,12 +83,29 @@ def _load_pretrained(pretrained: PretrainedRef) -> tuple[nn.Module, dict]:
     return load_detector(pretrained.path, allow_pickle=pretrained.allow_pickle)
 
 
+def _check_family(pretrained: PretrainedRef, pretrained_arch: str, arch: str) -> None:
+    if family(pretrained_arch) != family(arch):
+        raise ValueError(f"{pretrained.uri}: a {pretrained_arch} detector cannot be fine-tuned as finetune.arch {arch}; "
+                         f"set finetune.arch to {pretrained_arch} or fetch a {family(arch)} model")
+
+
+def _yolo_file(pretrained: PretrainedRef, cfg: FinetuneConfig, classes: tuple[str, ...]) -> tuple[Path, str] | None:
+    """The pretrained YOLO file and its arch, checked from the file's metadata, where the trainer's process can load it
+    itself: an adaptflow detector file of the target's classes, fine-tuned with no method that needs the model here
+    (`methods`, a linear probe)."""
+    if family(cfg.arch) != "yolo" or cfg.methods or cfg.strategy == "linear_probe":
+        return None
+    meta = read_detector_meta(pretrained.path)
+    if meta is None:  # an Ultralytics checkpoint: its metadata is inside the pickled model
+        return None
+    _check_family(pretrained, meta["arch"], cfg.arch)
+    return (Path(pretrained.path), meta["arch"]) if meta["classes"] == tuple(classes) else None
+
+
 def prepare_model(pretrained: PretrainedRef, arch: str, classes: tuple[str, ...], image_size: int) -> tuple[nn.Module, str]:
     """The pretrained detector, with a new box predictor when its classes are not the target's."""
     model, meta = _load_pretrained(pretrained)
-    if family(meta["arch"]) != family(arch):
-        raise ValueError(f"{pretrained.uri}: a {meta['arch']} detector cannot be fine-tuned as finetune.arch {arch}; "
-                         f"set finetune.arch to {meta['arch']} or fetch a {family(arch)} model")
+    _check_family(pretrained, meta["arch"], arch)
     if tuple(meta["classes"]) != tuple(classes):
         log.info("new %d-class detection head (pretrained classes: %s)", len(classes), list(meta["classes"])[:10])
         if family(arch) == "fasterrcnn":
@@ -99,8 +118,11 @@ def prepare_model(pretrained: PretrainedRef, arch: str, classes: tuple[str, ...]
 
 
 def check_pretrained(pretrained: PretrainedRef, cfg: FinetuneConfig, data: DataConfig) -> None:
-    """Load the pretrained detector and fit it to the target classes before any compute is spent."""
-    prepare_model(pretrained, cfg.arch, domain_classes(data, data.target), data.image_size)
+    """Load the pretrained detector and fit it to the target classes before any compute is spent (a YOLO file the
+    trainer's process loads itself: its metadata only)."""
+    classes = domain_classes(data, data.target)
+    if _yolo_file(pretrained, cfg, classes) is None:
+        prepare_model(pretrained, cfg.arch, classes, data.image_size)
 
 
 def finetune(cfg: FinetuneConfig, data: DataConfig, pretrained: PretrainedRef, work_dir: Path,
@@ -115,7 +137,8 @@ def finetune(cfg: FinetuneConfig, data: DataConfig, pretrained: PretrainedRef, w
     """
     classes = domain_classes(data, data.target)
     seed_everything(cfg.seed)
-    model, arch = prepare_model(pretrained, cfg.arch, classes, data.image_size)
+    on_file = _yolo_file(pretrained, cfg, classes)  # the trainer's process loads it and writes the result: no model built here
+    model, arch = on_file or prepare_model(pretrained, cfg.arch, classes, data.image_size)
     work_dir.mkdir(parents=True, exist_ok=True)
     train_dir = split_dir(data, data.target, "train")
     splits: dict[str, Path | list[Path]] = {"train": train_dir, "val": train_dir}
@@ -124,13 +147,15 @@ def finetune(cfg: FinetuneConfig, data: DataConfig, pretrained: PretrainedRef, w
     if "self_training" in cfg.methods:
         splits["train"] = [split_dir(data, data.source, "train")] * include_source + [train_dir, work_dir / "pseudo"]
     fingerprint = f"finetune:{cfg.model_dump_json()}:{pretrained.sha256}:{data.model_dump_json()}"
+    path = work_dir / "model.pt"
+    save = {"path": str(path), "arch": arch, "classes": classes, "image_size": data.image_size,
+            "extra": {"pretrained_sha256": pretrained.sha256, "strategy": cfg.strategy, "methods": list(cfg.methods)}}
     model, history = _train(model, arch, cfg, data, splits, classes, work_dir, fingerprint,
-                            on_epoch, head_only=cfg.strategy == "linear_probe")
+                            on_epoch, head_only=cfg.strategy == "linear_probe", save_to=save if on_file else None)
     if "adabn" in cfg.methods:
         adapt_batch_norm(model, arch, unlabeled.images, device=cfg.device)
-    path = work_dir / "model.pt"
-    save_detector(path, model, arch=arch, classes=classes, image_size=data.image_size,
-                  extra={"pretrained_sha256": pretrained.sha256, "strategy": cfg.strategy, "methods": list(cfg.methods)})
+    if not on_file:
+        save_detector(model=model, **save)
     write_json(work_dir / "history.json", [row | adapted for row in history] if adapted else history)
     for leftover in ("train_state.pt", "train_state.json"):
         (work_dir / leftover).unlink(missing_ok=True)
