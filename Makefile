@@ -43,8 +43,9 @@ TEST_WORKERS ?= 2
 test: install  ## the test suite (CPU, offline; TEST_WORKERS=2 parallel workers)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
-#: The tests `make test-quick` runs: all but the heavy ones (tests/heavy.py), the servers, the stack and the browser.
-QUICK_TESTS = not gpu and not slow and not heavy and not server and not stack and not browser
+#: The tests `make test-quick` runs: all but the heavy ones (tests/heavy.py), the servers, the stack, the browser and the
+#: fresh serving environment.
+QUICK_TESTS = not gpu and not slow and not serving and not heavy and not server and not stack and not browser
 
 test-quick: install  ## the tests to run on every change (under 3 min on 2 cores): every module's unit tests and one tiny end-to-end run
 	@start=$$(date +%s); $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m '$(QUICK_TESTS)'; status=$$?; \
