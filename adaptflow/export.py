@@ -304,20 +304,26 @@ def _classifier(model: nn.Module, meta: dict[str, Any], fmt: str, path: Path, im
     run = _runner(fmt, path, device)
     x = images.float().div(255).to(dtype)
     got = np.concatenate([run(x[i : i + 1] if not dynamic else x[i : i + 8]) for i in range(0, len(x), 8 if dynamic else 1)])
-    diff = float(np.abs(got.astype(np.float32) - expected).max())
-    agree = float((got.argmax(1) == expected.argmax(1)).mean())
-    # float32 sums in another order differ by about 1e-5 of the logits' scale (eager PyTorch at batch 1 and batch 16 by 1e-4
-    # on the demo's logits of up to 10): the limit is relative to that scale, and never tighter than LOGITS_TOLERANCE.
-    tolerance = (HALF_TOLERANCE if half else LOGITS_TOLERANCE) * max(1.0, float(np.abs(expected).max()))
-    summary = f"logits max abs diff {diff:.2e} (limit {tolerance:.2e}), top-1 agreement {agree:.3f} on {len(x)} images"
-    if diff > tolerance or agree < 1.0:
-        raise ExportError(f"the {fmt} export does not match PyTorch: {summary}; nothing was written. "
-                          + ("Export in fp32 (without --half)" if half else "Report it with the model file"))
+    check = _logits_check(fmt, got, expected, HALF_TOLERANCE if half else LOGITS_TOLERANCE, f"{len(x)} images",
+                          "Export in fp32 (without --half)" if half else "Report it with the model file")
     shape = ["batch" if dynamic else 1, 3, size, size]
     return {"opset": OPSET if fmt == "onnx" else None, "input": {"name": "images", "shape": shape, "dtype": str(dtype).removeprefix("torch.")},
             "output": {"name": "logits", "shape": [shape[0], len(meta["classes"])], "meaning": "class scores before softmax"},
             "preprocessing": _preprocessing(meta, size),
-            "check": {"logits_max_abs_diff": diff, "tolerance": tolerance, "top1_agreement": agree, "summary": summary}}
+            "check": check}
+
+
+def _logits_check(fmt: str, got: np.ndarray, expected: np.ndarray, limit: float, what: str, advice: str) -> dict[str, Any]:
+    """The export's logits against PyTorch's: within `limit` of their scale, every top-1 class the same; else ExportError."""
+    diff = float(np.abs(got.astype(np.float32) - expected).max())
+    agree = float((got.argmax(1) == expected.argmax(1)).mean())
+    # float32 sums in another order differ by about 1e-5 of the logits' scale (eager PyTorch at batch 1 and batch 16 by 1e-4
+    # on the demo's logits of up to 10): the limit is relative to that scale, and never tighter than LOGITS_TOLERANCE.
+    tolerance = limit * max(1.0, float(np.abs(expected).max()))
+    summary = f"logits max abs diff {diff:.2e} (limit {tolerance:.2e}), top-1 agreement {agree:.3f} on {what}"
+    if diff > tolerance or agree < 1.0:
+        raise ExportError(f"the {fmt} export does not match PyTorch: {summary}; nothing was written. {advice}")
+    return {"logits_max_abs_diff": diff, "tolerance": tolerance, "top1_agreement": agree, "summary": summary}
 
 
 def _runner(fmt: str, path: Path, device: str = "cpu"):  # noqa: ANN202 - a function of a batch
@@ -387,12 +393,7 @@ def _text(model: nn.Module, meta: dict[str, Any], fmt: str, path: Path, texts: l
             torch.jit.trace(net, example).save(str(path))
     run = _runner(fmt, path)
     got = np.concatenate([run(*inputs(texts[i : i + CHECK_TEXT_BATCH])) for i in range(0, len(texts), CHECK_TEXT_BATCH)])
-    diff = float(np.abs(got - expected).max())
-    agree = float((got.argmax(1) == expected.argmax(1)).mean())
-    tolerance = LOGITS_TOLERANCE * max(1.0, float(np.abs(expected).max()))  # the classifiers' rule (see `_classifier`)
-    summary = f"logits max abs diff {diff:.2e} (limit {tolerance:.2e}), top-1 agreement {agree:.3f} on {len(texts)} texts"
-    if diff > tolerance or agree < 1.0:
-        raise ExportError(f"the {fmt} export does not match PyTorch: {summary}; nothing was written. Report it with the model file")
+    check = _logits_check(fmt, got, expected, LOGITS_TOLERANCE, f"{len(texts)} texts", "Report it with the model file")
     spec = {"shape": ["batch", "sequence"], "dtype": "int64"}
     return {"opset": OPSET if fmt == "onnx" else None,
             "inputs": [{"name": "input_ids", **spec}, {"name": "attention_mask", **spec}],
@@ -401,7 +402,7 @@ def _text(model: nn.Module, meta: dict[str, Any], fmt: str, path: Path, texts: l
             "preprocessing": {"tokenizer": "the tokenizer file beside the export (tokenizers.Tokenizer.from_file), truncating at "
                                            "max_length and padding each batch to its longest row with pad_id",
                               "attention_mask": "1 for a token, 0 for padding", "pooling": "inside the model"},
-            "check": {"logits_max_abs_diff": diff, "tolerance": tolerance, "top1_agreement": agree, "summary": summary}}
+            "check": check}
 
 
 # --- detectors -------------------------------------------------------------------------------------
