@@ -447,13 +447,14 @@ def export_model(
     half: Annotated[bool, typer.Option("--half", help="fp16 weights and inputs (detectors: on a CUDA GPU)")] = False,
     dynamic: Annotated[bool, typer.Option("--dynamic", help="Any batch size (YOLO: and image size) instead of batch 1")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default: exports/NAME.onnx)")] = None,
-    images: Annotated[Path | None, typer.Option(help="Real images to check the export on (default: the target test split "
-                                                     "the model's run recorded, else data.target's)")] = None,
+    images: Annotated[Path | None, typer.Option(help="Real images (a text model: a CSV or JSONL file of texts) to check the export "
+                                                     "on (default: the target test split the model's run recorded, else data.target's)")] = None,
     config: ConfigOption = DEFAULT_CONFIG,
     overrides: Overrides = None,
 ) -> None:
-    """Export a classifier or detector to ONNX or TorchScript, checked against PyTorch on real images, and log it to the
-    model version's run (exports/FORMAT/, with a JSON of its opset, input shape and preprocessing)."""
+    """Export a classifier, text classifier or detector to ONNX or TorchScript, checked against PyTorch on real images or
+    texts, and log it to the model version's run (exports/FORMAT/, with a JSON of its opset, inputs and preprocessing; a
+    text model's tokenizer beside it)."""
     from adaptflow.data import split_dir
     from adaptflow.export import export_model as export, recorded_test_split, resolve_model
     from adaptflow.tracking import require_server, tracking_uri

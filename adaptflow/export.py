@@ -1,14 +1,16 @@
-"""Export a trained model to ONNX or TorchScript, checked against PyTorch on real images before it is kept.
+"""Export a trained model to ONNX or TorchScript, checked against PyTorch on real images (or texts) before it is kept.
 
 What is exported takes float32 images scaled to [0, 1], N x 3 x S x S (S: the size the model was
 trained at), RGB, resized as training resized them: the normalisation is inside the graph. A
 classifier returns logits; a YOLO detector returns Ultralytics' raw head output (N x (4 + classes) x
 anchors, boxes as centre x, y, width, height in input pixels), to which non-maximum suppression
 applies, as with any Ultralytics export (YOLO goes through Ultralytics' own exporter). Faster R-CNN
-returns boxes, labels and scores of one image.
+returns boxes, labels and scores of one image. A text classifier takes `input_ids` and `attention_mask`
+(int64, N x L, any batch and length up to the tokenizer's `max_length`) and returns logits; the
+tokenizer stays outside the graph and is written beside the export (NAME.tokenizer.json).
 
 Before the file is kept, the exported model runs (ONNX Runtime for ONNX, torch.jit for TorchScript)
-on a batch of real images and its outputs are compared with adaptflow's own inference: logits
+on a batch of real images (a text model: the first texts of its test split) and its outputs are compared with adaptflow's own inference: logits
 within `LOGITS_TOLERANCE` (fp32), or boxes matched one to one at IoU >= `BOX_IOU` with the same
 classes. A failed check writes nothing. A JSON file beside the export records its opset, input
 shape, preprocessing, classes and the check; with a run to attach to (a registered model, a
@@ -47,6 +49,8 @@ BOX_IOU = 0.99
 #: Real images each check runs on, and the score from which a detector's boxes are compared.
 CHECK_IMAGES = 16
 CHECK_CONF = 0.25
+#: Real texts a text classifier's check runs on, tokenized in batches of CHECK_TEXT_BATCH (so batch size and length vary).
+CHECK_TEXTS, CHECK_TEXT_BATCH = 32, 8
 
 
 class ExportError(UserError, ValueError):
@@ -130,9 +134,10 @@ def recorded_test_split(source: ModelSource, tracking_uri: str | None = None) ->
 
 
 def read_model(path: Path) -> tuple[str, nn.Module, dict[str, Any]]:
-    """("classifier" | "yolo" | "fasterrcnn", the model in eval mode, its metadata) for an adaptflow model file."""
+    """("classifier" | "yolo" | "fasterrcnn" | "text", the model in eval mode, its metadata) for an adaptflow model file."""
     from adaptflow.detection.models import CHECKPOINT_FORMAT as DETECTOR, load_detector
     from adaptflow.models import CHECKPOINT_FORMAT as CLASSIFIER, load_checkpoint, load_weights_only
+    from adaptflow.text.encoder import TEXT_FORMAT, load_text_checkpoint
 
     blob = load_weights_only(path, False, "Export the models adaptflow writes (a run's finetune/model.pt, or a registered version)")
     kind = blob.get("format") if isinstance(blob, dict) else None
@@ -142,7 +147,10 @@ def read_model(path: Path) -> tuple[str, nn.Module, dict[str, Any]]:
     if kind == DETECTOR:
         model, meta = load_detector(path)
         return meta["family"], model.eval(), meta
-    raise ExportError(f"{path}: not an adaptflow model file (a classifier or detector checkpoint); export a run's finetune/model.pt "
+    if kind == TEXT_FORMAT:
+        model, meta, _ = load_text_checkpoint(path)
+        return "text", model.eval(), meta
+    raise ExportError(f"{path}: not an adaptflow model file (a classifier, text classifier or detector checkpoint); export a run's finetune/model.pt "
                       "or a registered version")
 
 
@@ -155,33 +163,64 @@ def check_images(folder: Path, size: int, window: Any = None, limit: int = CHECK
     return torch.from_numpy(np.stack([decode_image(p, size, window) for p in files])).permute(0, 3, 1, 2).contiguous()
 
 
+def check_texts(split: Path, limit: int = CHECK_TEXTS) -> list[str]:
+    """The first `limit` texts of `split`: a CSV or JSONL file with a text column, or a split's path without its suffix
+    (`<domain>/test` -> test.csv or test.jsonl), read and checked as training reads splits."""
+    from adaptflow.text.data import TEXT_SUFFIXES, read_rows
+    from adaptflow.validate import DataValidationError, Report
+
+    files = [split] if split.is_file() else [split.with_suffix(s) for s in TEXT_SUFFIXES if split.with_suffix(s).is_file()]
+    if not files:
+        raise ExportError(f"{split}: no {split.name}.csv or {split.name}.jsonl to check the text export on; give --images FILE "
+                          "(a CSV or JSONL file with a text column)")
+    report = Report()
+    rows = read_rows(files[0], report, labeled=False)
+    if not report.ok:
+        raise DataValidationError(report, "found before exporting; nothing was written")
+    if not rows.texts:
+        raise ExportError(f"{files[0]}: no texts to check the export on; give --images FILE with some")
+    return rows.texts[:limit]
+
+
 def export_model(source: ModelSource, fmt: str, images: Path, output: Path | None = None, *, half: bool = False,
                  dynamic: bool = False, tracking_uri: str | None = None) -> Exported:
-    """Export `source` as `fmt`, check it on the images under `images` (the target's test split), write it with its JSON,
-    and log both to the source's run when it has one."""
+    """Export `source` as `fmt`, check it on the images under `images` (the target's test split; a text model: the texts
+    of that split's file), write it with its JSON (a text model: and its tokenizer), and log them to the source's run
+    when it has one."""
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
     kind, model, meta = read_model(source.path)
+    if half and kind == "text":
+        raise ExportError("--half: a text classifier exports in fp32 only; export without --half")
     if half and not torch.cuda.is_available() and kind != "classifier":
         raise ExportError(f"--half: a {kind} exports in fp16 on a CUDA GPU only (Ultralytics and torchvision's detection ops "
                           "run fp16 there); export without --half here, or on a GPU machine")
     output = Path(output or Path("exports") / f"{source.name}{'-fp16' if half else ''}{FORMATS[fmt]}")
     if output.suffix != FORMATS[fmt]:
         output = output.with_suffix(FORMATS[fmt])
-    from adaptflow.data.pixels import recorded_window
+    if kind == "text":
+        batch: Any = check_texts(images)
+    else:
+        from adaptflow.data.pixels import recorded_window
 
-    batch = check_images(images, int(meta["image_size"]), recorded_window(meta))
+        batch = check_images(images, int(meta["image_size"]), recorded_window(meta))
+    task = {"classifier": "classification", "text": "text_classification"}.get(kind, "detection")
+    tokenizer = output.with_name(f"{output.stem}.tokenizer.json") if kind == "text" else None
     with tempfile.TemporaryDirectory(prefix="adaptflow-export-") as tmp:
         staged = Path(tmp) / output.name
-        exporter = {"classifier": _classifier, "yolo": _yolo, "fasterrcnn": _fasterrcnn}[kind]
+        exporter = {"classifier": _classifier, "yolo": _yolo, "fasterrcnn": _fasterrcnn, "text": _text}[kind]
         info = exporter(model, meta, fmt, staged, batch, half=half, dynamic=dynamic)
         description = {
-            "format": fmt, "file": output.name, "model": source.uri, "task": "classification" if kind == "classifier" else "detection",
+            "format": fmt, "file": output.name, "model": source.uri, "task": task,
             "family": kind, "arch": meta["arch"], "classes": list(meta["classes"]), "precision": "fp16" if half else "fp32",
-            **info, "check": {**info["check"], "images": str(images), "count": len(batch)}, "versions": _versions(fmt, kind),
+            **info, **({"tokenizer": tokenizer.name} if tokenizer else {}),
+            "check": {**info["check"], "texts" if tokenizer else "images": str(images), "count": len(batch)},
+            "versions": _versions(fmt, kind),
         }
         output.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(staged, output)
+    if tokenizer:  # the tokenizer as `tokenizers.Tokenizer.from_file` reads it; truncation and padding as training set them
+        tokenizer.write_text(_tokens(meta).tokenizer.to_str())
     metadata = output.with_name(output.name + ".json")
     metadata.write_text(json.dumps(description, indent=2) + "\n")
     if source.run_id:
@@ -189,7 +228,7 @@ def export_model(source: ModelSource, fmt: str, images: Path, output: Path | Non
         from adaptflow.tracking import client
 
         c = client(TrackingConfig(uri=tracking_uri))
-        for path in (output, metadata):
+        for path in (output, metadata, *([tokenizer] if tokenizer else [])):
             c.log_artifact(source.run_id, str(path), f"exports/{fmt}")
     log.info("exported %s to %s (%s)", source.uri, output, description["check"]["summary"])
     return Exported(output, metadata, description["check"], source.run_id)
@@ -198,7 +237,8 @@ def export_model(source: ModelSource, fmt: str, images: Path, output: Path | Non
 def _versions(fmt: str, kind: str) -> dict[str, str]:
     import importlib.metadata as md
 
-    names = ["torch", *(["onnx", "onnxruntime"] if fmt == "onnx" else []), *(["ultralytics"] if kind == "yolo" else [])]
+    names = ["torch", *(["onnx", "onnxruntime"] if fmt == "onnx" else []), *(["ultralytics"] if kind == "yolo" else []),
+             *(["transformers", "tokenizers"] if kind == "text" else [])]
     return {name: md.version(name) for name in names}
 
 
@@ -264,38 +304,105 @@ def _classifier(model: nn.Module, meta: dict[str, Any], fmt: str, path: Path, im
     run = _runner(fmt, path, device)
     x = images.float().div(255).to(dtype)
     got = np.concatenate([run(x[i : i + 1] if not dynamic else x[i : i + 8]) for i in range(0, len(x), 8 if dynamic else 1)])
-    diff = float(np.abs(got.astype(np.float32) - expected).max())
-    agree = float((got.argmax(1) == expected.argmax(1)).mean())
-    # float32 sums in another order differ by about 1e-5 of the logits' scale (eager PyTorch at batch 1 and batch 16 by 1e-4
-    # on the demo's logits of up to 10): the limit is relative to that scale, and never tighter than LOGITS_TOLERANCE.
-    tolerance = (HALF_TOLERANCE if half else LOGITS_TOLERANCE) * max(1.0, float(np.abs(expected).max()))
-    summary = f"logits max abs diff {diff:.2e} (limit {tolerance:.2e}), top-1 agreement {agree:.3f} on {len(x)} images"
-    if diff > tolerance or agree < 1.0:
-        raise ExportError(f"the {fmt} export does not match PyTorch: {summary}; nothing was written. "
-                          + ("Export in fp32 (without --half)" if half else "Report it with the model file"))
+    check = _logits_check(fmt, got, expected, HALF_TOLERANCE if half else LOGITS_TOLERANCE, f"{len(x)} images",
+                          "Export in fp32 (without --half)" if half else "Report it with the model file")
     shape = ["batch" if dynamic else 1, 3, size, size]
     return {"opset": OPSET if fmt == "onnx" else None, "input": {"name": "images", "shape": shape, "dtype": str(dtype).removeprefix("torch.")},
             "output": {"name": "logits", "shape": [shape[0], len(meta["classes"])], "meaning": "class scores before softmax"},
             "preprocessing": _preprocessing(meta, size),
-            "check": {"logits_max_abs_diff": diff, "tolerance": tolerance, "top1_agreement": agree, "summary": summary}}
+            "check": check}
+
+
+def _logits_check(fmt: str, got: np.ndarray, expected: np.ndarray, limit: float, what: str, advice: str) -> dict[str, Any]:
+    """The export's logits against PyTorch's: within `limit` of their scale, every top-1 class the same; else ExportError."""
+    diff = float(np.abs(got.astype(np.float32) - expected).max())
+    agree = float((got.argmax(1) == expected.argmax(1)).mean())
+    # float32 sums in another order differ by about 1e-5 of the logits' scale (eager PyTorch at batch 1 and batch 16 by 1e-4
+    # on the demo's logits of up to 10): the limit is relative to that scale, and never tighter than LOGITS_TOLERANCE.
+    tolerance = limit * max(1.0, float(np.abs(expected).max()))
+    summary = f"logits max abs diff {diff:.2e} (limit {tolerance:.2e}), top-1 agreement {agree:.3f} on {what}"
+    if diff > tolerance or agree < 1.0:
+        raise ExportError(f"the {fmt} export does not match PyTorch: {summary}; nothing was written. {advice}")
+    return {"logits_max_abs_diff": diff, "tolerance": tolerance, "top1_agreement": agree, "summary": summary}
 
 
 def _runner(fmt: str, path: Path, device: str = "cpu"):  # noqa: ANN202 - a function of a batch
-    """A function running the exported file on a float tensor batch, returning its first output as numpy."""
+    """A function running the exported file on its input tensors (in the graph's order), returning its first output as numpy."""
     if fmt == "onnx":
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        return lambda x: session.run(None, {name: x.cpu().numpy()})[0]
+        names = [i.name for i in session.get_inputs()]
+        return lambda *xs: session.run(None, {n: x.cpu().numpy() for n, x in zip(names, xs, strict=True)})[0]
     loaded = torch.jit.load(str(path), map_location=device)
 
-    def run(x: torch.Tensor) -> np.ndarray:
+    def run(*xs: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
-            out = loaded(x.to(device))
+            out = loaded(*(x.to(device) for x in xs))
         return (out[0] if isinstance(out, tuple | list) else out).float().cpu().numpy()
 
     return run
+
+
+# --- text classifiers ----------------------------------------------------------------------------------
+
+
+class TokenInput(nn.Module):
+    """A text classifier taking the tokenizer's `input_ids` and `attention_mask`: the transformer, mean pooling over the
+    unmasked tokens, the head (what `TextEncoder` computes from padded ids, with the mask given instead of derived)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.transformer = model.backbone._transformer
+        self.head = model.head
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from adaptflow.text.encoder import mean_pool
+
+        hidden = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.head(mean_pool(hidden, attention_mask))
+
+
+def _tokens(meta: dict[str, Any]) -> Any:
+    from adaptflow.text.encoder import Tokens
+
+    return Tokens(meta["tokenizer"], int(meta["max_length"]), int(meta["pad_id"]), meta["pad_token"])
+
+
+def _text(model: nn.Module, meta: dict[str, Any], fmt: str, path: Path, texts: list[str], *, half: bool,
+          dynamic: bool) -> dict[str, Any]:
+    from adaptflow.text.stages import predict_ids
+
+    tokens = _tokens(meta)
+    expected = predict_ids(model, tokens(texts), tokens.pad_id, device="cpu").numpy()  # what evaluation and serving compute
+    net = TokenInput(model.float()).eval()
+
+    def inputs(batch: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = tokens(batch).long()
+        return ids, (ids != tokens.pad_id).long()
+
+    # two rows of different lengths: the example carries padding, so no branch on an all-ones mask is traced in
+    example = inputs(["a short text", "a longer text, padding the short one with a few more tokens"])
+    with _quiet(), torch.no_grad():
+        if fmt == "onnx":
+            batch, length = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("sequence", min=1, max=tokens.max_length)
+            torch.onnx.export(net, example, str(path), dynamo=True, opset_version=OPSET, input_names=["input_ids", "attention_mask"],
+                              output_names=["logits"], dynamic_shapes={"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}},
+                              verbose=False, optimize=True, external_data=False)
+        else:
+            torch.jit.trace(net, example).save(str(path))
+    run = _runner(fmt, path)
+    got = np.concatenate([run(*inputs(texts[i : i + CHECK_TEXT_BATCH])) for i in range(0, len(texts), CHECK_TEXT_BATCH)])
+    check = _logits_check(fmt, got, expected, LOGITS_TOLERANCE, f"{len(texts)} texts", "Report it with the model file")
+    spec = {"shape": ["batch", "sequence"], "dtype": "int64"}
+    return {"opset": OPSET if fmt == "onnx" else None,
+            "inputs": [{"name": "input_ids", **spec}, {"name": "attention_mask", **spec}],
+            "output": {"name": "logits", "shape": ["batch", len(meta["classes"])], "meaning": "class scores before softmax"},
+            "max_length": tokens.max_length, "pad_id": tokens.pad_id, "pad_token": tokens.pad_token,
+            "preprocessing": {"tokenizer": "the tokenizer file beside the export (tokenizers.Tokenizer.from_file), truncating at "
+                                           "max_length and padding each batch to its longest row with pad_id",
+                              "attention_mask": "1 for a token, 0 for padding", "pooling": "inside the model"},
+            "check": check}
 
 
 # --- detectors -------------------------------------------------------------------------------------

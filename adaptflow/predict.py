@@ -218,6 +218,8 @@ def predict_any(model_path: str | Path, folder: str | Path, output: str | Path, 
     kind = model_kind(model_path)
     if kind == "onnx":
         task = json.loads(Path(f"{model_path}.json").read_text())
+        if task["task"] == "text_classification":
+            raise PredictError(f"{model_path}: an exported text classifier; give it a CSV or JSONL file with a text column")
         if task["task"] == "classification":
             return _predict_onnx_classifier(Path(model_path), task, Path(folder), Path(output), batch_size)
         kind = "detector"

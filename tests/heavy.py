@@ -21,6 +21,7 @@ HEAVY: dict[str, tuple[str, ...]] = {
     "tests/test_text.py": (
         "test_text_run_killed_with_sigkill_resumes_to_the_same_model_then_registers_and_serves_strings",
         "test_adaptation_methods_train_a_text_model_on_the_pooled_embedding",
+        "test_a_text_classifier_exports_to_onnx_and_torchscript_that_give_its_logits_on_token_ids",
     ),
     "tests/test_ui.py": ("test_the_served_ui_calls_the_api_on_the_chosen_port",),
     "tests/test_adapt.py": (

@@ -257,3 +257,95 @@ def test_adaptation_methods_train_a_text_model_on_the_pooled_embedding(text_proj
     report = json.loads((text_project / "ev" / "report.json").read_text())
     assert report["baseline"]["train_rows"] == 4 + 4  # TF-IDF saw what the model saw: the source's rows and 2 per class
     assert 0 <= metrics["source_accuracy"] <= 1 and 0 <= metrics["tfidf_target_macro_f1"] <= 1
+
+
+# --- export ---------------------------------------------------------------------------------------------
+
+def _text_run(root: Path, tracking_uri: str) -> Path:
+    """A run folder holding a text model (the packaged encoder, a seeded head), its config and its MLflow run."""
+    import yaml
+    from mlflow import MlflowClient
+
+    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.text.encoder import encoder_from_pretrained, save_text_checkpoint, text_classifier
+
+    encoder, tokens = encoder_from_pretrained(fetch_pretrained("package:minilm_l6").path, "minilm_l6", 16)
+    torch.manual_seed(0)
+    model = text_classifier(encoder, 2)
+    run = root / "runs" / "text"
+    (run / "finetune").mkdir(parents=True)
+    save_text_checkpoint(run / "finetune" / "model.pt", model, arch="minilm_l6", classes=("bad", "good"), tokens=tokens)
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"root": str(_config().data.root), "target": "reviews"}}))
+    client = MlflowClient(tracking_uri)
+    run_id = client.create_run(client.create_experiment("text")).info.run_id
+    (run / "register").mkdir()
+    (run / "register" / "registration.json").write_text(json.dumps({"run_id": run_id}))
+    return run
+
+
+def test_a_text_classifier_exports_to_onnx_and_torchscript_that_give_its_logits_on_token_ids(
+        text_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+    import onnxruntime as ort
+    from mlflow import MlflowClient
+    from tokenizers import Tokenizer
+
+    import adaptflow.export
+    from adaptflow.export import ExportError, export_model, recorded_test_split, resolve_model
+    from adaptflow.predict import PredictError, predict_any
+    from adaptflow.text.encoder import load_text_checkpoint
+    from adaptflow.text.predict import predict_file
+    from adaptflow.text.stages import predict_ids
+
+    uri = f"sqlite:///{text_project / 'mlflow.db'}"
+    run = _text_run(text_project, uri)
+    source = resolve_model(str(run), uri)
+    split = recorded_test_split(source, uri)
+    assert split == text_project / "data" / "reviews" / "test"  # its test.csv is what the check reads
+
+    with monkeypatch.context() as patched:  # a check that fails writes nothing
+        patched.setattr(adaptflow.export, "LOGITS_TOLERANCE", -1.0)
+        with pytest.raises(ExportError, match=r"the onnx export does not match PyTorch: logits max abs diff .* on 4 texts; nothing was written"):
+            export_model(source, "onnx", split, text_project / "out" / "text.onnx", tracking_uri=uri)
+    assert not (text_project / "out").exists() or not any((text_project / "out").iterdir())
+
+    onnx = export_model(source, "onnx", split, text_project / "out" / "text.onnx", tracking_uri=uri)
+    meta = json.loads(onnx.metadata.read_text())
+    assert meta["task"] == "text_classification" and meta["classes"] == ["bad", "good"] and meta["opset"] == 18
+    assert meta["inputs"] == [{"name": "input_ids", "shape": ["batch", "sequence"], "dtype": "int64"},
+                              {"name": "attention_mask", "shape": ["batch", "sequence"], "dtype": "int64"}]
+    assert meta["max_length"] == 16 and meta["tokenizer"] == "text.tokenizer.json" and meta["check"]["count"] == 4
+    assert meta["check"]["logits_max_abs_diff"] <= 1e-4 and meta["check"]["top1_agreement"] == 1.0
+    logged = {Path(a.path).name for a in MlflowClient(uri).list_artifacts(onnx.run_id, "exports/onnx")}
+    assert logged == {"text.onnx", "text.onnx.json", "text.tokenizer.json"}
+
+    # the file and its tokenizer alone give the model's logits, at any batch size and length
+    model, _, tokens = load_text_checkpoint(run / "finetune" / "model.pt")
+    tokenizer = Tokenizer.from_file(str(text_project / "out" / "text.tokenizer.json"))
+    session = ort.InferenceSession(str(onnx.path), providers=["CPUExecutionProvider"])
+    texts = ["it helped", "awful side effects that made everything far worse than before, week after week, all year", "ok then"]
+    for batch in (texts, texts[:1]):
+        encoded = tokenizer.encode_batch(batch)
+        ids = np.array([e.ids for e in encoded], dtype=np.int64)
+        logits = session.run(None, {"input_ids": ids, "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64)})[0]
+        expected = predict_ids(model, tokens(batch), tokens.pad_id, device="cpu").numpy()
+        assert ids.shape[1] <= 16 and np.abs(logits - expected).max() <= 1e-4
+
+    # `adaptflow predict` scores a text file with the exported file as with the model file; a folder of images is refused
+    (text_project / "new.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    predict_file(onnx.path, text_project / "new.jsonl", text_project / "onnx.csv")
+    predict_file(run / "finetune" / "model.pt", text_project / "new.jsonl", text_project / "torch.csv")
+    rows = [[line.split(",") for line in (text_project / name).read_text().splitlines()] for name in ("onnx.csv", "torch.csv")]
+    assert rows[0][0] == ["line", "class", "score", "p_bad", "p_good"] and len(rows[0]) == 4
+    assert [r[:2] for r in rows[0]] == [r[:2] for r in rows[1]]
+    assert np.abs(np.array([r[2:] for r in rows[0][1:]], float) - np.array([r[2:] for r in rows[1][1:]], float)).max() <= 2e-6
+    with pytest.raises(PredictError, match="an exported text classifier; give it a CSV or JSONL file"):
+        predict_any(onnx.path, text_project / "data", text_project / "x.csv")
+
+    script = export_model(source, "torchscript", text_project / "new.jsonl", text_project / "out" / "text.torchscript")
+    loaded = torch.jit.load(str(script.path))
+    ids = tokens(texts).long()
+    with torch.no_grad():
+        got = loaded(ids, (ids != tokens.pad_id).long())
+    assert torch.allclose(got, predict_ids(model, tokens(texts), tokens.pad_id, device="cpu"), atol=1e-4)
+    assert json.loads(script.metadata.read_text())["check"]["count"] == 3
