@@ -84,17 +84,18 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> dict:
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--find-links", str(root / "wheels")]
         wheel = next((root / "wheels").glob("adaptflow-*.whl"))
         for args in ([*pip, *(arg for r in requirements for arg in ("-r", str(r)))], [*pip, "--no-deps", "--force-reinstall", str(wheel)]):
-            install = subprocess.run(args, capture_output=True, text=True, env=_outside(venv / "bin" / "python"))
+            install = subprocess.run(args, capture_output=True, text=True, env=_outside(venv / "bin" / "python", guarded=False))
             assert install.returncode == 0, install.stderr[-3000:]
         print(f"environment from the models' requirements: {time.perf_counter() - started:.0f}s")
         yield {"root": root / "project", "uris": uris, "python": venv / "bin" / "python", "requirements": requirements}
 
 
-def _outside(python: Path) -> dict[str, str]:
+def _outside(python: Path, guarded: bool = True) -> dict[str, str]:
     """The environment of a process of the fresh virtual environment: nothing of this one's Python path (the network
-    guard aside), its own bin folder first."""
+    guard aside), its own bin folder first. `guarded=False` for pip installing the requirements: the package index is
+    the one place outside 127.0.0.1 a fresh environment is built from."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    return env | {"PYTHONPATH": str(REPO / "tests" / "netguard"), "PATH": f"{python.parent}{os.pathsep}{env['PATH']}"}
+    return env | ({"PYTHONPATH": str(REPO / "tests" / "netguard")} if guarded else {}) | {"PATH": f"{python.parent}{os.pathsep}{env['PATH']}"}
 
 
 def _serve(served: dict, uri: str):  # noqa: ANN202 - (Popen, port)
