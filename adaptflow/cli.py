@@ -83,7 +83,7 @@ def _stage_config(path: Path, overrides: list[str] | None):  # noqa: ANN202 - Ru
 
 def _tracked_config(path: Path, overrides: list[str] | None):  # noqa: ANN202 - RunConfig, imported lazily
     """The config of a command that talks to MLflow, whose server is checked to answer first."""
-    from adaptflow.tracking import require_server
+    from adaptflow.tracking.store import require_server
 
     cfg = _config(path, overrides)
     require_server(cfg.tracking)
@@ -125,7 +125,7 @@ def _show(result: dict, as_json: bool, title: str = "") -> None:
 
 def _servers_answer(tracking) -> None:  # noqa: ANN001 - TrackingConfig
     """Before a flow starts: the Prefect server and the MLflow server it reports to answer (where set)."""
-    from adaptflow.tracking import require_server
+    from adaptflow.tracking.store import require_server
 
     _prefect_api()
     require_server(tracking)
@@ -247,7 +247,7 @@ def data_import(
 def registry_list(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None, as_json: JsonOption = False) -> None:
     """Every version with its aliases, metrics, data version and gate decision."""
     from adaptflow.console import print_rows
-    from adaptflow.tracking import versions
+    from adaptflow.tracking.registry import versions
 
     cfg = _tracked_config(config, overrides)
     rows = versions(cfg.registry, cfg.tracking)
@@ -267,7 +267,7 @@ def registry_promote(
     overrides: Overrides = None,
 ) -> None:
     """Make VERSION the champion (the one it replaces is remembered for rollback)."""
-    from adaptflow.tracking import promote
+    from adaptflow.tracking.registry import promote
 
     cfg = _tracked_config(config, overrides)
     previous = promote(cfg.registry, cfg.tracking, version, reason)
@@ -284,7 +284,7 @@ def registry_rollback(
     overrides: Overrides = None,
 ) -> None:
     """Move the champion alias back to the version the current champion replaced."""
-    from adaptflow.tracking import rollback
+    from adaptflow.tracking.registry import rollback
 
     cfg = _tracked_config(config, overrides)
     old, new = rollback(cfg.registry, cfg.tracking, reason)
@@ -330,7 +330,7 @@ def ui(
     import subprocess
 
     from adaptflow.config import TrackingConfig
-    from adaptflow.tracking import tracking_uri
+    from adaptflow.tracking.store import tracking_uri
 
     bin_dir = Path(sys.executable).parent
     procs = [
@@ -396,7 +396,7 @@ def predict_images(
     from adaptflow.data import split_dir
     from adaptflow.predict import CHECK_MIN_IMAGES, model_kind, predict_any
     from adaptflow.pretrained import fetch_pretrained
-    from adaptflow.tracking import require_server, tracking_uri
+    from adaptflow.tracking.store import require_server, tracking_uri
 
     cfg = _config(config, overrides)
     uri = model or f"models:/{cfg.registry.model_name}@champion"
@@ -457,7 +457,7 @@ def export_model(
     text model's tokenizer beside it)."""
     from adaptflow.data import split_dir
     from adaptflow.export import export_model as export, recorded_test_split, resolve_model
-    from adaptflow.tracking import require_server, tracking_uri
+    from adaptflow.tracking.store import require_server, tracking_uri
 
     cfg = _config(config, overrides)
     if model.startswith("models:/"):
@@ -515,7 +515,7 @@ def finetune(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None,
     from adaptflow.pipeline import write_run_record
     from adaptflow.pretrained import fetch_pretrained
     from adaptflow.stages import for_task
-    from adaptflow.tracking import tracking_uri
+    from adaptflow.tracking.store import tracking_uri
     from adaptflow.validate import validate
     from adaptflow.versioning import read_version
 
@@ -771,7 +771,7 @@ def _print_pretrained_results(cfg, result: dict, scratch: dict, seconds: float) 
 
 
 def _print_results(cfg, source: dict, result: dict, seconds: float) -> None:  # noqa: ANN001 - RunConfig
-    from adaptflow.tracking import tracking_uri
+    from adaptflow.tracking.store import tracking_uri
 
     m, reg = result["metrics"], result["registration"]
     name = "map50" if cfg.task == "detection" else "accuracy"

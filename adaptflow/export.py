@@ -225,7 +225,7 @@ def export_model(source: ModelSource, fmt: str, images: Path, output: Path | Non
     metadata.write_text(json.dumps(description, indent=2) + "\n")
     if source.run_id:
         from adaptflow.config import TrackingConfig
-        from adaptflow.tracking import client
+        from adaptflow.tracking.store import client
 
         c = client(TrackingConfig(uri=tracking_uri))
         for path in (output, metadata, *([tokenizer] if tokenizer else [])):

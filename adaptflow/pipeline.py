@@ -22,7 +22,7 @@ from adaptflow.io import read_json, sha256_file, write_json, write_yaml
 from adaptflow.pretrain import PublishedModel, published_dir
 from adaptflow.pretrained import FetchError, PretrainedRef, fetch_pretrained, sidecar_digest
 from adaptflow.stages import for_task
-from adaptflow.tracking import Registration
+from adaptflow.tracking.packaging import Registration
 from adaptflow.versioning import DataVersion, version_data
 
 log = logging.getLogger(__name__)

@@ -508,7 +508,7 @@ def _fetch_registered(uri: str, expected: str | None, tracking_uri: str | None, 
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from adaptflow.tracking import store_not_made
+    from adaptflow.tracking.store import store_not_made
 
     spec = uri.removeprefix("models:/")
     tracking_uri = tracking_uri or env.default_tracking_uri()
@@ -539,7 +539,7 @@ def _fetch_registered(uri: str, expected: str | None, tracking_uri: str | None, 
                 staging.rename(folder)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-    from adaptflow.tracking import ULTRALYTICS_FILE
+    from adaptflow.tracking.packaging import ULTRALYTICS_FILE
 
     found = sorted(p for p in folder.rglob("artifacts/*.pt") if p.name != ULTRALYTICS_FILE)  # the same weights for Ultralytics
     if not found:

@@ -373,7 +373,7 @@ def check_pretrained_file(config: RunConfig, report: Report) -> None:
 
 def check_tracking(config: RunConfig, report: Report) -> None:
     """Whether the MLflow server the run will log to answers (a file store always does)."""
-    from adaptflow.tracking import server_problem
+    from adaptflow.tracking.store import server_problem
 
     problem = server_problem(config.tracking)
     if problem:

@@ -10,7 +10,7 @@ from prefect.runtime import flow_run
 
 from adaptflow.benchmark import BenchmarkSpec, plan_cells, source_jobs
 from adaptflow.console import progress
-from adaptflow.tracking import ended_on_failure
+from adaptflow.tracking.runs import ended_on_failure
 from flows.runners import task_runner
 from tasks.benchmark import (
     detection_cell_task,

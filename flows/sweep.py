@@ -15,7 +15,7 @@ from adaptflow.config import RunConfig
 from adaptflow.pretrained import PretrainedRef
 from adaptflow.sweep import DEFAULT_GRID, Grid, SweepSettings, Trial, canonical_grid, plan_trials
 from adaptflow.sweep.trial import failed_trial
-from adaptflow.tracking import ended_on_failure
+from adaptflow.tracking.runs import ended_on_failure
 from flows.naming import run_dir, sweep_run_name
 from flows.runners import task_runner
 from tasks.pretrained import fetch_pretrained_task

@@ -9,7 +9,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from adaptflow.config import RunConfig
-from adaptflow.tracking import ended_on_failure
+from adaptflow.tracking.runs import ended_on_failure
 from flows.naming import add_data_version, run_dir, transfer_run_name
 from tasks.data import version_data_task
 from tasks.evaluation import evaluate_task

@@ -9,7 +9,7 @@ from prefect.states import State
 from prefect.tasks import exponential_backoff
 
 from adaptflow.config import ConfigError
-from adaptflow.tracking import RegistryError
+from adaptflow.tracking.registry import RegistryError
 from adaptflow.validate import DataValidationError
 
 #: Failures of the input itself: the same input fails the same way, so a retry only delays the message.

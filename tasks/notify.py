@@ -26,7 +26,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_UI_URL
 from prefect.states import State
 
-from adaptflow.tracking import Registration
+from adaptflow.tracking.packaging import Registration
 from tasks.common import NO_RESULT_CACHE
 
 log = logging.getLogger(f"adaptflow.{__name__}")  # under adaptflow: its lines reach the flow run's log

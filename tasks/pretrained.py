@@ -9,7 +9,7 @@ from prefect.states import State
 from adaptflow.config import RunConfig
 from adaptflow.pretrained import PretrainedRef, TransientFetchError, fetch_pretrained
 from adaptflow.stages import for_task
-from adaptflow.tracking import tracking_uri
+from adaptflow.tracking.store import tracking_uri
 from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE, failure
 
 

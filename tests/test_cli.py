@@ -85,7 +85,7 @@ def test_an_mlflow_server_that_does_not_answer_stops_a_command_before_any_work(t
     import threading
 
     from adaptflow.config import TrackingConfig
-    from adaptflow.tracking import server_problem
+    from adaptflow.tracking.store import server_problem
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -111,7 +111,7 @@ def test_a_wrong_split_mapping_says_how_to_write_it(project: Path, tmp_path: Pat
 
 def test_data_pointer_files_do_not_make_the_code_commit_dirty(tmp_path: Path) -> None:
     """Adding data rewrites data.dvc: the models of every dataset would be tagged `-dirty` though no code changed."""
-    from adaptflow.tracking import git_commit
+    from adaptflow.tracking.lineage import git_commit
     from conftest import run
 
     run(["git", "init", "-q"], tmp_path)
