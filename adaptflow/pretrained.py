@@ -539,7 +539,7 @@ def _fetch_registered(uri: str, expected: str | None, tracking_uri: str | None, 
                 staging.rename(folder)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-    from adaptflow.tracking.packaging import ULTRALYTICS_FILE
+    from adaptflow.tracking.store import ULTRALYTICS_FILE
 
     found = sorted(p for p in folder.rglob("artifacts/*.pt") if p.name != ULTRALYTICS_FILE)  # the same weights for Ultralytics
     if not found:

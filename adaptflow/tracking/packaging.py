@@ -20,12 +20,10 @@ from adaptflow.config import RegistryConfig, TrackingConfig
 from adaptflow.tracking.gate import require_metric
 from adaptflow.tracking.registry import champion, gate_version, recorded_metrics
 from adaptflow.tracking.runs import log_metrics, set_tags
-from adaptflow.tracking.store import TAG, client, retrying, scoped_tracking_uri, tracking_uri
+from adaptflow.tracking.store import TAG, ULTRALYTICS_FILE, client, retrying, scoped_tracking_uri, tracking_uri
 
 log = logging.getLogger(__name__)
 
-#: The registered YOLO model's weights as Ultralytics saves them, beside adaptflow's own file (`artifacts/ULTRALYTICS_FILE`).
-ULTRALYTICS_FILE = "ultralytics.pt"
 #: What every registered model's pyfunc imports besides adaptflow, pinned to the versions it was trained and checked with.
 SERVING_PACKAGES = ("torch", "torchvision", "numpy", "pandas", "pillow", "mlflow")
 #: What a model of a family needs on top (EfficientNet-Lite is timm's; YOLO is Ultralytics'; the text encoders are

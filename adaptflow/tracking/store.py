@@ -17,6 +17,9 @@ from adaptflow.io import unreachable, with_retries
 
 #: The prefix of every tag adaptflow writes on runs and model versions.
 TAG = "adaptflow."
+#: The registered YOLO model's weights as Ultralytics saves them, beside adaptflow's own file (`artifacts/ULTRALYTICS_FILE`):
+#: written by `packaging.model_artifacts`, passed over by whoever reads adaptflow's file back from the registry.
+ULTRALYTICS_FILE = "ultralytics.pt"
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
