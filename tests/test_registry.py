@@ -210,3 +210,21 @@ def test_each_version_s_alias_tag_follows_the_alias(project: Path) -> None:
     assert alias_tags()[fourth.version] == "former champion" and alias_tags()[third.version] == "champion"
     tracking.rollback(REG, TRACK, "worse in production")
     assert alias_tags()[third.version] == "rolled back" and alias_tags()[fourth.version] == "champion"
+
+
+def test_tracking_modules_import_only_layers_below_them() -> None:
+    """lineage and gate (no MLflow) < store < runs < registry < packaging; only packaging imports the serving code."""
+    import ast
+
+    from conftest import REPO
+
+    layers = ["lineage", "gate", "store", "runs", "registry", "packaging"]
+    serving = {"adaptflow.serving", "adaptflow.detection.serving", "adaptflow.text.serving"}
+    for rank, name in enumerate(layers):
+        tree = ast.parse((REPO / "adaptflow" / "tracking" / f"{name}.py").read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        imported |= {f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module for a in n.names}
+        inside = {m.split(".")[2] for m in imported if m.startswith("adaptflow.tracking.")}
+        assert "adaptflow.tracking" not in imported, f"{name}.py imports the package, not a module of it"
+        assert inside <= set(layers[:rank]), f"{name}.py imports {sorted(inside - set(layers[:rank]))}, a layer above it"
+        assert name == "packaging" or not imported & serving, f"{name}.py imports serving code"
