@@ -35,8 +35,6 @@ log = logging.getLogger(__name__)
 ARCHS = ("yolov8n", "yolov8s", "yolo11n", "yolo11s")
 #: Integrations Ultralytics turns on by itself when their package imports.
 _INTEGRATIONS = ("sync", "mlflow", "dvc", "wandb", "clearml", "comet", "raytune", "tensorboard")
-#: Where `ultralytics:NAME` assets are published.
-ASSETS_URL = "https://github.com/ultralytics/assets/releases/download/v8.4.0"
 #: The reference model of Ultralytics' AMP self-check, looked for in its weights folder (and downloaded there when absent).
 AMP_CHECK_WEIGHTS = "yolo26n.pt"
 
@@ -66,12 +64,6 @@ def ultralytics():  # noqa: ANN201 - the module
     for key, path in folders.items():  # the module's copies were read from the settings file at import, before this update
         setattr(module.utils, key.upper(), path)
     return module
-
-
-def asset_url(name: str) -> str:
-    """The download URL of an Ultralytics release asset such as `yolo11n.pt`."""
-    base = os.environ.get("ADAPTFLOW_ULTRALYTICS_ASSETS_URL", ASSETS_URL).rstrip("/")
-    return f"{base}/{name}"
 
 
 def ultralytics_device(cfg: TrainConfig) -> str:
