@@ -3,7 +3,6 @@ into the cache (by name and version) and its adaptflow model file used."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from filelock import FileLock
 
