@@ -166,8 +166,8 @@ def check_images(folder: Path, size: int, window: Any = None, limit: int = CHECK
 def check_texts(split: Path, limit: int = CHECK_TEXTS) -> list[str]:
     """The first `limit` texts of `split`: a CSV or JSONL file with a text column, or a split's path without its suffix
     (`<domain>/test` -> test.csv or test.jsonl), read and checked as training reads splits."""
+    from adaptflow.data.checks import DataValidationError, Report
     from adaptflow.text.data import TEXT_SUFFIXES, read_rows
-    from adaptflow.validate import DataValidationError, Report
 
     files = [split] if split.is_file() else [split.with_suffix(s) for s in TEXT_SUFFIXES if split.with_suffix(s).is_file()]
     if not files:

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adaptflow.data.checks import DataValidationError, Report
 from adaptflow.io import atomic_write
 from adaptflow.text.data import TEXT_SUFFIXES, read_rows
-from adaptflow.validate import DataValidationError, Report
 
 
 def is_text_input(path: Path) -> bool:
