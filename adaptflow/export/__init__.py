@@ -152,8 +152,7 @@ def read_model(path: Path) -> tuple[str, nn.Module, dict[str, Any]]:
 
 def check_images(folder: Path, size: int, window: Any = None, limit: int = CHECK_IMAGES) -> torch.Tensor:
     """The first `limit` images under `folder`, decoded as training decoded them: uint8 N x 3 x size x size."""
-    from adaptflow.data.folders import decode_image
-    from adaptflow.predict import image_files
+    from adaptflow.data.folders import decode_image, image_files
 
     files = image_files(folder)[:limit]
     return torch.from_numpy(np.stack([decode_image(p, size, window) for p in files])).permute(0, 3, 1, 2).contiguous()

@@ -26,7 +26,7 @@ class ExportedTextModel:
     def load(self, path: str) -> ExportedTextModel:
         import onnxruntime as ort
 
-        from adaptflow.predict import PredictError
+        from adaptflow.errors import PredictError
         from adaptflow.text.encoder import Tokens
 
         description = Path(f"{path}.json")
