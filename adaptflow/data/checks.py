@@ -11,7 +11,7 @@ import hashlib
 import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,9 +36,8 @@ TRACKING_FIELD = "tracking.uri"
 BUILD_THE_DATA = "build the data (adaptflow data build), `dvc pull`, or fix data.root"
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One finding: where, what, and what to do about it."""
+class Problem(NamedTuple):
+    """One finding: where, what, and what to do about it (a value, like `Inspection`)."""
 
     path: str
     """The file or folder at fault, or the config field (`pretrained.uri`, `tracking.uri`)."""
@@ -71,7 +70,7 @@ class Report:
         self.warnings.append(Problem(str(path), message, fix, line))
 
     def to_dict(self) -> dict:
-        return {"errors": [asdict(p) for p in self.errors], "warnings": [asdict(p) for p in self.warnings], "checked_files": self.checked_files}
+        return {"errors": [p._asdict() for p in self.errors], "warnings": [p._asdict() for p in self.warnings], "checked_files": self.checked_files}
 
 
 class DataValidationError(UserError, ValueError):
