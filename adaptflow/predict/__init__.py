@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from adaptflow.data.folders import image_files
+from adaptflow.errors import PredictError
 from adaptflow.predict.classifier import predict_folder, predict_onnx_classifier
-from adaptflow.predict.common import (CHECK_IMAGES, CHECK_MIN_IMAGES, COLUMNS, DIFFERS_AUC, DomainCheck, Prediction, PredictError,
-                                      domain_check, image_files)
+from adaptflow.predict.common import CHECK_IMAGES, CHECK_MIN_IMAGES, COLUMNS, DIFFERS_AUC, DomainCheck, Prediction, domain_check
 from adaptflow.predict.detector import (DEFAULT_CONF, DETECTION_COLUMNS, detector_features, draw_boxes, predict_detections,
                                         reference_images)
 

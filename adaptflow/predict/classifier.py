@@ -9,11 +9,13 @@ from pathlib import Path
 import torch
 
 from adaptflow.console import progress
+from adaptflow.data.folders import image_files
 from adaptflow.data.pixels import recorded_window
+from adaptflow.errors import PredictError
 from adaptflow.io import atomic_write
 from adaptflow.models import load_checkpoint
-from adaptflow.predict.common import (CHECK_IMAGES, CHECK_MIN_IMAGES, COLUMNS, Prediction, PredictError, decoded, domain_check,
-                                      image_files, onnx_session, progress_chunks)
+from adaptflow.predict.common import (CHECK_IMAGES, CHECK_MIN_IMAGES, COLUMNS, Prediction, decoded, domain_check,
+                                      onnx_session, progress_chunks)
 from adaptflow.train import predict_with_features, resolve_device
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import torch
 from adaptflow import env
 from adaptflow.config import WindowConfig
 from adaptflow.console import progress
-from adaptflow.data.folders import decode_image, image_files
+from adaptflow.data.folders import decode_image
 from adaptflow.errors import PredictError, UserError
 
 COLUMNS = ("path", "class", "score")
@@ -124,5 +124,3 @@ def progress_chunks(chunks: Iterator[torch.Tensor], files: int) -> Iterator[torc
             yield chunk
             advance(len(chunk))
 
-
-__all__ = ["PredictError", "image_files"]

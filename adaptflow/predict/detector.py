@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adaptflow.data.folders import image_files
+from adaptflow.errors import PredictError
 from adaptflow.io import atomic_write
-from adaptflow.predict.common import (CHECK_IMAGES, CHECK_MIN_IMAGES, Prediction, PredictError, decoded, domain_check, image_files,
+from adaptflow.predict.common import (CHECK_IMAGES, CHECK_MIN_IMAGES, Prediction, decoded, domain_check,
                                       onnx_session, progress_chunks)
 from adaptflow.train import resolve_device
 
