@@ -20,7 +20,7 @@ OPSET, FRCNN_OPSET = 18, 17
 BOX_IOU = 0.99
 #: The score from which a detector's boxes are compared.
 CHECK_CONF = 0.25
-#: Real texts a text classifier's check is tokenized in batches of (so batch size and length vary).
+#: How many texts a text classifier's check tokenizes at once (so batch size and length vary).
 CHECK_TEXT_BATCH = 8
 
 
@@ -29,6 +29,7 @@ class ExportError(UserError, ValueError):
 
 
 def preprocessing(meta: dict[str, Any], size: int) -> dict[str, Any]:
+    """How images reach an exported image model, as its JSON records it."""
     return {"color": "RGB", "resize": f"the whole image to {size} x {size}, bilinear (no crop, no letterbox)",
             "scale": "pixel values / 255 (float in [0, 1])", "layout": "NCHW", "normalization": "inside the model",
             **({"window": meta["window"]} if meta.get("window") else {})}
