@@ -184,7 +184,8 @@ def data_add(
 ) -> None:
     """Add new labeled images to a domain (the target by default), then announce it (a Prefect event that triggers retraining)."""
     from adaptflow.data import split_dir
-    from adaptflow.data.ingest import add_detection_images, add_images
+    from adaptflow.data.ingest import add_images
+    from adaptflow.detection.ingest import add_detection_images
 
     # Another domain is added to as the config's target would be: its name is checked as data.target is.
     cfg = _config(config, [*(overrides or []), *([f"data.target={domain}"] if domain else [])])

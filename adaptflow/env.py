@@ -93,6 +93,18 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a SQLite store (`sqlite:///<path>`), or None for any other store."""
+    return Path(uri.removeprefix("sqlite:///").split("?")[0]) if uri.startswith("sqlite:///") else None
+
+
+def store_not_made(uri: str) -> Path | None:
+    """The file of a SQLite store that does not exist yet: nothing was ever tracked there, and a
+    lookup should say so rather than create it."""
+    path = sqlite_file(uri)
+    return path if path is not None and not path.exists() else None
+
+
 def default_artifact_location() -> str:
     """Where local runs keep their artifacts when the store does not say."""
     return (project_root() / "mlartifacts").as_uri()

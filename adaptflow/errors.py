@@ -56,6 +56,10 @@ class ModelFileError(UserError, ValueError):
     """A model file that cannot, or must not, be loaded (pickled code, not a model file); the message names the file and the fix."""
 
 
+class PredictError(UserError, ValueError):
+    """The images or the model cannot be predicted on; nothing was written."""
+
+
 class ServiceUnavailable(UserError, RuntimeError):
     """A server the command needs (the Prefect API, the MLflow tracking server) does not answer."""
 

@@ -1,313 +1,24 @@
-"""Check data and config before any compute is spent.
+"""Check a run's config and data before any compute is spent.
 
 Every problem names the file (and line, for label files) and says how to fix it. Errors stop
 the run before anything is trained or registered; warnings (a few duplicate images, a labeled
 split smaller than asked for) are reported and the run goes on.
+
+The checks of each kind of data live with it: image folders and classification datasets in
+`adaptflow.data.checks` (with `Report` and `DataValidationError`), YOLO datasets in
+`adaptflow.detection.checks`, text splits in `adaptflow.text.data`. This module adds what needs a
+whole run's config: the pretrained URI and file, the tracking server, the devices.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import NamedTuple
-
-from PIL import Image
 
 from adaptflow import env
 from adaptflow.adapt.validators import VALIDATORS
-from adaptflow.config import RunConfig, WindowConfig
-from adaptflow.data import has_validation, split_dir
-from adaptflow.data.folders import IMAGE_SUFFIXES, held_out_count, link_outside, natural_key
-from adaptflow.data.pixels import HIGH_BIT_MODES, WINDOW_FIX
-from adaptflow.errors import ExitCode, UserError
-
-log = logging.getLogger(__name__)
-
-#: Larger images are refused: decoding them would exhaust memory long before training starts.
-MAX_PIXELS = 40_000_000
-IGNORED_NAMES = {".gitignore", ".dvcignore", "Thumbs.db", ".DS_Store"}
-#: The field a tracking server that does not answer is reported under.
-TRACKING_FIELD = "tracking.uri"
-#: The fix for data that is not where the config says.
-BUILD_THE_DATA = "build the data (adaptflow data build), `dvc pull`, or fix data.root"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One finding: where, what, and what to do about it."""
-
-    path: str
-    message: str
-    fix: str
-    line: int | None = None
-
-    def __str__(self) -> str:
-        where = f"{self.path}:{self.line}" if self.line else self.path
-        return f"{where}: {self.message}; {self.fix}"
-
-
-@dataclass
-class Report:
-    """Everything validation found; `ok` when there is no error."""
-
-    errors: list[Problem] = field(default_factory=list)
-    warnings: list[Problem] = field(default_factory=list)
-    checked_files: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    def error(self, path: Path | str, message: str, fix: str, line: int | None = None) -> None:
-        self.errors.append(Problem(str(path), message, fix, line))
-
-    def warn(self, path: Path | str, message: str, fix: str, line: int | None = None) -> None:
-        self.warnings.append(Problem(str(path), message, fix, line))
-
-    def to_dict(self) -> dict:
-        return {"errors": [asdict(p) for p in self.errors], "warnings": [asdict(p) for p in self.warnings], "checked_files": self.checked_files}
-
-
-class DataValidationError(UserError, ValueError):
-    """The data or config cannot be used; the message lists each problem with its fix."""
-
-    def __init__(self, report: Report, outcome: str = "found before training; nothing was trained or registered") -> None:
-        self.report = report
-        lines = "\n".join(f"  - {p}" for p in report.errors)
-        super().__init__(f"{len(report.errors)} problem(s) {outcome}:\n{lines}")
-
-    @property
-    def exit_code(self) -> ExitCode:  # type: ignore[override]
-        """A tracking server that does not answer, and nothing else wrong: a service down, not bad input."""
-        if all(p.path == TRACKING_FIELD for p in self.report.errors):
-            return ExitCode.UNREACHABLE
-        return ExitCode.INVALID_INPUT
-
-
-class Inspection(NamedTuple):
-    """What decoding one image file found."""
-
-    mode: str | None = None
-    size: tuple[int, int] | None = None
-    sha256: str | None = None
-    error: str | None = None
-    transparent: bool = False  # some pixel is not fully opaque (decoding drops alpha)
-
-
-def _inspect(path: Path) -> Inspection:
-    """Decode one image file fully, to catch truncation."""
-    try:
-        raw = path.read_bytes()
-        with Image.open(path) as img:
-            mode, size = img.mode, img.size
-            if size[0] * size[1] > MAX_PIXELS:
-                return Inspection(mode, size)
-            img.verify()
-        with Image.open(path) as img:
-            img.load()
-            if img.mode == "P" and "transparency" in img.info:
-                img = img.convert("RGBA")
-            transparent = "A" in img.getbands() and img.getchannel("A").getextrema()[0] < 255
-    except Image.DecompressionBombError as exc:
-        return Inspection(error=f"huge image ({exc})")
-    except Exception as exc:  # noqa: BLE001 - any decoder failure means the file is unusable
-        return Inspection(error=f"{type(exc).__name__}: {exc}")
-    return Inspection(mode, size, hashlib.sha256(raw).hexdigest(), None, transparent)
-
-
-def check_image_split(
-    folder: Path, report: Report, train_classes: tuple[str, ...] | None = None, window: WindowConfig | None = None
-) -> dict[str, str]:
-    """Check one `<split>/<class>/` folder; returns {sha256: path} of its images for duplicate checks.
-    Images of more than 8 bits are errors unless `window` (`data.window`) maps them onto 8."""
-    if not folder.is_dir():
-        report.error(folder, "no such split folder", BUILD_THE_DATA)
-        return {}
-    classes = sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: natural_key(p.name))
-    classes = [cls for cls in classes if _inside(cls, folder, report)]
-    if not classes:
-        report.error(folder, "no class folders", f"put images in {folder}/<class>/<image>.png")
-    for stray in (p for p in folder.iterdir() if p.is_file() and p.name not in IGNORED_NAMES and not p.name.startswith(".")):
-        report.error(stray, "file outside any class folder", f"move it into {folder}/<class>/ or delete it")
-    if train_classes is not None:
-        for cls in classes:
-            if cls.name not in train_classes:
-                report.error(cls, f"class '{cls.name}' is not in the training split", "add training images for it or remove this folder")
-    images: list[Path] = []
-    for cls in classes:
-        files = [p for p in cls.iterdir() if p.name not in IGNORED_NAMES and not p.name.startswith(".")]
-        for p in files:
-            if p.is_dir():
-                report.error(p, "nested folder inside a class folder", "flatten it: images go directly in <split>/<class>/")
-            elif p.suffix.lower() not in IMAGE_SUFFIXES:
-                report.error(p, f"not an image file ({p.suffix or 'no extension'})", "remove it or move it out of the data folder")
-            elif _inside(p, folder, report):
-                images.append(p)
-        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
-            report.error(cls, "empty class (no images)", "add images or delete the folder")
-    return _check_images(folder, images, report, window)
-
-
-def _inside(path: Path, folder: Path, report: Report) -> bool:
-    """Whether `path` stays inside `folder`, the folder being read; a symbolic link leading out is an error."""
-    target = link_outside(path, folder)
-    if target is not None:
-        report.error(path, f"a symbolic link to {target}, outside {folder}", "copy the file into the folder, or remove the link")
-    return target is None
-
-
-def check_unlabeled_split(folder: Path, report: Report, window: WindowConfig | None = None) -> dict[str, str]:
-    """Check an unlabeled split: images in it, or one level down in folders of any name (class folders
-    keep their class for diagnostics; others are images of unknown class); returns {sha256: path}."""
-    images: list[Path] = []
-    for p in sorted(folder.iterdir()):
-        if p.name in IGNORED_NAMES or p.name.startswith(".") or not _inside(p, folder, report):
-            continue
-        for q in (sorted(p.iterdir()) if p.is_dir() else [p]):
-            if q.name in IGNORED_NAMES or q.name.startswith(".") or not _inside(q, folder, report):
-                continue
-            if q.is_dir():
-                report.error(q, "nested folder inside a folder of unlabeled images", f"flatten it: images go in {folder}/ or {folder}/<folder>/")
-            elif q.suffix.lower() not in IMAGE_SUFFIXES:
-                report.error(q, f"not an image file ({q.suffix or 'no extension'})", "remove it or move it out of the data folder")
-            else:
-                images.append(q)
-    if not images:
-        report.error(folder, "no images", f"put unlabeled images in {folder}/, or remove the folder")
-    return _check_images(folder, images, report, window)
-
-
-def _check_images(folder: Path, images: list[Path], report: Report, window: WindowConfig | None = None) -> dict[str, str]:
-    """Decode every image: corrupt, huge, 16-bit (without a window), duplicate, mixed-mode and transparent files; returns {sha256: path}."""
-    with ThreadPoolExecutor(max_workers=min(8, env.usable_cpus())) as pool:
-        results = list(pool.map(_inspect, images))
-    report.checked_files += len(images)
-    modes: Counter[str] = Counter()
-    seen: dict[str, str] = {}
-    transparent = sorted(path for path, found in zip(images, results, strict=True) if found.transparent)
-    for path, (mode, size, digest, error, _) in zip(images, results, strict=True):
-        if error is not None:
-            report.error(path, f"corrupt or truncated image ({error})", "re-export the image or delete it")
-            continue
-        if size is not None and size[0] * size[1] > MAX_PIXELS:
-            report.error(path, f"huge image ({size[0]}x{size[1]} pixels, limit {MAX_PIXELS})", "downscale it before training")
-            continue
-        if mode in HIGH_BIT_MODES and window is None:
-            report.error(path, f"{mode} image (16-bit or float): converting to 8 bits would clip it", WINDOW_FIX)
-            continue
-        modes[mode] += 1
-        if digest in seen:
-            report.warn(path, f"duplicate of {seen[digest]}", "delete one copy")
-        else:
-            seen[digest] = str(path)
-    if len(modes) > 1:
-        rare = min(modes, key=modes.__getitem__)
-        report.error(folder, f"mixed image modes {dict(modes)} (e.g. {rare})", "convert all images of the dataset to one mode, e.g. RGB")
-    if transparent:
-        report.warn(folder, f"{len(transparent)} image(s) with transparent pixels (e.g. {transparent[0].name}): decoding drops alpha, "
-                    "so models see whatever colour is stored under them, not a background",
-                    "composite them onto the background the camera sees (e.g. white), and give served images the same")
-    return seen
-
-
-def check_yolo_labels(images_dir: Path, labels_dir: Path, num_classes: int, report: Report) -> None:
-    """YOLO format: a `<stem>.txt` per image, lines `class cx cy w h`, ids < num_classes, coordinates in [0, 1];
-    a label file with no image of its name is an error too (its image is missing or misnamed)."""
-    stems = {p.stem for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    for label in sorted(labels_dir.glob("*.txt")) if labels_dir.is_dir() else []:
-        if label.stem not in stems:
-            report.error(label, f"label file without an image (no {images_dir.name}/{label.stem}.* among {', '.join(sorted(IMAGE_SUFFIXES))})",
-                         "add its image, fix its name, or delete the label")
-    for image in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-        label = labels_dir / f"{image.stem}.txt"
-        if not label.exists():
-            report.error(label, f"missing label file for {image.name}", "add it (an empty file marks an image with no objects)")
-            continue
-        try:
-            text = label.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            report.error(label, "not a text file (not UTF-8)", "write one line 'class cx cy w h' per object, as text")
-            continue
-        for number, line in enumerate(text.splitlines(), start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 5:
-                report.error(label, f"malformed line '{line}' ({len(fields)} fields)", "write 'class cx cy w h'", number)
-                continue
-            try:
-                cls, *box = int(fields[0]), *map(float, fields[1:])
-            except ValueError:
-                report.error(label, f"malformed line '{line}' (not numbers)", "write 'class cx cy w h' as numbers", number)
-                continue
-            if not 0 <= cls < num_classes:
-                report.error(label, f"class id {cls} out of range 0..{num_classes - 1}", "fix the id or the class list", number)
-            if not all(0.0 <= v <= 1.0 for v in box) or box[2] <= 0 or box[3] <= 0:
-                report.error(label, f"box {box} outside [0, 1] or empty", "normalise coordinates by the image size", number)
-
-
-def check_detection_split(folder: Path, num_classes: int, report: Report, labeled: bool = True) -> dict[str, str]:
-    """Check one YOLO-format split (`images/`, `labels/`, or the folders the domain's data.yaml names for it);
-    returns {sha256: path} of its images."""
-    from adaptflow.detection.data import DatasetFileError, images_dir, labels_dir
-
-    try:
-        images_folder = images_dir(folder)
-    except DatasetFileError as exc:
-        where, _, message = str(exc).partition(": ")
-        what, _, fix = message.partition("; ")
-        report.error(where, what, fix)
-        return {}
-    if not images_folder.is_dir():
-        report.error(folder, f"no images/ folder in this split, and {folder.parent.name}/data.yaml names none for '{folder.name}'",
-                     f"{BUILD_THE_DATA}, or name the split's images folder in data.yaml (e.g. {folder.name}: images/{folder.name})")
-        return {}
-    labels_folder = labels_dir(images_folder)
-    images = sorted(p for p in images_folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and _inside(p, images_folder, report))
-    if not images:
-        report.error(images_folder, "no images", f"put images in {images_folder} and their labels in {labels_folder}")
-    if labeled:
-        labels = sorted(labels_folder.glob("*.txt")) if labels_folder.is_dir() else []
-        if all([_inside(label, labels_folder, report) for label in labels]):
-            check_yolo_labels(images_folder, labels_folder, num_classes, report)
-    return _check_images(folder if images_folder == folder / "images" else images_folder, images, report)
-
-
-def _detection_classes(domain_dir: Path, report: Report) -> int | None:
-    """How many classes a detection domain's data.yaml names; None, with the problem reported, where it cannot tell."""
-    from adaptflow.detection.data import read_names
-
-    if not domain_dir.is_dir():
-        report.error(domain_dir, "no such domain folder", BUILD_THE_DATA)
-        return None
-    try:
-        return len(read_names(domain_dir))
-    except (FileNotFoundError, ValueError) as exc:
-        report.error(domain_dir / "data.yaml", str(exc).split(": ", 1)[-1], "write data.yaml with `names:` (see data/mnist_scenes)")
-        return None
-
-
-def _validate_detection(config: RunConfig, stage: str, report: Report) -> None:
-    data = config.data
-    splits = [(data.source, "train", True), (data.source, "test", True)]
-    if stage == "finetune":  # what the fine-tune stage reads: the target's training split, and the source's for self-training
-        splits = [(data.target, "train", True)] + [(data.source, "train", True)] * ("self_training" in config.finetune.methods)
-    elif stage != "pretrain":
-        splits += [(data.target, "train", True), (data.target, "test", True)]
-    hashes: dict[tuple[str, str], dict[str, str]] = {}
-    classes: dict[str, int | None] = {}  # per domain, its problem reported once
-    for domain, split, labeled in splits:
-        if domain not in classes:
-            classes[domain] = _detection_classes(split_dir(data, domain, split).parent, report)
-        if classes[domain] is not None:
-            hashes[(domain, split)] = check_detection_split(split_dir(data, domain, split), classes[domain], report, labeled)
-    train, test = hashes.get((data.target, "train"), {}), hashes.get((data.target, "test"), {})
-    for digest in sorted(set(train) & set(test)):
-        report.warn(test[digest], f"also in the training split ({train[digest]})", "remove it from one split: test images must be unseen")
+from adaptflow.config import RunConfig
+from adaptflow.data.checks import (BUILD_THE_DATA, IGNORED_NAMES, MAX_PIXELS, TRACKING_FIELD, DataValidationError, Problem, Report,
+                                   check_image_domains, check_image_split, check_unlabeled_split, conclude)
+from adaptflow.detection.checks import check_detection_split, check_yolo_labels, validate_detection
 
 
 def check_config(config: RunConfig, report: Report) -> None:
@@ -332,11 +43,12 @@ def check_pretrained_file(config: RunConfig, report: Report) -> None:
     import torch
 
     from adaptflow.pretrained import ARCHIVE_SUFFIXES
+    from adaptflow.pretrained.local import path_of
 
     uri = config.pretrained.uri.strip()
     if config.pretrained.allow_pickle or uri.startswith(("torchvision:", "ultralytics:", "models:/", "http://", "https://")):
         return
-    path = env.project_path(Path(uri.removeprefix("file://").partition("#")[0]).expanduser())
+    path = path_of(uri)
     if not path.is_file() or path.name.endswith(ARCHIVE_SUFFIXES):
         return
     detection = config.task == "detection"
@@ -399,7 +111,6 @@ def validate(config: RunConfig, stage: str = "transfer") -> Report:
     a transfer reads and nothing else (no model, server or device needs to exist yet).
     """
     report = Report()
-    data = config.data
     if stage in ("transfer", "finetune"):
         check_config(config, report)
     if stage == "pretrain":
@@ -411,83 +122,17 @@ def validate(config: RunConfig, stage: str = "transfer") -> Report:
         check_devices(config, stage, report)
         check_tracking(config, report)
     if config.task == "detection":
-        _validate_detection(config, stage, report)
+        validate_detection(config, stage, report)
     elif config.task == "text_classification":
         from adaptflow.text.data import check_text_domains
 
         wanted = ("unlabeled",) if config.finetune.methods or config.finetune.keep_epoch in VALIDATORS else ()
-        check_text_domains(data, wanted, report, source=stage != "pretrain")
+        check_text_domains(config.data, wanted, report, source=stage != "pretrain")
     else:
-        if data.source is not None:
-            for split in ("train", "test"):
-                check_image_split(split_dir(data, data.source, split), report, window=data.window)
-        elif stage == "pretrain":
-            report.error("data.source", "is empty, and pretrain trains the source model on it",
-                         "set data.source to a domain folder of labeled images, or start from a pretrained model (pretrained.uri) "
-                         "and run only the transfer flow")
-        if stage != "pretrain":
-            _check_target(config, report)
-    for p in report.warnings:
-        log.warning("%s", p)
-    if not report.ok:
-        raise DataValidationError(report)
-    log.info("validated %d %s: %d warnings", report.checked_files, "files" if config.task == "text_classification" else "images",
-             len(report.warnings))
-    return report
+        check_image_domains(config, stage, report)
+    return conclude(report, config)
 
 
-def _check_target(config: RunConfig, report: Report) -> None:
-    data = config.data
-    train = split_dir(data, data.target, "train")
-    train_hashes = check_image_split(train, report, window=data.window)
-    train_classes = tuple(p.name for p in train.iterdir() if p.is_dir()) if train.is_dir() else None
-    if train_classes is not None and len(train_classes) == 1:
-        report.error(train, f"one class ({train_classes[0]}): a classifier needs at least two",
-                     "add a folder of labeled images for each class the model must tell apart")
-    test_hashes = check_image_split(split_dir(data, data.target, "test"), report, train_classes, data.window)
-    unlabeled = split_dir(data, data.target, "unlabeled")
-    if unlabeled.exists():
-        check_unlabeled_split(unlabeled, report, data.window)
-    elif config.finetune.methods:
-        report.error(unlabeled, f"no unlabeled split, but finetune.methods {config.finetune.methods} adapt from one",
-                     "add unlabeled target images there (in it, or in folders of any name), or set finetune.methods=[]")
-    val = split_dir(data, data.target, "val")
-    val_hashes = check_image_split(val, report, train_classes, data.window) if val.exists() else {}
-    if val.exists() and data.val_fraction:
-        report.error(val, f"a validation folder, and data.val_fraction={data.val_fraction} asks to hold out another from {train}",
-                     "set data.val_fraction=0 to validate on the folder, or remove the folder")
-    for split, hashes in (("test", test_hashes), ("val", val_hashes)):
-        for digest in sorted(set(train_hashes) & set(hashes)):
-            report.warn(hashes[digest], f"also in the training split ({train_hashes[digest]})",
-                        f"remove it from one split: {split} images must be unseen")
-    chosen = {"registry.metric": config.registry.metric, "registry.guard_metric": config.registry.guard_metric or "",
-              "finetune.keep_epoch": config.finetune.keep_epoch}
-    for key, metric in chosen.items():
-        if metric.startswith("target_val_") and not has_validation(data):
-            report.error(val, f"{key} {metric} is measured on the target's validation set, and it has none",
-                         f"set data.val_fraction (e.g. 0.2), add {val}/<class>/*.png, or choose another {key}")
-    if config.finetune.keep_epoch in VALIDATORS and not unlabeled.exists():
-        report.error(unlabeled, f"no unlabeled split, but finetune.keep_epoch {config.finetune.keep_epoch} scores epochs on one",
-                     "add unlabeled target images there, or set finetune.keep_epoch to last or target_val_accuracy")
-    counts = _class_counts(train)
-    share = data.val_fraction if not val.exists() else 0.0
-    if share:
-        single = {c: n for c, n in counts.items() if n < 2}
-        if single:
-            report.error(train, f"data.val_fraction={share} holds out at least one image a class, and classes {single} "
-                         "have fewer than two: none would be left to train on", "add labeled images to those classes, or set data.val_fraction=0")
-        counts = {c: n - held_out_count(n, share) for c, n in counts.items() if n >= 2}
-    if data.labeled_per_class is not None:
-        short = {c: n for c, n in counts.items() if n < data.labeled_per_class}
-        if short:
-            held = f" once data.val_fraction={share} is held out" if share else ""
-            report.warn(train, f"fewer than {data.labeled_per_class} labeled images in classes {short}{held}",
-                        "those classes train on what there is")
-
-
-def _class_counts(folder: Path) -> dict[str, int]:
-    """Images per class folder of a split ({} when there is no such folder)."""
-    if not folder.is_dir():
-        return {}
-    classes = sorted((c for c in folder.iterdir() if c.is_dir()), key=lambda c: natural_key(c.name))
-    return {cls.name: sum(1 for p in cls.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) for cls in classes}
+__all__ = ["BUILD_THE_DATA", "IGNORED_NAMES", "MAX_PIXELS", "TRACKING_FIELD", "DataValidationError", "Problem", "Report", "check_config",
+           "check_detection_split", "check_devices", "check_image_split", "check_pretrained_file", "check_tracking",
+           "check_unlabeled_split", "check_yolo_labels", "validate"]

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def texts_and_labels(n: int) -> tuple[list[str], list[int]]:
     """The first `n` drug reviews of the text demo (its package), labeled 0..2."""
-    from adaptflow.text.demo import drug_reviews
+    from adaptflow.data.reviews import drug_reviews
 
     rows = drug_reviews()["train"][:n]
     names = sorted({r["label"] for r in rows})

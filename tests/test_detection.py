@@ -230,7 +230,7 @@ def test_ultralytics_asset_is_downloaded_cached_and_fine_tuned_with_a_new_head(s
 
 
 def test_data_add_takes_yolo_folders_checks_them_first_and_names_by_content(scenes: Path, tmp_path: Path) -> None:
-    from adaptflow.data.ingest import add_detection_images
+    from adaptflow.detection.ingest import add_detection_images
     from adaptflow.data.scenes import build_scene_data
     from adaptflow.validate import DataValidationError
 

@@ -18,7 +18,7 @@ from adaptflow.io import replace_dir
 #: classification, digit scenes -> on photographs for detection.
 CLASSIFICATION_DOMAINS = ("mnist", "uci_digits", "mnist_m")
 DETECTION_DOMAINS = ("mnist_scenes", "photo_scenes")
-#: Movie reviews -> drug reviews for text classification (`adaptflow.text.demo`).
+#: Movie reviews -> drug reviews for text classification (`adaptflow.data.reviews`).
 TEXT_DOMAINS = ("movie_reviews", "drug_reviews")
 DEMO_DOMAINS = CLASSIFICATION_DOMAINS + DETECTION_DOMAINS + TEXT_DOMAINS
 
@@ -118,7 +118,7 @@ def build_all(root: str | Path, domains: list[str] | None = None, force: bool = 
         if set(names) & set(DETECTION_DOMAINS):
             build_scene_data(built)
         if set(names) & set(TEXT_DOMAINS):
-            from adaptflow.text.demo import build_text_data
+            from adaptflow.data.reviews import build_text_data
 
             build_text_data(built)
         if not force:

@@ -21,7 +21,7 @@ from PIL import Image
 from adaptflow import env
 from adaptflow.config import WindowConfig
 from adaptflow.data.pixels import HIGH_BIT_MODES, WINDOW_FIX, to_8bit
-from adaptflow.errors import UserError
+from adaptflow.errors import PredictError, UserError
 from adaptflow.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,17 @@ def refuse_links_outside(paths: list[Path], folder: Path) -> None:
         if target is not None:
             raise LinkOutsideError(f"{path}: a symbolic link to {target}, outside {folder}; copy the file into the folder, "
                                    "or remove the link")
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every image under `folder` (any depth), in path order; hidden files and folders are skipped."""
+    if not folder.is_dir():
+        raise PredictError(f"{folder}: no such folder; give the folder of images to predict")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    if not files:
+        raise PredictError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in it or below it")
+    return files
 
 
 def list_classes(folder: Path) -> tuple[str, ...]:

@@ -156,10 +156,10 @@ def _copy_images(folder: Path, dest: Path) -> int:
 
 def _validate(config: RunConfig, staged: Path) -> None:
     """Check the staged copy as the pipeline will read it (data only: no model exists yet)."""
-    from adaptflow.validate import DataValidationError, validate
+    from adaptflow.data.checks import DataValidationError, validate_images
 
     try:
-        validate(config.model_copy(update={"data": config.data.model_copy(update={"root": staged})}), "data")
+        validate_images(config.model_copy(update={"data": config.data.model_copy(update={"root": staged})}))
     except DataValidationError as exc:
         message = str(exc).replace(str(staged), "(imported)").replace("nothing was trained or registered", "nothing was imported")
         raise DatasetImportError(message) from None

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from adaptflow.config import WindowConfig
 from adaptflow.console import progress
+from adaptflow.data.checks import DataValidationError, Report, check_image_split
 from adaptflow.data.folders import IMAGE_SUFFIXES, list_classes
 from adaptflow.io import atomic_write, sha256_file
-from adaptflow.validate import DataValidationError, Report, check_image_split
 
 NOTHING_ADDED = "in the new images; nothing was added"
 #: A domain's labeled splits: they must not share an image (a training image in the test split
@@ -28,7 +28,7 @@ def _digests(folder: Path) -> dict[str, Path]:
     return {sha256_file(p): p for p in images}
 
 
-def _checked(source: Path, split: Path, check: Callable[[Report], dict[str, str]], layout: str,
+def checked(source: Path, split: Path, check: Callable[[Report], dict[str, str]], layout: str,
              images_of: Callable[[Path], Path] = lambda split: split) -> dict[str, Path]:
     """Raise DataValidationError listing every problem of the new images at `source` (checked before
     any copy), including images another labeled split of the domain already holds; returns the
@@ -54,7 +54,7 @@ def _checked(source: Path, split: Path, check: Callable[[Report], dict[str, str]
     return fresh
 
 
-def _place(copies: list[tuple[Path, Path]]) -> None:
+def place(copies: list[tuple[Path, Path]]) -> None:
     """Copy each (file, destination) under a hidden temporary name, then rename it into place:
     an interrupted add leaves no half-written file."""
     for file, dest in copies:
@@ -70,28 +70,13 @@ def add_images(source: Path, split: Path, window: WindowConfig | None = None) ->
     under any name, is not added again. Images of more than 8 bits need the `window` that maps them onto 8.
     """
     classes = list_classes(split) if split.is_dir() else None
-    fresh = _checked(source, split, lambda report: check_image_split(source, report, classes, window),
+    fresh = checked(source, split, lambda report: check_image_split(source, report, classes, window),
                      "CLASS/IMAGE")
     added: dict[str, int] = {}
     with progress(len(fresh), f"add to {split.name}") as advance:
         for digest, image in fresh.items():
-            _place([(image, split / image.parent.name / f"added-{digest[:16]}{image.suffix.lower()}")])
+            place([(image, split / image.parent.name / f"added-{digest[:16]}{image.suffix.lower()}")])
             added[image.parent.name] = added.get(image.parent.name, 0) + 1
             advance(1)
     return added
 
-
-def add_detection_images(source: Path, split: Path, num_classes: int) -> dict[str, int]:
-    """Copy a YOLO-format folder (`source/images`, `source/labels`) into `split`, each image and its
-    label file under the image's content hash; returns {"images": count added}. Checked first."""
-    from adaptflow.detection.data import images_dir, label_file, labels_dir
-    from adaptflow.validate import check_detection_split
-
-    fresh = _checked(source, split, lambda report: check_detection_split(source, num_classes, report), "images/ and labels/", images_dir)
-    images = images_dir(split)  # `<split>/images`, or the folder the domain's data.yaml names for the split
-    with progress(len(fresh), f"add to {split.name}") as advance:
-        for digest, image in fresh.items():
-            stem = f"added-{digest[:16]}"  # the label first: an image never lands alone
-            _place([(label_file(image), labels_dir(images) / f"{stem}.txt"), (image, images / f"{stem}{image.suffix.lower()}")])
-            advance(1)
-    return {"images": len(fresh)} if fresh else {}

@@ -25,10 +25,10 @@ import torch
 
 from adaptflow import env
 from adaptflow.config import DataConfig
+from adaptflow.data.checks import DataValidationError, Report
 from adaptflow.data.folders import ImageSet, natural_key
 from adaptflow.io import atomic_write
 from adaptflow.text.encoder import Tokens
-from adaptflow.validate import DataValidationError, Report
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adaptflow.data.checks import DataValidationError, Report
 from adaptflow.io import atomic_write
 from adaptflow.text.data import TEXT_SUFFIXES, read_rows
-from adaptflow.validate import DataValidationError, Report
 
 
 def is_text_input(path: Path) -> bool:
@@ -26,7 +26,7 @@ class ExportedTextModel:
     def load(self, path: str) -> ExportedTextModel:
         import onnxruntime as ort
 
-        from adaptflow.predict import PredictError
+        from adaptflow.errors import PredictError
         from adaptflow.text.encoder import Tokens
 
         description = Path(f"{path}.json")

@@ -13,6 +13,7 @@ from pathlib import Path
 from adaptflow import env
 from adaptflow.config import TrackingConfig
 from adaptflow.errors import ServiceUnavailable
+from adaptflow.env import sqlite_file, store_not_made
 from adaptflow.io import unreachable, with_retries
 
 #: The prefix of every tag adaptflow writes on runs and model versions.
@@ -112,18 +113,6 @@ def client(cfg: TrackingConfig) -> RetryingClient:
     if sqlite_file(uri):
         _prepare_sqlite(uri)
     return RetryingClient(MlflowClient(uri))
-
-
-def sqlite_file(uri: str) -> Path | None:
-    """The database file of a SQLite store (`sqlite:///<path>`), or None for any other store."""
-    return Path(uri.removeprefix("sqlite:///").split("?")[0]) if uri.startswith("sqlite:///") else None
-
-
-def store_not_made(uri: str) -> Path | None:
-    """The file of a SQLite store that does not exist yet: nothing was ever tracked there, and a
-    lookup should say so rather than create it."""
-    path = sqlite_file(uri)
-    return path if path is not None and not path.exists() else None
 
 
 @functools.cache

@@ -342,7 +342,7 @@ def test_a_class_folder_linked_from_outside_is_refused_by_validation_and_the_loa
 
 
 def test_a_yolo_label_without_its_image_is_named_by_validate_and_data_add(scenes: Path, tmp_path: Path, bad_inputs) -> None:
-    from adaptflow.data.ingest import add_detection_images
+    from adaptflow.detection.ingest import add_detection_images
     from adaptflow.data.scenes import build_scene_data
     from adaptflow.validate import DataValidationError
 
@@ -395,7 +395,7 @@ def _as_ultralytics_layout(domain: Path, splits: dict[str, str]) -> None:
 
 def test_ultralytics_own_dataset_layout_is_validated_loaded_added_to_and_trained_on(scenes: Path, tmp_path: Path, bad_inputs) -> None:
     from adaptflow.config import load_config
-    from adaptflow.data.ingest import add_detection_images
+    from adaptflow.detection.ingest import add_detection_images
     from adaptflow.data.scenes import build_scene_data
     from adaptflow.detection import stages, yolo
     from adaptflow.detection.data import load_detection_split, read_names
