@@ -1,14 +1,12 @@
 """What a benchmark runs: the grid, the training budgets, and where results go (a preset file).
 
-Presets ship inside the package (`adaptflow/benchmark/presets/NAME.yaml`, package data), read through
-importlib.resources so that a wheel install has them; the grid's cells are planned in `grid`.
+Presets ship inside the package (`presets`); the grid's cells are planned in `grid`.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Literal
@@ -18,11 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler
 from adaptflow.config import AdaptMethod, Arch, ConfigError, Strategy, TrackingConfig, explain, folder_name_problem
 from adaptflow.detection.benchmark import DetectionBenchmark
 from adaptflow.benchmark.grid import CONTROL, SCRATCH, Cell, FewLabel
+from adaptflow.benchmark.presets import folder, preset_file, preset_names
 from adaptflow.execution import DaskAddressField, GpuPoolField, RayAddressField, RunnerField, check_addresses
 from adaptflow.io import content_digest, parse_yaml, read_text
 
-#: The presets folder inside the package (a plain folder wherever the package is installed as files).
-PRESETS: Traversable = files(__package__) / "presets"
+#: The shipped presets' folder.
+PRESETS: Traversable = folder()
 #: Strategies whose result depends on layer_lr_decay (as in adaptflow.train, which this module must not import: it is torch-free).
 LAYERWISE_STRATEGIES = ("discriminative", "gradual_unfreeze")
 #: The memory layout models train and predict in (adaptflow.train.MEMORY_FORMAT's name), part of every cache key:
@@ -279,16 +278,11 @@ def domains(spec: BenchmarkSpec) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def preset_names() -> list[str]:
-    """The presets that ship with the package, by name."""
-    return sorted(p.name.removesuffix(".yaml") for p in PRESETS.iterdir() if p.name.endswith(".yaml"))
-
-
 def load_preset(name_or_path: str | Path) -> BenchmarkSpec:
     """A preset by name (adaptflow/benchmark/presets/NAME.yaml, inside the package) or path; errors name the file and the field."""
     path: Path | Traversable = Path(name_or_path)
     if not path.suffix:
-        path = PRESETS / f"{name_or_path}.yaml"
+        path = preset_file(str(name_or_path))
     if not path.is_file():
         raise ConfigError(f"{path}: no such benchmark preset; use one of {preset_names()} or a path to a YAML file")
     try:
