@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 ReportSection = Callable[[BenchmarkSpec, list[dict], Path], str]
 PLOTS = ("label_efficiency.png", "time_to_accuracy.png", "features.png")
 
+
 def _labels_per_class(shots: Sequence[int | str]) -> str:
     text = ", ".join(map(str, shots))
     return "1 label per class" if list(shots) == [1] else f"k = {text} labels per class"

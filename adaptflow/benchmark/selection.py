@@ -37,6 +37,7 @@ def validator_selection(spec: BenchmarkSpec, results: list[dict], target: str) -
     text += f"\n\n{comparison}" if comparison else ""
     return text, {"agreement": agree / n, "picked_accuracy": statistics.fmean(picked_acc)}
 
+
 def validator_comparison(spec: BenchmarkSpec, columns: dict[str, Sequence[list[dict]]]) -> str:
     """A table: per validator that every run measured and per column (its groups: one seed's candidates
     each), how often its pick is the label-based one and what its picks reach; a last row for the

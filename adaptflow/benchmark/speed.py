@@ -58,6 +58,7 @@ def time_to_accuracy_summary(results: list[dict], target: str, strategies: Seque
 
 
 def time_text(summary: dict, tta: dict, target: str, strategy: str, shots: int | str) -> str:
+    """The time-to-accuracy table of every strategy (`summary`) and the per-seed lines of `strategy` (`tta`) at k = `shots`."""
     if not summary:
         return ""
     lines = [f"Time to accuracy on {target} with k = {shots}: training time each strategy took to reach scratch's best accuracy "
@@ -66,8 +67,8 @@ def time_text(summary: dict, tta: dict, target: str, strategy: str, shots: int |
              "are exact, but only known at the evaluation points.", "",
              "| strategy | median time ratio | worst seed | seeds within 1/5 | median step ratio |", "|---|---|---|---|---|"]
     for name, s in summary.items():
-        lines.append(f"| {name} | {show_ratio(s['median_ratio'])} | {show_ratio(s['worst_ratio'])} | {s['within_fifth']}/{s['seeds']} | "
-                     f"{show_ratio(s['median_step_ratio'])} |")
+        lines.append(f"| {name} | {_show_ratio(s['median_ratio'])} | {_show_ratio(s['worst_ratio'])} | {s['within_fifth']}/{s['seeds']} | "
+                     f"{_show_ratio(s['median_step_ratio'])} |")
     lines += ["", f"Per seed, {strategy}:", ""] if tta["per_seed"] else []
     for r in tta["per_seed"]:
         if r["transfer_seconds"] is None:
@@ -75,7 +76,7 @@ def time_text(summary: dict, tta: dict, target: str, strategy: str, shots: int |
         else:
             lines.append(f"- seed {r['seed']}: scratch reached its best {100 * r['scratch_best']:.1f}% after {r['scratch_seconds']:.1f} s "
                          f"({r['scratch_steps']} steps); {strategy} reached it after {r['transfer_seconds']:.1f} s "
-                         f"({r['transfer_steps']} steps), ratio {show_ratio(r['ratio'])}")
+                         f"({r['transfer_steps']} steps), ratio {_show_ratio(r['ratio'])}")
     return "\n".join(lines)
 
 
@@ -100,8 +101,8 @@ def starting_points(spec: BenchmarkSpec, results: list[dict], target: str) -> tu
                 continue
             gain = accuracy[name, k] - accuracy["scratch", k]
             summary.setdefault(str(k), {})[name] = {"gain": gain, **speed}
-            cells.append(f"{100 * gain:+.1f} points; time {show_ratio(speed['median_ratio'])} (worst {show_ratio(speed['worst_ratio'])}), "
-                         f"steps {show_ratio(speed['median_step_ratio'])}")
+            cells.append(f"{100 * gain:+.1f} points; time {_show_ratio(speed['median_ratio'])} (worst {_show_ratio(speed['worst_ratio'])}), "
+                         f"steps {_show_ratio(speed['median_step_ratio'])}")
         lines.append(f"| {run.init or 'source'}: {run.strategy} | " + " | ".join(cells) + " |")
     starts = "; ".join(f"`{init}`: `{uri}`, its weights with a new head" for init, uri in spec.pretrained.items())
     text = ("### Starting points against scratch at every k\n\n"
@@ -114,5 +115,5 @@ def starting_points(spec: BenchmarkSpec, results: list[dict], target: str) -> tu
     return text, summary
 
 
-def show_ratio(value: float | None) -> str:
+def _show_ratio(value: float | None) -> str:
     return "never" if value is None else f"{value:.2f}"

@@ -11,15 +11,18 @@ from collections.abc import Callable, Sequence
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def pct(values: Sequence[float]) -> str:
+    """Accuracies as the report shows them: mean ± std in percent."""
     mean, std = mean_std(values)
     return f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
 def group_by(results: list[dict], *keys: str) -> dict[tuple, list[dict]]:
+    """Results by the values of `keys` (a tuple per group, in the order they come)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in results:
         groups[tuple(r[k] for k in keys)].append(r)
@@ -27,6 +30,7 @@ def group_by(results: list[dict], *keys: str) -> dict[tuple, list[dict]]:
 
 
 def shots_order(k: int | str) -> float:
+    """Sort key of labels per class: `all` after every number."""
     return math.inf if k == "all" else float(k)
 
 
@@ -54,4 +58,5 @@ def pick_counts(picks: list[dict]) -> str:
 
 
 def pick_summary(picks: list[dict], labels: list[dict]) -> str:
+    """How many picks are the label-based ones, and what the picks reach (e.g. '1/2, 82.0 ± 2.8%')."""
     return f"{sum(map(operator.is_, picks, labels))}/{len(picks)}, {pct([r['target_accuracy'] for r in picks])}%"

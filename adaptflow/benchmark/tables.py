@@ -38,6 +38,7 @@ def adaptation_table(spec: BenchmarkSpec, results: list[dict], target: str) -> t
         summary[name] = {"mean": mean, "std": std, "gain": gain / 100}
     return "\n".join(lines), summary
 
+
 def _semi(name: str) -> str:
     return f"{name} + unlabeled target"
 
@@ -66,6 +67,7 @@ def _with_unlabeled_note(spec: BenchmarkSpec) -> str:
 
 
 def row_label(name: str) -> str:
+    """A few-label row's label: scratch runs read `from scratch`."""
     return name.replace("scratch", "from scratch", 1) if name.startswith("scratch") else name
 
 
