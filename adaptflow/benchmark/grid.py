@@ -139,30 +139,29 @@ class Cell:
 def plan_cells(spec: BenchmarkSpec) -> list[Cell]:
     """Every cell of the grid: no labels and the fewest labels first (an interrupted run keeps the
     headline cells; finished cells are reused by the next run)."""
-    cells: list[Cell] = []
-    for pair in spec.pairs:
-        for seed in spec.seeds:
-
-            def few(run: FewLabel, k: int | str) -> Cell:
-                return Cell.few_label(pair.source, pair.target, run, k, seed)  # noqa: B023 - called in this iteration
-
-            def method(combo: str, k: int) -> Cell:
-                return Cell(pair.source, pair.target, "method", k, seed, methods=combo_methods(combo))  # noqa: B023
-
-            cells.append(Cell(pair.source, pair.target, SOURCE_ONLY, 0, seed))
-            cells += [method(combo, 0) for combo in spec.methods]
-            for combo in spec.semi_supervised:
-                cells += [method(combo, k) for k in spec.method_shots if k > 0]
-            for k in spec.shots:
-                cells += [few(run, k) for run in (FewLabel(SCRATCH), *spec.transfer_runs())]
-                for lr in spec.lr_candidates:
-                    cells += [few(FewLabel(s, lr=lr), k) for s in (SCRATCH, *spec.strategies)]
-                for combo, strategies in spec.with_unlabeled.items():
-                    cells += [few(FewLabel(s, combo_methods(combo)), k) for s in (SCRATCH, *strategies)]
-                if k in spec.holdout_shots():
-                    cells += [few(FewLabel(s, holdout=True), k) for s in spec.strategies]
+    cells = [cell for pair in spec.pairs for seed in spec.seeds for cell in _seed_cells(spec, pair.source, pair.target, seed)]
     first = [0, 1, 10, "all"]
     return sorted(cells, key=lambda c: first.index(c.shots) if c.shots in first else len(first))
+
+
+def _seed_cells(spec: BenchmarkSpec, source: str, target: str, seed: int) -> list[Cell]:
+    """The cells of one pair and seed, in the grid's order."""
+
+    def few(run: FewLabel, k: int | str) -> Cell:
+        return Cell.few_label(source, target, run, k, seed)
+
+    def method(combo: str, k: int) -> Cell:
+        return Cell(source, target, "method", k, seed, methods=combo_methods(combo))
+
+    cells = [Cell(source, target, SOURCE_ONLY, 0, seed), *(method(combo, 0) for combo in spec.methods)]
+    cells += [method(combo, k) for combo in spec.semi_supervised for k in spec.method_shots if k > 0]
+    for k in spec.shots:
+        cells += [few(run, k) for run in (FewLabel(SCRATCH), *spec.transfer_runs())]
+        cells += [few(FewLabel(s, lr=lr), k) for lr in spec.lr_candidates for s in (SCRATCH, *spec.strategies)]
+        cells += [few(FewLabel(s, combo_methods(combo)), k) for combo, names in spec.with_unlabeled.items() for s in (SCRATCH, *names)]
+        if k in spec.holdout_shots():
+            cells += [few(FewLabel(s, holdout=True), k) for s in spec.strategies]
+    return cells
 
 
 def source_jobs(spec: BenchmarkSpec) -> list[tuple[str, int]]:
