@@ -13,10 +13,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, field_validator, model_serializer, model_validator
 
-from adaptflow.config import AdaptMethod, Arch, ConfigError, Strategy, TrackingConfig, explain, folder_name_problem
-from adaptflow.detection.benchmark import DetectionBenchmark
 from adaptflow.benchmark.grid import CONTROL, SCRATCH, Cell, FewLabel
 from adaptflow.benchmark.presets import folder, preset_file, preset_names
+from adaptflow.config import AdaptMethod, Arch, ConfigError, Strategy, TrackingConfig, explain, folder_name_problem
+from adaptflow.detection.benchmark import DetectionBenchmark
 from adaptflow.execution import DaskAddressField, GpuPoolField, RayAddressField, RunnerField, check_addresses
 from adaptflow.io import content_digest, parse_yaml, read_text
 
