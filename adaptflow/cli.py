@@ -613,8 +613,10 @@ def _execution(runner: str | None, address: str | None, gpu_pool: str | None, de
 
 
 def _presets() -> list[str]:
-    """The benchmark's preset names (benchmarks/presets/NAME.yaml), read without importing the benchmark."""
-    return sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "benchmarks" / "presets").glob("*.yaml"))
+    """The benchmark's shipped preset names, read from the package's folder without importing the benchmark."""
+    from adaptflow.benchmark.presets import preset_names
+
+    return preset_names()
 
 
 def _complete_preset(incomplete: str) -> list[str]:

@@ -70,10 +70,32 @@ def test_presets_load_and_the_full_grid_has_every_dimension() -> None:
     assert full.digest() == full.model_copy(update={"l2sp": 0.0}).digest() != full.model_copy(update={"l2sp": 0.1}).digest()
 
 
+def test_a_cell_is_a_typed_record_whose_name_reads_back_exactly() -> None:
+    """Every planned cell of every preset: its name is made from its fields and reads back into the same cell;
+    results, reports and cache keys see the name, the code the fields."""
+    from adaptflow.benchmark.grid import Cell, FewLabel
+    from adaptflow.benchmark.spec import preset_names
+
+    assert preset_names() == sorted(p.stem for p in PRESETS.glob("*.yaml")) and "quick" in preset_names()
+    for preset in preset_names():
+        for cell in plan_cells(load_preset(preset)):
+            assert Cell.from_name(cell.source, cell.target, cell.kind, cell.name, cell.shots, cell.seed) == cell, cell.key
+            assert cell.to_dict() == {"source": cell.source, "target": cell.target, "kind": cell.kind, "name": cell.name,
+                                      "shots": cell.shots, "seed": cell.seed}
+    run = FewLabel("finetune", ("adabn", "mcc"), init="imagenet")
+    assert run.name == "imagenet:finetune+adabn+mcc" and FewLabel.parse(run.name) == run
+    assert FewLabel("scratch", lr=1e-9).name == "scratch@lr1e-09" and FewLabel.parse("scratch@lr1e-09").lr == 1e-9
+    assert FewLabel.parse("lp_ft~holdout") == FewLabel("lp_ft", holdout=True)
+    cell = Cell.from_name("mnist", "t", "holdout", "lp_ft~holdout", 5, 0)
+    assert (cell.strategy, cell.kind, cell.key) == ("lp_ft", "holdout", "t-lp_ft~holdout-k5-s0")
+    assert Cell.from_name("mnist", "t", "method", "none", 0, 1).methods == () and Cell("mnist", "t", "method", 0, 1).name == "none"
+    assert Cell("mnist", "t", "method", 1, 0, methods=("adabn", "self_training")).key == "t-adabn+self_training-k1-s0"
+
+
 def test_pretrained_starts_add_a_run_per_strategy_and_leave_other_presets_keys_alone() -> None:
     """`pretrained` adds name:strategy runs at every k and seed; they depend on the weights, not on the source
     model's budget; presets without it keep their digests and cells."""
-    from adaptflow.benchmark.spec import few_label_parts, init_of
+    from adaptflow.benchmark.grid import few_label_parts, init_of
 
     imagenet = load_preset("imagenet")
     assert imagenet.arch == "efficientnet_lite0" and imagenet.pretrained == {"imagenet": "package:efficientnet_lite0"}
@@ -123,7 +145,8 @@ def test_a_pretrained_start_is_its_weights_with_a_new_head(project: Path, tmp_pa
 
 
 def test_starting_points_report_each_start_against_scratch_at_every_k() -> None:
-    from adaptflow.benchmark.report import few_label_table, starting_points
+    from adaptflow.benchmark.speed import starting_points
+    from adaptflow.benchmark.tables import few_label_table
 
     spec = BenchmarkSpec(pairs=[{"target": "t"}], shots=[1, 10], strategies=["finetune"], methods=[], arch="efficientnet_lite0",
                          pretrained={"imagenet": "package:efficientnet_lite0"})
@@ -163,7 +186,7 @@ class FewLabelRun(NamedTuple):
 def few_label_run(spec: BenchmarkSpec, name: str, kind: str = "scratch") -> FewLabelRun:
     """One k = 1 cell on the test project's UCI digits, from a fresh network (seed 0), run in place."""
     from adaptflow.benchmark.cells import _data, _few_shot, labeled_target
-    from adaptflow.benchmark.spec import Cell
+    from adaptflow.benchmark.grid import Cell
     from adaptflow.data import list_classes, load_split, split_dir
     from adaptflow.models import build_classifier
 
@@ -173,7 +196,7 @@ def few_label_run(spec: BenchmarkSpec, name: str, kind: str = "scratch") -> FewL
     torch.manual_seed(0)
     model = build_classifier(spec.arch, len(classes))
     initial = copy.deepcopy(model)
-    cell = Cell("mnist", "uci_digits", kind, name, 1, 0)
+    cell = Cell.from_name("mnist", "uci_digits", kind, name, 1, 0)
     history, curve = _few_shot(spec, cell, model, labeled_target(data, classes, 1, 0), test, unlabeled)
     return FewLabelRun(initial, model, history, curve, unlabeled)
 
@@ -272,7 +295,7 @@ def scored(name: str, seed: int, accuracy: float, score: float, shots: int = 1) 
 
 
 def test_the_validator_picks_the_few_label_learning_rate_per_seed() -> None:
-    from adaptflow.benchmark.report import lr_selection
+    from adaptflow.benchmark.selection import lr_selection
 
     spec = BenchmarkSpec(pairs=[{"target": "t"}], shots=[1], strategies=["finetune"], methods=[], lr_candidates=[0.003])
     results = [  # labels agree with the validator in seed 0 only, for both
@@ -294,7 +317,7 @@ def test_the_validator_picks_the_few_label_learning_rate_per_seed() -> None:
 
 
 def test_the_validator_picks_the_few_label_strategy_per_seed() -> None:
-    from adaptflow.benchmark.report import strategy_selection
+    from adaptflow.benchmark.selection import strategy_selection
 
     spec = BenchmarkSpec(pairs=[{"target": "t"}], shots=[1], strategies=["finetune", "linear_probe"], methods=[])
     results = [  # the validator picks linear_probe in both seeds; labels would pick it in seed 1 only
@@ -319,7 +342,7 @@ def test_the_validator_picks_the_few_label_strategy_per_seed() -> None:
 
 
 def test_held_out_labels_pick_the_few_label_strategy_where_k_allows() -> None:
-    from adaptflow.benchmark.report import strategy_selection
+    from adaptflow.benchmark.selection import strategy_selection
 
     spec = BenchmarkSpec(pairs=[{"target": "t"}], shots=[1, 5], strategies=["finetune", "linear_probe"], methods=[], holdout_fraction=0.2)
     results = [  # labels pick finetune in seed 0, linear_probe in seed 1; the validator picks linear_probe in both
@@ -340,7 +363,7 @@ def test_held_out_labels_pick_the_few_label_strategy_where_k_allows() -> None:
 
 
 def test_time_to_accuracy_compares_each_seed_with_its_own_scratch_run() -> None:
-    from adaptflow.benchmark.report import _time_text, time_to_accuracy, time_to_accuracy_summary
+    from adaptflow.benchmark.speed import time_text, time_to_accuracy, time_to_accuracy_summary
 
     def cell(name: str, seed: int, points: list[tuple[int, float, float]]) -> dict:
         curve = [{"steps": s, "seconds": t, "accuracy": a} for s, t, a in points]
@@ -361,7 +384,7 @@ def test_time_to_accuracy_compares_each_seed_with_its_own_scratch_run() -> None:
     assert summary["finetune"] == pytest.approx({"median_ratio": 0.2, "worst_ratio": 0.25, "median_step_ratio": 0.3,
                                                   "within_fifth": 1, "seeds": 2})
     assert summary["lp_ft"]["worst_ratio"] is None and summary["lp_ft"]["within_fifth"] == 1
-    text = _time_text(summary, time_to_accuracy(results, "t", strategy="lp_ft"), "t", "lp_ft", 1)
+    text = time_text(summary, time_to_accuracy(results, "t", strategy="lp_ft"), "t", "lp_ft", 1)
     assert "| lp_ft | inf |" not in text and "| lp_ft | never | never | 1/2 | never |" in text
     assert "- seed 0: lp_ft never reached scratch's best 70.0%" in text
 
@@ -369,7 +392,8 @@ def test_time_to_accuracy_compares_each_seed_with_its_own_scratch_run() -> None:
 def test_a_grid_of_few_labels_only_reports_its_semi_supervised_rows() -> None:
     """Methods given labels show as few-label rows even when no label-free method runs; with one
     candidate at k = 0 there is nothing for the validator to choose."""
-    from adaptflow.benchmark.report import few_label_table, validator_selection
+    from adaptflow.benchmark.selection import validator_selection
+    from adaptflow.benchmark.tables import few_label_table
 
     spec = BenchmarkSpec(pairs=[{"target": "t"}], shots=[1], strategies=["finetune"], methods=[], semi_supervised=["mcc"])
     base = {"target": "t", "validators": {"information_maximization": 0.0}, "source_accuracy": 0.99}

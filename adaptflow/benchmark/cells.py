@@ -19,18 +19,8 @@ import torch
 from adaptflow import env
 from adaptflow.adapt import TargetData, score_model
 from adaptflow.adapt.adabn import adapt_batch_norm
-from adaptflow.benchmark.spec import (
-    CONTROL,
-    LAYOUT,
-    TARGET_BN,
-    BenchmarkSpec,
-    Budget,
-    Cell,
-    few_label_parts,
-    init_of,
-    losses_on_unlabeled,
-    tried_lr,
-)
+from adaptflow.benchmark.grid import Cell
+from adaptflow.benchmark.spec import LAYOUT, TARGET_BN, BenchmarkSpec, Budget, losses_on_unlabeled
 from adaptflow.config import DataConfig
 from adaptflow.data import ImageSet, list_classes, load_split, split_dir
 from adaptflow.io import read_json, write_json
@@ -51,6 +41,13 @@ def work_dir(spec: BenchmarkSpec) -> Path:
 
 def _data(spec: BenchmarkSpec, source: str, target: str) -> DataConfig:
     return DataConfig(root=spec.data_root, source=source, target=target, image_size=spec.image_size)
+
+
+def evaluation_splits(spec: BenchmarkSpec, source: str, target: str) -> tuple[ImageSet, ImageSet]:
+    """The source and the target test images of a pair, labeled by the source's classes."""
+    data = _data(spec, source, target)
+    src = load_split(data, source, "test")
+    return src, load_split(data, target, "test", src.classes)
 
 
 def source_model_path(spec: BenchmarkSpec, source: str, seed: int) -> Path:
@@ -132,7 +129,7 @@ def _measure(spec: BenchmarkSpec, cell: Cell, name: str) -> dict:
     unlabeled = load_split(data, cell.target, "unlabeled", classes)
     with _INIT:
         seed_everything(cell.seed)
-        init = init_of(cell.name)
+        init = cell.init
         if cell.kind == "scratch":
             model = build_classifier(spec.arch, len(classes))
         elif init is not None:
@@ -177,7 +174,7 @@ def target_statistics(model: Classifier, unlabeled: ImageSet) -> None:
 
 def _adapt(spec: BenchmarkSpec, cell: Cell, model: Classifier, data: DataConfig, classes: tuple[str, ...], unlabeled: ImageSet) -> list[dict]:
     """An adaptation run: source labels (+ k target labels) and the unlabeled target split."""
-    names = [] if cell.name == CONTROL else cell.name.split("+")
+    names = list(cell.methods)
     if names == ["adabn"]:  # statistics only: nothing to train
         target_statistics(model, unlabeled)
         return []
@@ -199,13 +196,13 @@ def _few_shot(spec: BenchmarkSpec, cell: Cell, model: Classifier, labeled: Image
     methods add their loss on a batch of `few_shot.batch_size` unlabeled target images at every step
     (the labeled batch holds only the k images per class there are). A run named `strategy@lrX`
     trains at learning rate X."""
-    lr = tried_lr(cell.name)
+    lr = cell.lr
     budget = spec.few_shot if lr is None else spec.few_shot.model_copy(update={"lr": lr})
     steps_per_epoch = math.ceil(len(labeled) / budget.batch_size)
     epochs = max(2, round(budget.steps / steps_per_epoch)) if budget.steps else budget.epochs
     # Measured at geometrically spaced epochs: early progress (where transfer shows) at fine resolution.
     at = {round(epochs ** (i / (spec.eval_points - 1))) for i in range(spec.eval_points)}
-    strategy, methods = few_label_parts(cell.name)
+    strategy, methods = cell.strategy, cell.methods
     target_bn = TARGET_BN in methods
     losses = losses_on_unlabeled(methods)
     blocks = len(backbone_blocks(model.backbone))

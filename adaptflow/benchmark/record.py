@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 
 from adaptflow import tracking
-from adaptflow.benchmark.spec import BenchmarkSpec, Cell
+from adaptflow.benchmark.grid import Cell
+from adaptflow.benchmark.spec import BenchmarkSpec
 
 
 def open_parent_run(spec: BenchmarkSpec, origin: str = "local") -> str:

@@ -1,37 +1,36 @@
-"""What a benchmark runs: the grid, the training budgets, and where results go (a preset file)."""
+"""What a benchmark runs: the grid, the training budgets, and where results go (a preset file).
+
+Presets ship inside the package (`presets`); the grid's cells are planned in `grid`.
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, field_validator, model_serializer, model_validator
 
+from adaptflow.benchmark.grid import CONTROL, SCRATCH, Cell, FewLabel
+from adaptflow.benchmark.presets import folder, preset_file, preset_names
 from adaptflow.config import AdaptMethod, Arch, ConfigError, Strategy, TrackingConfig, explain, folder_name_problem
 from adaptflow.detection.benchmark import DetectionBenchmark
 from adaptflow.execution import DaskAddressField, GpuPoolField, RayAddressField, RunnerField, check_addresses
-from adaptflow.io import content_digest, read_yaml
+from adaptflow.io import content_digest, parse_yaml, read_text
 
-PRESETS = Path(__file__).resolve().parents[2] / "benchmarks" / "presets"
+#: The shipped presets' folder.
+PRESETS: Traversable = folder()
 #: Strategies whose result depends on layer_lr_decay (as in adaptflow.train, which this module must not import: it is torch-free).
 LAYERWISE_STRATEGIES = ("discriminative", "gradual_unfreeze")
 #: The memory layout models train and predict in (adaptflow.train.MEMORY_FORMAT's name), part of every cache key:
 #: models trained and measured in the NCHW layout before it gave other results.
 LAYOUT = "channels_last"
-#: The control: the source model trained for as many more steps as the methods, on source alone.
-CONTROL = "none"
 #: In a few-label run, AdaBN means batch-norm statistics re-estimated on the unlabeled target split before and after training.
 TARGET_BN = "adabn"
-#: Marks a few-label run at one of `lr_candidates` (e.g. finetune@lr0.003); unmarked runs use few_shot.lr.
-LR_TAG = "@lr"
-#: Marks a strategy's run with holdout_fraction of its labels held out to score it (e.g. finetune~holdout).
-HOLDOUT_TAG = "~holdout"
-#: Marks a few-label run that starts from one of `pretrained`'s weights instead of the source model (e.g. imagenet:finetune).
-INIT_SEP = ":"
 #: Starting points that always exist: names `pretrained` cannot take.
-RESERVED_INITS = ("source", "scratch")
+RESERVED_INITS = ("source", SCRATCH)
 #: Fields that say how the grid runs, not what it computes.
 EXECUTION = {"workers", "threads", "runner", "dask_address", "ray_address", "gpu_pool"}
 
@@ -174,7 +173,7 @@ class BenchmarkSpec(Spec):
                 raise ValueError(f"pretrained: '{name}' cannot name a starting point; use lower-case letters, digits and _, "
                                  f"not {' or '.join(RESERVED_INITS)} (they always run)")
             problem = check_uri(uri)
-            if problem is not None or uri == "scratch":
+            if problem is not None or uri == SCRATCH:
                 what, fix = problem or (f"'{uri}' has no weights", "scratch always runs; name pretrained weights")
                 raise ValueError(f"pretrained.{name} {what}; {fix}")
             packaged = PACKAGED.get(uri.removeprefix("package:")) if uri.startswith("package:") else None
@@ -206,9 +205,13 @@ class BenchmarkSpec(Spec):
         """The k whose strategies are also trained with labels held out (a class needs two labels to spare one)."""
         return [k for k in self.shots if k == "all" or k >= 2] if self.holdout_fraction else []
 
-    def transfer_names(self) -> list[str]:
+    def transfer_runs(self) -> list[FewLabel]:
         """The few-label runs from pretrained weights on labels only: each strategy from the source model, then from each of `pretrained`."""
-        return [*self.strategies, *(f"{init}{INIT_SEP}{s}" for init in self.pretrained for s in self.strategies)]
+        return [*(FewLabel(s) for s in self.strategies), *(FewLabel(s, init=init) for init in self.pretrained for s in self.strategies)]
+
+    def transfer_names(self) -> list[str]:
+        """The names of `transfer_runs`, as results and reports show them."""
+        return [run.name for run in self.transfer_runs()]
 
     def few_shot_lrs(self) -> list[float]:
         """Every learning rate the few-label runs on labels only try, ascending."""
@@ -224,8 +227,7 @@ class BenchmarkSpec(Spec):
         """What a cell's result depends on (not the rest of the grid): presets that share a cell share its result."""
         shared = {"arch", "image_size", "data_root", "source"}
         shared |= {"adapt", "pseudo_label_threshold", "adapt_weight"} if cell.kind == "method" else {"few_shot", "eval_points"}
-        strategy, methods = few_label_parts(cell.name)
-        init = init_of(cell.name)
+        strategy, methods, init = cell.strategy, cell.methods, cell.init
         extra: dict[str, object] = {"layout": LAYOUT}
         if init is not None:  # starts from those weights, not from the source model
             shared.discard("source")
@@ -246,64 +248,6 @@ class BenchmarkSpec(Spec):
         return content_digest({"cell": cell.to_dict(), **extra, **self.model_dump(mode="json", include=shared)}, 12)
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One run of the grid. kind: source_only, method (name = methods joined by +), strategy, scratch
-    (strategy and scratch names are followed by +methods when the run also uses the unlabeled target split),
-    holdout (a strategy trained with some labels held out to score it: name = strategy~holdout)."""
-
-    source: str
-    target: str
-    kind: str
-    name: str
-    shots: int | str
-    seed: int
-
-    @property
-    def key(self) -> str:
-        return f"{self.target}-{self.name}-k{self.shots}-s{self.seed}"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def plan_cells(spec: BenchmarkSpec) -> list[Cell]:
-    """Every cell of the grid: no labels and the fewest labels first (an interrupted run keeps the
-    headline cells; finished cells are reused by the next run)."""
-    cells: list[Cell] = []
-    for pair in spec.pairs:
-        for seed in spec.seeds:
-            cells.append(Cell(pair.source, pair.target, "source_only", "source_only", 0, seed))
-            cells += [Cell(pair.source, pair.target, "method", combo, 0, seed) for combo in spec.methods]
-            for combo in spec.semi_supervised:
-                cells += [Cell(pair.source, pair.target, "method", combo, k, seed) for k in spec.method_shots if k > 0]
-            for k in spec.shots:
-                cells.append(Cell(pair.source, pair.target, "scratch", "scratch", k, seed))
-                cells += [Cell(pair.source, pair.target, "strategy", s, k, seed) for s in spec.transfer_names()]
-                for lr in spec.lr_candidates:
-                    cells.append(Cell(pair.source, pair.target, "scratch", with_lr("scratch", lr), k, seed))
-                    cells += [Cell(pair.source, pair.target, "strategy", with_lr(s, lr), k, seed) for s in spec.strategies]
-                for combo, strategies in spec.with_unlabeled.items():
-                    cells.append(Cell(pair.source, pair.target, "scratch", f"scratch+{combo}", k, seed))
-                    cells += [Cell(pair.source, pair.target, "strategy", f"{s}+{combo}", k, seed) for s in strategies]
-                if k in spec.holdout_shots():
-                    cells += [Cell(pair.source, pair.target, "holdout", f"{s}{HOLDOUT_TAG}", k, seed) for s in spec.strategies]
-    first = [0, 1, 10, "all"]
-    return sorted(cells, key=lambda c: first.index(c.shots) if c.shots in first else len(first))
-
-
-def few_label_parts(name: str) -> tuple[str, list[str]]:
-    """A few-label cell's strategy (or scratch) and the methods it adds with the unlabeled target split."""
-    strategy, *methods = name.split(LR_TAG)[0].removesuffix(HOLDOUT_TAG).rpartition(INIT_SEP)[2].split("+")
-    return strategy, methods
-
-
-def init_of(name: str) -> str | None:
-    """The `pretrained` entry a few-label run starts from; None: the source model (or, for scratch, nothing)."""
-    init, tagged, _ = name.partition(INIT_SEP)
-    return init if tagged else None
-
-
 def weights_identity(uri: str) -> dict[str, str]:
     """What a run from `uri` depends on: packaged weights by their pinned digest (their content), others by the URI."""
     from adaptflow.pretrained import PACKAGED
@@ -312,20 +256,9 @@ def weights_identity(uri: str) -> dict[str, str]:
     return {"uri": uri, **({"sha256": packaged.sha256} if packaged else {})}
 
 
-def losses_on_unlabeled(methods: list[str]) -> list[str]:
+def losses_on_unlabeled(methods: Sequence[str]) -> list[str]:
     """The few-label methods that add a loss on unlabeled target batches: all but adabn (statistics only)."""
     return [m for m in methods if m != TARGET_BN]
-
-
-def with_lr(name: str, lr: float) -> str:
-    """The name of the few-label run `name` at learning rate `lr` (one of lr_candidates); `tried_lr` reads it back exactly."""
-    return f"{name}{LR_TAG}{lr!r}"
-
-
-def tried_lr(name: str) -> float | None:
-    """The learning rate a few-label run's name carries; None: it uses few_shot.lr."""
-    _, tagged, lr = name.partition(LR_TAG)
-    return float(lr) if tagged else None
 
 
 def _check_combo(combo: str, control: bool) -> None:
@@ -337,11 +270,6 @@ def _check_combo(combo: str, control: bool) -> None:
         raise ValueError(f"'{combo}': unknown method(s) {unknown}; use {names} from {sorted(known)} joined by +")
 
 
-def source_jobs(spec: BenchmarkSpec) -> list[tuple[str, int]]:
-    """(source domain, seed) of every source model the cells start from."""
-    return sorted({(p.source, seed) for p in spec.pairs for seed in spec.seeds})
-
-
 def domains(spec: BenchmarkSpec) -> list[str]:
     """Every domain folder (under `spec.data_root`) the benchmark reads."""
     names = [d for p in spec.pairs for d in (p.source, p.target)]
@@ -351,14 +279,14 @@ def domains(spec: BenchmarkSpec) -> list[str]:
 
 
 def load_preset(name_or_path: str | Path) -> BenchmarkSpec:
-    """A preset by name (benchmarks/presets/NAME.yaml) or path; errors name the file and the field."""
-    path = Path(name_or_path)
+    """A preset by name (adaptflow/benchmark/presets/NAME.yaml, inside the package) or path; errors name the file and the field."""
+    path: Path | Traversable = Path(name_or_path)
     if not path.suffix:
-        path = PRESETS / f"{name_or_path}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in PRESETS.glob("*.yaml"))
-        raise ConfigError(f"{path}: no such benchmark preset; use one of {known} or a path to a YAML file")
+        path = preset_file(str(name_or_path))
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such benchmark preset; use one of {preset_names()} or a path to a YAML file")
     try:
-        return BenchmarkSpec.model_validate(read_yaml(path) or {})
+        text = read_text(path) if isinstance(path, Path) else path.read_text(encoding="utf-8")
+        return BenchmarkSpec.model_validate(parse_yaml(text, str(path)) or {})
     except ValidationError as exc:
         raise ConfigError(f"{path}: invalid benchmark preset\n{explain(exc, BenchmarkSpec)}") from None

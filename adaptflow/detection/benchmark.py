@@ -26,7 +26,6 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from adaptflow.config import DataConfig, DetectorArch, FinetuneConfig, PretrainConfig, image_size_problem
-from adaptflow.data import split_dir
 from adaptflow.io import content_digest
 
 log = logging.getLogger(__name__)
@@ -113,6 +112,7 @@ def source_model(spec: DetectionBenchmark, root: Path, work: Path, seed: int) ->
 def run_cell(spec: DetectionBenchmark, root: Path, work: Path, seed: int, method: str) -> dict:
     """Adapt the seed's source detector with `method`; returns its target and source mAP50 (kept in
     the cell's folder: a finished cell is not run again)."""
+    from adaptflow.data import split_dir
     from adaptflow.detection import stages
     from adaptflow.detection.adapt import adapt_batch_norm
     from adaptflow.detection.metrics import detection_report
