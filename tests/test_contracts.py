@@ -35,7 +35,7 @@ def test_core_library_never_imports_the_orchestrator() -> None:
 
 
 def test_cli_starts_without_importing_prefect() -> None:
-    code = "import sys, adaptflow.cli; assert 'prefect' not in sys.modules, 'prefect imported'"
+    code = "import sys, adaptflow.app.cli; assert 'prefect' not in sys.modules, 'prefect imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -47,7 +47,7 @@ def test_tasks_only_wrap_and_flows_only_compose() -> None:
 def test_dvc_stages_match_cli_commands_and_config_sections() -> None:
     from typer.main import get_command
 
-    from adaptflow.cli import app
+    from adaptflow.app.cli import app
 
     commands = set(get_command(app).commands)
     stages = {}
@@ -91,7 +91,7 @@ def test_prefect_yaml_detection_deployments_run_the_shipped_detection_config() -
 def test_adaptflow_serve_and_prefect_yaml_offer_the_same_deployments() -> None:
     """What `adaptflow serve` runs in one process is what `prefect deploy --all` puts on a work pool."""
     from adaptflow.config import load_config
-    from flows.deployments import benchmark_deployment, deployments, sweep_deployment
+    from adaptflow.orchestration.flows.deployments import benchmark_deployment, deployments, sweep_deployment
 
     served = [*deployments(load_config(REPO / "params.yaml")), benchmark_deployment(),
               sweep_deployment(load_config(REPO / "params.yaml")),

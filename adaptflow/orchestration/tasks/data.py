@@ -6,7 +6,7 @@ from prefect import task
 
 from adaptflow.config import DataConfig
 from adaptflow.versioning import DataVersion, version_data
-from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE
+from adaptflow.orchestration.tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE
 
 
 @task(name="version-data", task_run_name="version {cfg.root}", **NETWORK_RETRIES, **NO_RESULT_CACHE)

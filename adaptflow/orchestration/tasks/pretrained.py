@@ -10,7 +10,7 @@ from adaptflow.config import RunConfig
 from adaptflow.pretrained import PretrainedRef, TransientFetchError, fetch_pretrained
 from adaptflow.stages import for_task
 from adaptflow.tracking import tracking_uri
-from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE, failure
+from adaptflow.orchestration.tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE, failure
 
 
 def _transient(task: Task, task_run: TaskRun, state: State) -> bool:

@@ -6,7 +6,7 @@ from prefect import task
 
 from adaptflow.config import RunConfig
 from adaptflow.validate import validate
-from tasks.common import NO_RESULT_CACHE
+from adaptflow.orchestration.tasks.common import NO_RESULT_CACHE
 
 
 @task(name="validate", task_run_name="validate {stage} inputs", **NO_RESULT_CACHE)

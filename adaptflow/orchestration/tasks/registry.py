@@ -13,7 +13,7 @@ from adaptflow.pipeline import open_run, register_run
 from adaptflow.pretrained import PretrainedRef
 from adaptflow.tracking import Registration
 from adaptflow.versioning import DataVersion
-from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE
+from adaptflow.orchestration.tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE
 
 
 @task(name="open-mlflow-run", task_run_name="open MLflow run {run_name}", **NETWORK_RETRIES, **NO_RESULT_CACHE)

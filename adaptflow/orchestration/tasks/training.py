@@ -14,8 +14,8 @@ from adaptflow.pretrain import PublishedModel
 from adaptflow.pretrained import PretrainedRef
 from adaptflow.stages import for_task
 from adaptflow.versioning import DataVersion
-from tasks.common import NO_RESULT_CACHE, TRAINING_RETRY
-from tasks.progress import epoch_progress
+from adaptflow.orchestration.tasks.common import NO_RESULT_CACHE, TRAINING_RETRY
+from adaptflow.orchestration.tasks.progress import epoch_progress
 
 
 @task(name="pretrain", task_run_name="pretrain {config.pretrain.arch} on {config.data.source}", **TRAINING_RETRY, **NO_RESULT_CACHE)

@@ -11,7 +11,7 @@ from adaptflow.config import RunConfig
 from adaptflow.finetune import TrainedModel
 from adaptflow.pretrained import PretrainedRef
 from adaptflow.stages import for_task
-from tasks.common import NO_RESULT_CACHE
+from adaptflow.orchestration.tasks.common import NO_RESULT_CACHE
 
 
 @task(name="evaluate", task_run_name="evaluate on {config.data.target}", **NO_RESULT_CACHE)
