@@ -45,17 +45,16 @@ def finetune(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None,
         env.apply()  # the environment the trainer's process would get, set before it starts
         child.prestart(run_dir / "finetune", "adaptflow.detection.yolo:ultralytics")  # its imports overlap this one's and the checks
     from adaptflow.pipeline import write_run_record
-    from adaptflow.pretrained import fetch_pretrained
-    from adaptflow.stages import for_task
-    from adaptflow.tracking import tracking_uri
+    from adaptflow.stages import RunStages
     from adaptflow.validate import validate
     from adaptflow.versioning import read_version
 
     validate(cfg, "finetune")
-    pretrained = fetch_pretrained(cfg.pretrained.uri, cfg.pretrained.sha256, allow_pickle=cfg.pretrained.allow_pickle, tracking_uri=tracking_uri(cfg.tracking))
+    stages = RunStages(cfg)
+    pretrained = stages.fetch_pretrained()
     with run_failures():
         write_run_record(cfg, read_version(cfg.data), pretrained, run_dir, origin="cli")
-        model = for_task(cfg.task).finetune(cfg.finetune, cfg.data, pretrained, run_dir / "finetune")
+        model = stages.finetune(pretrained, run_dir)
     show(model.to_dict(), as_json, "fine-tuned model")
 
 
@@ -65,13 +64,12 @@ def evaluate(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None,
     """Stage: measure the fine-tuned model of a run folder (no orchestrator)."""
     from adaptflow.pipeline import read_run_record
     from adaptflow.pretrained import PretrainedRef
-    from adaptflow.stages import for_task
+    from adaptflow.stages import RunStages
 
     cfg = stage_config(config, overrides)
     pretrained = PretrainedRef(**read_run_record(run_dir)["pretrained"])
     with run_failures():
-        metrics = for_task(cfg.task).evaluate(cfg.evaluate, cfg.data, run_dir / "finetune" / "model.pt", pretrained, run_dir / "evaluate",
-                                              cfg.finetune.device)
+        metrics = RunStages(cfg).evaluate(run_dir / "finetune" / "model.pt", pretrained, run_dir)
     show(metrics, as_json, "metrics")
 
 

@@ -10,7 +10,7 @@ from adaptflow import env
 from adaptflow.config import RunConfig
 from adaptflow.finetune import TrainedModel
 from adaptflow.pretrained import PretrainedRef
-from adaptflow.stages import for_task
+from adaptflow.stages import RunStages
 from adaptflow.orchestration.tasks.common import NO_RESULT_CACHE
 
 
@@ -18,4 +18,4 @@ from adaptflow.orchestration.tasks.common import NO_RESULT_CACHE
 def evaluate_task(config: RunConfig, model: TrainedModel, pretrained: PretrainedRef, run_dir: Path) -> dict[str, float]:
     """Target and source test metrics, and the source-only baseline."""
     env.apply_threads(config.threads)
-    return for_task(config.task).evaluate(config.evaluate, config.data, model.path, pretrained, run_dir / "evaluate", config.finetune.device)
+    return RunStages(config).evaluate(model.path, pretrained, run_dir)
