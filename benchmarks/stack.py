@@ -199,7 +199,7 @@ def bench_artifacts(stack, size_mb: int, rounds: int) -> dict[str, Any]:  # noqa
     """A `size_mb` file through the MLflow artifact proxy (upload, download) and straight to S3 (upload)."""
     from mlflow import MlflowClient
 
-    from adaptflow.stack import s3_client
+    from adaptflow.app.stack import s3_client
 
     client = MlflowClient(stack.mlflow_url)
     experiment = client.get_experiment_by_name("stack-bench")

@@ -99,10 +99,10 @@ def stack_up(
     state_dir: StackDir = Path(".stack"),
     project: Annotated[Path | None, typer.Option(help="The project the worker runs flows in (default: this one)")] = None,
     mlflow_workers: Annotated[int, typer.Option(min=1, help="MLflow server worker processes (more lose TCP_NODELAY, see "
-                                                          "adaptflow/stack.py)")] = 1,
+                                                          "adaptflow/app/stack.py)")] = 1,
 ) -> None:
     """Start PostgreSQL, S3 (moto), the Prefect and MLflow servers and a worker on free loopback ports; print where they are."""
-    from adaptflow import stack
+    from adaptflow.app import stack
 
     with _stack_errors():
         started = stack.start(state_dir, project, mlflow_workers=mlflow_workers)
@@ -115,7 +115,7 @@ def stack_up(
 @stack_app.command("down")
 def stack_down(state_dir: StackDir = Path(".stack")) -> None:
     """Stop every process `stack up` started, check that none is left, and delete the cluster and its temp folder."""
-    from adaptflow import stack
+    from adaptflow.app import stack
 
     with _stack_errors():
         stopped = stack.stop(state_dir)
@@ -125,7 +125,7 @@ def stack_down(state_dir: StackDir = Path(".stack")) -> None:
 @stack_app.command("status")
 def stack_status(state_dir: StackDir = Path(".stack"), as_json: JsonOption = False) -> None:
     """Each service's pid, port, health and log; exit 4 unless every one answers."""
-    from adaptflow import stack
+    from adaptflow.app import stack
 
     services = stack.status(state_dir)
     if as_json:
@@ -144,7 +144,7 @@ def stack_status(state_dir: StackDir = Path(".stack"), as_json: JsonOption = Fal
 @contextmanager
 def _stack_errors() -> Iterator[None]:
     """A service of the stack that would not start or stop is a service down (exit 4), named with the end of its log."""
-    from adaptflow.stack import StackError
+    from adaptflow.app.stack import StackError
 
     try:
         yield
