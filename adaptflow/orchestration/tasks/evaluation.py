@@ -9,9 +9,9 @@ from prefect import task
 from adaptflow import env
 from adaptflow.config import RunConfig
 from adaptflow.finetune import TrainedModel
+from adaptflow.orchestration.tasks.common import NO_RESULT_CACHE
 from adaptflow.pretrained import PretrainedRef
 from adaptflow.stages import RunStages
-from adaptflow.orchestration.tasks.common import NO_RESULT_CACHE
 
 
 @task(name="evaluate", task_run_name="evaluate on {config.data.target}", **NO_RESULT_CACHE)

@@ -7,9 +7,9 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
 from adaptflow.config import RunConfig
+from adaptflow.orchestration.tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE, failure
 from adaptflow.pretrained import PretrainedRef, TransientFetchError
 from adaptflow.stages import RunStages
-from adaptflow.orchestration.tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE, failure
 
 
 def _transient(task: Task, task_run: TaskRun, state: State) -> bool:

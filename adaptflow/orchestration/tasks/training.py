@@ -9,13 +9,13 @@ from prefect import task
 from adaptflow import env, tracking
 from adaptflow.config import RunConfig
 from adaptflow.finetune import TrainedModel
+from adaptflow.orchestration.tasks.common import NO_RESULT_CACHE, TRAINING_RETRY
+from adaptflow.orchestration.tasks.progress import epoch_progress
 from adaptflow.pipeline import run_pretrain
 from adaptflow.pretrain import PublishedModel
 from adaptflow.pretrained import PretrainedRef
 from adaptflow.stages import RunStages
 from adaptflow.versioning import DataVersion
-from adaptflow.orchestration.tasks.common import NO_RESULT_CACHE, TRAINING_RETRY
-from adaptflow.orchestration.tasks.progress import epoch_progress
 
 
 @task(name="pretrain", task_run_name="pretrain {config.pretrain.arch} on {config.data.source}", **TRAINING_RETRY, **NO_RESULT_CACHE)
