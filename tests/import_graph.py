@@ -4,7 +4,9 @@ contracts in tests/test_contracts.py.
 Every `import` statement of every module is an edge, with where it is written (file:line) and when it runs:
 - `module`: at import time (module body, class bodies, `if`/`try` blocks at the top level);
 - `function`: inside a function, when it is called (deferred imports: the CLI's, or heavy libraries');
-- `typing`: under `if TYPE_CHECKING:`, never at run time.
+- `typing`: under `if TYPE_CHECKING:`, never at run time;
+- `script`: under `if __name__ == "__main__":`, run only by the file as a script (`python -m`), which is then
+  the module `__main__`, not the module by its name.
 Importing `a.b.c` runs the packages `a` and `a.b` first: those are edges too (but not the importer's own
 packages, which are already importing).
 """
@@ -24,7 +26,7 @@ class Edge:
     source: str  # the importing module
     target: str  # the imported module (or, outside adaptflow, the dotted name as written)
     where: str  # path:line
-    when: str  # "module", "function" or "typing"
+    when: str  # "module", "function", "typing" or "script"
 
     def __str__(self) -> str:
         return f"{self.source} -> {self.target} ({self.where}, {self.when} level)"
@@ -47,6 +49,12 @@ def _is_type_checking(node: ast.If) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
+def _is_main_guard(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "__name__"
+            and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in test.comparators))
+
+
 def _statements(tree: ast.Module) -> list[tuple[ast.stmt, str]]:
     """Every import statement with when it runs."""
     found: list[tuple[ast.stmt, str]] = []
@@ -57,9 +65,9 @@ def _statements(tree: ast.Module) -> list[tuple[ast.stmt, str]]:
                 found.append((child, when))
             elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
                 visit(child, "function" if when == "module" else when)
-            elif isinstance(child, ast.If) and _is_type_checking(child):
+            elif isinstance(child, ast.If) and (_is_type_checking(child) or _is_main_guard(child)):
                 for stmt in child.body:
-                    visit(ast.Module(body=[stmt], type_ignores=[]), "typing")
+                    visit(ast.Module(body=[stmt], type_ignores=[]), "typing" if _is_type_checking(child) else "script")
                 for stmt in child.orelse:
                     visit(ast.Module(body=[stmt], type_ignores=[]), when)
             else:

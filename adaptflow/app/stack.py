@@ -597,16 +597,13 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, dict]:
 _VERBS = {"start": "up", "stop": "down"}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python -m adaptflow.app.stack start|stop|status ...`: the same as `adaptflow stack up|down|status ...`."""
-    from adaptflow.app.cli import main as adaptflow
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args:
-        args[0] = _VERBS.get(args[0], args[0])
-    sys.argv = ["adaptflow", "stack", *args]
-    adaptflow()
+def command_line(args: list[str]) -> list[str]:
+    """The `adaptflow` command line of `python -m adaptflow.app.stack start|stop|status ...`: `adaptflow stack up|down|status ...`."""
+    return ["adaptflow", "stack", *([_VERBS.get(args[0], args[0]), *args[1:]] if args else [])]
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # run as a script, this file is the module __main__: the command line imports adaptflow.app.stack
+    from adaptflow.app.cli import main
+
+    sys.argv = command_line(sys.argv[1:])
     main()
