@@ -1,5 +1,5 @@
-"""`python -m adaptflow ...` is the `adaptflow` command."""
+"""`python -m adaptflow ...` is the `adaptflow` command (`adaptflow.app.cli`): an entry point, part of the app layer."""
 
-from adaptflow.cli import main
+from adaptflow.app.cli import main
 
 main()

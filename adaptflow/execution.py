@@ -1,6 +1,7 @@
 """Where a grid's task runs execute (threads, a Dask cluster, a Ray cluster) and which GPU pool
 its training takes turns on. Plain settings and checks: the Prefect task runners are built from
-them in `flows/runners.py`, and the pool's slots are taken in `tasks/gpu.py`.
+them in `adaptflow/orchestration/flows/runners.py`, and the pool's slots are taken in
+`adaptflow/orchestration/tasks/gpu.py`.
 
 The settings are field types rather than a sub-model, so that the benchmark preset keeps its
 flat `workers:` key and the sweep's settings read the same way.

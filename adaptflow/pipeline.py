@@ -7,8 +7,9 @@ A run folder holds each stage's outputs in a sub-folder named after the stage:
     <run_dir>/register/registration.json
     <run_dir>/run.json            (config, data version, pretrained model, MLflow run id)
 
-Prefect (`flows/transfer.py`) and DVC (`dvc.yaml`, through the CLI) call the same stage
-functions; `run_transfer` is the same sequence with no orchestrator, used by tests and benchmarks.
+Prefect (`adaptflow.orchestration.flows.transfer`) and DVC (`dvc.yaml`, through the CLI) call the same
+stages (`adaptflow.stages.RunStages`); `run_transfer` is the same sequence (`stages.TRANSFER_STAGES`) with no
+orchestrator, used by tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from adaptflow.config import RunConfig
 from adaptflow.io import read_json, sha256_file, write_json, write_yaml
 from adaptflow.pretrain import PublishedModel, published_dir
 from adaptflow.pretrained import FetchError, PretrainedRef, fetch_pretrained, sidecar_digest
-from adaptflow.stages import for_task
-from adaptflow.tracking.packaging import Registration
+from adaptflow.stages import RunStages, for_task
+from adaptflow.tracking import Registration
 from adaptflow.versioning import DataVersion, version_data
 
 log = logging.getLogger(__name__)
@@ -299,13 +300,13 @@ def run_transfer(config: RunConfig, run_dir: Path, origin: str = "local", versio
 
     env.apply_threads(config.threads)
     validate(config)
+    stages = RunStages(config)
     data = version_data(config.data) if version else read_version(config.data)
-    pretrained = fetch_pretrained(config.pretrained.uri, config.pretrained.sha256, allow_pickle=config.pretrained.allow_pickle, tracking_uri=tracking.tracking_uri(config.tracking))
-    stages = for_task(config.task)
-    stages.check_pretrained(pretrained, config.finetune, config.data)
+    pretrained = stages.fetch_pretrained()
+    stages.check_pretrained(pretrained)
     run_id = open_run(config, data, pretrained, run_dir, origin, run_dir.name)
     with tracking.ended_on_failure(config.tracking, run_id):
-        model = stages.finetune(config.finetune, config.data, pretrained, run_dir / "finetune", tracking.epoch_logger(config.tracking, run_id))
-        metrics = stages.evaluate(config.evaluate, config.data, model.path, pretrained, run_dir / "evaluate", config.finetune.device)
+        model = stages.finetune(pretrained, run_dir, tracking.epoch_logger(config.tracking, run_id))
+        metrics = stages.evaluate(model.path, pretrained, run_dir)
         registration = register_run(config, run_dir)
     return {"metrics": metrics, "registration": registration.to_dict(), "data_version": data.md5}

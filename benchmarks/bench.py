@@ -1,6 +1,6 @@
 """Overhead, layout and memory ratios, measured in one run on this machine: `python -m benchmarks.bench`.
 
-1. Flow overhead: the Prefect transfer flow end to end (`flows.transfer.transfer`), over the
+1. Flow overhead: the Prefect transfer flow end to end (`adaptflow.orchestration.flows.transfer.transfer`), over the
    bare core functions doing the same work (`adaptflow.pipeline.run_transfer`). The Prefect
    server is started once before timing (a one-time process cost, reported on its own line),
    both paths get one untimed warm-up, then core and flow runs alternate. Every run gets a fresh
@@ -279,7 +279,7 @@ def run_core(cfg, root: Path) -> Timed:
 
 
 def run_flow(cfg) -> Timed:
-    from flows.transfer import transfer
+    from adaptflow.orchestration.flows.transfer import transfer
 
     with Timed() as timed:
         transfer(config=cfg)  # writes to <root>/runs/<flow run name>
@@ -293,7 +293,7 @@ def bench_flow(roots: Roots, measurer: Measurer, rounds: int) -> dict:
     warm_cfg = load_config(None, WARMUP_OVERRIDES)
 
     t0 = time.perf_counter()
-    import flows.transfer  # noqa: F401 - Prefect and the tasks, imported once, untimed
+    import adaptflow.orchestration.flows.transfer  # noqa: F401 - Prefect and the tasks, imported once, untimed
     from prefect.testing.utilities import prefect_test_harness
 
     import_s = time.perf_counter() - t0

@@ -1,6 +1,6 @@
 """What the local production stack sustains, measured: `python -m benchmarks.stack`.
 
-Starts the stack of `adaptflow.stack` (PostgreSQL, S3 on moto, the Prefect and MLflow servers
+Starts the stack of `adaptflow.app.stack` (PostgreSQL, S3 on moto, the Prefect and MLflow servers
 on PostgreSQL, a process worker) in a temporary folder, or uses a running one (`--state-dir`),
 and measures, from this process as a client on the same machine:
 
@@ -37,7 +37,7 @@ from typing import Any
 from prefect import flow
 
 from benchmarks import progress_log
-from benchmarks.bench import _TICK, Timed
+from benchmarks.bench import Timed
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "reports" / "stack-bench.json"
@@ -56,21 +56,21 @@ def _rate(count: int, timed: Timed, per: float = 1.0) -> float:
     return count / timed.seconds * per
 
 
-def service_cpu_s(stack) -> dict[str, float]:  # noqa: ANN001 - adaptflow.stack.Stack
+def service_cpu_s(stack) -> dict[str, float]:  # noqa: ANN001 - adaptflow.app.stack.Stack
     """CPU seconds each service of the stack used so far, its child processes included (PostgreSQL
     is not a child of this process: pg_ctl detaches it, so Timed counts it among the others)."""
-    from adaptflow.stack import _tree
+    import psutil
 
-    stats: dict[int, tuple[int, int, float]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                rest = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            stats[int(entry.name)] = (int(rest[1]), int(rest[3]), sum(int(v) for v in rest[11:15]) / _TICK)
-    table = {pid: (ppid, sid) for pid, (ppid, sid, _) in stats.items()}
-    return {p.name: sum(stats[pid][2] for pid in _tree(p.pid, table) if pid in stats) for p in stack.procs}
+    from adaptflow.app.stack import process_tree
+
+    def cpu_s(pid: int) -> float:  # its own CPU time and that of its children it has waited for
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:  # ended since the tree was listed
+            return 0.0
+        return times.user + times.system + times.children_user + times.children_system
+
+    return {p.name: sum(cpu_s(pid) for pid in process_tree(p.pid)) for p in stack.procs}
 
 
 class Measured(Timed):
@@ -78,7 +78,7 @@ class Measured(Timed):
 
     service_cores: dict[str, float]
 
-    def __init__(self, stack) -> None:  # noqa: ANN001 - adaptflow.stack.Stack
+    def __init__(self, stack) -> None:  # noqa: ANN001 - adaptflow.app.stack.Stack
         self.stack = stack
 
     def __enter__(self) -> Measured:
@@ -195,11 +195,11 @@ def bench_mlflow(stack, calls: int, batch_calls: int, threads: int = 4) -> dict[
     }
 
 
-def bench_artifacts(stack, size_mb: int, rounds: int) -> dict[str, Any]:  # noqa: ANN001 - adaptflow.stack.Stack
+def bench_artifacts(stack, size_mb: int, rounds: int) -> dict[str, Any]:  # noqa: ANN001 - adaptflow.app.stack.Stack
     """A `size_mb` file through the MLflow artifact proxy (upload, download) and straight to S3 (upload)."""
     from mlflow import MlflowClient
 
-    from adaptflow.stack import s3_client
+    from adaptflow.app.stack import s3_client
 
     client = MlflowClient(stack.mlflow_url)
     experiment = client.get_experiment_by_name("stack-bench")
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from prefect.context import refresh_global_settings_context
 
-    from adaptflow import stack as local_stack
+    from adaptflow.app import stack as local_stack
 
     started = time.perf_counter()
     own = args.state_dir is None

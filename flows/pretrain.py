@@ -1,24 +1,5 @@
-"""The pretrain flow: version data -> train the source model -> publish it with its sha256."""
+"""Entry point of the `pretrain` flow (prefect.yaml: `flows/pretrain.py:pretrain`); the flow is `adaptflow.orchestration.flows.pretrain`."""
 
-from __future__ import annotations
+from adaptflow.orchestration.flows.pretrain import pretrain
 
-import tasks  # noqa: F401 - applies the offline defaults before Prefect starts
-
-from prefect import flow
-from prefect.runtime import flow_run
-
-from adaptflow.config import RunConfig
-from flows.naming import pretrain_run_name, run_dir
-from tasks.data import version_data_task
-from tasks.notify import on_failure
-from tasks.training import pretrain_task
-from tasks.validation import validate_task
-
-
-@flow(name="pretrain", flow_run_name=pretrain_run_name, on_failure=[on_failure])
-def pretrain(config: RunConfig = RunConfig()) -> dict:
-    """Train a source model on the source domain; transfer runs then fetch it like any pretrained model."""
-    validate_task(config, "pretrain")
-    data = version_data_task(config.data)
-    published = pretrain_task(config, run_dir(), data, str(flow_run.id))
-    return {"published": published.to_dict(), "data_version": data.md5}
+__all__ = ["pretrain"]

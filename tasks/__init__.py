@@ -1,17 +1,45 @@
-"""Prefect tasks: thin wrappers that give each core stage retries, names and logging.
+"""The Prefect tasks, by name: each wraps one core stage with retries, a name and logging.
 
-Importing this package applies adaptflow's offline defaults before Prefect is imported, and has
-Prefect log a run that fails on bad input (a UserError) by its message, without a traceback.
-Tasks pass small values (paths, hashes, URIs, metric dicts), never tensors or models.
+They live in `adaptflow.orchestration.tasks` (one module per stage); this folder only gathers them for a
+reader who looks for `tasks/`, and is not part of the wheel: import them from `adaptflow.orchestration.tasks`.
 """
 
-import logging
+from adaptflow.orchestration.tasks.benchmark import (
+    detection_cell_task, detection_source_task, open_benchmark_run_task, prepare_data_task, report_task, run_cell_task,
+    train_source_task,
+)
+from adaptflow.orchestration.tasks.data import version_data_task
+from adaptflow.orchestration.tasks.evaluation import evaluate_task
+from adaptflow.orchestration.tasks.notify import notify_promotion_task
+from adaptflow.orchestration.tasks.pretrained import fetch_pretrained_task, check_pretrained_task
+from adaptflow.orchestration.tasks.registry import open_run_task, register_task, summarize_task
+from adaptflow.orchestration.tasks.retraining import retrain_decision_task, record_skip_task
+from adaptflow.orchestration.tasks.sweep import open_sweep_run_task, run_trial_task, sweep_report_task
+from adaptflow.orchestration.tasks.training import pretrain_task, finetune_task
+from adaptflow.orchestration.tasks.validation import validate_task
 
-from adaptflow import env, errors
-
-env.apply()
-errors.quiet_run_logs()
-# adaptflow's INFO lines (epochs, metrics, the gate's decision) reach the flow run's log: Prefect sends the
-# `adaptflow` logger to its API (env.apply sets PREFECT_LOGGING_EXTRA_LOGGERS), at the level the logger lets through.
-if logging.getLogger(env.LOGGER).level == logging.NOTSET:
-    logging.getLogger(env.LOGGER).setLevel(logging.INFO)
+__all__ = [
+    "check_pretrained_task",
+    "detection_cell_task",
+    "detection_source_task",
+    "evaluate_task",
+    "fetch_pretrained_task",
+    "finetune_task",
+    "notify_promotion_task",
+    "open_benchmark_run_task",
+    "open_run_task",
+    "open_sweep_run_task",
+    "prepare_data_task",
+    "pretrain_task",
+    "record_skip_task",
+    "register_task",
+    "report_task",
+    "retrain_decision_task",
+    "run_cell_task",
+    "run_trial_task",
+    "summarize_task",
+    "sweep_report_task",
+    "train_source_task",
+    "validate_task",
+    "version_data_task",
+]

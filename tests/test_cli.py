@@ -111,7 +111,7 @@ def test_an_mlflow_server_that_does_not_answer_stops_a_command_before_any_work(t
 
 
 def test_help_and_config_start_without_torch_or_mlflow() -> None:
-    probe = ("import sys\nfrom adaptflow.cli import main\nsys.argv = ['adaptflow', *sys.argv[1:]]\ntry:\n    main()\n"
+    probe = ("import sys\nfrom adaptflow.app.cli import main\nsys.argv = ['adaptflow', *sys.argv[1:]]\ntry:\n    main()\n"
              "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
              "print('loaded:', sorted(m for m in ('torch', 'mlflow', 'prefect', 'dvc') if m in sys.modules), file=sys.stderr)")
     for args in (["--help"], ["finetune", "--help"], ["config", "finetune.seed=3"]):
@@ -159,7 +159,7 @@ def test_ui_serves_both_stores_in_a_few_processes_and_stops_them_all(tmp_path: P
     """`adaptflow ui` on an empty project: both UIs answer on the project's stores; MLflow runs one
     worker and no job runner (by default MLflow 3 adds four workers and eight job processes, about 4 GB);
     a SIGTERM stops every process it started."""
-    from adaptflow.stack import _process_table, _tree
+    from adaptflow.app.stack import process_tree
 
     prefect_port, mlflow_port = _free_port(), _free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))} | {"ADAPTFLOW_ROOT": str(tmp_path)}
@@ -172,7 +172,7 @@ def test_ui_serves_both_stores_in_a_few_processes_and_stops_them_all(tmp_path: P
         while not (_answers(f"http://127.0.0.1:{prefect_port}/api/health") and _answers(f"http://127.0.0.1:{mlflow_port}/health")):
             assert ui.poll() is None and time.monotonic() < deadline, (tmp_path / "ui.log").read_text()[-3000:]
             time.sleep(1)
-        tree = _tree(ui.pid, _process_table())
+        tree = process_tree(ui.pid)
         commands = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode() for pid in tree]
         assert not [c for c in commands if "huey" in c or "_job_runner" in c or "multiprocessing" in c], commands
         assert len(tree) <= 5, commands  # adaptflow ui, the Prefect server, mlflow ui and its one uvicorn process
@@ -195,7 +195,7 @@ def _running(pid: int) -> bool:
 def test_sigterm_during_a_run_stops_it_and_the_temporary_prefect_server_it_started(project: Path) -> None:
     """A stopped `adaptflow run` (SIGTERM: a scheduler, `kill`, a closed terminal's job control) leaves no
     process behind: Prefect's temporary API server used to keep running, orphaned, after every one."""
-    from adaptflow.stack import _process_table, _tree
+    from adaptflow.app.stack import process_tree
 
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {"ADAPTFLOW_ROOT": str(project)}
     log = project / "run.log"
@@ -208,14 +208,14 @@ def test_sigterm_during_a_run_stops_it_and_the_temporary_prefect_server_it_start
         while "decoded" not in log.read_text(errors="replace"):  # training has begun
             assert run.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
             time.sleep(0.5)
-        tree = _tree(run.pid, _process_table())
+        tree = process_tree(run.pid)
         assert len(tree) > 1, "the temporary Prefect server runs beside the flow"
         run.terminate()
         returncode = run.wait(timeout=120)
         time.sleep(2)
         left = [pid for pid in tree if _running(pid)]
     finally:
-        for pid in _tree(run.pid, _process_table()):  # whatever a failure left, so that it ends with the test
+        for pid in process_tree(run.pid):  # whatever a failure left, so that it ends with the test
             if _running(pid):
                 os.kill(pid, signal.SIGKILL)
     assert returncode == 128 + 15 and not left, (returncode, left, log.read_text(errors="replace")[-3000:])
@@ -323,10 +323,10 @@ def test_results_print_as_a_table_or_as_json(tmp_path: Path) -> None:
 
 
 def test_the_stack_is_under_the_main_command_and_its_old_entry_still_works(tmp_path: Path) -> None:
-    for command in ([sys.executable, "-m", "adaptflow", "stack", "status"], [sys.executable, "-m", "adaptflow.stack", "status"]):
+    for command in ([sys.executable, "-m", "adaptflow", "stack", "status"], [sys.executable, "-m", "adaptflow.app.stack", "status"]):
         out = subprocess.run([*command, "--state-dir", str(tmp_path / "none")], cwd=REPO, capture_output=True, text=True)
         assert (out.returncode, out.stdout) == (4, f"no stack running from {tmp_path / 'none'}\n"), out.stderr
-    out = subprocess.run([sys.executable, "-m", "adaptflow.stack", "stop", "--state-dir", str(tmp_path / "none")], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "adaptflow.app.stack", "stop", "--state-dir", str(tmp_path / "none")], cwd=REPO,
                          capture_output=True, text=True)
     assert (out.returncode, out.stdout) == (0, f"no stack running from {tmp_path / 'none'}\n"), out.stderr
     makefile = (REPO / "Makefile").read_text()

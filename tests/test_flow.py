@@ -14,8 +14,8 @@ from conftest import QuietHandler, serve_on_loopback, tiny_config
 
 @pytest.fixture
 def flows(prefect_api, project: Path):
-    from flows.pretrain import pretrain
-    from flows.transfer import transfer
+    from adaptflow.orchestration.flows.pretrain import pretrain
+    from adaptflow.orchestration.flows.transfer import transfer
 
     return pretrain, transfer
 
@@ -25,7 +25,7 @@ def webhook(prefect_api) -> Iterator[list[dict]]:
     """A webhook on loopback, saved as the Webhook block flows notify; yields the bodies it receives."""
     from prefect.blocks.webhook import Webhook
 
-    from tasks.notify import DEFAULT_BLOCK
+    from adaptflow.orchestration.tasks.notify import DEFAULT_BLOCK
 
     received: list[dict] = []
 

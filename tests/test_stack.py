@@ -1,4 +1,4 @@
-"""The production stack, natively on 127.0.0.1 (`adaptflow.stack`, what `make stack` starts):
+"""The production stack, natively on 127.0.0.1 (`adaptflow.app.stack`, what `make stack` starts):
 PostgreSQL, S3 (moto), the Prefect and MLflow servers on PostgreSQL, a process work pool and its
 worker. Both servers refuse requests without their credentials (401), which `make stack` generates
 and hands to clients and the worker through the environment. The pretrain and transfer flows are
@@ -26,7 +26,7 @@ pytest.importorskip("flask_wtf", reason="MLflow's basic-auth app needs Flask-WTF
 
 
 def _postgres_missing() -> str | None:
-    from adaptflow import stack as local_stack
+    from adaptflow.app import stack as local_stack
 
     try:
         local_stack.pg_bindir()
@@ -96,7 +96,7 @@ def test_flows_run_on_the_stack_and_leave_model_artifacts_and_data_in_its_stores
     from mlflow import MlflowClient
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    from adaptflow import stack as local_stack
+    from adaptflow.app import stack as local_stack
     from adaptflow.io import sha256_file
 
     system_temp = tmp_path / "system-temp"  # the temp folder the stack's processes would otherwise share
@@ -188,7 +188,7 @@ def test_a_start_that_fails_midway_stops_what_it_started_and_names_the_service(p
                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The MLflow server exits at once (a bad option): the error names it and quotes its log, and the
     services started before it (S3, PostgreSQL, Prefect) are stopped, their cluster deleted."""
-    from adaptflow import stack as local_stack
+    from adaptflow.app import stack as local_stack
 
     def broken_mlflow(stack: local_stack.Stack, workers: int) -> None:
         local_stack._spawn(stack, "mlflow", [str(local_stack.BIN / "mlflow"), "server", "--no-such-option"],

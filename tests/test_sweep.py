@@ -37,7 +37,7 @@ def dask_address(sweep_project: Path) -> Iterator[str]:
     """A 2-process LocalCluster (the kwargs the dask runner uses), shared by the tests that connect by address."""
     from distributed import LocalCluster
 
-    from flows.runners import local_cluster_kwargs
+    from adaptflow.orchestration.flows.runners import local_cluster_kwargs
 
     with LocalCluster(**local_cluster_kwargs(2)) as cluster:
         yield cluster.scheduler_address
@@ -125,7 +125,7 @@ def test_runner_settings_build_the_task_runner() -> None:
     from prefect_dask import DaskTaskRunner
 
     from adaptflow.sweep import sweep_settings
-    from flows.runners import task_runner
+    from adaptflow.orchestration.flows.runners import task_runner
 
     thread = task_runner(sweep_settings(workers=3))
     assert isinstance(thread, ThreadPoolTaskRunner) and thread._max_workers == 3
@@ -241,7 +241,8 @@ def test_a_sweep_picks_by_labeled_target_images_held_out_of_training(prefect_api
 
 
 def test_a_failed_trial_is_kept_as_a_row_and_never_picked(prefect_api, sweep_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tasks.sweep
+    import adaptflow.orchestration.tasks.sweep  # noqa: F401 - tasks.sweep, replaced below
+    from adaptflow.orchestration import tasks
     from adaptflow.sweep import sweep_settings
     from flows.sweep import sweep
 
@@ -260,10 +261,11 @@ def test_a_failed_trial_is_kept_as_a_row_and_never_picked(prefect_api, sweep_pro
 
 def test_a_sweep_whose_trials_all_fail_leaves_its_mlflow_run_failed(prefect_api, sweep_project: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import tasks.sweep
+    import adaptflow.orchestration.tasks.sweep  # noqa: F401 - tasks.sweep, replaced below
     from mlflow import MlflowClient
 
     from adaptflow import env
+    from adaptflow.orchestration import tasks
     from adaptflow.sweep import sweep_settings
     from flows.sweep import sweep
 
@@ -303,7 +305,7 @@ def test_an_existing_gpu_limit_is_kept_and_a_too_big_training_refused(prefect_ap
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
-    from tasks.gpu import ensure_gpu_limit, gpu_slot
+    from adaptflow.orchestration.tasks.gpu import ensure_gpu_limit, gpu_slot
 
     with get_client(sync_client=True) as client:
         client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="gpu-two-node", limit=3))

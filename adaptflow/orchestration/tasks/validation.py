@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import task
 
 from adaptflow.config import RunConfig
+from adaptflow.orchestration.tasks.common import NO_RESULT_CACHE
 from adaptflow.validate import validate
-from tasks.common import NO_RESULT_CACHE
 
 
 @task(name="validate", task_run_name="validate {stage} inputs", **NO_RESULT_CACHE)

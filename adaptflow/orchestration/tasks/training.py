@@ -9,13 +9,13 @@ from prefect import task
 from adaptflow import env, tracking
 from adaptflow.config import RunConfig
 from adaptflow.finetune import TrainedModel
+from adaptflow.orchestration.tasks.common import NO_RESULT_CACHE, TRAINING_RETRY
+from adaptflow.orchestration.tasks.progress import epoch_progress
 from adaptflow.pipeline import run_pretrain
 from adaptflow.pretrain import PublishedModel
 from adaptflow.pretrained import PretrainedRef
-from adaptflow.stages import for_task
+from adaptflow.stages import RunStages
 from adaptflow.versioning import DataVersion
-from tasks.common import NO_RESULT_CACHE, TRAINING_RETRY
-from tasks.progress import epoch_progress
 
 
 @task(name="pretrain", task_run_name="pretrain {config.pretrain.arch} on {config.data.source}", **TRAINING_RETRY, **NO_RESULT_CACHE)
@@ -30,4 +30,4 @@ def finetune_task(config: RunConfig, pretrained: PretrainedRef, run_dir: Path, m
     env.apply_threads(config.threads)
     on_epoch = epoch_progress(config.finetune.epochs, f"Fine-tuning {config.finetune.arch} on {config.data.target}",
                               then=tracking.epoch_logger(config.tracking, mlflow_run_id))
-    return for_task(config.task).finetune(config.finetune, config.data, pretrained, run_dir / "finetune", on_epoch)
+    return RunStages(config).finetune(pretrained, run_dir, on_epoch)

@@ -7,10 +7,9 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
 from adaptflow.config import RunConfig
-from adaptflow.pretrained import PretrainedRef, TransientFetchError, fetch_pretrained
-from adaptflow.stages import for_task
-from adaptflow.tracking.store import tracking_uri
-from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE, failure
+from adaptflow.orchestration.tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE, failure
+from adaptflow.pretrained import PretrainedRef, TransientFetchError
+from adaptflow.stages import RunStages
 
 
 def _transient(task: Task, task_run: TaskRun, state: State) -> bool:
@@ -22,8 +21,7 @@ def _transient(task: Task, task_run: TaskRun, state: State) -> bool:
       **NO_RESULT_CACHE)
 def fetch_pretrained_task(config: RunConfig) -> PretrainedRef:
     """Resolve the pretrained URI to a verified local file."""
-    cfg = config.pretrained
-    return fetch_pretrained(cfg.uri, cfg.sha256, allow_pickle=cfg.allow_pickle, tracking_uri=tracking_uri(config.tracking))
+    return RunStages(config).fetch_pretrained()
 
 
 @task(name="check-pretrained", task_run_name="check {config.finetune.arch} for {config.data.target}", **NO_RESULT_CACHE)
@@ -33,4 +31,4 @@ def check_pretrained_task(config: RunConfig, pretrained: PretrainedRef) -> None:
     Called in the flow's own thread, not submitted: torch work on a second thread keeps a second
     OpenMP pool alive, which slowed the rest of the flow by about 15%.
     """
-    for_task(config.task).check_pretrained(pretrained, config.finetune, config.data)
+    RunStages(config).check_pretrained(pretrained)

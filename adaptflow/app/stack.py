@@ -27,6 +27,10 @@ The stack is ephemeral: moto keeps objects in memory, so the cluster goes with t
     adaptflow stack up [--state-dir .stack] [--project .]     (make stack)
     adaptflow stack status
     adaptflow stack down                                      (make stack-down)
+
+Which processes a service left, and stopping them, is `adaptflow.app.processes` (psutil). This module stays
+one file (about 600 lines) on purpose: `start` calls each service's starter and `stop` through this module's
+names, so a test or a benchmark replaces one service (a broken MLflow) and sees the whole start fail and clean up.
 """
 
 from __future__ import annotations
@@ -37,23 +41,21 @@ import os
 import secrets
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from adaptflow import env
+from adaptflow.app.processes import (
+    CHILDREN, HOST, alive, free_port, http_json, http_ok, port_open, process_tree, start_time, tail, terminate, write_private,
+)
 
 log = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
 DEFAULT_STATE_DIR = Path(".stack")
 BUCKET = "adaptflow"
 POOL = "adaptflow-process"
@@ -95,10 +97,10 @@ class Proc:
     pid: int
     log: str
     port: int | None = None
-    started: int | None = None  # its start time (clock ticks after boot): a reused pid is not this process
+    started: float | None = None  # its start time (processes.start_time): a reused pid is not this process
 
     def running(self) -> bool:
-        return _alive(self.pid) and (self.started is None or _start_ticks(self.pid) == self.started)
+        return alive(self.pid) and (self.started is None or start_time(self.pid) == self.started)
 
 
 @dataclass
@@ -178,7 +180,7 @@ class Stack:
 
     def save(self) -> None:
         data = asdict(self) | {"state_dir": str(self.state_dir), "project": str(self.project)}
-        _write_private(self.state_dir / "state.json", json.dumps(data, indent=2))
+        write_private(self.state_dir / "state.json", json.dumps(data, indent=2))
 
     @classmethod
     def load(cls, state_dir: Path) -> Stack | None:
@@ -222,11 +224,11 @@ def start(state_dir: Path = DEFAULT_STATE_DIR, project: Path | None = None, *, b
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir()
     for name in LISTENING:
-        stack.ports[name] = _free_port()
+        stack.ports[name] = free_port()
     stack.save()
-    _write_private(state_dir / "prefect-auth", f"{STACK_USER}:{secrets.token_urlsafe(24)}")
-    _write_private(state_dir / "mlflow-password", secrets.token_urlsafe(24))
-    _write_private(state_dir / "mlflow-flask-key", secrets.token_urlsafe(32))
+    write_private(state_dir / "prefect-auth", f"{STACK_USER}:{secrets.token_urlsafe(24)}")
+    write_private(state_dir / "mlflow-password", secrets.token_urlsafe(24))
+    write_private(state_dir / "mlflow-flask-key", secrets.token_urlsafe(32))
     current = "s3"
     try:
         started = time.monotonic()
@@ -238,9 +240,9 @@ def start(state_dir: Path = DEFAULT_STATE_DIR, project: Path | None = None, *, b
         current = "prefect"  # the two servers migrate their schemas at the same time
         _start_prefect(stack, password)
         _start_mlflow(stack, mlflow_workers)
-        _wait(stack, "prefect", lambda: _http_ok(f"{stack.prefect_api_url}/health"), timeout)
+        _wait(stack, "prefect", lambda: http_ok(f"{stack.prefect_api_url}/health"), timeout)
         current = "mlflow"
-        _wait(stack, "mlflow", lambda: _http_ok(f"{stack.mlflow_url}/health"), timeout)
+        _wait(stack, "mlflow", lambda: http_ok(f"{stack.mlflow_url}/health"), timeout)
         current = "worker"
         _start_worker(stack, timeout)
         current = "dvc remote"
@@ -262,9 +264,9 @@ def start(state_dir: Path = DEFAULT_STATE_DIR, project: Path | None = None, *, b
         if not isinstance(exc, Exception):
             raise
         logfile = stack.logs / f"{service}.log"
-        tail = _tail(logfile)
+        last_lines = tail(logfile)
         error = StackError(f"the stack did not start: {service} failed: {reason}\n"
-                           + (f"--- last lines of {logfile} ---\n{tail}" if tail else f"(no log at {logfile})"))
+                           + (f"--- last lines of {logfile} ---\n{last_lines}" if last_lines else f"(no log at {logfile})"))
         error.stopped = stopped
         raise error from exc
 
@@ -281,8 +283,8 @@ def _spawn(stack: Stack, name: str, cmd: list[str], environ: dict[str, str], cwd
     with logfile.open("ab") as out:
         popen = subprocess.Popen(cmd, env=environ, cwd=cwd or stack.state_dir, stdout=out, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, start_new_session=True)
-    _CHILDREN[popen.pid] = popen
-    proc = Proc(name, popen.pid, str(logfile), stack.ports.get(name), _start_ticks(popen.pid))
+    CHILDREN[popen.pid] = popen
+    proc = Proc(name, popen.pid, str(logfile), stack.ports.get(name), start_time(popen.pid))
     stack.procs.append(proc)
     stack.save()
     log.info("started %s (pid %d): %s", name, popen.pid, " ".join(cmd[:3]))
@@ -303,7 +305,7 @@ def _wait(stack: Stack, name: str, check: Callable[[], bool], timeout: float) ->
             last = f"{type(exc).__name__}: {exc}"
         for proc in stack.procs:
             if not proc.running():
-                code = _CHILDREN[proc.pid].returncode if proc.pid in _CHILDREN else None
+                code = CHILDREN[proc.pid].returncode if proc.pid in CHILDREN else None
                 raise ServiceFailed(proc.name, f"exited (pid {proc.pid}{f', code {code}' if code is not None else ''}) "
                                                f"before the stack was ready")
         if time.monotonic() > deadline:
@@ -337,7 +339,7 @@ def _start_postgres(stack: Stack, timeout: float) -> str:
     import psycopg2
 
     password = os.environ.get("ADAPTFLOW_STACK_PG_PASSWORD") or secrets.token_urlsafe(24)
-    _write_private(stack.state_dir / "pg-password", password)
+    write_private(stack.state_dir / "pg-password", password)
     logfile = stack.logs / "postgres.log"
     # initdb refuses root: as root the cluster belongs to the `postgres` user, in a folder of its own
     # (project folders owned by root are often closed to other users).
@@ -351,7 +353,7 @@ def _start_postgres(stack: Stack, timeout: float) -> str:
     stack.pg_cluster = str(cluster)
     stack.save()
     pwfile = cluster / "pwfile"
-    _write_private(pwfile, password)
+    write_private(pwfile, password)
     if stack.pg_as_postgres:
         shutil.chown(pwfile, "postgres", "postgres")
     with logfile.open("ab") as out:
@@ -371,7 +373,7 @@ def _start_postgres(stack: Stack, timeout: float) -> str:
     pid_file = cluster / "data" / "postmaster.pid"
     if pid_file.exists():
         pid = int(pid_file.read_text().split()[0])
-        stack.procs.append(Proc("postgres", pid, str(logfile), stack.ports["postgres"], _start_ticks(pid)))
+        stack.procs.append(Proc("postgres", pid, str(logfile), stack.ports["postgres"], start_time(pid)))
         stack.save()
     if pg_ctl.returncode != 0:
         raise ServiceFailed("postgres", f"pg_ctl start exited with {pg_ctl.returncode}")
@@ -448,7 +450,7 @@ def _write_mlflow_auth_config(stack: Stack) -> Path:
     """MLflow's basic-auth settings: users in a SQLite file of the state folder, and users other than
     the admin may read (the admin's password comes from the environment, not from this file)."""
     path = stack.state_dir / "mlflow-auth.ini"
-    _write_private(path, "[mlflow]\ndefault_permission = READ\n"
+    write_private(path, "[mlflow]\ndefault_permission = READ\n"
                          f"database_uri = sqlite:///{stack.state_dir / 'mlflow-auth.db'}\n"
                          "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
     return path
@@ -466,7 +468,7 @@ def _start_worker(stack: Stack, timeout: float) -> None:
                              "--name", f"{stack.pool}-local"], environ, cwd=stack.project)
 
     def online() -> bool:
-        workers = _http_json(f"{stack.prefect_api_url}/work_pools/{stack.pool}/workers/filter", {}, stack.prefect_auth_header())
+        workers = http_json(f"{stack.prefect_api_url}/work_pools/{stack.pool}/workers/filter", {}, stack.prefect_auth_header())
         return any(w.get("status") == "ONLINE" for w in workers)
 
     _wait(stack, "worker", online, timeout)
@@ -498,7 +500,7 @@ def _dvc(stack: Stack, *args: str) -> None:
 
 def _write_env_file(stack: Stack) -> None:
     lines = [
-        "# The adaptflow local stack (python -m adaptflow.stack). `source` this file, then run flows as usual.",
+        "# The adaptflow local stack (adaptflow stack up). `source` this file, then run flows as usual.",
         f"# Prefect UI {stack.prefect_api_url.removesuffix('/api')}   MLflow UI {stack.mlflow_url}   S3 (moto) {stack.s3_url}",
         f"# DVC: remote '{DVC_REMOTE}' (s3://{stack.bucket}/dvc) is the default in {stack.project}/.dvc/config.local until `stop`.",
         f"# Deploy to the worker: prefect deploy --all (prefect.yaml, work pool {stack.pool}).",
@@ -506,7 +508,7 @@ def _write_env_file(stack: Stack) -> None:
     lines += [f"export {key}={shlex.quote(value)}" for key, value in stack.client_env().items()]
     lines += ["# This environment's tools (adaptflow, prefect, mlflow, dvc) come first on PATH.",
               f'export PATH={shlex.quote(str(BIN))}:"$PATH"']
-    _write_private(stack.state_dir / "env", "\n".join(lines) + "\n")
+    write_private(stack.state_dir / "env", "\n".join(lines) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,21 +529,20 @@ def stop(state_dir: Path = DEFAULT_STATE_DIR, timeout: float = 30) -> list[Proc]
     pid_file = Path(stack.pg_cluster or "/nonexistent") / "data" / "postmaster.pid"
     if pid_file.exists() and "postgres" not in stack.pids:  # started, but start failed before noting it
         pid = int(pid_file.read_text().split()[0])
-        stack.procs.insert(0, Proc("postgres", pid, str(stack.logs / "postgres.log"), None, _start_ticks(pid)))
+        stack.procs.insert(0, Proc("postgres", pid, str(stack.logs / "postgres.log"), None, start_time(pid)))
     # Every process of every service, children included, before anything is signalled: a flow run
     # the worker started in a session of its own must not be orphaned out of sight. A service whose
     # pid now belongs to another process (the stack died long ago) has nothing left to stop.
-    table = _process_table()
-    trees = {p.name: _tree(p.pid, table) if p.running() else [] for p in stack.procs}
+    trees = {p.name: process_tree(p.pid) if p.running() else [] for p in stack.procs}
     stopped = []
     for proc in reversed(stack.procs):
         if proc.name == "postgres" and stack.pg_cluster and proc.running():
             subprocess.run(_pg_cmd(stack, "pg_ctl", "stop", "-D", str(Path(stack.pg_cluster) / "data"), "-m", "fast", "-w",
                                    "-t", str(int(timeout))), cwd=stack.pg_cluster, capture_output=True, timeout=timeout + 10)
-        _terminate(trees[proc.name], timeout)
+        terminate(trees[proc.name], timeout)
         stopped.append(proc)
         log.info("stopped %s (pid %d)", proc.name, proc.pid)
-    left = [f"{name}: pid {pid}" for name, tree in trees.items() for pid in tree if _alive(pid)]
+    left = [f"{name}: pid {pid}" for name, tree in trees.items() for pid in tree if alive(pid)]
     if left:
         raise StackError(f"processes of the stack survived SIGKILL: {', '.join(left)}")
     if stack.dvc_remote:
@@ -568,12 +569,12 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, dict]:
     if stack is None:
         return {}
     checks: dict[str, Callable[[], bool]] = {
-        "prefect": lambda: _http_ok(f"{stack.prefect_api_url}/health"),
-        "mlflow": lambda: _http_ok(f"{stack.mlflow_url}/health"),
+        "prefect": lambda: http_ok(f"{stack.prefect_api_url}/health"),
+        "mlflow": lambda: http_ok(f"{stack.mlflow_url}/health"),
         "s3": lambda: stack.bucket in {b["Name"] for b in s3_client(stack).list_buckets().get("Buckets", [])},
-        "postgres": lambda: _port_open(stack.ports["postgres"]),
+        "postgres": lambda: port_open(stack.ports["postgres"]),
         "worker": lambda: any(w.get("status") == "ONLINE" for w in
-                              _http_json(f"{stack.prefect_api_url}/work_pools/{stack.pool}/workers/filter", {},
+                              http_json(f"{stack.prefect_api_url}/work_pools/{stack.pool}/workers/filter", {},
                                          stack.prefect_auth_header())),
     }
     out = {}
@@ -588,137 +589,21 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, dict]:
 
 
 # ---------------------------------------------------------------------------------------------
-# processes, ports, files
-# ---------------------------------------------------------------------------------------------
-
-#: Popen objects of the processes this interpreter started, so that they can be reaped (no zombies).
-_CHILDREN: dict[int, subprocess.Popen] = {}
-
-
-def _process_table() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, session id) of every process (Linux /proc)."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        table[int(entry.name)] = (int(fields[1]), int(fields[3]))
-    return table
-
-
-def _tree(root: int, table: dict[int, tuple[int, int]]) -> list[int]:
-    """`root`, every process in its session, and all their descendants."""
-    found = {root} | {pid for pid, (_, sid) in table.items() if sid == root}
-    frontier = list(found)
-    while frontier:
-        parent = frontier.pop()
-        for pid, (ppid, _) in table.items():
-            if ppid == parent and pid not in found:
-                found.add(pid)
-                frontier.append(pid)
-    return sorted(found)
-
-
-def _start_ticks(pid: int) -> int | None:
-    """When `pid` started, in clock ticks after boot (Linux /proc); None when it is gone."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    """Whether `pid` runs (zombies count as ended, and ours are reaped)."""
-    popen = _CHILDREN.get(pid)
-    if popen is not None and popen.poll() is not None:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
-
-def _terminate(pids: list[int], timeout: float) -> None:
-    """SIGTERM the processes (and the groups they lead), SIGKILL what is left after `timeout`."""
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-        living = [pid for pid in pids if _alive(pid)]
-        if not living:
-            return
-        for pid in living:
-            for kill in (os.killpg, os.kill):
-                try:
-                    kill(pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
-            time.sleep(0.2)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex((HOST, port)) == 0
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _http_json(url: str, body: dict, headers: dict[str, str] | None = None) -> list | dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json", **(headers or {})})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read (created 0600, never briefly world-readable)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    path.chmod(0o600)
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-# ---------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------
 
 
-#: The older verbs of `python -m adaptflow.stack`, kept working.
+#: The older verbs of `python -m adaptflow.app.stack`, kept working.
 _VERBS = {"start": "up", "stop": "down"}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python -m adaptflow.stack start|stop|status ...`: the same as `adaptflow stack up|down|status ...`."""
-    from adaptflow.cli import main as adaptflow
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args:
-        args[0] = _VERBS.get(args[0], args[0])
-    sys.argv = ["adaptflow", "stack", *args]
-    adaptflow()
+def command_line(args: list[str]) -> list[str]:
+    """The `adaptflow` command line of `python -m adaptflow.app.stack start|stop|status ...`: `adaptflow stack up|down|status ...`."""
+    return ["adaptflow", "stack", *([_VERBS.get(args[0], args[0]), *args[1:]] if args else [])]
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # run as a script, this file is the module __main__: the command line imports adaptflow.app.stack
+    from adaptflow.app.cli import main
+
+    sys.argv = command_line(sys.argv[1:])
     main()

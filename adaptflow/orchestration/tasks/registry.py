@@ -9,11 +9,11 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 
 from adaptflow import tracking
 from adaptflow.config import RunConfig
+from adaptflow.orchestration.tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE
 from adaptflow.pipeline import open_run, register_run
 from adaptflow.pretrained import PretrainedRef
 from adaptflow.tracking.packaging import Registration
 from adaptflow.versioning import DataVersion
-from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE
 
 
 @task(name="open-mlflow-run", task_run_name="open MLflow run {run_name}", **NETWORK_RETRIES, **NO_RESULT_CACHE)

@@ -6,9 +6,9 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from adaptflow.config import RunConfig
+from adaptflow.orchestration.tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE
 from adaptflow.pipeline import record_skip, retrain_decision
 from adaptflow.versioning import DataVersion
-from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE
 
 
 @task(name="decide-retrain", task_run_name="decide whether to retrain", **NETWORK_RETRIES, **NO_RESULT_CACHE)

@@ -15,8 +15,8 @@ from adaptflow.data import ensure_domains
 from adaptflow.detection import benchmark as detection
 from adaptflow.execution import gpu_pool_for
 from adaptflow.io import read_json, write_json
-from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE, TRAINING_RETRY
-from tasks.gpu import gpu_slot
+from adaptflow.orchestration.tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE, TRAINING_RETRY
+from adaptflow.orchestration.tasks.gpu import gpu_slot
 
 
 @task(name="prepare-data", task_run_name="prepare demo data", **NO_RESULT_CACHE)

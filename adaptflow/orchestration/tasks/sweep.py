@@ -14,12 +14,12 @@ from prefect.artifacts import create_markdown_artifact
 
 from adaptflow.config import RunConfig
 from adaptflow.execution import gpu_pool_for
+from adaptflow.orchestration.tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE, TRAINING_RETRY
+from adaptflow.orchestration.tasks.gpu import gpu_slot
 from adaptflow.pretrained import PretrainedRef
 from adaptflow.sweep import SweepSettings, Trial
 from adaptflow.sweep import report
 from adaptflow.sweep.trial import open_parent_run, run_trial
-from tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE, TRAINING_RETRY
-from tasks.gpu import gpu_slot
 
 
 @task(name="open-sweep-run", task_run_name="open MLflow run {run_name}", **NETWORK_RETRIES, **NO_RESULT_CACHE)
