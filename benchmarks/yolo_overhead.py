@@ -47,7 +47,7 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "losses": losses}))
 
 def plain_args(cfg, data_yaml: Path, work_dir: Path) -> dict:  # noqa: ANN001 - a RunConfig
     """`YOLO.train` keywords equal to those adaptflow's trainer gets for `cfg.finetune` on CPU."""
-    from adaptflow.detection import yolo
+    from adaptflow.detection.yolo import training as yolo
 
     args = yolo.trainer_args(cfg.finetune.arch, data_yaml, work_dir, epochs=cfg.finetune.epochs, batch_size=cfg.finetune.batch_size,
                              lr=cfg.finetune.lr, weight_decay=cfg.finetune.weight_decay, image_size=cfg.data.image_size,

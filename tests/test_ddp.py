@@ -185,7 +185,7 @@ def test_detectors_on_several_devices_need_yolo_and_cuda() -> None:
 
 def test_ultralytics_gets_one_gpu_index_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
     from adaptflow.config import FinetuneConfig
-    from adaptflow.detection.yolo import ultralytics_device
+    from adaptflow.detection.yolo.training import ultralytics_device
 
     assert ultralytics_device(FinetuneConfig(arch="yolov8n", device="cpu")) == "cpu"
     assert ultralytics_device(FinetuneConfig(arch="yolov8n", device="cuda:1")) == "1"

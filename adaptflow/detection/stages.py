@@ -1,7 +1,7 @@
 """The detection stages, with the same signatures as the classification ones: pretrain, check the
 pretrained model, fine-tune, evaluate and re-measure (for the champion gate).
 
-YOLO trains through Ultralytics' trainer (the adapter in `yolo.py`); Faster R-CNN through
+YOLO trains through Ultralytics' trainer (the adapter in `yolo/`); Faster R-CNN through
 adaptflow's own loop (`frcnn.py`). Both read the same YOLO-format splits, and both are measured
 by the same mAP implementation, so their numbers share one table.
 """
@@ -16,11 +16,12 @@ from torch import nn
 
 from adaptflow.config import DataConfig, EvaluateConfig, FinetuneConfig, PretrainConfig, TrainConfig
 from adaptflow.data import split_dir
-from adaptflow.detection import frcnn, yolo
+from adaptflow.detection import frcnn
 from adaptflow.detection.adapt import adapt_batch_norm, pseudo_label_quality, pseudo_labels, write_pseudo_split
 from adaptflow.detection.data import DetectionSet, load_detection_split, read_names, stage_yolo_dataset
 from adaptflow.detection.metrics import detection_report, plot_pr_curves, plot_predictions
 from adaptflow.detection.models import build_detector, family, load_detector, predict, read_detector_meta, save_detector
+from adaptflow.detection.yolo import training as yolo_training
 from adaptflow.finetune import TrainedModel
 from adaptflow.io import sha256_file, write_json
 from adaptflow.pretrain import PublishedModel, publish
@@ -45,13 +46,13 @@ def _train(model: nn.Module | Path, arch: str, cfg: TrainConfig, data: DataConfi
            classes: tuple[str, ...], work_dir: Path, fingerprint: str, on_epoch: EpochCallback | None, head_only: bool = False,
            save_to: dict | None = None) -> tuple[nn.Module | None, list[dict]]:
     """Train either family on `splits['train']` (`splits['val']` is what YOLO validates on). A YOLO `model` may be
-    a detector file's path, and `save_to` have the trainer's process write the result (`yolo.train`)."""
+    a detector file's path, and `save_to` have the trainer's process write the result (`yolo_training.train`)."""
     if family(arch) == "yolo":
         dataset = stage_yolo_dataset(splits, classes, work_dir / "dataset")
         freeze = len(model.model) - 1 if head_only else cfg.freeze  # everything but the Detect head
-        return yolo.train(model, arch, dataset, work_dir, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+        return yolo_training.train(model, arch, dataset, work_dir, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                           weight_decay=cfg.weight_decay, image_size=data.image_size, freeze=freeze, seed=cfg.seed,
-                          device=yolo.ultralytics_device(cfg), optimizer=cfg.optimizer, augment=cfg.augment, precision=cfg.precision,
+                          device=yolo_training.ultralytics_device(cfg), optimizer=cfg.optimizer, augment=cfg.augment, precision=cfg.precision,
                           save_to=save_to, on_epoch=on_epoch)
     parts = splits["train"] if isinstance(splits["train"], list) else [splits["train"]]
     train = DetectionSet.join([load_detection_split(part, data.image_size, classes) for part in parts])
