@@ -284,7 +284,7 @@ class ScaledInput(nn.Module):
 
 def _classifier(model: nn.Module, meta: dict[str, Any], fmt: str, path: Path, images: torch.Tensor, *, half: bool,
                 dynamic: bool) -> dict[str, Any]:
-    from adaptflow.train import predict
+    from adaptflow.training import predict
 
     expected = predict(model, images, device="cpu").numpy()  # what adaptflow's evaluation and serving compute
     net = ScaledInput(model.float().to(memory_format=torch.contiguous_format)).eval()

@@ -36,7 +36,7 @@ from adaptflow.data.pixels import recorded_window
 from adaptflow.errors import UserError
 from adaptflow.io import atomic_write
 from adaptflow.models import load_checkpoint
-from adaptflow.train import predict_with_features, resolve_device
+from adaptflow.training import predict_with_features, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +289,7 @@ def _sizes(files: list[Path]) -> torch.Tensor:
 
 def detector_features(model: torch.nn.Module, family: str, images: torch.Tensor, batch_size: int, device: str) -> torch.Tensor:
     """The backbone's last feature map, averaged over space (N x C): what the domain check compares for a detector."""
-    from adaptflow.train import resolve_device
+    from adaptflow.training import resolve_device
 
     dev = resolve_device(device)
     model = model.to(dev).eval()

@@ -38,11 +38,11 @@ def test_overrides_are_typed_and_nested(tmp_path: Path) -> None:
 
 
 def test_every_training_setting_reaches_the_training_loop() -> None:
-    from adaptflow.train import FitSettings
+    from adaptflow.training import TrainSettings
 
     cfg = load_config(None, ["finetune.target_batch_size=64", "finetune.surgical_blocks=3", "finetune.strategy=surgical",
                              "finetune.augment=true", "finetune.low_resolution=0.5", "finetune.l2sp=0.1"])
-    settings = FitSettings.from_config(cfg.finetune)
+    settings: TrainSettings = cfg.finetune  # the section is the loop's settings, passed to it as it is
     assert (settings.target_batch_size, settings.surgical_blocks, settings.strategy, settings.l2sp) == (64, 3, "surgical", 0.1)
     assert (settings.augment, settings.low_resolution) == (True, 0.5)
 

@@ -522,7 +522,7 @@ def plot_features(spec: BenchmarkSpec, results: list[dict], path: Path, models: 
 
     from adaptflow.data import load_split
     from adaptflow.models import load_checkpoint
-    from adaptflow.train import Normalizer
+    from adaptflow.training import Normalizer
 
     plt = _plt()
     fig, axes = plt.subplots(len(models), 2, figsize=(10, 4.4 * len(models)), squeeze=False)
