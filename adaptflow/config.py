@@ -3,6 +3,16 @@
 `RunConfig` is the single source of truth: `params.yaml` is its serialized form (read by DVC),
 the Prefect flows take it as their parameter (the UI renders it as a form), and the CLI loads
 it from a file plus `key=value` overrides. Each stage receives only its own sub-model.
+
+`TrainSettings` is every setting of the training loop, in one place: the pretrain and finetune sections
+are it plus what their stage adds, benchmark budgets and sweep grids are overlays validated by it. A new
+training setting is one field there (its type, bounds, default and description) and the loop code that
+reads it (`adaptflow.training`); the YAML keys, the Prefect form, the reference page and the workers'
+JSON follow from the field.
+
+Why this module is longer than ~400 lines: it is one schema, and most of its lines are the
+descriptions of its fields, which the Prefect form and docs/config-reference.md are generated from.
+Its checks across sections (`RunConfig._task`) need every section, so the sections stay together.
 """
 
 from __future__ import annotations
@@ -151,6 +161,11 @@ def lp_ft_problem(lp_epochs: int, epochs: int) -> str | None:
             "raise finetune.epochs")
 
 
+#: The bounds of a training setting that is a share of something (0 to 1) or a factor on a rate (above 0, at most 1).
+Share = Annotated[float, Field(ge=0, le=1)]
+Factor = Annotated[float, Field(gt=0, le=1)]
+
+
 class TrainSettings(Section):
     """Every setting of the classifier training loop (`adaptflow.training.fit`), each validated here once. The pretrain and
     finetune sections are this model plus what their stage adds (`TrainConfig`), and reach the loop as they are; its
@@ -162,8 +177,8 @@ class TrainSettings(Section):
     weight_decay: float = Field(1e-4, ge=0, description="Weight decay of the optimizer (pulls weights toward zero; l2sp pulls toward the pretrained ones)")
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="adamw, or sgd (Nesterov momentum 0.9)")
     augment: bool = Field(False, description="Augment training batches: classifiers random affine (on the device); YOLO Ultralytics' mosaic, colour and scale; Faster R-CNN colour jitter")
-    low_resolution: float = Field(
-        0.0, ge=0, le=1, description="Classifiers, with augment: this share of the training images is seen at a random lower resolution "
+    low_resolution: Share = Field(
+        0.0, description="Classifiers, with augment: this share of the training images is seen at a random lower resolution "
         "(downsampled to between a quarter of image_size and full, then scaled back up), for a model that holds up on a blurrier or "
         "lower-resolution camera than its training images'",
     )
@@ -191,9 +206,9 @@ class TrainSettings(Section):
         "trains the head and the first surgical_blocks blocks (for a shift in the input: a new camera, scanner or stain)",
     )
     lp_epochs: int = Field(0, ge=0, description="Head-only epochs before full fine-tuning (lp_ft)")
-    backbone_lr_scale: float = Field(1.0, gt=0, le=1, description="Backbone learning rate = lr x this")
-    layer_lr_decay: float = Field(
-        0.5, gt=0, le=1, description="discriminative and gradual_unfreeze: each backbone block learns at this x the rate of the block above"
+    backbone_lr_scale: Factor = Field(1.0, description="Backbone learning rate = lr x this")
+    layer_lr_decay: Factor = Field(
+        0.5, description="discriminative and gradual_unfreeze: each backbone block learns at this x the rate of the block above"
     )
     unfreeze_epochs: int = Field(1, ge=1, description="gradual_unfreeze: epochs between unfreezing one more backbone block")
     surgical_blocks: int = Field(1, ge=1, description="surgical: backbone blocks that train, counted from the input")
@@ -210,7 +225,7 @@ class TrainSettings(Section):
         "from target images alone; dann and coral need the source",
     )
     adapt_weight: float = Field(1.0, ge=0, description="Weight of each adaptation method's loss term")
-    pseudo_label_threshold: float = Field(0.9, ge=0, le=1, description="self_training: confidence a pseudo-label needs")
+    pseudo_label_threshold: Share = Field(0.9, description="self_training: confidence a pseudo-label needs")
     target_batch_size: int = Field(
         0, ge=0, le=65_536, description="Unlabeled target images per step for the methods' losses (dann, coral, mcc, self_training); "
         "0: as many as the labeled batch",

@@ -392,7 +392,7 @@ def _adaptation(
             f"adaptation methods {list(settings.methods)} learn from unlabeled target images, but none were given: "
             "add images to the target's unlabeled split, or set finetune.methods=[]"
         )
-    options = AdaptOptions(settings.adapt_weight, settings.pseudo_label_threshold, num_classes)
+    options = AdaptOptions.of(settings, num_classes)
     target = TargetData(unlabeled.images, normalize, unlabeled.labels, device=device)
     adaptation = Adaptation(build_methods(settings.methods, options), target)
     adaptation.setup(model)
