@@ -266,6 +266,13 @@ class TrainSettings(Section):
                     f"workers: raise {section}.batch_size to at least {self.devices} or lower {section}.devices")
         return None
 
+    def methods_problem(self, section: str, workers: int) -> str | None:
+        """Why the classifier loop cannot run `methods` on `workers` data-parallel workers, or None."""
+        if workers > 1 and self.methods:
+            return (f"{section}.methods {self.methods} train on one device only; set {section}.devices=1, or {section}.methods=[] "
+                    "to train on several")
+        return None
+
     @classmethod
     def offered(cls) -> list[str]:
         """The fields a person may set in this section (a stage's `fixed` loop settings are not among them)."""
@@ -535,9 +542,9 @@ class RunConfig(Section):
         if section.arch in get_args(DetectorArch) and section.device == "cpu":
             raise ValueError(f"{name}.devices={section.devices} with {name}.device=cpu: Ultralytics' multi-device training "
                              f"needs CUDA GPUs; set {name}.devices=1 on CPU, or {name}.device=cuda")
-        if name == "finetune" and self.task == "classification" and self.finetune.methods:
-            raise ValueError(f"finetune.methods {self.finetune.methods} train on one device only; set finetune.devices=1, "
-                             "or finetune.methods=[] to train on several")
+        problem = section.methods_problem(name, section.devices) if self.task == "classification" else None
+        if problem:  # detectors adapt in their own loops
+            raise ValueError(problem)
 
     def digest(self) -> str:
         """A short content hash of the config, for lineage and cache keys."""

@@ -209,8 +209,9 @@ def _prepare(model: Classifier, train: ImageSet, settings: TrainSettings, unlabe
     """Device, mixed precision, seeds, the data on the device, the methods and the anchor: a Run ready for its epochs."""
     torch.set_flush_denormal(True)  # denormal floats slow CPU training several-fold
     world = World.current()
-    if world.size > 1 and settings.methods:
-        raise ValueError(f"adaptation methods {list(settings.methods)} train on one device only; set finetune.devices=1 or finetune.methods=[]")
+    problem = settings.methods_problem("finetune", world.size)
+    if problem:
+        raise ValueError(problem)
     device = world.device(runtime.resolve_device(settings.device))
     amp_dtype = runtime.autocast_dtype(device, settings.precision)
     runtime.seed_everything(settings.seed + world.rank)  # dropout's global generator: each worker masks its rows its own way
