@@ -1,7 +1,7 @@
 """One training loop for every classification strategy and adaptation method.
 
 `fit` runs the phases of the settings' strategy (`adaptflow.training.strategies`), each a few epochs of
-`train_one_epoch`, each epoch many `train_step`s. Adaptation methods (`adaptflow.adapt`) plug into the
+`train_one_epoch`, each epoch many `train_step`s (`adaptflow.training.step`). Adaptation methods (`adaptflow.adapt`) plug into the
 same loop: hooks around epochs and a loss term over a batch of unlabeled target images. Batches come
 from tensors kept on the device, or, for a set too large for it, copied there from pinned host memory
 while the previous step computes (`adaptflow.data.feed`); normalisation and augmentation run on the
@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -37,6 +36,7 @@ from adaptflow.training import runtime
 from adaptflow.training.anchor import Anchor
 from adaptflow.training.augment import Normalizer
 from adaptflow.training.checkpoint import load_state, save_state
+from adaptflow.training.step import train_step
 from adaptflow.training.strategies import Phase, freeze_modes, layer_decay, make_optimizer, param_groups, phases
 
 log = logging.getLogger(__name__)
@@ -44,47 +44,6 @@ log = logging.getLogger(__name__)
 EpochCallback = Callable[[int, dict[str, float]], None]
 #: Scores the model after an epoch on the device it trains on (e.g. on a validation set); higher is better.
 EpochScore = Callable[[nn.Module, torch.device], dict[str, float]]
-
-
-def train_step(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None,
-    amp_dtype: torch.dtype | None,
-    adaptation: Adaptation | None = None,
-    target: tuple[torch.Tensor, torch.Tensor] | None = None,
-    progress: float = 0.0,
-    loss_scale: float = 1.0,
-    anchor: Anchor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step; returns the detached loss and logits (no host sync).
-
-    With `adaptation`, the loss adds each method's term over the target batch `target`
-    (images, their indices in the unlabeled set); with `anchor`, its pull toward the starting
-    weights (in float32, outside autocast). `loss_scale` multiplies the loss before the
-    backward pass only (a data-parallel worker's share of the global batch: `World.loss_scale`).
-    """
-    with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        if adaptation is None:
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-        else:
-            x_target, index = target if target is not None else (None, None)
-            loss, logits = adaptation.loss(model, x, y, x_target, index, progress)
-    if anchor is not None:
-        loss = loss + anchor.penalty()
-    optimizer.zero_grad(set_to_none=True)
-    scaled = loss * loss_scale if loss_scale != 1.0 else loss
-    if scaler is not None:
-        scaler.scale(scaled).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        scaled.backward()
-        optimizer.step()
-    return loss.detach(), logits.detach()
 
 
 @dataclass
