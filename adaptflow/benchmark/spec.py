@@ -90,7 +90,7 @@ class Budget(Spec):
         default (low_resolution only when not 0, as before it existed): cached source models and cells keep their keys."""
         data = handler(self)
         defaults = TrainSettings()
-        head = {key: data.pop(key) for key in ("epochs", "steps", "batch_size", "lr", "backbone_lr_scale", "augment")}
+        head = {key: data.pop(key) for key in ("epochs", "steps", "batch_size", "lr", "backbone_lr_scale", "augment") if key in data}
         return head | {key: value for key, value in data.items() if value != getattr(defaults, key)}
 
     def describe_augmentation(self) -> str:
