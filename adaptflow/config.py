@@ -3,16 +3,30 @@
 `RunConfig` is the single source of truth: `params.yaml` is its serialized form (read by DVC),
 the Prefect flows take it as their parameter (the UI renders it as a form), and the CLI loads
 it from a file plus `key=value` overrides. Each stage receives only its own sub-model.
+
+`TrainSettings` is every setting of the training loop, in one place: the pretrain and finetune sections
+are it plus what their stage adds, benchmark budgets and sweep grids are overlays validated by it. A new
+training setting is one field there (its type, bounds, default and description) and the loop code that
+reads it (`adaptflow.training`); the YAML keys, the Prefect form, the reference page and the workers'
+JSON follow from the field.
+
+Why this module is longer than ~400 lines: it is one schema, and most of its lines are the
+descriptions of its fields, which the Prefect form and docs/config-reference.md are generated from.
+Its checks across sections (`RunConfig._task`) need every section, so the sections stay together.
 """
 
 from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, GetJsonSchemaHandler, SerializerFunctionWrapHandler, ValidationError, WithJsonSchema,
+    field_validator, model_serializer, model_validator,
+)
+from pydantic.fields import FieldInfo
 
 from adaptflow.errors import ConfigError
 from adaptflow.io import content_digest, parse_yaml, read_yaml
@@ -135,18 +149,36 @@ class DataConfig(Section):
         return value
 
 
-class TrainConfig(Section):
-    """Settings shared by every training stage."""
+#: Strategies that give each backbone block `layer_lr_decay` times the learning rate of the block above.
+LAYERWISE_STRATEGIES = ("discriminative", "gradual_unfreeze")
 
-    arch: Arch = Field("resnet18", description="Classifier (torchvision) or, with task detection, detector architecture")
+
+def lp_ft_problem(lp_epochs: int, epochs: int) -> str | None:
+    """Why lp_ft cannot split `epochs` into `lp_epochs` head-only epochs and full fine-tuning, or None."""
+    if 0 < lp_epochs < epochs:
+        return None
+    return (f"lp_ft needs 0 < lp_epochs < epochs (got lp_epochs={lp_epochs}, epochs={epochs}); lower finetune.lp_epochs or "
+            "raise finetune.epochs")
+
+
+#: The bounds of a training setting that is a share of something (0 to 1) or a factor on a rate (above 0, at most 1).
+Share = Annotated[float, Field(ge=0, le=1)]
+Factor = Annotated[float, Field(gt=0, le=1)]
+
+
+class TrainSettings(Section):
+    """Every setting of the classifier training loop (`adaptflow.training.fit`), each validated here once. The pretrain and
+    finetune sections are this model plus what their stage adds (`TrainConfig`), and reach the loop as they are; its
+    torchrun workers get them as JSON, and benchmark budgets and sweep grids are overlays validated by this model."""
+
     epochs: int = Field(10, ge=1, le=10_000, description="Passes over the training images")
     batch_size: int = Field(64, ge=1, le=65_536, description="Images per optimizer step (the global batch with devices > 1)")
     lr: float = Field(1e-3, gt=0, le=10, description="Learning rate of the head (and of everything when training from scratch)")
     weight_decay: float = Field(1e-4, ge=0, description="Weight decay of the optimizer (pulls weights toward zero; l2sp pulls toward the pretrained ones)")
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="adamw, or sgd (Nesterov momentum 0.9)")
     augment: bool = Field(False, description="Augment training batches: classifiers random affine (on the device); YOLO Ultralytics' mosaic, colour and scale; Faster R-CNN colour jitter")
-    low_resolution: float = Field(
-        0.0, ge=0, le=1, description="Classifiers, with augment: this share of the training images is seen at a random lower resolution "
+    low_resolution: Share = Field(
+        0.0, description="Classifiers, with augment: this share of the training images is seen at a random lower resolution "
         "(downsampled to between a quarter of image_size and full, then scaled back up), for a model that holds up on a blurrier or "
         "lower-resolution camera than its training images'",
     )
@@ -167,8 +199,41 @@ class TrainConfig(Section):
     checkpoint_every_steps: int = Field(
         0, ge=0, description="Also checkpoint every N optimizer steps (0: at the end of each epoch only)"
     )
-    freeze: int = Field(
-        0, ge=0, le=1000, description="Detection: keep the first N layers frozen (YOLO; Faster R-CNN: any N freezes its backbone)"
+    strategy: Strategy = Field(
+        "finetune",
+        description="linear_probe trains the head only; finetune trains all; lp_ft does both in turn; discriminative "
+        "trains all with lower rates for lower blocks; gradual_unfreeze unfreezes one block from the top at a time; surgical "
+        "trains the head and the first surgical_blocks blocks (for a shift in the input: a new camera, scanner or stain)",
+    )
+    lp_epochs: int = Field(0, ge=0, description="Head-only epochs before full fine-tuning (lp_ft)")
+    backbone_lr_scale: Factor = Field(1.0, description="Backbone learning rate = lr x this")
+    layer_lr_decay: Factor = Field(
+        0.5, description="discriminative and gradual_unfreeze: each backbone block learns at this x the rate of the block above"
+    )
+    unfreeze_epochs: int = Field(1, ge=1, description="gradual_unfreeze: epochs between unfreezing one more backbone block")
+    surgical_blocks: int = Field(1, ge=1, description="surgical: backbone blocks that train, counted from the input")
+    l2sp: float = Field(
+        0.0, ge=0, le=1_000, description="Pull toward the pretrained weights (L2-SP): this x half the squared distance from them "
+        "joins the loss, so few labels cannot drag the backbone far; 0: off. On the benchmark 0.1 helped with one label per "
+        "class and not with five or more",
+    )
+    methods: list[AdaptMethod] = Field(
+        [],
+        description="Unsupervised domain adaptation on the target's unlabeled split, applied in order, e.g. [adabn, self_training]; "
+        "with methods the model trains on the source's labeled images (when data.source is set) plus labeled_per_class target "
+        "images. Without a source: adabn, self_training, mcc and shot (information maximization with the head frozen) adapt "
+        "from target images alone; dann and coral need the source",
+    )
+    adapt_weight: float = Field(1.0, ge=0, description="Weight of each adaptation method's loss term")
+    pseudo_label_threshold: Share = Field(0.9, description="self_training: confidence a pseudo-label needs")
+    target_batch_size: int = Field(
+        0, ge=0, le=65_536, description="Unlabeled target images per step for the methods' losses (dann, coral, mcc, self_training); "
+        "0: as many as the labeled batch",
+    )
+    keep_epoch: str = Field(  # the loop keeps by any score it is given; the finetune section offers those its stage scores
+        "last", description="The epoch that becomes the model: the last, or the one scoring highest (scored after every epoch) on "
+        "the target's labeled validation set (target_val_accuracy: data.val_fraction or a val folder) or by an unsupervised "
+        "validator on its unlabeled split (information_maximization, entropy, snd, mixval)",
     )
 
     @field_validator("device")
@@ -178,6 +243,16 @@ class TrainConfig(Section):
         if head not in {"auto", "cpu", "cuda", "mps"} or (index and not index.isdigit()):
             raise ValueError(f"'{value}' is not a device: use auto, cpu, cuda or cuda:N")
         return value
+
+    @model_validator(mode="after")
+    def _phases(self) -> TrainSettings:
+        problem = lp_ft_problem(self.lp_epochs, self.epochs) if self.strategy == "lp_ft" else None
+        if problem:
+            raise ValueError(problem)
+        repeated = sorted({m for m in self.methods if self.methods.count(m) > 1})
+        if repeated:
+            raise ValueError(f"finetune.methods lists {repeated} more than once; list each method once")
+        return self
 
     def devices_problem(self, section: str) -> str | None:
         """What stops `devices` working with the rest of this section (named `section` in the message), or None."""
@@ -191,12 +266,70 @@ class TrainConfig(Section):
                     f"workers: raise {section}.batch_size to at least {self.devices} or lower {section}.devices")
         return None
 
+    def methods_problem(self, section: str, workers: int) -> str | None:
+        """Why the classifier loop cannot run `methods` on `workers` data-parallel workers, or None."""
+        if workers > 1 and self.methods:
+            return (f"{section}.methods {self.methods} train on one device only; set {section}.devices=1, or {section}.methods=[] "
+                    "to train on several")
+        return None
+
+    @classmethod
+    def offered(cls) -> list[str]:
+        """The fields a person may set in this section (a stage's `fixed` loop settings are not among them)."""
+        return [name for name in cls.model_fields if name not in getattr(cls, "fixed", ())]
+
+
+def setting(name: str, default: Any, description: str | None = None) -> Any:
+    """The `TrainSettings` field `name` (its type's bounds included) with another default, and description: for a
+    section or a benchmark that starts the loop from other values, without writing the bounds again."""
+    extra = {"description": description} if description else {}
+    return FieldInfo.merge_field_infos(TrainSettings.model_fields[name], default=default, **extra)
+
+
+class TrainConfig(TrainSettings):
+    """A training stage's section: the loop's settings plus the model it trains."""
+
+    arch: Arch = Field("resnet18", description="Classifier (torchvision) or, with task detection, detector architecture")
+    freeze: int = Field(
+        0, ge=0, le=1000, description="Detection: keep the first N layers frozen (YOLO; Faster R-CNN: any N freezes its backbone)"
+    )
+    #: Loop settings this stage does not offer: they keep TrainSettings' defaults, are refused as keys, and its YAML,
+    #: form and reference leave them out.
+    fixed: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_fixed(cls, data: Any) -> Any:
+        given = [key for key in data if key in cls.fixed] if isinstance(data, dict) else []
+        if given:
+            raise ValueError(f"{', '.join(given)}: unknown field; remove it (known: {', '.join(cls.offered())})")
+        return data
+
+    @model_serializer(mode="wrap")
+    def _without_fixed(self, handler: SerializerFunctionWrapHandler) -> dict:
+        data = handler(self)
+        for key in self.fixed:
+            data.pop(key, None)
+        return data
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: GetJsonSchemaHandler) -> dict:
+        schema = handler(core_schema)
+        target = handler.resolve_ref_schema(schema)
+        for key in cls.fixed:
+            target.get("properties", {}).pop(key, None)
+        return schema
+
 
 class PretrainConfig(TrainConfig):
     """Train a model on the source domain and publish it as a file with its sha256."""
 
-    epochs: int = Field(4, ge=1, le=10_000, description="Passes over the source training images")
-    augment: bool = Field(True, description="Augment source batches (random affine for classifiers; see finetune.augment)")
+    fixed: ClassVar[tuple[str, ...]] = (
+        "strategy", "lp_epochs", "backbone_lr_scale", "layer_lr_decay", "unfreeze_epochs", "surgical_blocks", "l2sp", "methods",
+        "adapt_weight", "pseudo_label_threshold", "target_batch_size", "keep_epoch",
+    )
+    epochs: int = setting("epochs", 4, "Passes over the source training images")
+    augment: bool = setting("augment", True, "Augment source batches (random affine for classifiers; see finetune.augment)")
     output: Path = Field(Path("models/source"), description="Folder the source model is published to")
 
 
@@ -225,53 +358,13 @@ class PretrainedConfig(Section):
 class FinetuneConfig(TrainConfig):
     """Adapt the pretrained model to the labeled target images."""
 
-    strategy: Strategy = Field(
-        "lp_ft",
-        description="linear_probe trains the head only; finetune trains all; lp_ft does both in turn; discriminative "
-        "trains all with lower rates for lower blocks; gradual_unfreeze unfreezes one block from the top at a time; surgical "
-        "trains the head and the first surgical_blocks blocks (for a shift in the input: a new camera, scanner or stain)",
-    )
-    lp_epochs: int = Field(5, ge=0, description="Head-only epochs before full fine-tuning (lp_ft)")
-    backbone_lr_scale: float = Field(0.1, gt=0, le=1, description="Backbone learning rate = lr x this")
-    layer_lr_decay: float = Field(
-        0.5, gt=0, le=1, description="discriminative and gradual_unfreeze: each backbone block learns at this x the rate of the block above"
-    )
-    unfreeze_epochs: int = Field(1, ge=1, description="gradual_unfreeze: epochs between unfreezing one more backbone block")
-    surgical_blocks: int = Field(1, ge=1, description="surgical: backbone blocks that train, counted from the input")
-    l2sp: float = Field(
-        0.0, ge=0, le=1_000, description="Pull toward the pretrained weights (L2-SP): this x half the squared distance from them "
-        "joins the loss, so few labels cannot drag the backbone far; 0: off. On the benchmark 0.1 helped with one label per "
-        "class and not with five or more",
-    )
-    methods: list[AdaptMethod] = Field(
-        [],
-        description="Unsupervised domain adaptation on the target's unlabeled split, applied in order, e.g. [adabn, self_training]; "
-        "with methods the model trains on the source's labeled images (when data.source is set) plus labeled_per_class target "
-        "images. Without a source: adabn, self_training, mcc and shot (information maximization with the head frozen) adapt "
-        "from target images alone; dann and coral need the source",
-    )
-    adapt_weight: float = Field(1.0, ge=0, description="Weight of each adaptation method's loss term")
-    pseudo_label_threshold: float = Field(0.9, ge=0, le=1, description="self_training: confidence a pseudo-label needs")
-    target_batch_size: int = Field(
-        0, ge=0, le=65_536, description="Unlabeled target images per step for the methods' losses (dann, coral, mcc, self_training); "
-        "0: as many as the labeled batch",
-    )
-    keep_epoch: KeepEpoch = Field(
-        "last", description="The epoch that becomes the model: the last, or the one scoring highest (scored after every epoch) on "
-        "the target's labeled validation set (target_val_accuracy: data.val_fraction or a val folder) or by an unsupervised "
-        "validator on its unlabeled split (information_maximization, entropy, snd, mixval)",
-    )
-    epochs: int = Field(15, ge=1, le=10_000, description="Fine-tuning epochs in all (lp_ft: lp_epochs of them train the head only)")
-    batch_size: int = Field(32, ge=1, le=65_536, description="Labeled images per optimizer step (the global batch with devices > 1)")
+    strategy: Strategy = setting("strategy", "lp_ft")
+    lp_epochs: int = setting("lp_epochs", 5)
+    backbone_lr_scale: float = setting("backbone_lr_scale", 0.1)
+    epochs: int = setting("epochs", 15, "Fine-tuning epochs in all (lp_ft: lp_epochs of them train the head only)")
+    batch_size: int = setting("batch_size", 32, "Labeled images per optimizer step (the global batch with devices > 1)")
+    keep_epoch: KeepEpoch = setting("keep_epoch", "last")
 
-    @model_validator(mode="after")
-    def _phases(self) -> FinetuneConfig:
-        if self.strategy == "lp_ft" and not 0 < self.lp_epochs < self.epochs:
-            raise ValueError(f"lp_ft needs 0 < lp_epochs < epochs (got lp_epochs={self.lp_epochs}, epochs={self.epochs}); lower finetune.lp_epochs or raise finetune.epochs")
-        repeated = sorted({m for m in self.methods if self.methods.count(m) > 1})
-        if repeated:
-            raise ValueError(f"finetune.methods lists {repeated} more than once; list each method once")
-        return self
 
 
 class EvaluateConfig(Section):
@@ -449,9 +542,9 @@ class RunConfig(Section):
         if section.arch in get_args(DetectorArch) and section.device == "cpu":
             raise ValueError(f"{name}.devices={section.devices} with {name}.device=cpu: Ultralytics' multi-device training "
                              f"needs CUDA GPUs; set {name}.devices=1 on CPU, or {name}.device=cuda")
-        if name == "finetune" and self.task == "classification" and self.finetune.methods:
-            raise ValueError(f"finetune.methods {self.finetune.methods} train on one device only; set finetune.devices=1, "
-                             "or finetune.methods=[] to train on several")
+        problem = section.methods_problem(name, section.devices) if self.task == "classification" else None
+        if problem:  # detectors adapt in their own loops
+            raise ValueError(problem)
 
     def digest(self) -> str:
         """A short content hash of the config, for lineage and cache keys."""
@@ -529,8 +622,9 @@ def _suggest(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
         if not sections:  # not a section, nor an optional one (data.window)
             return ""
         model = sections[0]
-    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(model.model_fields)})"
+    known = model.offered() if issubclass(model, TrainSettings) else list(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(known)})"
 
 
 def dump_params(config: RunConfig, path: str | Path, header: str = "") -> None:

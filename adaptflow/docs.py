@@ -96,6 +96,8 @@ def config_reference() -> str:
         md += [f"## `{title}`" if model is not RunConfig else "## Top level", "", _cell(model.__doc__ or ""), "",
                "| key | type | default | description |", "|---|---|---|---|"]
         for name, field in model.model_fields.items():
+            if name in getattr(model, "fixed", ()):  # loop settings a stage does not offer
+                continue
             if isinstance(field.default, BaseModel) or _section_models_of(field):
                 desc = field.description or _cell(_section_models_of(field)[0].__doc__ or "")
                 md.append(f"| `{name}` | section | | {_cell(desc)} (below) |")

@@ -16,7 +16,7 @@ from adaptflow.io import write_json
 from adaptflow.metrics import classification_report
 from adaptflow.models import Classifier, load_checkpoint, load_source_model
 from adaptflow.pretrained import SCRATCH, PretrainedRef
-from adaptflow.train import predict
+from adaptflow.training import predict
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from adaptflow.launch import FitJob, fit_on_devices
 from adaptflow.metrics import classification_report
 from adaptflow.models import Classifier, build_classifier, load_source_model, replace_head, save_checkpoint
 from adaptflow.pretrained import SCRATCH, PretrainedRef
-from adaptflow.train import EpochCallback, EpochScore, FitSettings, predict, seed_everything
+from adaptflow.training import EpochCallback, EpochScore, phases, predict, score_model, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def check_pretrained(pretrained: PretrainedRef, cfg: FinetuneConfig, data: DataC
     from adaptflow.data import list_classes, split_dir
 
     model, _ = prepare_model(pretrained, cfg.arch, list_classes(split_dir(data, data.target, "train")), data)
-    FitSettings.from_config(cfg).phases(model)
+    phases(cfg, model)
 
 
 def content_digest(data: ImageSet) -> str:
@@ -101,8 +101,6 @@ def epoch_score(cfg: FinetuneConfig, data: DataConfig, classes: tuple[str, ...])
 def scorer(val: ImageSet | None, unlabeled: ImageSet | None) -> EpochScore | None:
     """An epoch's scores: accuracy and loss on the labeled `val` images, and every unsupervised
     validator on the `unlabeled` ones (None when both are None)."""
-    from adaptflow.adapt import score_model
-
     if val is None and unlabeled is None:
         return None
 
@@ -127,7 +125,7 @@ def fit_job(spec: dict) -> FitJob:
     seed_everything(cfg.seed)  # a new head's initial weights are part of what the seed fixes
     model, arch = prepare_model(pretrained, cfg.arch, train.classes, data)
     fingerprint = f"finetune:{cfg.model_dump_json()}:{pretrained.sha256}:{content_digest(train)}"
-    return FitJob(model, arch, train, FitSettings.from_config(cfg), work_dir, fingerprint, unlabeled, epoch_score(cfg, data, train.classes))
+    return FitJob(model, arch, train, cfg, work_dir, fingerprint, unlabeled, epoch_score(cfg, data, train.classes))
 
 
 def finetune(

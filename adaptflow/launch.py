@@ -6,7 +6,7 @@ it starts
     python -m torch.distributed.run --standalone --nproc_per_node N -m adaptflow.launch JOB_DIR
 
 where every worker builds the same `FitJob` from the same JSON spec and runs the one training
-loop under DDP (`adaptflow.train.fit`). Rank 0 checkpoints as usual, appends each epoch's record
+loop under DDP (`adaptflow.training.fit`). Rank 0 checkpoints as usual, appends each epoch's record
 to `JOB_DIR/epochs.jsonl` (the caller relays them to its own `on_epoch`, so MLflow logging stays
 in the caller), and finally leaves the trained weights in `JOB_DIR/result.pt`, which the caller
 loads into its model only once every worker has exited cleanly. A failing worker writes
@@ -36,12 +36,12 @@ import torch.distributed as dist
 
 from adaptflow import env
 from adaptflow.child import Emitter, Relay, watch
-from adaptflow.config import ConfigError
+from adaptflow.config import ConfigError, TrainSettings
 from adaptflow.data.folders import ImageSet
 from adaptflow.distributed import devices_problem, launched_by_torchrun
 from adaptflow.io import atomic_write, read_json, write_json
 from adaptflow.models import Classifier
-from adaptflow.train import EpochCallback, EpochScore, FitSettings, epoch_line, fit, resolve_device
+from adaptflow.training import EpochCallback, EpochScore, epoch_line, fit, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class FitJob:
     model: Classifier
     arch: str
     train: ImageSet
-    settings: FitSettings
+    settings: TrainSettings  # the stage's section (pretrain, finetune), as the loop takes it
     work_dir: Path
     fingerprint: str
     unlabeled: ImageSet | None = None

@@ -21,7 +21,7 @@ from adaptflow.io import sha256_file, staged_dir, write_json
 from adaptflow.launch import FitJob, fit_on_devices
 from adaptflow.metrics import classification_report
 from adaptflow.models import build_classifier, save_checkpoint
-from adaptflow.train import EpochCallback, FitSettings, predict, seed_everything
+from adaptflow.training import EpochCallback, predict, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def fit_job(spec: dict) -> FitJob:
     seed_everything(cfg.seed)  # the initial weights are part of what the seed fixes
     model = build_classifier(cfg.arch, len(train.classes))
     fingerprint = f"pretrain:{cfg.model_dump_json()}:{data.model_dump_json()}"
-    return FitJob(model, cfg.arch, train, FitSettings.from_config(cfg), Path(spec["work_dir"]), fingerprint)
+    return FitJob(model, cfg.arch, train, cfg, Path(spec["work_dir"]), fingerprint)
 
 
 def pretrain(cfg: PretrainConfig, data: DataConfig, work_dir: Path, on_epoch: EpochCallback | None = None) -> PublishedModel:

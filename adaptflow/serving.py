@@ -37,7 +37,7 @@ class ClassifierModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:  # noqa: ANN001 - MLflow's context type
         # np.ndarray is a hint MLflow infers no schema from: the logged tensor signature stays the one that validates inputs.
         from adaptflow.data.pixels import prepare
-        from adaptflow.train import predict
+        from adaptflow.training import predict
 
         images = prepare(model_input, self.meta["image_size"], self.window)
         probs = predict(self.model, images, device="cpu").softmax(1)

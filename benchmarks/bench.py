@@ -6,12 +6,12 @@
    both paths get one untimed warm-up, then core and flow runs alternate. Every run gets a fresh
    project root (git + DVC repo with its own remote, its own MLflow store, the same demo data and
    source model), so no run finds state or caches left by another.
-2. Training loop throughput: images/s of `adaptflow.train.fit` over a minimal bare torch loop
+2. Training loop throughput: images/s of `adaptflow.training.fit` over a minimal bare torch loop
    (same model and initial weights, data tensors, batch size, optimizer, per-batch
    normalisation, memory layout, flush-denormal flag and thread count), alternating after one
    warm-up each.
 3. Memory layout: images/s of `fit` and of `predict` in the channels-last layout every model runs
-   in (`adaptflow.train.MEMORY_FORMAT`) over the same calls in PyTorch's default NCHW layout, for
+   in (`adaptflow.training.runtime.MEMORY_FORMAT`) over the same calls in PyTorch's default NCHW layout, for
    `small_cnn` and resnet18 at the demo's image size.
 4. Image cache (`benchmarks/image_cache.py`): the peak memory of decoding an image folder, the time
    of loading it back from the decode cache, and the memory two processes take for one cached set,
@@ -349,7 +349,7 @@ def bare_loop(model, images, labels, epochs: int, batch_size: int, lr: float, we
     import torch.nn.functional as F
 
     from adaptflow.models import IMAGENET_MEAN, IMAGENET_STD
-    from adaptflow.train import MEMORY_FORMAT
+    from adaptflow.training import MEMORY_FORMAT
 
     model.to(memory_format=MEMORY_FORMAT)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -377,7 +377,7 @@ def bench_fit(template: Path, measurer: Measurer, n_images: int, epochs: int, ro
     from adaptflow.data import ImageSet, load_split
     from adaptflow.finetune import scorer
     from adaptflow.models import build_classifier
-    from adaptflow.train import EpochScore, FitSettings, fit
+    from adaptflow.training import EpochScore, TrainSettings, fit
 
     use_root(template)
     torch.set_flush_denormal(True)  # fit() sets it as well; the bare loop runs under the same flag
@@ -405,7 +405,7 @@ def bench_fit(template: Path, measurer: Measurer, n_images: int, epochs: int, ro
                          ImageSet(held.images[quarter : 2 * quarter], held.labels[quarter : 2 * quarter], held.classes))
 
     def ours(model, k_epochs: int = epochs, subset: ImageSet = data, score: EpochScore | None = None) -> Timed:
-        settings = FitSettings(epochs=k_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, strategy="finetune",
+        settings = TrainSettings(epochs=k_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, strategy="finetune",
                                augment=False, device="cpu", keep_epoch="information_maximization" if score else "last")
         with Timed() as timed:
             fit(model, subset, settings, progress=False, score=score)
@@ -463,17 +463,17 @@ def bench_layout(template: Path, measurer: Measurer, n_images: int, rounds: int)
     """fit and predict images/s in the channels-last layout over the same in NCHW, per architecture."""
     import torch
 
-    import adaptflow.train as train
+    import adaptflow.training.runtime as train
     from adaptflow.config import load_config
     from adaptflow.data import ImageSet, load_split
     from adaptflow.models import build_classifier
-    from adaptflow.train import FitSettings, fit, predict
+    from adaptflow.training import TrainSettings, fit, predict
 
     use_root(template)
     cfg = load_config(None, [])
     full = load_split(cfg.data, cfg.data.source, "train")
     data = ImageSet(full.images[:n_images].contiguous(), full.labels[:n_images].contiguous(), full.classes)
-    settings = FitSettings(epochs=1, batch_size=64, lr=1e-3, strategy="finetune", augment=False, device="cpu")
+    settings = TrainSettings(epochs=1, batch_size=64, lr=1e-3, strategy="finetune", augment=False, device="cpu")
     chosen = train.MEMORY_FORMAT
     layouts = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
 

@@ -2,7 +2,7 @@
 
 For each case (architecture, image size, batch size), on random uint8 images of that size:
 
-- `fit`: `adaptflow.train.fit` as the pipeline runs it on a GPU (bf16 autocast, channels-last,
+- `fit`: `adaptflow.training.fit` as the pipeline runs it on a GPU (bf16 autocast, channels-last,
   the images resident on the device, fused optimizer).
 - `bare`: a minimal torch loop with the same model and initial weights, optimizer, precision,
   memory format, per-batch normalisation and batch order: the ceiling for `fit`'s own overhead.
@@ -93,7 +93,7 @@ def bare_loop(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
 
 def run_case(arch: str, size: int, batch: int, n: int, rounds: int, seconds: float) -> dict:
     import adaptflow.data.feed as feed
-    import adaptflow.train as train
+    import adaptflow.training as train
     from adaptflow.data import ImageSet
     from adaptflow.models import build_classifier
 
@@ -111,7 +111,7 @@ def run_case(arch: str, size: int, batch: int, n: int, rounds: int, seconds: flo
         return model
 
     def fit(model: torch.nn.Module, epochs: int, resident_share: float) -> None:
-        settings = train.FitSettings(epochs=epochs, batch_size=batch, lr=1e-3, device="cuda", precision="bf16")
+        settings = train.TrainSettings(epochs=epochs, batch_size=batch, lr=1e-3, device="cuda", precision="bf16")
         before, feed.RESIDENT_SHARE = feed.RESIDENT_SHARE, resident_share
         try:
             train.fit(model, host, settings, progress=False)

@@ -77,7 +77,7 @@ def bench_onnx(base: Path, measurer, rounds: int, threads: int | None = None) ->
     import torch
 
     from adaptflow.export import ModelSource, check_images, export_model, read_model
-    from adaptflow.train import predict, torch_threads
+    from adaptflow.training import predict, torch_threads
 
     threads = threads or torch.get_num_threads()
     options = ort.SessionOptions()

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from adaptflow.data.folders import ImageSet
     from adaptflow.pretrained import fetch_pretrained
     from adaptflow.text.encoder import encoder_from_pretrained, load_encoder_folder, text_classifier
-    from adaptflow.train import FitSettings, fit
+    from adaptflow.training import TrainSettings, fit
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--texts", type=int, default=64)
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         model = fresh()
         started = time.perf_counter()
         ids = tokens(texts)  # adaptflow tokenizes a split once (and caches it): counted here all the same
-        settings = FitSettings(epochs=args.epochs, batch_size=args.batch_size, lr=1e-4, strategy="finetune", device="cpu")
+        settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=1e-4, strategy="finetune", device="cpu")
         fit(model, ImageSet(ids, labels_t, ("0", "1", "2")), settings, progress=False)
         return args.epochs * len(texts) / (time.perf_counter() - started)
 

@@ -1,6 +1,6 @@
 """The thread budget under contention: `python -m benchmarks.threads` (also part of `make bench`).
 
-One epoch of the classifier loop (`adaptflow.train.fit`, `small_cnn` on MNIST at the demo's 32 px), each
+One epoch of the classifier loop (`adaptflow.training.fit`, `small_cnn` on MNIST at the demo's 32 px), each
 run a fresh process, with torch's default thread count (one per core of the host: the old behaviour)
 against `threads: auto` (`adaptflow.env.apply_threads`): first beside a CPU-bound neighbour (another torch
 process computing at its default thread count, as a second job on a shared machine or CI runner does),
@@ -38,14 +38,14 @@ def worker(side: str, images: int) -> dict:
     from adaptflow.config import load_config
     from adaptflow.data import ImageSet, load_split
     from adaptflow.models import build_classifier
-    from adaptflow.train import FitSettings, fit
+    from adaptflow.training import TrainSettings, fit
 
     if side == "auto":
         env.apply_threads("auto")
     cfg = load_config(None, [])
     full = load_split(cfg.data, cfg.data.source, "train")
     data = ImageSet(full.images[:images].contiguous(), full.labels[:images].contiguous(), full.classes)
-    settings = FitSettings(epochs=1, batch_size=64, lr=1e-3, strategy="finetune", device="cpu")
+    settings = TrainSettings(epochs=1, batch_size=64, lr=1e-3, strategy="finetune", device="cpu")
     torch.manual_seed(0)
     fit(build_classifier("small_cnn", len(data.classes)), ImageSet(data.images[:128], data.labels[:128], data.classes), settings,
         progress=False)  # warm-up: first-call allocations and kernel selection

@@ -13,11 +13,11 @@ from adaptflow.adapt.coral import coral_loss
 from adaptflow.adapt.dann import dann_lambda, reverse_gradient
 from adaptflow.adapt.mcc import mcc_loss
 from adaptflow.adapt.self_training import select_pseudo_labels
-from adaptflow.adapt.validators import TargetPredictions, information_maximization, mixed_probe_consistency, mixed_probes, neg_entropy, score_model
+from adaptflow.adapt.validators import TargetPredictions, information_maximization, mixed_probe_consistency, mixed_probes, neg_entropy
 from adaptflow.config import AdaptMethod
 from adaptflow.data import ImageSet
 from adaptflow.models import build_classifier
-from adaptflow.train import FitSettings, Normalizer, fit
+from adaptflow.training import Normalizer, TrainSettings, fit, score_model
 from conftest import Crash, crash_at
 
 
@@ -139,7 +139,7 @@ def test_each_method_trains_a_step_on_cpu(names: list[str]) -> None:
     torch.manual_seed(0)
     model = build_classifier("small_cnn", 4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    settings = FitSettings(epochs=1, batch_size=16, lr=1e-3, device="cpu", strategy="finetune", methods=names,
+    settings = TrainSettings(epochs=1, batch_size=16, lr=1e-3, device="cpu", strategy="finetune", methods=names,
                            augment=True, pseudo_label_threshold=0.0)
     history = fit(model, _images(), settings, unlabeled=_images(24, shift=40, seed=1), progress=False)
     assert math.isfinite(history[0]["train_loss"])
@@ -159,7 +159,7 @@ def test_the_unlabeled_batch_is_as_large_as_asked(monkeypatch, target_batch_size
         return loss(self, model, x, y, x_target, index, progress)
 
     monkeypatch.setattr(Adaptation, "loss", recording)
-    settings = FitSettings(epochs=3, batch_size=16, lr=1e-3, device="cpu", methods=["mcc"], target_batch_size=target_batch_size)
+    settings = TrainSettings(epochs=3, batch_size=16, lr=1e-3, device="cpu", methods=["mcc"], target_batch_size=target_batch_size)
     fit(build_classifier("small_cnn", 4), _images(10), settings, unlabeled=_images(40, shift=40, seed=1), progress=False)
     assert sizes == [seen] * 3
 
@@ -181,7 +181,7 @@ def test_method_loss_terms_have_gradients() -> None:
 
 
 def test_methods_without_unlabeled_images_fail_with_the_fix() -> None:
-    settings = FitSettings(epochs=1, batch_size=16, lr=1e-3, device="cpu", methods=["coral"])
+    settings = TrainSettings(epochs=1, batch_size=16, lr=1e-3, device="cpu", methods=["coral"])
     with pytest.raises(ValueError, match="unlabeled split"):
         fit(build_classifier("small_cnn", 4), _images(), settings, progress=False)
     with pytest.raises(ValueError, match="unknown adaptation method"):
@@ -189,7 +189,7 @@ def test_methods_without_unlabeled_images_fail_with_the_fix() -> None:
 
 
 def test_resume_restores_the_methods_state(tmp_path) -> None:
-    settings = FitSettings(epochs=2, batch_size=16, lr=1e-3, device="cpu", strategy="finetune", methods=["dann", "self_training"],
+    settings = TrainSettings(epochs=2, batch_size=16, lr=1e-3, device="cpu", strategy="finetune", methods=["dann", "self_training"],
                            pseudo_label_threshold=0.0)
     torch.manual_seed(0)
     straight = build_classifier("small_cnn", 4)
@@ -226,7 +226,6 @@ def test_finetune_adapts_from_source_labels_and_unlabeled_target(project) -> Non
 def test_finetune_keeps_the_epoch_best_on_the_validation_set_or_by_a_validator(project) -> None:
     from conftest import tiny_config
 
-    from adaptflow.adapt import score_model
     from adaptflow.config import EvaluateConfig
     from adaptflow.data import load_split
     from adaptflow.evaluate import measure

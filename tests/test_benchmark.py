@@ -47,9 +47,9 @@ def test_presets_load_and_the_full_grid_has_every_dimension() -> None:
     assert low.model_dump(exclude={"name", "source", "output"}) == control.model_dump(exclude={"name", "source", "output"})
     assert source_model_path(control, "mnist", 0) == source_model_path(full, "mnist", 0) != source_model_path(low, "mnist", 0)
     assert source_model_path(full, "mnist", 0).parent.name == "mnist-small_cnn-bbaef844b2-s0"
-    # The torch-free spec names what adaptflow.train does: the layout and the layer-wise strategies its keys depend on.
+    # The torch-free spec names what adaptflow.training does: the layout and the layer-wise strategies its keys depend on.
     import adaptflow.benchmark.spec as spec_module
-    import adaptflow.train as train_module
+    import adaptflow.training as train_module
 
     assert getattr(torch, spec_module.LAYOUT) == train_module.MEMORY_FORMAT
     assert spec_module.LAYERWISE_STRATEGIES == train_module.LAYERWISE_STRATEGIES
@@ -206,7 +206,7 @@ def test_a_few_label_run_with_adabn_ends_on_target_statistics(project: Path) -> 
     without it they are what the few labeled images left."""
     from adaptflow.adapt import TargetData
     from adaptflow.adapt.adabn import adapt_batch_norm
-    from adaptflow.train import Normalizer
+    from adaptflow.training import Normalizer
 
     spec = BenchmarkSpec(image_size=16, few_shot={"steps": 6, "batch_size": 8}, eval_points=3, with_unlabeled={"adabn": ["finetune"]})
 
@@ -228,7 +228,7 @@ def test_a_few_label_run_with_mcc_learns_from_the_unlabeled_target_split(project
     """`+mcc`: MCC's loss on unlabeled target batches at every step lowers the class confusion of the
     model's target predictions, against the same run on the labels alone."""
     from adaptflow.adapt.mcc import mcc_loss
-    from adaptflow.train import predict
+    from adaptflow.training import predict
 
     spec = BenchmarkSpec(image_size=16, few_shot={"steps": 60, "batch_size": 10}, eval_points=2, adapt_weight=3.0)
 

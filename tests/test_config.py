@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from adaptflow.config import ConfigError, RunConfig, load_config
 
@@ -38,11 +39,11 @@ def test_overrides_are_typed_and_nested(tmp_path: Path) -> None:
 
 
 def test_every_training_setting_reaches_the_training_loop() -> None:
-    from adaptflow.train import FitSettings
+    from adaptflow.training import TrainSettings
 
     cfg = load_config(None, ["finetune.target_batch_size=64", "finetune.surgical_blocks=3", "finetune.strategy=surgical",
                              "finetune.augment=true", "finetune.low_resolution=0.5", "finetune.l2sp=0.1"])
-    settings = FitSettings.from_config(cfg.finetune)
+    settings: TrainSettings = cfg.finetune  # the section is the loop's settings, passed to it as it is
     assert (settings.target_batch_size, settings.surgical_blocks, settings.strategy, settings.l2sp) == (64, 3, "surgical", 0.1)
     assert (settings.augment, settings.low_resolution) == (True, 0.5)
 
@@ -145,3 +146,27 @@ def test_a_yaml_file_that_is_a_folder_or_not_text_is_refused_naming_it(tmp_path:
 def test_digest_changes_with_the_config() -> None:
     assert RunConfig().digest() == RunConfig().digest()
     assert RunConfig().digest() != load_config(None, ["finetune.epochs=30"]).digest()
+
+
+def test_a_stage_refuses_the_loop_settings_it_does_not_offer_and_leaves_them_out_of_its_yaml() -> None:
+    with pytest.raises(ConfigError, match=r"  pretrain: strategy: unknown field; remove it \(known: epochs, "):
+        load_config(None, ["pretrain.strategy=lp_ft"])
+    cfg = load_config(None, [])
+    assert "strategy" not in cfg.model_dump()["pretrain"] and cfg.model_dump()["finetune"]["strategy"] == "lp_ft"
+    assert (cfg.pretrain.strategy, cfg.pretrain.backbone_lr_scale, cfg.pretrain.methods) == ("finetune", 1.0, [])  # trains everything
+    assert "strategy" not in RunConfig.model_json_schema()["$defs"]["PretrainConfig"]["properties"]
+
+
+def test_a_benchmark_budget_is_an_overlay_validated_by_the_training_settings() -> None:
+    from adaptflow.benchmark.spec import BUDGET_BASE, BenchmarkSpec, Budget
+
+    with pytest.raises(ValidationError, match=r"few_shot\n.*lr: Input should be less than or equal to 10 \(got 50\)"):
+        BenchmarkSpec(few_shot={"lr": 50})
+    with pytest.raises(ValidationError, match=r"weight_decy: unknown field \(did you mean 'weight_decay'\?\)"):
+        Budget(weight_decy=0.1)
+    budget = Budget(weight_decay=0.01, epochs=3)
+    settings = budget.settings(seed=4, strategy="lp_ft", lp_epochs=1)
+    assert (settings.weight_decay, settings.epochs, settings.lr, settings.augment, settings.seed) == (0.01, 3, BUDGET_BASE["lr"], True, 4)
+    # the keys a budget is stored under (cache keys of benchmark cells): the base's, then only what differs from the defaults
+    assert Budget().model_dump() == {"steps": 0, **BUDGET_BASE} and list(Budget().model_dump())[:2] == ["epochs", "steps"]
+    assert budget.model_dump() == {"steps": 0, **BUDGET_BASE, "epochs": 3, "weight_decay": 0.01}

@@ -208,7 +208,7 @@ def test_more_workers_than_gpus_is_refused_before_training(monkeypatch: pytest.M
 
 
 def test_a_device_this_machine_lacks_is_refused_before_training(monkeypatch: pytest.MonkeyPatch, project: Path) -> None:
-    from adaptflow.train import resolve_device
+    from adaptflow.training import resolve_device
     from adaptflow.validate import DataValidationError, validate
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)

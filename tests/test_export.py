@@ -39,7 +39,7 @@ def test_a_classifier_exports_to_onnx_and_torchscript_that_give_adaptflows_logit
     import onnxruntime as ort
 
     from adaptflow.models import load_checkpoint
-    from adaptflow.train import predict
+    from adaptflow.training import predict
 
     model_file = project / "models" / "source" / "model.pt"
     images = project / "data" / "uci_digits" / "test"

@@ -164,7 +164,7 @@ def test_bad_input_fails_the_task_once_and_logs_its_message_without_a_traceback(
 
 def test_a_failed_or_interrupted_run_is_marked_so_in_mlflow(flows, project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Not RUNNING for ever: a flow whose training fails leaves its MLflow run FAILED; Ctrl-C or a stopped run, KILLED."""
-    import adaptflow.train as train_module
+    import adaptflow.training.loop as train_module
     from mlflow import MlflowClient
 
     from adaptflow import env, tracking

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import adaptflow.train
+import adaptflow.training.loop
 from adaptflow.adapt import METHODS
 from adaptflow.data import ImageSet
 from adaptflow.models import build_classifier
-from adaptflow.train import FitSettings, autocast_dtype, fit, predict
+from adaptflow.training import TrainSettings, autocast_dtype, fit, predict
 from conftest import use_project
 from test_adapt import _images
 from test_detection import TINY_SCENES, detection_config
@@ -46,7 +46,7 @@ def test_mixed_precision_training_on_cuda(precision: str) -> None:
         images[labels == c, :, 8 * c : 8 * c + 8, 8 * c : 8 * c + 8] = 255
     data = ImageSet(images, labels, tuple("abcd"))
     model = build_classifier("resnet18", 4)
-    history = fit(model, data, FitSettings(epochs=6, batch_size=64, lr=1e-3, device="cuda", precision=precision), progress=False)
+    history = fit(model, data, TrainSettings(epochs=6, batch_size=64, lr=1e-3, device="cuda", precision=precision), progress=False)
     assert autocast_dtype(torch.device("cuda"), precision) == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     assert next(model.parameters()).device.type == "cuda"
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -60,19 +60,19 @@ def test_a_cpu_model_evaluated_on_cuda_first_then_trains_there() -> None:
     model = build_classifier("small_cnn", 4)
     predict(model, data.images, device="cuda")
     assert next(model.parameters()).device.type == "cuda" and not any(p.is_inference() for p in model.parameters())
-    history = fit(model, data, FitSettings(epochs=2, batch_size=16, lr=1e-3, device="cuda"), progress=False)
+    history = fit(model, data, TrainSettings(epochs=2, batch_size=16, lr=1e-3, device="cuda"), progress=False)
     assert history[-1]["train_loss"] > 0
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_each_method_trains_on_cuda_with_fused_updates(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[torch.optim.Optimizer] = []
-    make = adaptflow.train.make_optimizer
-    monkeypatch.setattr(adaptflow.train, "make_optimizer", lambda *a, **kw: made.append(make(*a, **kw)) or made[-1])
+    make = adaptflow.training.loop.make_optimizer
+    monkeypatch.setattr(adaptflow.training.loop, "make_optimizer", lambda *a, **kw: made.append(make(*a, **kw)) or made[-1])
     torch.manual_seed(0)
     model = build_classifier("small_cnn", 4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    settings = FitSettings(epochs=2, batch_size=16, lr=1e-3, device="cuda", precision="bf16", strategy="finetune", methods=[name],
+    settings = TrainSettings(epochs=2, batch_size=16, lr=1e-3, device="cuda", precision="bf16", strategy="finetune", methods=[name],
                            augment=True, pseudo_label_threshold=0.0)
     history = fit(model, _images(), settings, unlabeled=_images(24, shift=40, seed=1), progress=False)
     assert all(math.isfinite(h["train_loss"]) for h in history)
@@ -100,7 +100,7 @@ def test_a_set_beyond_the_gpu_share_streams_from_pinned_memory_and_trains_alike(
     def trained(share: float, methods: list[str]) -> list[dict[str, float]]:
         monkeypatch.setattr(feed, "RESIDENT_SHARE", share)
         torch.manual_seed(0)
-        settings = FitSettings(epochs=3, batch_size=32, lr=1e-3, device="cuda", precision="off", methods=methods, augment=True)
+        settings = TrainSettings(epochs=3, batch_size=32, lr=1e-3, device="cuda", precision="off", methods=methods, augment=True)
         return fit(build_classifier("small_cnn", 4), data, settings, unlabeled=_images(64, shift=40, seed=1), progress=False)
 
     for methods in ([], ["adabn", "dann", "self_training"]):
@@ -109,7 +109,7 @@ def test_a_set_beyond_the_gpu_share_streams_from_pinned_memory_and_trains_alike(
 
 
 def test_augmentation_with_low_resolution_on_cuda_matches_the_cpu() -> None:
-    from adaptflow.train import Normalizer
+    from adaptflow.training import Normalizer
 
     images = _images(64).images
     draws = Normalizer(torch.device("cpu"), low_resolution=0.5).draws(len(images), torch.Generator().manual_seed(0))

@@ -39,7 +39,7 @@ def _photos(side: int = 256) -> np.ndarray:
 
 def _top5(model: torch.nn.Module) -> list[set[int]]:
     from adaptflow.data.pixels import prepare
-    from adaptflow.train import predict
+    from adaptflow.training import predict
 
     logits = predict(model, prepare(_photos(), 224, None), device="cpu")
     return [set(row.topk(5).indices.tolist()) for row in logits]

@@ -148,7 +148,7 @@ def test_the_champion_served_larger_images_scores_them_as_evaluation_scored_thei
     from adaptflow import tracking
     from adaptflow.config import RegistryConfig, TrackingConfig
     from adaptflow.models import load_checkpoint
-    from adaptflow.train import predict
+    from adaptflow.training import predict
 
     checkpoint = project / "models" / "source" / "model.pt"  # trained at 16 px on MNIST's 28 px digits
     model, meta = load_checkpoint(checkpoint)

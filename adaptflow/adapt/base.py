@@ -8,8 +8,10 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from adaptflow.config import TrainSettings, setting
 from adaptflow.data.feed import DeviceRows
 
 #: name -> Method class; filled by `@register`.
@@ -25,13 +27,20 @@ def register(name: str) -> Callable[[type[Method]], type[Method]]:
     return add
 
 
-@dataclass(frozen=True)
-class AdaptOptions:
-    """Hyperparameters shared by the methods (each reads what it needs)."""
+class AdaptOptions(BaseModel):
+    """Hyperparameters shared by the methods (each reads what it needs): the training settings' adapt_weight and
+    pseudo_label_threshold, with their bounds, and the number of classes."""
 
-    weight: float = 1.0
-    pseudo_label_threshold: float = 0.9
-    num_classes: int = 10
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    weight: float = setting("adapt_weight", 1.0)
+    pseudo_label_threshold: float = setting("pseudo_label_threshold", 0.9)
+    num_classes: int = Field(10, ge=1)
+
+    @classmethod
+    def of(cls, settings: TrainSettings, num_classes: int) -> AdaptOptions:
+        """The options `settings` give the methods of a run over `num_classes` classes."""
+        return cls(weight=settings.adapt_weight, pseudo_label_threshold=settings.pseudo_label_threshold, num_classes=num_classes)
 
 
 @dataclass

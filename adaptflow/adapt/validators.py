@@ -1,7 +1,8 @@
 """Unsupervised validators: score a model on unlabeled target images, so that a checkpoint or a
 method can be chosen without target labels. Higher is better for every score.
 
-Three read only the model's predictions on the images (and so reward confident predictions);
+Each score reads a model's predictions (`TargetPredictions`); `adaptflow.training.score_model` runs the
+model to get them. Three read only the model's predictions on the images (and so reward confident predictions);
 `mixval` also probes the model with mixed images, and scores where its decision boundaries lie.
 """
 
@@ -11,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 #: MixVal's mixing weight: each probe is this much of one image and the rest of its partner.
 MIX_WEIGHT = 0.55
@@ -89,12 +89,3 @@ def mixed_probes(images: torch.Tensor, seed: int = 0, chunk: int = 4096) -> tupl
         mixed = images[part].float().mul_(MIX_WEIGHT).add_(images[partner[part]].float(), alpha=1 - MIX_WEIGHT)
         probes[part] = mixed.round_().to(torch.uint8)
     return probes, partner
-
-
-def score_model(model: nn.Module, images: torch.Tensor, batch_size: int = 512, device: str = "auto") -> dict[str, float]:
-    """Every validator's score of `model` on the unlabeled target images (uint8, N x 3 x H x W)."""
-    from adaptflow.train import predict
-
-    probes, partner = mixed_probes(images)
-    predictions = TargetPredictions(predict(model, images, batch_size, device), predict(model, probes, batch_size, device), partner)
-    return {name: float(score(predictions)) for name, score in VALIDATORS.items()}

@@ -6,7 +6,6 @@ finished cell is written to the work folder, so a re-run of the same preset skip
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import math
@@ -17,16 +16,16 @@ from pathlib import Path
 import torch
 
 from adaptflow import env
-from adaptflow.adapt import TargetData, score_model
+from adaptflow.adapt import TargetData
 from adaptflow.adapt.adabn import adapt_batch_norm
 from adaptflow.benchmark.grid import Cell
-from adaptflow.benchmark.spec import LAYOUT, TARGET_BN, BenchmarkSpec, Budget, losses_on_unlabeled
+from adaptflow.benchmark.spec import LAYOUT, TARGET_BN, BenchmarkSpec, losses_on_unlabeled
 from adaptflow.config import DataConfig
 from adaptflow.data import ImageSet, list_classes, load_split, split_dir
 from adaptflow.io import read_json, write_json
 from adaptflow.models import Classifier, build_classifier, load_checkpoint, load_source_model, replace_head, save_checkpoint
 from adaptflow.pretrained import fetch_pretrained
-from adaptflow.train import FitSettings, Normalizer, backbone_blocks, fit, predict, seed_everything, torch_threads
+from adaptflow.training import Normalizer, backbone_blocks, fit, predict, score_model, seed_everything, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +55,6 @@ def source_model_path(spec: BenchmarkSpec, source: str, seed: int) -> Path:
     return env.cache_dir() / "benchmark" / "sources" / f"{source}-{spec.arch}-{tag}-s{seed}" / "model.pt"
 
 
-def _settings(budget: Budget, seed: int, epochs: int | None = None, **kw: object) -> FitSettings:
-    return FitSettings(epochs=epochs or budget.epochs, batch_size=budget.batch_size, lr=budget.lr, augment=budget.augment,
-                       low_resolution=budget.low_resolution, seed=seed, backbone_lr_scale=budget.backbone_lr_scale, **kw)
-
-
 def accuracy(model: Classifier, data: ImageSet) -> float:
     return float((predict(model, data.images).argmax(1) == data.labels).float().mean())
 
@@ -78,7 +72,7 @@ def train_source(spec: BenchmarkSpec, source: str, seed: int) -> dict:
         seed_everything(seed)
         model = build_classifier(spec.arch, len(train.classes))
     with torch_threads(spec.threads):
-        history = fit(model, train, _settings(spec.source, seed, strategy="finetune"), progress=False)
+        history = fit(model, train, spec.source.settings(seed=seed, strategy="finetune"), progress=False)
         result = {"source": source, "seed": seed, "source_accuracy": accuracy(model, test),
                   "train_seconds": sum(h["epoch_seconds"] for h in history)}
     save_checkpoint(path, model, arch=spec.arch, classes=train.classes, image_size=spec.image_size, extra={"domain": source})
@@ -181,8 +175,8 @@ def _adapt(spec: BenchmarkSpec, cell: Cell, model: Classifier, data: DataConfig,
     train = load_split(data, cell.source, "train", classes)
     if cell.shots:
         train = train.concat(labeled_target(data, classes, cell.shots, cell.seed))
-    settings = _settings(spec.adapt, cell.seed, strategy="finetune", methods=names, adapt_weight=spec.adapt_weight,
-                         pseudo_label_threshold=spec.pseudo_label_threshold)
+    settings = spec.adapt.settings(seed=cell.seed, strategy="finetune", methods=names, adapt_weight=spec.adapt_weight,
+                                   pseudo_label_threshold=spec.pseudo_label_threshold)
     return fit(model, train, settings, unlabeled=unlabeled if names else None, progress=False)
 
 
@@ -206,13 +200,13 @@ def _few_shot(spec: BenchmarkSpec, cell: Cell, model: Classifier, labeled: Image
     target_bn = TARGET_BN in methods
     losses = losses_on_unlabeled(methods)
     blocks = len(backbone_blocks(model.backbone))
-    settings = _settings(budget, cell.seed, epochs, strategy="finetune" if cell.kind == "scratch" else strategy,
-                         lp_epochs=max(1, epochs // 3), unfreeze_epochs=max(1, epochs // (blocks + 1)), layer_lr_decay=spec.layer_lr_decay,
-                         surgical_blocks=spec.surgical_blocks, l2sp=spec.l2sp,
-                         methods=losses, adapt_weight=spec.adapt_weight, pseudo_label_threshold=spec.pseudo_label_threshold,
-                         target_batch_size=budget.batch_size)
-    if cell.kind == "scratch":  # no pretrained backbone to protect or be pulled toward: one learning rate for all, no pull
-        settings = dataclasses.replace(settings, backbone_lr_scale=1.0, l2sp=0.0)
+    # scratch has no pretrained backbone to protect or be pulled toward: one learning rate for all, no pull
+    scratch = {"strategy": "finetune", "backbone_lr_scale": 1.0, "l2sp": 0.0} if cell.kind == "scratch" else {}
+    settings = budget.settings(**{"seed": cell.seed, "epochs": epochs, "strategy": strategy, "lp_epochs": max(1, epochs // 3),
+                                  "unfreeze_epochs": max(1, epochs // (blocks + 1)), "layer_lr_decay": spec.layer_lr_decay,
+                                  "surgical_blocks": spec.surgical_blocks, "l2sp": spec.l2sp, "methods": losses,
+                                  "adapt_weight": spec.adapt_weight, "pseudo_label_threshold": spec.pseudo_label_threshold,
+                                  "target_batch_size": budget.batch_size, **scratch})
     seconds = 0.0
 
     def statistics_on_target() -> None:

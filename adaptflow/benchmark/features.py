@@ -13,7 +13,7 @@ import torch
 from adaptflow.benchmark.cells import evaluation_splits
 from adaptflow.benchmark.spec import BenchmarkSpec
 from adaptflow.models import load_checkpoint
-from adaptflow.train import Normalizer
+from adaptflow.training import Normalizer
 
 #: Test images drawn from each domain (the same ones for every model).
 SAMPLE = 400

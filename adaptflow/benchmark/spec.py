@@ -15,16 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler
 
 from adaptflow.benchmark.grid import CONTROL, SCRATCH, Cell, FewLabel
 from adaptflow.benchmark.presets import folder, preset_file, preset_names
-from adaptflow.config import AdaptMethod, Arch, ConfigError, Strategy, TrackingConfig, explain, folder_name_problem
+from adaptflow.config import (
+    LAYERWISE_STRATEGIES, AdaptMethod, Arch, ConfigError, Strategy, TrackingConfig, TrainSettings, explain, folder_name_problem, setting,
+)
 from adaptflow.detection.benchmark import DetectionBenchmark
 from adaptflow.execution import DaskAddressField, GpuPoolField, RayAddressField, RunnerField, check_addresses
 from adaptflow.io import content_digest, parse_yaml, read_text
 
 #: The shipped presets' folder.
 PRESETS: Traversable = folder()
-#: Strategies whose result depends on layer_lr_decay (as in adaptflow.train, which this module must not import: it is torch-free).
-LAYERWISE_STRATEGIES = ("discriminative", "gradual_unfreeze")
-#: The memory layout models train and predict in (adaptflow.train.MEMORY_FORMAT's name), part of every cache key:
+#: The memory layout models train and predict in (adaptflow.training.MEMORY_FORMAT's name), part of every cache key:
 #: models trained and measured in the NCHW layout before it gave other results.
 LAYOUT = "channels_last"
 #: In a few-label run, AdaBN means batch-norm statistics re-estimated on the unlabeled target split before and after training.
@@ -54,30 +54,43 @@ class Pair(Spec):
         return value
 
 
-class Budget(Spec):
-    """How one kind of training run trains."""
+#: The training settings every benchmark budget starts from (over `TrainSettings`' defaults); a budget names what differs.
+BUDGET_BASE = {"epochs": 5, "batch_size": 64, "lr": 1e-3, "backbone_lr_scale": 1.0, "augment": True}
 
-    epochs: int = Field(5, ge=1, description="Passes over the labeled images (few-label runs: see steps)")
+
+class Budget(Spec):
+    """How one kind of training run trains: an overlay of the run config's training settings (`TrainSettings`, the keys
+    of a finetune section), on BUDGET_BASE, validated by that model (the same bounds as finetune.*); and `steps`.
+    Attributes give the overlaid values (budget.lr)."""
+
+    model_config = ConfigDict(extra="allow")
+
     steps: int = Field(0, ge=0, description="When positive: epochs are chosen so that training takes about this many optimizer steps")
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    backbone_lr_scale: float = Field(1.0, gt=0, le=1)
-    augment: bool = True
-    low_resolution: float = Field(0.0, ge=0, le=1, description="With augment: the share of images seen at a random lower resolution")
 
     @model_validator(mode="after")
-    def _low_resolution(self) -> Budget:
-        if self.low_resolution and not self.augment:
-            raise ValueError(f"low_resolution={self.low_resolution:g} is part of augmentation: set augment: true too, or low_resolution: 0")
+    def _overlay(self) -> Budget:
+        overlay = dict(self.model_extra or {})
+        if overlay.get("low_resolution") and not overlay.get("augment", BUDGET_BASE["augment"]):
+            raise ValueError(f"low_resolution={overlay['low_resolution']:g} is part of augmentation: set augment: true too, or low_resolution: 0")
+        try:
+            settings = TrainSettings.model_validate({**BUDGET_BASE, **overlay})
+        except ValidationError as exc:
+            raise ValueError(explain(exc, TrainSettings).strip().replace("\n  ", "; ")) from None
+        self.__pydantic_extra__ = dict(settings)  # every setting, as the run trains with it
         return self
+
+    def settings(self, **fixed: object) -> TrainSettings:
+        """The training settings of a run on this budget, with what the run itself fixes (`fixed`: seed, strategy, ...)."""
+        return TrainSettings.model_validate({**self.model_extra, **fixed})
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict:
-        """Without low_resolution when it is 0, as before it existed: cached source models and cells keep their keys."""
+        """The base's keys and steps in their first order, then the other keys a preset set where they differ from the
+        default (low_resolution only when not 0, as before it existed): cached source models and cells keep their keys."""
         data = handler(self)
-        if not self.low_resolution:
-            data.pop("low_resolution", None)
-        return data
+        defaults = TrainSettings()
+        head = {key: data.pop(key) for key in ("epochs", "steps", "batch_size", "lr", "backbone_lr_scale", "augment") if key in data}
+        return head | {key: value for key, value in data.items() if value != getattr(defaults, key)}
 
     def describe_augmentation(self) -> str:
         if not self.augment:
@@ -121,12 +134,13 @@ class BenchmarkSpec(Spec):
     validator: Literal["information_maximization", "entropy", "snd", "mixval"] = Field(
         "information_maximization", description="Unsupervised validator that picks the adaptation method per seed"
     )
-    layer_lr_decay: float = Field(0.5, gt=0, le=1, description="discriminative and gradual_unfreeze: rate of each block / the block above")
-    surgical_blocks: int = Field(1, ge=1, description="surgical: backbone blocks that train, counted from the input")
-    l2sp: float = Field(0.0, ge=0, description="Few-label transfer strategies: weight of the pull toward the source model's weights "
-                                               "(L2-SP, as finetune.l2sp); scratch has no pretrained weights to be pulled toward")
-    pseudo_label_threshold: float = Field(0.9, ge=0, le=1)
-    adapt_weight: float = Field(1.0, ge=0)
+    # Training settings every few-label (and, for the last two, adaptation) run shares: TrainSettings' fields and bounds.
+    layer_lr_decay: float = setting("layer_lr_decay", 0.5, "discriminative and gradual_unfreeze: rate of each block / the block above")
+    surgical_blocks: int = setting("surgical_blocks", 1)
+    l2sp: float = setting("l2sp", 0.0, "Few-label transfer strategies: weight of the pull toward the source model's weights "
+                                       "(L2-SP, as finetune.l2sp); scratch has no pretrained weights to be pulled toward")
+    pseudo_label_threshold: float = setting("pseudo_label_threshold", 0.9)
+    adapt_weight: float = setting("adapt_weight", 1.0)
     source: Budget = Budget()
     adapt: Budget = Budget()
     few_shot: Budget = Field(Budget(steps=200, batch_size=32), description="Few-label runs (strategies and scratch)")

@@ -28,7 +28,7 @@ def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 @torch.no_grad()
 def adapt_batch_norm(model: nn.Module, arch: str, images: torch.Tensor, batch_size: int = 32, device: str = "cpu") -> nn.Module:
     """Replace every batch-norm layer's running statistics by those of `images` (uint8 N x 3 x H x W)."""
-    from adaptflow.train import resolve_device
+    from adaptflow.training import resolve_device
 
     dev = resolve_device(device)
     model.to(dev)

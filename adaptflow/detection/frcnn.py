@@ -74,7 +74,7 @@ def train(
 ) -> list[dict[str, float]]:
     """Train on `data` with a cosine schedule; the state is checkpointed every epoch and a later call
     with the same `fingerprint` resumes from it."""
-    from adaptflow.train import _load_state, _save_state, autocast_dtype, make_optimizer, resolve_device, seed_everything
+    from adaptflow.training import autocast_dtype, load_state, make_optimizer, resolve_device, save_state, seed_everything
 
     torch.set_flush_denormal(True)
     dev = resolve_device(device)
@@ -91,7 +91,7 @@ def train(
     targets = data.targets()
     history: list[dict[str, float]] = []
     start = 0
-    resumed = _load_state(state_path, fingerprint)
+    resumed = load_state(state_path, fingerprint)
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         opt.load_state_dict(resumed["optimizer"])
@@ -126,7 +126,7 @@ def train(
                "images_per_second": len(data) / seconds}
         history.append(row)
         if state_path is not None:
-            _save_state(state_path, {"fingerprint": fingerprint, "epoch": epoch + 1, "step": 0, "model": model.state_dict(),
+            save_state(state_path, {"fingerprint": fingerprint, "epoch": epoch + 1, "step": 0, "model": model.state_dict(),
                                      "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
                                      "generator": generator.get_state(), "history": history})
         if on_epoch is not None:
@@ -146,7 +146,7 @@ def colour_jitter(x: torch.Tensor, generator: torch.Generator, strength: float =
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: str) -> list[dict[str, torch.Tensor]]:
     """Boxes (xyxy pixels), scores and class indices for uint8 images (N x 3 x H x W). The model moves
     to the device before inference mode, so that it can still be trained afterwards."""
-    from adaptflow.train import resolve_device
+    from adaptflow.training import resolve_device
 
     dev = resolve_device(device)
     model = model.to(dev).eval()

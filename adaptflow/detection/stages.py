@@ -26,7 +26,7 @@ from adaptflow.finetune import TrainedModel
 from adaptflow.io import sha256_file, write_json
 from adaptflow.pretrain import PublishedModel, publish
 from adaptflow.pretrained import PretrainedRef
-from adaptflow.train import EpochCallback, seed_everything
+from adaptflow.training import EpochCallback, seed_everything
 
 log = logging.getLogger(__name__)
 

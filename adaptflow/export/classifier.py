@@ -29,7 +29,7 @@ class ScaledInput(nn.Module):
 
 def export_classifier(model: nn.Module, meta: dict[str, Any], fmt: str, path: Path, images: torch.Tensor, *, half: bool,
                 dynamic: bool, tolerance: float) -> dict[str, Any]:
-    from adaptflow.train import predict
+    from adaptflow.training import predict
 
     expected = predict(model, images, device="cpu").numpy()  # what adaptflow's evaluation and serving compute
     net = ScaledInput(model.float().to(memory_format=torch.contiguous_format)).eval()

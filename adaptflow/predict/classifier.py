@@ -16,7 +16,7 @@ from adaptflow.io import atomic_write
 from adaptflow.models import load_checkpoint
 from adaptflow.predict.common import (CHECK_IMAGES, CHECK_MIN_IMAGES, COLUMNS, Prediction, decoded, domain_check,
                                       onnx_session, progress_chunks)
-from adaptflow.train import predict_with_features, resolve_device
+from adaptflow.training import predict_with_features, resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from adaptflow.errors import PredictError
 from adaptflow.io import atomic_write
 from adaptflow.predict.common import (CHECK_IMAGES, CHECK_MIN_IMAGES, Prediction, decoded, domain_check,
                                       onnx_session, progress_chunks)
-from adaptflow.train import resolve_device
+from adaptflow.training import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def _sizes(files: list[Path]) -> torch.Tensor:
 
 def detector_features(model: torch.nn.Module, family: str, images: torch.Tensor, batch_size: int, device: str) -> torch.Tensor:
     """The backbone's last feature map, averaged over space (N x C): what the domain check compares for a detector."""
-    from adaptflow.train import resolve_device
+    from adaptflow.training import resolve_device
 
     dev = resolve_device(device)
     model = model.to(dev).eval()

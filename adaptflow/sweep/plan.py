@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from adaptflow.config import ConfigError, RunConfig, explain
+from adaptflow.config import ConfigError, RunConfig, TrainSettings, explain
 from adaptflow.data import has_validation, split_dir
 from adaptflow.execution import DaskAddressField, GpuPoolField, RayAddressField, RunnerField, check_addresses
 from adaptflow.io import parse_yaml
@@ -204,7 +204,8 @@ def _key_problems(key: str) -> list[str]:
         return [f"grid key '{key}': unknown section '{section}' ({hint}); keys look like finetune.lr"]
     if section not in SWEPT_SECTIONS:
         return [f"grid key '{key}': {section} does not change what a trial trains or measures; sweep keys under {', '.join(SWEPT_SECTIONS)}"]
-    fields = sections[section].annotation.model_fields
+    model = sections[section].annotation
+    fields = model.offered() if issubclass(model, TrainSettings) else list(model.model_fields)
     if not name or "." in name or name not in fields:
         close = difflib.get_close_matches(name, list(fields), n=1)
         hint = f"did you mean '{section}.{close[0]}'?" if close else f"{section} has: {', '.join(fields)}"

@@ -14,7 +14,7 @@ from adaptflow.io import read_json, write_json
 from adaptflow.pretrained import PretrainedRef
 from adaptflow.stages import for_task
 from adaptflow.sweep.plan import Trial
-from adaptflow.train import torch_threads
+from adaptflow.training import torch_threads
 from adaptflow.versioning import VersioningError, read_version
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 def unsupervised_scores(cfg: EvaluateConfig, data: DataConfig, model_path: str | Path, device: str = "auto") -> dict[str, float]:
     """Every unsupervised validator's score of a classifier on the target's unlabeled split (no
     labels used); empty when the target has no unlabeled split."""
-    from adaptflow.adapt import score_model
+    from adaptflow.training import score_model
     from adaptflow.models import load_checkpoint
 
     if not split_dir(data, data.target, "unlabeled").is_dir():

@@ -29,7 +29,7 @@ from adaptflow.text.baseline import tfidf_report
 from adaptflow.text.data import class_names, load_text_split, read_split, split_file
 from adaptflow.text.encoder import (Tokens, encoder_from_pretrained, is_text_checkpoint, load_text_checkpoint, save_text_checkpoint,
                                     text_classifier)
-from adaptflow.train import EpochCallback, FitSettings, fit, predict, seed_everything
+from adaptflow.training import EpochCallback, fit, phases, predict, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def target_classes(data: DataConfig) -> tuple[str, ...]:
 def check_pretrained(pretrained: PretrainedRef, cfg: FinetuneConfig, data: DataConfig) -> None:
     """Load the encoder, fit it a head for the target's labels and plan the strategy on its blocks, before any training."""
     model, _ = prepare_model(pretrained, cfg.arch, target_classes(data), data)
-    FitSettings.from_config(cfg).phases(model)
+    phases(cfg, model)
 
 
 def _rows(data: ImageSet, index: torch.Tensor) -> ImageSet:
@@ -133,7 +133,7 @@ def finetune(cfg: FinetuneConfig, data: DataConfig, pretrained: PretrainedRef, w
                          "(e.g. 0.2) or add a val.csv or val.jsonl file")
     fingerprint = f"text-finetune:{cfg.model_dump_json()}:{data.model_dump_json()}:{pretrained.sha256}:{content_digest(sets.train)}"
     score = scorer(sets.val, sets.unlabeled if cfg.keep_epoch in VALIDATORS else None)
-    history = fit(model, sets.train, FitSettings.from_config(cfg), state_path=work_dir / "train_state.pt", fingerprint=fingerprint,
+    history = fit(model, sets.train, cfg, state_path=work_dir / "train_state.pt", fingerprint=fingerprint,
                   on_epoch=on_epoch, unlabeled=sets.unlabeled if cfg.methods else None, score=score)
     path = work_dir / "model.pt"
     arch = pretrained.arch or cfg.arch

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from adaptflow.config import RegistryConfig, TrackingConfig
+from adaptflow.env import sqlite_file, store_not_made
 from adaptflow.errors import UserError
 from adaptflow.tracking.gate import CHALLENGER, CHAMPION, Champion, decide
-from adaptflow.tracking.store import TAG, RetryingClient, TrackingUnavailable, client, sqlite_file, store_not_made, tracking_uri
+from adaptflow.tracking.store import TAG, RetryingClient, TrackingUnavailable, client, tracking_uri
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,11 @@ import contextlib
 import functools
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 from adaptflow import env
 from adaptflow.config import TrackingConfig
 from adaptflow.errors import ServiceUnavailable
-from adaptflow.env import sqlite_file, store_not_made
+from adaptflow.env import sqlite_file
 from adaptflow.io import unreachable, with_retries
 
 #: The prefix of every tag adaptflow writes on runs and model versions.

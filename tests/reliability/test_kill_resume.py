@@ -93,7 +93,7 @@ def test_sigkill_at_random_points_then_rerun_gives_identical_metrics(kill_projec
 
 
 def test_a_prefect_retry_resumes_the_finetune_task(prefect_api, project: Path, monkeypatch: pytest.MonkeyPatch, faults) -> None:
-    import adaptflow.train as train_module
+    import adaptflow.training.loop as train_module
     from flows.transfer import transfer
 
     cfg = load_config(None, [*TINY, "finetune.epochs=4", "finetune.lp_epochs=1", "finetune.batch_size=8"])

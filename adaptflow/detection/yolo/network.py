@@ -39,7 +39,7 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: str
     ultralytics()
     from ultralytics.utils.nms import non_max_suppression
 
-    from adaptflow.train import resolve_device
+    from adaptflow.training import resolve_device
 
     dev = resolve_device(device)
     model = model.to(dev).eval()
