@@ -128,7 +128,7 @@ def test_an_edit_to_a_file_a_stage_reads_reruns_that_stage_and_what_follows_only
     assert _stages_to_run(clone) == {"finetune@classifier", "evaluate@classifier"}  # depends on the whole target folder
     edit(next((clone / "data" / "mnist" / "train").rglob("*.png")))  # the source's training split: pretrain, and finetune (dann, coral)
     assert _stages_to_run(clone) == {"pretrain@classifier", "finetune@classifier", "evaluate@classifier"}
-    edit(clone / "adaptflow" / "train.py")  # the code every training and evaluation stage runs
+    edit(clone / "adaptflow" / "training" / "loop.py")  # the loop every classifier training stage runs
     assert _stages_to_run(clone) == {"pretrain@classifier", "finetune@classifier", "evaluate@classifier"}
     edit(clone / "outputs" / "classifier" / "evaluate" / "metrics.json")  # what register reads
     assert "register@classifier" in _stages_to_run(clone)

@@ -297,7 +297,7 @@ def load_preset(name_or_path: str | Path) -> BenchmarkSpec:
     path: Path | Traversable = Path(name_or_path)
     if not path.suffix:
         path = preset_file(str(name_or_path))
-    if not path.is_file():
+    if not (path.exists() if isinstance(path, Path) else path.is_file()):  # a folder given as the path is refused by read_text
         raise ConfigError(f"{path}: no such benchmark preset; use one of {preset_names()} or a path to a YAML file")
     try:
         text = read_text(path) if isinstance(path, Path) else path.read_text(encoding="utf-8")
