@@ -56,11 +56,11 @@ test-all: install  ## the test suite including tests marked slow (none at presen
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m 'not gpu'
 
 bench: install  ## flow overhead, training-loop throughput (images and text), memory layout and image cache, as measured ratios
-	$(BIN)/python -m benchmarks.bench
-	$(BIN)/python -m benchmarks.text_throughput
+	$(BIN)/python -m perf.bench
+	$(BIN)/python -m perf.text_throughput
 
 bench-cuda: install  ## on a CUDA GPU: training-loop images/s against a bare torch loop, host-memory data, share of the matmul rate
-	$(BIN)/python -m benchmarks.cuda
+	$(BIN)/python -m perf.cuda
 
 benchmark-quick: install  ## transfer-learning benchmark, quick preset (11 to 25 min on 2 cores): reports/benchmark/
 	$(BIN)/adaptflow benchmark --preset quick

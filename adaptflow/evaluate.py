@@ -15,7 +15,7 @@ from adaptflow.data import ImageSet, list_classes, load_split, split_dir, target
 from adaptflow.io import write_json
 from adaptflow.metrics import classification_report
 from adaptflow.models import Classifier, load_checkpoint, load_source_model
-from adaptflow.pretrained import SCRATCH, PretrainedRef
+from adaptflow.weights import SCRATCH, PretrainedRef
 from adaptflow.training import predict
 
 log = logging.getLogger(__name__)

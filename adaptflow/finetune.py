@@ -15,7 +15,7 @@ from adaptflow.io import sha256_file, write_json
 from adaptflow.launch import FitJob, fit_on_devices
 from adaptflow.metrics import classification_report
 from adaptflow.models import Classifier, build_classifier, load_source_model, replace_head, save_checkpoint
-from adaptflow.pretrained import SCRATCH, PretrainedRef
+from adaptflow.weights import SCRATCH, PretrainedRef
 from adaptflow.training import EpochCallback, EpochScore, phases, predict, score_model, seed_everything
 
 log = logging.getLogger(__name__)

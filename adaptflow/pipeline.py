@@ -21,9 +21,9 @@ from adaptflow import env, tracking
 from adaptflow.config import RunConfig
 from adaptflow.io import read_json, sha256_file, write_json, write_yaml
 from adaptflow.pretrain import PublishedModel, published_dir
-from adaptflow.pretrained import FetchError, PretrainedRef, fetch_pretrained, sidecar_digest
+from adaptflow.weights import FetchError, PretrainedRef, fetch_pretrained, sidecar_digest
 from adaptflow.stages import RunStages, for_task
-from adaptflow.tracking import Registration
+from adaptflow.tracking.packaging import Registration
 from adaptflow.versioning import DataVersion, version_data
 
 log = logging.getLogger(__name__)
@@ -281,7 +281,7 @@ def run_scratch_baseline(config: RunConfig, run_dir: Path) -> dict[str, float]:
     evaluation's metrics and the training time (`train_seconds`)."""
     import time
 
-    from adaptflow.pretrained import SCRATCH
+    from adaptflow.weights import SCRATCH
 
     cfg = config.finetune.model_copy(update={"strategy": "finetune", "backbone_lr_scale": 1.0, "l2sp": 0.0})
     stages = for_task(config.task)

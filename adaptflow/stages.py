@@ -19,8 +19,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from adaptflow.pretrained import PretrainedRef, fetch_pretrained
-from adaptflow.tracking import tracking_uri
+from adaptflow.weights import PretrainedRef, fetch_pretrained
+from adaptflow.tracking.store import tracking_uri
 
 if TYPE_CHECKING:
     from adaptflow.config import RunConfig

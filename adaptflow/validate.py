@@ -14,7 +14,7 @@ from __future__ import annotations
 
 
 from adaptflow import env
-from adaptflow.adapt.validators import VALIDATORS
+from adaptflow.adapt.selection import VALIDATORS
 from adaptflow.config import RunConfig
 from adaptflow.data.checks import (BUILD_THE_DATA, IGNORED_NAMES, MAX_PIXELS, TRACKING_FIELD, DataValidationError, Problem, Report,
                                    check_image_domains, check_image_split, check_unlabeled_split, conclude)
@@ -23,7 +23,7 @@ from adaptflow.detection.checks import check_detection_split, check_yolo_labels,
 
 def check_config(config: RunConfig, report: Report) -> None:
     """Config values that are valid types but cannot work here."""
-    from adaptflow.pretrained import check_uri
+    from adaptflow.weights import check_uri
 
     problem = check_uri(config.pretrained.uri)
     if problem:
@@ -42,8 +42,8 @@ def check_pretrained_file(config: RunConfig, report: Report) -> None:
 
     import torch
 
-    from adaptflow.pretrained import ARCHIVE_SUFFIXES
-    from adaptflow.pretrained.local import path_of
+    from adaptflow.weights import ARCHIVE_SUFFIXES
+    from adaptflow.weights.local import path_of
 
     uri = config.pretrained.uri.strip()
     if config.pretrained.allow_pickle or uri.startswith(("torchvision:", "ultralytics:", "models:/", "http://", "https://")):

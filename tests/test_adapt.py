@@ -13,7 +13,7 @@ from adaptflow.adapt.coral import coral_loss
 from adaptflow.adapt.dann import dann_lambda, reverse_gradient
 from adaptflow.adapt.mcc import mcc_loss
 from adaptflow.adapt.self_training import select_pseudo_labels
-from adaptflow.adapt.validators import TargetPredictions, information_maximization, mixed_probe_consistency, mixed_probes, neg_entropy
+from adaptflow.adapt.selection import TargetPredictions, information_maximization, mixed_probe_consistency, mixed_probes, neg_entropy
 from adaptflow.config import AdaptMethod
 from adaptflow.data import ImageSet
 from adaptflow.models import build_classifier
@@ -210,7 +210,7 @@ def test_finetune_adapts_from_source_labels_and_unlabeled_target(project) -> Non
 
     from adaptflow.finetune import finetune, training_sets
     from adaptflow.models import load_checkpoint
-    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.weights import fetch_pretrained
 
     cfg = tiny_config("finetune.methods=[adabn, self_training]", "data.labeled_per_class=0", "finetune.strategy=finetune",
                       "finetune.pseudo_label_threshold=0.5", "finetune.epochs=1")
@@ -232,7 +232,7 @@ def test_finetune_keeps_the_epoch_best_on_the_validation_set_or_by_a_validator(p
     from adaptflow.finetune import finetune
     from adaptflow.io import read_json
     from adaptflow.models import load_checkpoint
-    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.weights import fetch_pretrained
 
     pretrained = fetch_pretrained(tiny_config().pretrained.uri)
     cfg = tiny_config("data.val_fraction=0.25", "finetune.keep_epoch=target_val_accuracy", "finetune.strategy=finetune")

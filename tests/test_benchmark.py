@@ -123,7 +123,7 @@ def test_a_pretrained_start_is_its_weights_with_a_new_head(project: Path, tmp_pa
     measured like a run from the source model (packaged ImageNet weights are one such file)."""
     from adaptflow.benchmark.cells import pretrained_start, run_cell
     from adaptflow.models import build_classifier, load_source_model, save_checkpoint
-    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.weights import fetch_pretrained
 
     torch.manual_seed(1)
     other = build_classifier("small_cnn", 3)

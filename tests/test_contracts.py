@@ -123,7 +123,7 @@ def test_dvc_stages_match_cli_commands_and_config_sections() -> None:
 
     commands = set(get_command(app).commands)
     stages = {}
-    for pipeline in (REPO / "dvc.yaml", REPO / "benchmarks" / "dvc.yaml"):
+    for pipeline in (REPO / "dvc.yaml", REPO / "benchmark" / "dvc.yaml"):
         stages |= yaml.safe_load(pipeline.read_text())["stages"]
     assert "benchmark" in stages
     sections = set(RunConfig.model_fields)

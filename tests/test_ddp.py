@@ -40,7 +40,7 @@ def workers_import_tests(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _finetune(cfg, run_dir: Path, on_epoch=None):  # noqa: ANN001, ANN202 - a RunConfig; the stage's result
     from adaptflow.finetune import finetune
-    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.weights import fetch_pretrained
 
     return finetune(cfg.finetune, cfg.data, fetch_pretrained(cfg.pretrained.uri), run_dir, on_epoch)
 

@@ -164,8 +164,8 @@ def test_yolo_finetune_gives_the_losses_of_plain_ultralytics_on_the_same_data_we
     from adaptflow.detection import stages, yolo
     from adaptflow.detection.models import build_detector, save_detector
     from adaptflow.io import read_json
-    from adaptflow.pretrained import fetch_pretrained
-    from benchmarks.yolo_overhead import PLAIN, plain_args
+    from adaptflow.weights import fetch_pretrained
+    from perf.yolo_overhead import PLAIN, plain_args
 
     cfg = detection_config("yolov8n", "finetune.epochs=2", "finetune.device=cpu")
     classes = stages.domain_classes(cfg.data, cfg.data.target)
@@ -189,7 +189,7 @@ def test_yolo_finetune_gives_the_losses_of_plain_ultralytics_on_the_same_data_we
 
 def test_faster_rcnn_pretrains_finetunes_and_is_measured_by_the_same_map(scenes: Path) -> None:
     from adaptflow.detection import stages
-    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.weights import fetch_pretrained
 
     cfg = detection_config("fasterrcnn_mobilenet_v3_large_fpn")
     published = stages.pretrain(cfg.pretrain, cfg.data, scenes / "work" / "pretrain")
@@ -205,7 +205,7 @@ def test_faster_rcnn_pretrains_finetunes_and_is_measured_by_the_same_map(scenes:
 def test_ultralytics_asset_is_downloaded_cached_and_fine_tuned_with_a_new_head(scenes: Path, tmp_path: Path, monkeypatch) -> None:
     from adaptflow.detection import stages, yolo
     from adaptflow.detection.models import load_detector
-    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.weights import fetch_pretrained
     from test_fetch import Server
 
     served = tmp_path / "assets"
@@ -331,7 +331,7 @@ def test_a_pseudo_label_split_written_again_replaces_the_first(scenes: Path, tmp
 def test_detector_self_training_trains_on_pseudo_labeled_target_images(scenes: Path) -> None:
     from adaptflow.detection import stages
     from adaptflow.io import read_json
-    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.weights import fetch_pretrained
 
     cfg = detection_config("yolov8n", "finetune.methods=[adabn, self_training]", "finetune.pseudo_label_threshold=0.0")
     stages.pretrain(cfg.pretrain, cfg.data, scenes / "work" / "pretrain")

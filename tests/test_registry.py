@@ -14,7 +14,7 @@ import torch
 from adaptflow import tracking
 from adaptflow.config import RegistryConfig, TrackingConfig
 from adaptflow.models import build_classifier, save_checkpoint
-from adaptflow.pretrained import fetch_pretrained
+from adaptflow.weights import fetch_pretrained
 
 REG = RegistryConfig(model_name="digits")
 TRACK = TrackingConfig()
@@ -136,7 +136,7 @@ def test_promote_by_hand_and_roll_back(project: Path) -> None:
 
 
 def test_lookups_in_a_project_with_nothing_registered_say_so_and_make_no_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from adaptflow.pretrained import FetchError
+    from adaptflow.weights import FetchError
     from conftest import use_project
 
     root = use_project(tmp_path / "fresh", tmp_path / "cache", monkeypatch)

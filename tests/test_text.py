@@ -70,7 +70,7 @@ def _margin(encoder, tokens) -> float:  # noqa: ANN001
 
 
 def test_packaged_encoder_is_the_real_sentence_model_and_random_weights_are_not() -> None:
-    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.weights import fetch_pretrained
     from adaptflow.text.encoder import TextEncoder, _transformer, encoder_from_pretrained, text_classifier
     from adaptflow.training import TrainSettings, backbone_blocks
     from adaptflow.training import phases as plan_on
@@ -88,7 +88,7 @@ def test_packaged_encoder_is_the_real_sentence_model_and_random_weights_are_not(
 
 
 def test_dynamic_padding_gives_the_same_embedding_as_an_unpadded_row() -> None:
-    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.weights import fetch_pretrained
     from adaptflow.text.encoder import encoder_from_pretrained
 
     encoder, tokens = encoder_from_pretrained(fetch_pretrained("package:minilm_l6").path, "minilm_l6", 32)
@@ -143,7 +143,7 @@ def test_bad_text_stops_with_file_line_and_fix(text_project: Path, case: str) ->
 
 def test_good_text_validates_and_tokenizes_once_into_the_cache(text_project: Path) -> None:
     from adaptflow import env
-    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.weights import fetch_pretrained
     from adaptflow.text.data import load_text_split
     from adaptflow.text.encoder import encoder_from_pretrained
 
@@ -238,7 +238,7 @@ def test_text_run_killed_with_sigkill_resumes_to_the_same_model_then_registers_a
 
 
 def test_adaptation_methods_train_a_text_model_on_the_pooled_embedding(text_project: Path) -> None:
-    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.weights import fetch_pretrained
     from adaptflow.text import stages
 
     source = text_project / "data" / "movies"
@@ -267,7 +267,7 @@ def _text_run(root: Path, tracking_uri: str) -> Path:
     import yaml
     from mlflow import MlflowClient
 
-    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.weights import fetch_pretrained
     from adaptflow.text.encoder import encoder_from_pretrained, save_text_checkpoint, text_classifier
 
     encoder, tokens = encoder_from_pretrained(fetch_pretrained("package:minilm_l6").path, "minilm_l6", 16)

@@ -8,6 +8,6 @@ computed from the step's source and target features and logits. Methods are foun
 
 from adaptflow.adapt.base import METHODS, AdaptBatch, Adaptation, AdaptOptions, Method, TargetData, build_methods
 from adaptflow.adapt import adabn, coral, dann, mcc, self_training, shot  # noqa: F401 - register the methods
-from adaptflow.adapt.validators import VALIDATORS
+from adaptflow.adapt.selection import VALIDATORS
 
 __all__ = ["METHODS", "VALIDATORS", "AdaptBatch", "AdaptOptions", "Adaptation", "Method", "TargetData", "build_methods"]

@@ -85,7 +85,7 @@ def stage_config(path: Path, overrides: list[str] | None):  # noqa: ANN202 - Run
 
 def tracked_config(path: Path, overrides: list[str] | None):  # noqa: ANN202 - RunConfig, imported lazily
     """The config of a command that talks to MLflow, whose server is checked to answer first."""
-    from adaptflow.tracking import require_server
+    from adaptflow.tracking.store import require_server
 
     cfg = read_config(path, overrides)
     require_server(cfg.tracking)
@@ -127,7 +127,7 @@ def show(result: dict, as_json: bool, title: str = "") -> None:
 
 def servers_answer(tracking) -> None:  # noqa: ANN001 - TrackingConfig
     """Before a flow starts: the Prefect server and the MLflow server it reports to answer (where set)."""
-    from adaptflow.tracking import require_server
+    from adaptflow.tracking.store import require_server
 
     prefect_api()
     require_server(tracking)

@@ -18,7 +18,7 @@ from adaptflow.app.cli_common import (
 def registry_list(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None, as_json: JsonOption = False) -> None:
     """Every version with its aliases, metrics, data version and gate decision."""
     from adaptflow.console import print_rows
-    from adaptflow.tracking import versions
+    from adaptflow.tracking.registry import versions
 
     cfg = tracked_config(config, overrides)
     rows = versions(cfg.registry, cfg.tracking)
@@ -38,7 +38,7 @@ def registry_promote(
     overrides: Overrides = None,
 ) -> None:
     """Make VERSION the champion (the one it replaces is remembered for rollback)."""
-    from adaptflow.tracking import promote
+    from adaptflow.tracking.registry import promote
 
     cfg = tracked_config(config, overrides)
     previous = promote(cfg.registry, cfg.tracking, version, reason)
@@ -55,7 +55,7 @@ def registry_rollback(
     overrides: Overrides = None,
 ) -> None:
     """Move the champion alias back to the version the current champion replaced."""
-    from adaptflow.tracking import rollback
+    from adaptflow.tracking.registry import rollback
 
     cfg = tracked_config(config, overrides)
     old, new = rollback(cfg.registry, cfg.tracking, reason)
@@ -72,7 +72,7 @@ def fetch(
     as_json: JsonOption = False,
 ) -> None:
     """Resolve a pretrained URI to a verified local file and print where it is."""
-    from adaptflow.pretrained import fetch_pretrained, import_torchvision
+    from adaptflow.weights import fetch_pretrained, import_torchvision
 
     ref = import_torchvision(uri, from_file) if from_file is not None else fetch_pretrained(uri, sha256)
     show(ref.to_dict(), as_json, "pretrained weights")
@@ -98,8 +98,8 @@ def predict_images(
     file), decoded as training decoded its images."""
     from adaptflow.data import split_dir
     from adaptflow.predict import CHECK_MIN_IMAGES, model_kind, predict_any
-    from adaptflow.pretrained import fetch_pretrained
-    from adaptflow.tracking import require_server, tracking_uri
+    from adaptflow.weights import fetch_pretrained
+    from adaptflow.tracking.store import require_server, tracking_uri
 
     cfg = read_config(config, overrides)
     uri = model or f"models:/{cfg.registry.model_name}@champion"
@@ -160,7 +160,7 @@ def export_model(
     text model's tokenizer beside it)."""
     from adaptflow.data import split_dir
     from adaptflow.export import export_model as export, recorded_test_split, resolve_model
-    from adaptflow.tracking import require_server, tracking_uri
+    from adaptflow.tracking.store import require_server, tracking_uri
 
     cfg = read_config(config, overrides)
     if model.startswith("models:/"):

@@ -61,7 +61,7 @@ def ui(
     import subprocess
 
     from adaptflow.config import TrackingConfig
-    from adaptflow.tracking import tracking_uri
+    from adaptflow.tracking.store import tracking_uri
 
     bin_dir = Path(sys.executable).parent
     procs = [

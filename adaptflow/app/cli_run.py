@@ -63,7 +63,7 @@ def evaluate(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None,
              as_json: JsonOption = False) -> None:
     """Stage: measure the fine-tuned model of a run folder (no orchestrator)."""
     from adaptflow.pipeline import read_run_record
-    from adaptflow.pretrained import PretrainedRef
+    from adaptflow.weights import PretrainedRef
     from adaptflow.stages import RunStages
 
     cfg = stage_config(config, overrides)
@@ -186,7 +186,7 @@ def _print_pretrained_results(cfg, result: dict, scratch: dict, seconds: float) 
 
 
 def _print_results(cfg, source: dict, result: dict, seconds: float) -> None:  # noqa: ANN001 - RunConfig
-    from adaptflow.tracking import tracking_uri
+    from adaptflow.tracking.store import tracking_uri
 
     m, reg = result["metrics"], result["registration"]
     name = "map50" if cfg.task == "detection" else "accuracy"

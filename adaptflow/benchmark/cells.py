@@ -24,7 +24,7 @@ from adaptflow.config import DataConfig
 from adaptflow.data import ImageSet, list_classes, load_split, split_dir
 from adaptflow.io import read_json, write_json
 from adaptflow.models import Classifier, build_classifier, load_checkpoint, load_source_model, replace_head, save_checkpoint
-from adaptflow.pretrained import fetch_pretrained
+from adaptflow.weights import fetch_pretrained
 from adaptflow.training import Normalizer, backbone_blocks, fit, predict, score_model, seed_everything, torch_threads
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import operator
 import statistics
 from collections.abc import Sequence
 
-from adaptflow.adapt.validators import VALIDATORS
+from adaptflow.adapt.selection import VALIDATORS
 from adaptflow.benchmark.grid import FewLabel
 from adaptflow.benchmark.spec import BenchmarkSpec
 from adaptflow.benchmark.stats import best_by, group_by, holdout_score, pct, pick_counts, pick_summary, shots_order, validator_picks

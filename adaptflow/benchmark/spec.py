@@ -180,7 +180,7 @@ class BenchmarkSpec(Spec):
 
     @model_validator(mode="after")
     def _pretrained(self) -> BenchmarkSpec:
-        from adaptflow.pretrained import PACKAGED, check_uri
+        from adaptflow.weights import PACKAGED, check_uri
 
         for name, uri in self.pretrained.items():
             if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name in RESERVED_INITS:
@@ -264,7 +264,7 @@ class BenchmarkSpec(Spec):
 
 def weights_identity(uri: str) -> dict[str, str]:
     """What a run from `uri` depends on: packaged weights by their pinned digest (their content), others by the URI."""
-    from adaptflow.pretrained import PACKAGED
+    from adaptflow.weights import PACKAGED
 
     packaged = PACKAGED.get(uri.removeprefix("package:")) if uri.startswith("package:") else None
     return {"uri": uri, **({"sha256": packaged.sha256} if packaged else {})}

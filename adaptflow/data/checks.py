@@ -18,7 +18,7 @@ from typing import NamedTuple
 from PIL import Image
 
 from adaptflow import env
-from adaptflow.adapt.validators import VALIDATORS
+from adaptflow.adapt.selection import VALIDATORS
 from adaptflow.config import RunConfig, WindowConfig
 from adaptflow.data import has_validation, split_dir
 from adaptflow.data.folders import IMAGE_SUFFIXES, held_out_count, link_outside, natural_key

@@ -118,7 +118,7 @@ def run_cell(spec: DetectionBenchmark, root: Path, work: Path, seed: int, method
     from adaptflow.detection.metrics import detection_report
     from adaptflow.detection.models import load_detector, predict, save_detector
     from adaptflow.io import read_json, sha256_file, write_json
-    from adaptflow.pretrained import PretrainedRef
+    from adaptflow.weights import PretrainedRef
 
     if method not in METHODS:
         raise ValueError(f"unknown detection benchmark method '{method}': use one of {', '.join(METHODS)}")

@@ -25,7 +25,7 @@ from adaptflow.detection.yolo import training as yolo_training
 from adaptflow.finetune import TrainedModel
 from adaptflow.io import sha256_file, write_json
 from adaptflow.pretrain import PublishedModel, publish
-from adaptflow.pretrained import PretrainedRef
+from adaptflow.weights import PretrainedRef
 from adaptflow.training import EpochCallback, seed_everything
 
 log = logging.getLogger(__name__)

@@ -85,7 +85,7 @@ class Exported:
 
 def resolve_model(model: str, tracking_uri: str | None = None) -> ModelSource:
     """`models:/NAME@ALIAS` (or `/VERSION`), a run folder (its `finetune/model.pt`), or a model file."""
-    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.weights import fetch_pretrained
 
     if model.startswith("models:/"):
         from mlflow import MlflowClient

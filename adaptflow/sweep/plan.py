@@ -17,7 +17,7 @@ from adaptflow.data import has_validation, split_dir
 from adaptflow.execution import DaskAddressField, GpuPoolField, RayAddressField, RunnerField, check_addresses
 from adaptflow.io import parse_yaml
 
-#: The unsupervised validators of `adaptflow.adapt.validators` (a test keeps the two equal).
+#: The unsupervised validators of `adaptflow.adapt.selection` (a test keeps the two equal).
 VALIDATORS = ("information_maximization", "entropy", "snd", "mixval")
 #: What the evaluate stage measures that can pick a trial (higher is better for each).
 EVALUATED = {

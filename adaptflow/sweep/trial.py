@@ -11,7 +11,7 @@ from adaptflow import tracking
 from adaptflow.config import DataConfig, EvaluateConfig, RunConfig
 from adaptflow.data import load_split, split_dir
 from adaptflow.io import read_json, write_json
-from adaptflow.pretrained import PretrainedRef
+from adaptflow.weights import PretrainedRef
 from adaptflow.stages import for_task
 from adaptflow.sweep.plan import Trial
 from adaptflow.training import torch_threads

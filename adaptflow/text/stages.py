@@ -24,7 +24,7 @@ from adaptflow.finetune import TrainedModel, content_digest, scorer
 from adaptflow.io import sha256_file, write_json
 from adaptflow.metrics import classification_report
 from adaptflow.models import Classifier
-from adaptflow.pretrained import SCRATCH, PretrainedRef
+from adaptflow.weights import SCRATCH, PretrainedRef
 from adaptflow.text.baseline import tfidf_report
 from adaptflow.text.data import class_names, load_text_split, read_split, split_file
 from adaptflow.text.encoder import (Tokens, encoder_from_pretrained, is_text_checkpoint, load_text_checkpoint, save_text_checkpoint,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adaptflow.adapt.validators import VALIDATORS, TargetPredictions, mixed_probes
+from adaptflow.adapt.selection import VALIDATORS, TargetPredictions, mixed_probes
 from adaptflow.data.feed import DeviceRows
 from adaptflow.models import Classifier
 from adaptflow.training import runtime
@@ -45,7 +45,7 @@ def _inference(model: nn.Module, images: torch.Tensor, batch_size: int, device: 
 
 
 def score_model(model: nn.Module, images: torch.Tensor, batch_size: int = 512, device: str = "auto") -> dict[str, float]:
-    """Every validator's score (`adaptflow.adapt.validators`) of `model` on the unlabeled target images (uint8, N x 3 x H x W)."""
+    """Every validator's score (`adaptflow.adapt.selection`) of `model` on the unlabeled target images (uint8, N x 3 x H x W)."""
     probes, partner = mixed_probes(images)
     predictions = TargetPredictions(predict(model, images, batch_size, device), predict(model, probes, batch_size, device), partner)
     return {name: float(score(predictions)) for name, score in VALIDATORS.items()}

@@ -163,7 +163,7 @@ def test_allow_pickle_in_a_config_is_refused_unless_the_operator_allowed_it(proj
 
     from adaptflow.errors import ModelFileError
     from adaptflow.models import load_source_model
-    from adaptflow.pretrained import PickleRefused, fetch_pretrained
+    from adaptflow.weights import PickleRefused, fetch_pretrained
 
     monkeypatch.delenv("ADAPTFLOW_ALLOW_PICKLE", raising=False)
     marker = tmp_path / "MARKER"
@@ -280,7 +280,7 @@ def https_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def test_a_cached_download_that_changed_is_fetched_again(tmp_path: Path, monkeypatch, https_server, faults) -> None:
     import hashlib
 
-    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.weights import fetch_pretrained
 
     use_project(tmp_path / "project", tmp_path / "cache", monkeypatch)
     url, root, hits = https_server
@@ -400,7 +400,7 @@ def test_ultralytics_own_dataset_layout_is_validated_loaded_added_to_and_trained
     from adaptflow.detection import stages, yolo
     from adaptflow.detection.data import load_detection_split, read_names
     from adaptflow.detection.models import load_detector
-    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.weights import fetch_pretrained
 
     data = scenes / "data"
     classes = read_names(data / "photo_scenes")

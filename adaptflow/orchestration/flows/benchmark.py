@@ -9,7 +9,7 @@ from prefect.runtime import flow_run
 from adaptflow.benchmark import BenchmarkSpec, plan_cells, source_jobs
 from adaptflow.console import progress
 from adaptflow.orchestration.flows.runners import task_runner
-from adaptflow.tracking import ended_on_failure
+from adaptflow.tracking.runs import ended_on_failure
 from adaptflow.orchestration.tasks.benchmark import (
     detection_cell_task,
     detection_source_task,

@@ -15,10 +15,10 @@ from adaptflow.orchestration.flows.runners import task_runner
 from adaptflow.orchestration.tasks.pretrained import fetch_pretrained_task
 from adaptflow.orchestration.tasks.sweep import open_sweep_run_task, run_trial_task, sweep_report_task
 from adaptflow.orchestration.tasks.validation import validate_task
-from adaptflow.pretrained import PretrainedRef
+from adaptflow.weights import PretrainedRef
 from adaptflow.sweep import DEFAULT_GRID, Grid, SweepSettings, Trial, canonical_grid, plan_trials
 from adaptflow.sweep.trial import failed_trial
-from adaptflow.tracking import ended_on_failure
+from adaptflow.tracking.runs import ended_on_failure
 
 
 @flow(name="sweep-trials", flow_run_name="{folder.name}-trials")

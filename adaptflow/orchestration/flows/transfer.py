@@ -15,7 +15,7 @@ from adaptflow.orchestration.tasks.pretrained import check_pretrained_task, fetc
 from adaptflow.orchestration.tasks.registry import open_run_task, register_task, summarize_task
 from adaptflow.orchestration.tasks.training import finetune_task
 from adaptflow.orchestration.tasks.validation import validate_task
-from adaptflow.tracking import ended_on_failure
+from adaptflow.tracking.runs import ended_on_failure
 
 
 @flow(name="transfer", flow_run_name=transfer_run_name, on_failure=[on_failure])

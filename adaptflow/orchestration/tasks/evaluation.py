@@ -10,7 +10,7 @@ from adaptflow import env
 from adaptflow.config import RunConfig
 from adaptflow.finetune import TrainedModel
 from adaptflow.orchestration.tasks.common import NO_RESULT_CACHE
-from adaptflow.pretrained import PretrainedRef
+from adaptflow.weights import PretrainedRef
 from adaptflow.stages import RunStages
 
 

@@ -27,7 +27,7 @@ from prefect.settings import PREFECT_UI_URL
 from prefect.states import State
 
 from adaptflow.orchestration.tasks.common import NO_RESULT_CACHE
-from adaptflow.tracking import Registration
+from adaptflow.tracking.packaging import Registration
 
 log = logging.getLogger(f"adaptflow.{__name__}")  # under adaptflow: its lines reach the flow run's log
 BLOCK_VAR = "ADAPTFLOW_NOTIFY_BLOCK"

@@ -8,7 +8,7 @@ from prefect.states import State
 
 from adaptflow.config import RunConfig
 from adaptflow.orchestration.tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE, failure
-from adaptflow.pretrained import PretrainedRef, TransientFetchError
+from adaptflow.weights import PretrainedRef, TransientFetchError
 from adaptflow.stages import RunStages
 
 

@@ -11,7 +11,7 @@ from adaptflow import tracking
 from adaptflow.config import RunConfig
 from adaptflow.orchestration.tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE
 from adaptflow.pipeline import open_run, register_run
-from adaptflow.pretrained import PretrainedRef
+from adaptflow.weights import PretrainedRef
 from adaptflow.tracking.packaging import Registration
 from adaptflow.versioning import DataVersion
 

@@ -16,7 +16,7 @@ from adaptflow.config import RunConfig
 from adaptflow.execution import gpu_pool_for
 from adaptflow.orchestration.tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE, TRAINING_RETRY
 from adaptflow.orchestration.tasks.gpu import gpu_slot
-from adaptflow.pretrained import PretrainedRef
+from adaptflow.weights import PretrainedRef
 from adaptflow.sweep import SweepSettings, Trial
 from adaptflow.sweep import report
 from adaptflow.sweep.trial import open_parent_run, run_trial

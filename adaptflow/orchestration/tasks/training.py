@@ -13,7 +13,7 @@ from adaptflow.orchestration.tasks.common import NO_RESULT_CACHE, TRAINING_RETRY
 from adaptflow.orchestration.tasks.progress import epoch_progress
 from adaptflow.pipeline import run_pretrain
 from adaptflow.pretrain import PublishedModel
-from adaptflow.pretrained import PretrainedRef
+from adaptflow.weights import PretrainedRef
 from adaptflow.stages import RunStages
 from adaptflow.versioning import DataVersion
 

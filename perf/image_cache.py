@@ -1,4 +1,4 @@
-"""Section 4 of `python -m benchmarks.bench`: the memory and time of decoding an image folder, and of
+"""Section 4 of `python -m perf.bench`: the memory and time of decoding an image folder, and of
 loading it back from the decode cache, adaptflow's way (`load_image_folder`: each image decoded into
 its row of one preallocated tensor; the cache file memory-mapped) over the plain way (a list of
 decoded arrays, stacked, then made NCHW; the cache file read whole).
@@ -108,7 +108,7 @@ def probe(mode: str, folder: str, size: int, plain_cache: str, peer: str | None 
 def _run(mode: str, folder: Path, size: int, cache: Path, peers: int = 1) -> list[dict]:
     env = {**os.environ, "ADAPTFLOW_CACHE": str(cache), "PYTHONPATH": str(REPO)}
     peer = str(cache / f"peer-{mode}") if peers > 1 else None
-    code = f"from benchmarks.image_cache import probe; probe({mode!r}, {str(folder)!r}, {size}, {str(cache / 'plain.pt')!r}, {peer!r})"
+    code = f"from perf.image_cache import probe; probe({mode!r}, {str(folder)!r}, {size}, {str(cache / 'plain.pt')!r}, {peer!r})"
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True) for _ in range(peers)]
     results = []
     for proc in procs:

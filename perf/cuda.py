@@ -1,4 +1,4 @@
-"""Training-loop throughput on a CUDA device, as measured ratios: `python -m benchmarks.cuda`.
+"""Training-loop throughput on a CUDA device, as measured ratios: `python -m perf.cuda`.
 
 For each case (architecture, image size, batch size), on random uint8 images of that size:
 
@@ -34,9 +34,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks import progress_log
+from perf import progress_log
 
-log = logging.getLogger("benchmarks.cuda")
+log = logging.getLogger("perf.cuda")
 
 #: (architecture, image size, batch size, images per epoch)
 CASES = [("resnet18", 32, 64, 16384), ("resnet18", 224, 256, 4096), ("resnet50", 224, 256, 2048)]
@@ -164,7 +164,7 @@ def run_case(arch: str, size: int, batch: int, n: int, rounds: int, seconds: flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.cuda", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m perf.cuda", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="timed runs of each variant per case (default 3)")
     parser.add_argument("--seconds", type=float, default=2.0, help="about how long one timed run lasts (default 2)")
     parser.add_argument("--out", type=Path, default=Path("reports/cuda.json"), help="where the JSON result goes")

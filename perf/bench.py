@@ -1,4 +1,4 @@
-"""Overhead, layout and memory ratios, measured in one run on this machine: `python -m benchmarks.bench`.
+"""Overhead, layout and memory ratios, measured in one run on this machine: `python -m perf.bench`.
 
 1. Flow overhead: the Prefect transfer flow end to end (`adaptflow.orchestration.flows.transfer.transfer`), over the
    bare core functions doing the same work (`adaptflow.pipeline.run_transfer`). The Prefect
@@ -13,17 +13,17 @@
 3. Memory layout: images/s of `fit` and of `predict` in the channels-last layout every model runs
    in (`adaptflow.training.runtime.MEMORY_FORMAT`) over the same calls in PyTorch's default NCHW layout, for
    `small_cnn` and resnet18 at the demo's image size.
-4. Image cache (`benchmarks/image_cache.py`): the peak memory of decoding an image folder, the time
+4. Image cache (`perf/image_cache.py`): the peak memory of decoding an image folder, the time
    of loading it back from the decode cache, and the memory two processes take for one cached set,
    `load_image_folder` over a plain list-stack-permute decode and a whole-file cache read.
-5. Thread budget (`benchmarks/threads.py`): the loop's images/s with `threads: auto` over torch's
+5. Thread budget (`perf/threads.py`): the loop's images/s with `threads: auto` over torch's
    default thread count, beside a CPU-bound neighbour process and without one.
-6. Detector evaluation (`benchmarks/detection_eval.py`): scoring a YOLO file on the demo's test sets
+6. Detector evaluation (`perf/detection_eval.py`): scoring a YOLO file on the demo's test sets
    as before (default threads, torchmetrics' per-class re-evaluations) against now.
-7. Deployment (`benchmarks/deploy.py`): CPU throughput of the exported ONNX model over eager PyTorch for
+7. Deployment (`perf/deploy.py`): CPU throughput of the exported ONNX model over eager PyTorch for
    the demo's classifier and YOLO at batch 1 and 32, and the serving round trip (p50/p95 over 200 requests
    of one image to `mlflow models serve` on loopback). `--only deploy` runs this section alone.
-8. YOLO fixed cost (`benchmarks/yolo_overhead.py`): `adaptflow finetune -c configs/detection.yaml` over plain
+8. YOLO fixed cost (`perf/yolo_overhead.py`): `adaptflow finetune -c configs/detection.yaml` over plain
    Ultralytics `YOLO(weights).train(...)` with the same data, weights and settings, whole commands in fresh
    processes, 10 epochs. `--only yolo` runs this section alone.
 
@@ -55,20 +55,20 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TypeVar
 
-from benchmarks import progress_log
-from benchmarks.deploy import bench_deploy, report_lines
-from benchmarks.image_cache import bench_image_cache
-from benchmarks.detection_eval import bench_detection_eval, make_model
-from benchmarks.detection_eval import summary as detection_summary
-from benchmarks.threads import bench_threads
-from benchmarks.threads import summary as threads_summary
-from benchmarks.yolo_overhead import bench_yolo_overhead
-from benchmarks.yolo_overhead import summary as yolo_summary
+from perf import progress_log
+from perf.deploy import bench_deploy, report_lines
+from perf.image_cache import bench_image_cache
+from perf.detection_eval import bench_detection_eval, make_model
+from perf.detection_eval import summary as detection_summary
+from perf.threads import bench_threads
+from perf.threads import summary as threads_summary
+from perf.yolo_overhead import bench_yolo_overhead
+from perf.yolo_overhead import summary as yolo_summary
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "reports" / "bench.json"
 
-log = logging.getLogger("benchmarks.bench")
+log = logging.getLogger("perf.bench")
 
 #: The transfer run that is timed: big enough that the work dominates scheduling noise.
 FLOW_OVERRIDES = ["finetune.epochs=15", "data.labeled_per_class=10"]
@@ -512,7 +512,7 @@ def bench_layout(template: Path, measurer: Measurer, n_images: int, rounds: int)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m perf.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--flow-rounds", type=int, default=3, help="timed (core, flow) pairs (default 3)")
     parser.add_argument("--fit-rounds", type=int, default=3, help="timed (ours, bare) pairs (default 3)")
     parser.add_argument("--fit-images", type=int, default=2000, help="MNIST train images per epoch (default 2000)")
@@ -534,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary projects")
     args = parser.parse_args(argv)
 
-    for name in ("benchmarks.bench", "benchmarks.threads", "benchmarks.detection_eval", "benchmarks.yolo_overhead"):
+    for name in ("perf.bench", "perf.threads", "perf.detection_eval", "perf.yolo_overhead"):
         progress_log(logging.getLogger(name), "bench")
     started = time.perf_counter()
     measurer = Measurer(started + args.budget, args.quiet_wait, args.retries)

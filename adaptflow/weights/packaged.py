@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adaptflow.io import sha256_file
-from adaptflow.pretrained.common import FetchError, PretrainedRef
+from adaptflow.weights.common import FetchError, PretrainedRef
 
 
 @dataclass(frozen=True)

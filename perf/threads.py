@@ -1,4 +1,4 @@
-"""The thread budget under contention: `python -m benchmarks.threads` (also part of `make bench`).
+"""The thread budget under contention: `python -m perf.threads` (also part of `make bench`).
 
 One epoch of the classifier loop (`adaptflow.training.fit`, `small_cnn` on MNIST at the demo's 32 px), each
 run a fresh process, with torch's default thread count (one per core of the host: the old behaviour)
@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import progress_log
+from perf import progress_log
 
-log = logging.getLogger("benchmarks.threads")
+log = logging.getLogger("perf.threads")
 
 SIDES = ("default", "auto")
 #: A CPU-bound neighbour: a torch job at its default thread count, as another user's training would be.
@@ -59,7 +59,7 @@ def worker(side: str, images: int) -> dict:
 def _run_side(side: str, images: int, root: Path) -> dict:
     clean = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")}
     clean["ADAPTFLOW_ROOT"] = str(root)
-    out = subprocess.run([sys.executable, "-m", "benchmarks.threads", "--worker", side, "--images", str(images)],
+    out = subprocess.run([sys.executable, "-m", "perf.threads", "--worker", side, "--images", str(images)],
                          capture_output=True, text=True, env=clean, cwd=Path(__file__).resolve().parents[1])
     if out.returncode != 0:
         raise RuntimeError(f"benchmark worker ({side}) failed:\n{out.stderr[-3000:]}")
@@ -118,7 +118,7 @@ def cpu_model() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.threads", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m perf.threads", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per case (default 3)")
     parser.add_argument("--images", type=int, default=1000, help="MNIST training images per epoch (default 1000)")
     parser.add_argument("--root", type=Path, default=None, help="project folder holding data/mnist (default: $ADAPTFLOW_ROOT or .)")

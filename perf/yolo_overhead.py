@@ -1,4 +1,4 @@
-"""The YOLO path's fixed cost: `python -m benchmarks.yolo_overhead` (also part of `make bench`).
+"""The YOLO path's fixed cost: `python -m perf.yolo_overhead` (also part of `make bench`).
 
 `adaptflow finetune -c configs/detection.yaml` (10 epochs, the demo's target training split) against plain
 Ultralytics, `YOLO(weights).train(...)`, on the same images, the same starting weights (one model saved both
@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import progress_log
+from perf import progress_log
 
-log = logging.getLogger("benchmarks.yolo_overhead")
+log = logging.getLogger("perf.yolo_overhead")
 SIDES = ("ultralytics", "adaptflow")
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "detection.yaml"
@@ -142,7 +142,7 @@ def summary(r: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.yolo_overhead", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m perf.yolo_overhead", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--root", type=Path, default=None, help="project folder for the data and runs (default: a temporary one)")

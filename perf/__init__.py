@@ -1,5 +1,5 @@
-"""Benchmarks: `python -m benchmarks.bench` (the `bench` Makefile target), `python -m benchmarks.cuda`
-(`bench-cuda`, on a GPU), `python -m benchmarks.stack` (the local stack's limits, for infra/SCALING.md)."""
+"""Benchmarks: `python -m perf.bench` (the `bench` Makefile target), `python -m perf.cuda`
+(`bench-cuda`, on a GPU), `python -m perf.stack` (the local stack's limits, for infra/SCALING.md)."""
 
 from __future__ import annotations
 

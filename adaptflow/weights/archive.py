@@ -9,7 +9,7 @@ from filelock import FileLock
 
 from adaptflow import env
 from adaptflow.io import mask_secrets, staged_dir
-from adaptflow.pretrained.common import FetchError
+from adaptflow.weights.common import FetchError
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 MODEL_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")

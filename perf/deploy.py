@@ -1,4 +1,4 @@
-"""Section 5 of `python -m benchmarks.bench`: the speed of what users deploy.
+"""Section 5 of `python -m perf.bench`: the speed of what users deploy.
 
 1. CPU inference throughput of the exported ONNX model (ONNX Runtime, `adaptflow export --dynamic`) over eager
    PyTorch, for the demo's classifier (EfficientNet-Lite0 at 64 px, 10 classes) and detector (yolov8n at 128 px), at
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-log = logging.getLogger("benchmarks.bench")
+log = logging.getLogger("perf.bench")
 
 BATCHES = (1, 32)
 #: Images each timed throughput run infers (rounded up to whole batches).
@@ -41,7 +41,7 @@ def _models(base: Path) -> dict[str, tuple[Path, Path]]:
     from adaptflow.data.scenes import build_scene_data
     from adaptflow.detection.models import build_detector, save_detector
     from adaptflow.models import load_source_model, save_checkpoint
-    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.weights import fetch_pretrained
 
     lite, _ = load_source_model(fetch_pretrained("package:efficientnet_lite0").path, "efficientnet_lite0")
     lite.head = torch.nn.Linear(lite.head.in_features, 10)
@@ -56,7 +56,7 @@ def _models(base: Path) -> dict[str, tuple[Path, Path]]:
 
 def _throughput(run, batch, measurer, label: str) -> tuple[float, Any]:  # noqa: ANN001
     """Images per second of `run(batch)` over IMAGES_PER_RUN images."""
-    from benchmarks.bench import Timed
+    from perf.bench import Timed
 
     calls = -(-IMAGES_PER_RUN // len(batch))
 

@@ -9,8 +9,8 @@ import re
 from pathlib import Path
 
 from adaptflow.io import sha256_file
-from adaptflow.pretrained.common import PretrainedRef
-from adaptflow.pretrained.download import fetch_url
+from adaptflow.weights.common import PretrainedRef
+from adaptflow.weights.download import fetch_url
 
 #: Where `ultralytics:NAME` assets are published; `$ADAPTFLOW_ULTRALYTICS_ASSETS_URL` replaces it (e.g. a mirror).
 ASSETS_URL = "https://github.com/ultralytics/assets/releases/download/v8.4.0"

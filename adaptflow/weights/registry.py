@@ -7,7 +7,7 @@ from filelock import FileLock
 
 from adaptflow import env
 from adaptflow.io import sha256_file, staged_dir
-from adaptflow.pretrained.common import FetchError, PretrainedRef
+from adaptflow.weights.common import FetchError, PretrainedRef
 from adaptflow.tracking.store import ULTRALYTICS_FILE
 
 

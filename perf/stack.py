@@ -1,4 +1,4 @@
-"""What the local production stack sustains, measured: `python -m benchmarks.stack`.
+"""What the local production stack sustains, measured: `python -m perf.stack`.
 
 Starts the stack of `adaptflow.app.stack` (PostgreSQL, S3 on moto, the Prefect and MLflow servers
 on PostgreSQL, a process worker) in a temporary folder, or uses a running one (`--state-dir`),
@@ -14,7 +14,7 @@ and measures, from this process as a client on the same machine:
    proxy into S3, over the same file put straight into the bucket with boto3.
 
 Every timed block records the cores this process tree (the stack's servers included: they are
-its children) and other processes used meanwhile, as `benchmarks.bench` does. The machine may be
+its children) and other processes used meanwhile, as `perf.bench` does. The machine may be
 shared: quote ratios and orders of magnitude, not absolute times. Results: a final block on
 stdout and `reports/stack-bench.json`.
 """
@@ -36,14 +36,14 @@ from typing import Any
 
 from prefect import flow
 
-from benchmarks import progress_log
-from benchmarks.bench import Timed
+from perf import progress_log
+from perf.bench import Timed
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "reports" / "stack-bench.json"
 MB = 1024 * 1024
 
-log = logging.getLogger("benchmarks.stack")
+log = logging.getLogger("perf.stack")
 
 
 @flow(name="noop", persist_result=False)
@@ -131,7 +131,7 @@ def bench_prefect_worker(stack, runs: int, timeout: float = 600) -> dict[str, An
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
-    deployment = Flow.from_source(source=str(REPO), entrypoint="benchmarks/stack.py:noop").deploy(
+    deployment = Flow.from_source(source=str(REPO), entrypoint="perf/stack.py:noop").deploy(
         name="noop-bench", work_pool_name=stack.pool, print_next_steps=False, ignore_warnings=True)
     with Measured(stack) as timed:
         ids = [run_deployment(deployment, parameters={"i": i}, timeout=0).id for i in range(runs)]
@@ -237,7 +237,7 @@ def bench_artifacts(stack, size_mb: int, rounds: int) -> dict[str, Any]:  # noqa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.stack", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m perf.stack", description=__doc__.splitlines()[0])
     parser.add_argument("--state-dir", type=Path, help="use the stack running from this folder (default: start one)")
     parser.add_argument("--flow-runs", type=int, default=48, help="no-op flow runs per Prefect measurement (default 48)")
     parser.add_argument("--worker-runs", type=int, default=8, help="no-op deployment runs through the worker (default 8)")

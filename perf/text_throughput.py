@@ -1,7 +1,7 @@
 """Text fine-tuning throughput: adaptflow's loop (`train.fit` on cached token ids, dynamic padding) over a bare
 transformers + torch loop (the tokenizer pads each batch to its longest row, AdamW step) on the same model
 (all-MiniLM-L6-v2 with a linear head over mean-pooled tokens), the same texts, sequence length, batch size and
-initial weights. `python -m benchmarks.text_throughput` prints sentences/s of each and their ratio (target >= 0.95).
+initial weights. `python -m perf.text_throughput` prints sentences/s of each and their ratio (target >= 0.95).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def bare_loop(model, tokenizer, texts: list[str], labels: torch.Tensor, epochs: 
 def main(argv: list[str] | None = None) -> int:
     from adaptflow import env
     from adaptflow.data.folders import ImageSet
-    from adaptflow.pretrained import fetch_pretrained
+    from adaptflow.weights import fetch_pretrained
     from adaptflow.text.encoder import encoder_from_pretrained, load_encoder_folder, text_classifier
     from adaptflow.training import TrainSettings, fit
 

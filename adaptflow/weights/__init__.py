@@ -42,12 +42,12 @@ from filelock import FileLock
 
 from adaptflow import env
 from adaptflow.io import atomic_write, mask_secrets, sha256_file
-from adaptflow.pretrained import assets, download, local, packaged, registry, torchvision_hub
-from adaptflow.pretrained.archive import ARCHIVE_SUFFIXES, MODEL_SUFFIXES, from_archive, safe_extract
-from adaptflow.pretrained.common import (SCRATCH, FetchError, PickleRefused, PretrainedRef, TransientFetchError, fragment_digest,
+from adaptflow.weights import assets, download, local, packaged, registry, torchvision_hub
+from adaptflow.weights.archive import ARCHIVE_SUFFIXES, MODEL_SUFFIXES, from_archive, safe_extract
+from adaptflow.weights.common import (SCRATCH, FetchError, PickleRefused, PretrainedRef, TransientFetchError, fragment_digest,
                                          sidecar_digest)
-from adaptflow.pretrained.packaged import PACKAGED, PackagedWeights
-from adaptflow.pretrained.torchvision_hub import TORCHVISION_URL, TorchvisionWeights
+from adaptflow.weights.packaged import PACKAGED, PackagedWeights
+from adaptflow.weights.torchvision_hub import TORCHVISION_URL, TorchvisionWeights
 
 FORMS = ("package:<name>, torchvision:<arch>[:<weights>], ultralytics:<asset>.pt, https://..., models:/<name>@<alias>, a "
          "local path, or scratch")

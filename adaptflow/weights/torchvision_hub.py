@@ -18,8 +18,8 @@ from filelock import FileLock
 
 from adaptflow import env
 from adaptflow.io import sha256_file
-from adaptflow.pretrained.common import FetchError, PretrainedRef
-from adaptflow.pretrained.download import download
+from adaptflow.weights.common import FetchError, PretrainedRef
+from adaptflow.weights.download import download
 
 #: torchvision's download address; `$ADAPTFLOW_TORCHVISION_URL` replaces it (a mirror laid out the same way).
 TORCHVISION_URL = "https://download.pytorch.org/models"

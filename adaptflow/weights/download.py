@@ -20,7 +20,7 @@ from filelock import FileLock
 from adaptflow import env
 from adaptflow.console import progress
 from adaptflow.io import CHUNK, atomic_write, mask_secrets, sha256_file, with_retries
-from adaptflow.pretrained.common import FetchError, TransientFetchError, sidecar_digest
+from adaptflow.weights.common import FetchError, TransientFetchError, sidecar_digest
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Detector evaluation, before and after: `python -m benchmarks.detection_eval` (also part of `make bench`).
+"""Detector evaluation, before and after: `python -m perf.detection_eval` (also part of `make bench`).
 
 Scores one detector file on the demo's test sets (target and source), as the evaluate stage's `measure`
 does: load the file, decode the test images, predict, compute the COCO report. `previous` is how it
@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import progress_log
+from perf import progress_log
 
-log = logging.getLogger("benchmarks.detection_eval")
+log = logging.getLogger("perf.detection_eval")
 SIDES = ("previous", "adaptflow")
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def worker(side: str, model_path: str, config: str) -> dict:
 
 def _run(side: str, model_path: Path, config: Path, root: Path) -> dict:
     clean = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} | {"ADAPTFLOW_ROOT": str(root)}
-    out = subprocess.run([sys.executable, "-m", "benchmarks.detection_eval", "--worker", side, "--model", str(model_path),
+    out = subprocess.run([sys.executable, "-m", "perf.detection_eval", "--worker", side, "--model", str(model_path),
                           "--config", str(config)], capture_output=True, text=True, env=clean, cwd=REPO)
     if out.returncode != 0:
         raise RuntimeError(f"detection evaluation worker ({side}) failed:\n{out.stderr[-3000:]}")
@@ -101,7 +101,7 @@ def summary(r: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.detection_eval", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m perf.detection_eval", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model", type=Path, default=None, help="detector file (default: yolov8n from its initial weights)")
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "detection.yaml")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from adaptflow import env
 from adaptflow.io import sha256_file
-from adaptflow.pretrained.assets import ASSET_NAME
-from adaptflow.pretrained.common import FetchError, PretrainedRef, sidecar_digest
+from adaptflow.weights.assets import ASSET_NAME
+from adaptflow.weights.common import FetchError, PretrainedRef, sidecar_digest
 
 
 def path_of(uri: str) -> Path:
