@@ -136,8 +136,9 @@ def apply() -> None:
 #: Environment variables that carry the thread budget to child processes (torchrun workers, the
 #: YOLO trainer's process, DVC stages started by a flow): OpenMP and MKL read them when they load.
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-#: The budget `apply_threads` chose last in this process, for the run's record.
+#: The budget `apply_threads` chose last in this process, for the run's record, and the setting it was for.
 _applied: int | None = None
+_applied_for: int | str | None = None
 #: $OMP_NUM_THREADS as it was before `apply_threads` first set it (what this process was given).
 _given: str | None = None
 
@@ -249,7 +250,7 @@ def apply_threads(setting: int | str = "auto") -> int:
     """Give this process and the processes it starts the thread budget of `threads: <setting>`:
     torch's intra-op threads (when torch is loaded) and $OMP_NUM_THREADS / $MKL_NUM_THREADS for
     children. Returns the count."""
-    global _applied, _given
+    global _applied, _applied_for, _given
     if _applied is None:
         _given = os.environ.get("OMP_NUM_THREADS")
     n = resolve_threads(setting)
@@ -258,8 +259,15 @@ def apply_threads(setting: int | str = "auto") -> int:
     torch = sys.modules.get("torch")
     if torch is not None and torch.get_num_threads() != n:
         torch.set_num_threads(n)
-    _applied = n
+    _applied, _applied_for = n, setting
     return n
+
+
+def threads_for(setting: int | str = "auto") -> int:
+    """The thread budget of `threads: <setting>` in this process: the one already applied for that
+    setting (a stage applies it when it starts; its run record must say that count, not sample the
+    machine's busy cores again), else applied now."""
+    return _applied if _applied is not None and _applied_for == setting else apply_threads(setting)
 
 
 def threads_in_use() -> int | None:

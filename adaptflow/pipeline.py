@@ -80,13 +80,13 @@ def write_run_record(
         "pretrained": pretrained.to_dict(),
         "mlflow_run_id": mlflow_run_id,
         "origin": origin,
-        "threads_used": env.apply_threads(config.threads),
+        "threads_used": env.threads_for(config.threads),
     })
 
 
 def run_params(config: RunConfig, threads_used: int | None = None) -> dict:
     """The run's MLflow params: its config, and the thread count `threads` came to (`threads_used`)."""
-    return config.model_dump(mode="json") | {"threads_used": threads_used or env.apply_threads(config.threads)}
+    return config.model_dump(mode="json") | {"threads_used": threads_used or env.threads_for(config.threads)}
 
 
 def read_run_record(run_dir: Path, *, evaluated: bool = False) -> dict:

@@ -149,3 +149,29 @@ def test_auto_follows_a_given_count_also_after_setting_the_same_count_itself(mon
         assert 1 <= env.resolve_threads("auto") <= cpus
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_run_records_the_budget_its_stage_applied_though_the_machine_got_busier(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`auto` is decided once, when a stage starts: the run's params say that count, not a second look at the load."""
+    import torch
+
+    from adaptflow.config import load_config
+    from adaptflow.pipeline import run_params
+
+    for name, value in (("_applied", None), ("_applied_for", None), ("_given", None)):
+        monkeypatch.setattr(env, name, value)
+    for var in env.THREAD_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(env, "usable_cpus", lambda *args: 4)
+    load = iter([0.0, 3.0])  # idle when the stage starts, three cores busy elsewhere by the time the run is recorded
+    monkeypatch.setattr(env, "busy_cores_elsewhere", lambda: next(load))
+    before = torch.get_num_threads()
+    try:
+        cfg = load_config(None, [])
+        assert cfg.threads == "auto"
+        assert env.apply_threads(cfg.threads) == 4
+        assert run_params(cfg)["threads_used"] == 4 and torch.get_num_threads() == 4
+        assert env.threads_for(2) == 2 and torch.get_num_threads() == 2  # another setting is applied anew
+        assert env.threads_for("auto") == 1  # and auto after it is decided again, on the load now
+    finally:
+        torch.set_num_threads(before)
