@@ -159,6 +159,60 @@ def test_good_text_validates_and_tokenizes_once_into_the_cache(text_project: Pat
     assert len(load_text_split(cfg.data, "reviews", "train", tokens)) == 7
 
 
+def _txt_folders(split: Path, rows: list[tuple[str, str]]) -> None:
+    for i, (text, label) in enumerate(rows):
+        (split / label).mkdir(parents=True, exist_ok=True)
+        (split / label / f"{i}.txt").write_text(text + "\n", encoding="utf-8")
+
+
+def test_a_folder_of_text_files_per_class_reads_as_the_same_rows_as_a_csv(text_project: Path) -> None:
+    from adaptflow.text.data import read_split
+
+    domain = text_project / "data" / "reviews"
+    csv_rows = {split: read_split(_config().data, "reviews", split) for split in ("train", "test")}
+    for split in ("train", "test"):
+        (domain / f"{split}.csv").unlink()
+        _txt_folders(domain / split, list(zip(csv_rows[split].texts, csv_rows[split].labels, strict=True)))
+    assert validate(_config(), "data").checked_files == len(csv_rows["train"]) + len(csv_rows["test"])
+    for split in ("train", "test"):
+        rows = read_split(_config().data, "reviews", split)
+        assert sorted(zip(rows.texts, rows.labels, strict=True)) == sorted(zip(csv_rows[split].texts, csv_rows[split].labels, strict=True))
+    from adaptflow.text.data import load_text_split
+    from adaptflow.text.encoder import encoder_from_pretrained
+    from adaptflow.weights import fetch_pretrained
+
+    _, tokens = encoder_from_pretrained(fetch_pretrained("package:minilm_l6").path, "minilm_l6", 16)
+    first = load_text_split(_config().data, "reviews", "train", tokens)
+    assert first.classes == ("bad", "good") and first.labels.tolist() == [0] * 4 + [1] * 4
+    assert torch.equal(load_text_split(_config().data, "reviews", "train", tokens).images, first.images)  # from the cache
+    (domain / "train" / "good" / "0.txt").rename(domain / "train" / "bad" / "0.txt")  # a moved file is a new label: a new key
+    assert load_text_split(_config().data, "reviews", "train", tokens).labels.tolist() == [0] * 5 + [1] * 3
+
+
+@pytest.mark.parametrize("case", ["non-UTF-8 file", "empty file", "file outside a class folder", "a folder and a CSV"])
+def test_bad_text_folders_stop_naming_the_file_and_the_fix(text_project: Path, case: str) -> None:
+    domain = text_project / "data" / "reviews"
+    (domain / "train.csv").unlink()
+    _txt_folders(domain / "train", _rows())
+    if case == "non-UTF-8 file":
+        (domain / "train" / "good" / "1.txt").write_bytes(b"wonderf\xfcl results")
+        where, what = "train/good/1.txt", "is not UTF-8"
+    elif case == "empty file":
+        (domain / "train" / "bad" / "5.txt").write_text("  \n", encoding="utf-8")
+        where, what = "train/bad/5.txt", "empty text"
+    elif case == "file outside a class folder":
+        (domain / "train" / "stray.txt").write_text("no class for me", encoding="utf-8")
+        where, what = "train/stray.txt", "move each into train/<its label>/"
+    else:
+        _csv(domain / "train.csv", _rows())
+        where, what = "reviews", "both train.csv and train"
+    with pytest.raises(DataValidationError) as err:
+        validate(_config(), "data")
+    message = str(err.value)
+    assert where in message and what in message and "nothing was trained" in message, message
+    assert len(err.value.report.errors) == 1, message
+
+
 def test_adabn_is_refused_for_a_transformer_with_the_reason() -> None:
     with pytest.raises(ConfigError, match="LayerNorm"):
         _config("finetune.methods=[adabn]")

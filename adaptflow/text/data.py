@@ -1,4 +1,6 @@
-"""Text domains on disk: `<root>/<domain>/<split>.csv` or `.jsonl` with a `text` and a `label` column.
+"""Text domains on disk: `<root>/<domain>/<split>.csv` or `.jsonl` with a `text` and a `label` column, or a
+folder per split of `.txt` files, one text each, in a folder per class (`<split>/<label>/*.txt`; the
+unlabeled split's files may lie in it directly).
 
 Splits are `train` and `test` (labeled), optional `val` (labeled) and `unlabeled` (a label column,
 when present, serves only to measure pseudo-label accuracy). One parser reads a file and reports
@@ -33,6 +35,8 @@ from adaptflow.text.encoder import Tokens
 log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = (".csv", ".jsonl")
+#: In a split folder: one text per file.
+TEXT_FILE = ".txt"
 #: A row longer than this is refused: no sentence or review is; a file that lost its line ends is.
 MAX_TEXT_CHARS = 50_000
 #: Problems listed per file before the rest are counted only.
@@ -59,9 +63,11 @@ def domain_dir(data: DataConfig, domain: str) -> Path:
 
 
 def split_file(data: DataConfig, domain: str, split: str, report: Report | None = None) -> Path | None:
-    """`<domain>/<split>.csv` or `.jsonl`, whichever exists (None if neither; both is a problem)."""
+    """`<domain>/<split>.csv`, `.jsonl` or the folder `<domain>/<split>/`, whichever exists (None if none;
+    two is a problem)."""
     folder = domain_dir(data, domain)
     found = [folder / f"{split}{suffix}" for suffix in TEXT_SUFFIXES if (folder / f"{split}{suffix}").is_file()]
+    found += [folder / split] if (folder / split).is_dir() else []
     if len(found) > 1 and report is not None:
         report.error(folder, f"both {found[0].name} and {found[1].name}: which is the {split} split is unclear", "keep one of them")
     return found[0] if found else None
@@ -86,23 +92,24 @@ class _Rows:
         self.lines: list[int] = []
         self.problems = 0
 
-    def problem(self, line: int, message: str, fix: str) -> None:
+    def problem(self, line: int | None, message: str, fix: str, path: Path | None = None) -> None:
         self.problems += 1
         if self.problems <= MAX_PROBLEMS:
-            self.report.error(self.path, message, fix, line)
+            self.report.error(path or self.path, message, fix, line)
 
-    def add(self, line: int, text: object, label: object) -> None:
+    def add(self, line: int | None, text: object, label: object, path: Path | None = None) -> None:
+        """A row (or, in a split folder, a file: `path`, no line)."""
         if not isinstance(text, str) or not text.strip():
             self.problem(line, "empty text" if text in (None, "") or isinstance(text, str) else f"text is not a string ({text!r:.40})",
-                         "give every row a text, or remove the row")
+                         "give every row a text, or remove the row" if path is None else "write the text in it, or remove the file", path)
             return
         if len(text) > MAX_TEXT_CHARS:
             self.problem(line, f"a text of {len(text):,} characters (at most {MAX_TEXT_CHARS:,})",
-                         "split or trim it; a row this long is often a file whose line ends were lost")
+                         "split or trim it; a row this long is often a file whose line ends were lost", path)
             return
         label = "" if label is None else str(label).strip()
         if self.labeled and not label:
-            self.problem(line, "no label", "give the row its label, or move it to the unlabeled split")
+            self.problem(line, "no label", "give the row its label, or move it to the unlabeled split", path)
             return
         self.texts.append(text)
         self.labels.append(label)
@@ -123,8 +130,39 @@ def _columns_problem(path: Path, present: list[str], labeled: bool, report: Repo
     return bool(missing)
 
 
+def _text_files(folder: Path, labeled: bool, report: Report) -> list[tuple[Path, str]]:
+    """(file, label) of every `.txt` file of a split folder, classes and files in natural order: in a labeled
+    split each lies in the folder of its class; in the unlabeled split also directly in it (no label)."""
+    found: list[tuple[Path, str]] = []
+    loose = sorted((p for p in folder.glob(f"*{TEXT_FILE}") if p.is_file()), key=lambda p: natural_key(p.name))
+    if loose and labeled:
+        report.error(loose[0], f"{len(loose)} text file(s) directly in {folder.name}/, where no class is named",
+                     f"move each into {folder.name}/<its label>/")
+    found += [(p, "") for p in loose if not labeled]
+    for sub in sorted((d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: natural_key(d.name)):
+        files = sorted((p for p in sub.glob(f"*{TEXT_FILE}") if p.is_file()), key=lambda p: natural_key(p.name))
+        found += [(p, sub.name) for p in files]
+    if not found and not loose:
+        report.error(folder, f"no {TEXT_FILE} files in {folder.name}/",
+                     f"put one text per {TEXT_FILE} file in {folder.name}/<label>/, or write {folder.name}.csv with text and label columns")
+    return found
+
+
+def _read_folder(folder: Path, report: Report, labeled: bool) -> TextRows:
+    rows = _Rows(folder, report, labeled)
+    for path, label in _text_files(folder, labeled, report):
+        text = _decode(path, path.read_bytes(), report)
+        if text is not None:
+            report.checked_files += 1
+            rows.add(None, text.strip(), label, path)
+    return rows.done()
+
+
 def read_rows(path: Path, report: Report, labeled: bool = True) -> TextRows:
-    """Every row of a CSV (header row) or JSONL (one object a line) file; problems go to `report`."""
+    """Every row of a CSV (header row) or JSONL (one object a line) file, or every text file of a split
+    folder; problems go to `report`."""
+    if path.is_dir():
+        return _read_folder(path, report, labeled)
     rows = _Rows(path, report, labeled)
     text = _decode(path, path.read_bytes(), report)
     if text is None:
@@ -183,7 +221,7 @@ def read_split(data: DataConfig, domain: str, split: str) -> TextRows:
 
 def _missing(data: DataConfig, domain: str, split: str, report: Report) -> Report:
     if report.ok:
-        report.error(domain_dir(data, domain) / f"{split}.csv", f"no {split} split (a {split}.csv or {split}.jsonl file)",
+        report.error(domain_dir(data, domain) / f"{split}.csv", f"no {split} split (a {split}.csv or {split}.jsonl file, or a {split}/ folder of {TEXT_FILE} files)",
                      "add it, with a text column" + (" and a label column" if split in LABELED_SPLITS else ""))
     return report
 
@@ -196,7 +234,12 @@ def class_names(labels: list[str]) -> tuple[str, ...]:
 def _cache_key(path: Path, tokens: Tokens, classes: tuple[str, ...] | None, unlabeled: bool) -> str:
     digest = hashlib.sha256(f"{_CACHE_FORMAT}:{tokens.max_length}:{tokens.pad_id}:{unlabeled}:{classes}".encode())
     digest.update(hashlib.sha256(tokens.spec.encode()).digest())
-    digest.update(path.read_bytes())
+    if path.is_dir():  # every file by its place and content: a moved file changes its label
+        for file in sorted(p for p in path.rglob(f"*{TEXT_FILE}") if p.is_file()):
+            digest.update(f"{file.relative_to(path).as_posix()}\0".encode())
+            digest.update(hashlib.sha256(file.read_bytes()).digest())
+    else:
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
