@@ -283,13 +283,13 @@ def run_scratch_baseline(config: RunConfig, run_dir: Path) -> dict[str, float]:
 
     from adaptflow.weights import SCRATCH
 
-    cfg = config.finetune.model_copy(update={"strategy": "finetune", "backbone_lr_scale": 1.0, "l2sp": 0.0})
-    stages = for_task(config.task)
+    scratch = config.finetune.model_copy(update={"strategy": "finetune", "backbone_lr_scale": 1.0, "l2sp": 0.0})
+    stages = RunStages(config.model_copy(update={"finetune": scratch}))
     pretrained = fetch_pretrained(SCRATCH)
     started = time.perf_counter()
-    model = stages.finetune(cfg, config.data, pretrained, run_dir / "finetune")
+    model = stages.finetune(pretrained, run_dir)
     seconds = time.perf_counter() - started
-    metrics = stages.evaluate(config.evaluate, config.data, model.path, pretrained, run_dir / "evaluate", cfg.device)
+    metrics = stages.evaluate(model.path, pretrained, run_dir)
     return {**metrics, "train_seconds": seconds}
 
 

@@ -12,7 +12,7 @@ from adaptflow.config import DataConfig, EvaluateConfig, RunConfig
 from adaptflow.data import load_split, split_dir
 from adaptflow.io import read_json, write_json
 from adaptflow.weights import PretrainedRef
-from adaptflow.stages import for_task
+from adaptflow.stages import RunStages
 from adaptflow.sweep.plan import Trial
 from adaptflow.training import torch_threads
 from adaptflow.versioning import VersioningError, read_version
@@ -39,10 +39,10 @@ def run_trial(trial: Trial, pretrained: PretrainedRef, work_dir: Path, parent_ru
     cfg = trial.config
     run_id = _child_run(trial, work_dir, parent_run_id)
     with tracking.ended_on_failure(cfg.tracking, run_id), torch_threads(threads):
-        stages = for_task(cfg.task)
-        stages.check_pretrained(pretrained, cfg.finetune, cfg.data)
-        model = stages.finetune(cfg.finetune, cfg.data, pretrained, work_dir / "finetune", tracking.epoch_logger(cfg.tracking, run_id))
-        metrics = stages.evaluate(cfg.evaluate, cfg.data, model.path, pretrained, work_dir / "evaluate", cfg.finetune.device)
+        stages = RunStages(cfg)
+        stages.check_pretrained(pretrained)
+        model = stages.finetune(pretrained, work_dir, tracking.epoch_logger(cfg.tracking, run_id))
+        metrics = stages.evaluate(model.path, pretrained, work_dir)
         if cfg.task == "classification":
             metrics |= unsupervised_scores(cfg.evaluate, cfg.data, model.path, cfg.finetune.device)
     tracking.log_metrics(cfg.tracking, run_id, metrics)
