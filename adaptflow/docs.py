@@ -215,6 +215,35 @@ def detection_table(root: Path = REPO) -> str:
     return "\n".join(lines)
 
 
+TEXT_PRESET = "text"
+
+
+def text_table(root: Path = REPO) -> str:
+    """The `text` preset: target macro-F1 at each k for TF-IDF and every transfer run, then source-only and the
+    methods without target labels (means over seeds, in points), and whether each target was met."""
+    summary = _metrics(root, TEXT_PRESET)["text"]
+    few = summary["few_shot_macro_f1"]
+    shots = sorted({k for by_k in few.values() for k in by_k}, key=_shots_key)
+    best = {k: max((n for n in few if n != "tfidf" and k in few[n]), key=lambda n: few[n][k]) for k in shots}
+    lines = ["| run (macro-F1, target test) | " + " | ".join(f"k = {k}" for k in shots) + " |", "|---" * (len(shots) + 1) + "|"]
+    for name, by_k in few.items():
+        label = "TF-IDF + logistic regression" if name == "tfidf" else f"`{name}`"
+        cells = [(f"**{_pct(by_k[k])}**" if best[k] == name else _pct(by_k.get(k))) if k in by_k else "" for k in shots]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    unsupervised = summary.get("unsupervised", {})
+    if unsupervised:
+        lines += ["", "| no target labels | macro-F1 | gain over source-only |", "|---|---|---|"]
+        lines += [f"| {'source only' if n == 'source_only' else f'`{n}`'} | {_pct(m['target_macro_f1'])} | "
+                  f"{'' if n == 'source_only' else _pts(m['gain'])} |" for n, m in unsupervised.items()]
+    targets = [f"- {what.format(k=summary[key].get('k'), best=summary[key]['best'], gain=_pts(summary[key]['gain']))}: "
+               f"**{'met' if summary[key]['met'] else 'not met'}**"
+               for key, what in (("transfer_vs_tfidf", "the best transfer run against TF-IDF at k = {k}: `{best}`, {gain} points (target: +10)"),
+                                 ("unsupervised_vs_source_only", "the best method without labels against source-only: `{best}`, {gain} points"))
+               if key in summary]
+    lines += ["", *targets] if targets else []
+    return "\n".join(lines)
+
+
 def report_disagreements(root: Path = REPO) -> list[str]:
     """Where a committed report.md's few-label table disagrees with the metrics.json the same benchmark
     run wrote beside it (a report edited by hand, or a metrics file from another run); empty when they agree."""
@@ -253,6 +282,7 @@ BLOCKS: dict[str, dict[str, Callable[[Path], str]]] = {
         "detection-table": detection_table,
     },
     "README.md": {"imagenet-table": starting_points_table},
+    "docs/text.md": {"text-table": text_table},
 }
 
 

@@ -127,7 +127,10 @@ def validate(config: RunConfig, stage: str = "transfer") -> Report:
         from adaptflow.text.data import check_text_domains
 
         wanted = ("unlabeled",) if config.finetune.methods or config.finetune.keep_epoch in VALIDATORS else ()
-        check_text_domains(config.data, wanted, report, source=stage != "pretrain")
+        if stage == "pretrain" and config.data.source is None:
+            report.error("data.source", "empty: the text pretrain stage fine-tunes the encoder on a source domain's labels",
+                         "set data.source (e.g. movie_reviews), or skip the stage and start from the encoder: pretrained.uri=package:minilm_l6")
+        check_text_domains(config.data, wanted, report, source=True)
     else:
         check_image_domains(config, stage, report)
     return conclude(report, config)

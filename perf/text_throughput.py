@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def texts_and_labels(n: int) -> tuple[list[str], list[int]]:
-    """The first `n` drug reviews of the text demo (its package), labeled 0..2."""
+    """The first `n` drug reviews of the text demo (its package), labeled by class index."""
     from adaptflow.data.reviews import drug_reviews
 
     rows = drug_reviews()["train"][:n]

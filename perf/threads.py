@@ -2,9 +2,9 @@
 
 One epoch of the classifier loop (`adaptflow.training.fit`, `small_cnn` on MNIST at the demo's 32 px), each
 run a fresh process, with torch's default thread count (one per core of the host: the old behaviour)
-against `threads: auto` (`adaptflow.env.apply_threads`): first beside a CPU-bound neighbour (another torch
-process computing at its default thread count, as a second job on a shared machine or CI runner does),
-then with no neighbour. The two sides alternate within each round (the first side alternates too), and
+against `threads: auto` (`adaptflow.env.apply_threads`): first beside CPU-bound neighbours (other torch
+processes computing at their default thread count, as other jobs on a shared machine or CI runner do; one,
+then two of them: the ratio depends on the load), then with no neighbour. The two sides alternate within each round (the first side alternates too), and
 every round is reported: the machine may be shared with other work.
 """
 
@@ -66,17 +66,24 @@ def _run_side(side: str, images: int, root: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_threads(root: Path, rounds: int = 3, images: int = 1000) -> dict:
-    """The contention and idle cases, `rounds` alternating rounds each; ratios of median images/s, auto / default."""
-    result: dict = {"images": images, "arch": "small_cnn", "epochs_per_run": 1, "usable_cpus": None, "rounds": rounds}
+def case_name(neighbours: int) -> str:
+    return "idle" if neighbours == 0 else "contention" if neighbours == 1 else f"contention_{neighbours}"
+
+
+def bench_threads(root: Path, rounds: int = 3, images: int = 2000, neighbours: tuple[int, ...] = (1, 2)) -> dict:
+    """The contention cases (each count of `neighbours`) and the idle case, `rounds` alternating rounds each;
+    ratios of median images/s, auto / default."""
+    result: dict = {"images": images, "arch": "small_cnn", "epochs_per_run": 1, "usable_cpus": None, "rounds": rounds,
+                    "neighbours": [n for n in neighbours if n > 0]}
     from adaptflow import env
 
     result["usable_cpus"] = env.usable_cpus()
-    for case in ("contention", "idle"):
-        neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR]) if case == "contention" else None
+    for count in [*result["neighbours"], 0]:
+        case = case_name(count)
+        started = [subprocess.Popen([sys.executable, "-c", NEIGHBOUR]) for _ in range(count)]
         try:
-            if neighbour is not None:
-                time.sleep(2.0)  # the neighbour's torch is loaded and computing
+            if started:
+                time.sleep(2.0)  # the neighbours' torch is loaded and computing
             runs: dict[str, list[dict]] = {side: [] for side in SIDES}
             for i in range(rounds):
                 for side in SIDES if i % 2 == 0 else SIDES[::-1]:
@@ -85,7 +92,7 @@ def bench_threads(root: Path, rounds: int = 3, images: int = 1000) -> dict:
                     log.info("%s round %d/%d %s: %.0f images/s with %d thread(s) (%.1f s)", case, i + 1, rounds, side,
                              row["images_per_s"], row["threads"], row["seconds"])
         finally:
-            if neighbour is not None:
+            for neighbour in started:
                 neighbour.kill()
                 neighbour.wait()
         median = {side: statistics.median(r["images_per_s"] for r in runs[side]) for side in SIDES}
@@ -97,7 +104,10 @@ def bench_threads(root: Path, rounds: int = 3, images: int = 1000) -> dict:
 def summary(r: dict) -> list[str]:
     """The printed lines: each case's ratio with its raw rounds."""
     lines = []
-    for case, label in (("contention", "beside a CPU-bound neighbour"), ("idle", "no neighbour")):
+    counts = r.get("neighbours", [1])
+    for count in [*counts, 0]:
+        case = case_name(count)
+        label = "no neighbour" if count == 0 else "beside a CPU-bound neighbour" if count == 1 else f"beside {count} CPU-bound neighbours"
         c = r[case]
         raw = "; ".join(f"{side} " + ", ".join(f"{x['images_per_s']:.0f}" for x in c[f"{side}_runs"]) + f" ({c[f'{side}_runs'][0]['threads']} thr.)"
                         for side in SIDES)
@@ -120,7 +130,8 @@ def cpu_model() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m perf.threads", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per case (default 3)")
-    parser.add_argument("--images", type=int, default=1000, help="MNIST training images per epoch (default 1000)")
+    parser.add_argument("--images", type=int, default=2000, help="MNIST training images per epoch (default 2000)")
+    parser.add_argument("--neighbours", default="1,2", help="CPU-bound neighbour counts of the contention cases (default 1,2)")
     parser.add_argument("--root", type=Path, default=None, help="project folder holding data/mnist (default: $ADAPTFLOW_ROOT or .)")
     parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -129,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     progress_log(log, "bench threads")
     root = (args.root or Path(os.environ.get("ADAPTFLOW_ROOT") or ".")).resolve()
-    result = bench_threads(root, args.rounds, args.images)
+    result = bench_threads(root, args.rounds, args.images, tuple(int(n) for n in args.neighbours.split(",") if n.strip()))
     result["machine"] = {"cpu": cpu_model(), "cpus": os.cpu_count()}
     print(json.dumps(result, indent=2) if os.environ.get("BENCH_JSON") else "\n".join(summary(result)))
     return 0

@@ -213,6 +213,38 @@ def test_bad_text_folders_stop_naming_the_file_and_the_fix(text_project: Path, c
     assert len(err.value.report.errors) == 1, message
 
 
+def test_data_add_appends_checked_texts_to_a_split_once_and_refuses_a_test_text_writing_nothing(text_project: Path) -> None:
+    root = text_project
+    dump_params(_config(), root / "params.yaml")
+    train = root / "data" / "reviews" / "train.csv"
+    before = train.read_text()
+    (root / "new.jsonl").write_text('{"text": "it cured my rash", "label": "good"}\n{"text": "gave me hives", "label": "bad"}\n'
+                                    '{"text": "it cured my rash", "label": "good"}\n')
+    out = _finish(root, "data", "add", "new.jsonl")
+    assert "added 2 texts to reviews/train: {'good': 1, 'bad': 1}" in out
+    after = train.read_text()
+    assert after.startswith(before) and after[len(before):] == "it cured my rash,good\ngave me hives,bad\n"
+    assert "added 0 texts" in _finish(root, "data", "add", "new.jsonl")  # rows the split holds are not added again
+    assert train.read_text() == after
+
+    test_text = _rows()[0][0]  # in the test split already
+    (root / "leak.csv").write_text(f'text,label\n"new and fine",good\n"{test_text}",good\n,bad\n')
+    refused = _stage(root, "data", "add", "leak.csv")
+    err = refused.communicate(timeout=300)[1]
+    assert refused.returncode != 0 and "leak.csv:4" in err and "empty text" in err
+    (root / "leak.csv").write_text(f'text,label\n"new and fine",good\n"{test_text}",good\n')
+    refused = _stage(root, "data", "add", "leak.csv")
+    err = refused.communicate(timeout=300)[1]
+    assert refused.returncode != 0 and "leak.csv:3" in err and "already in the test split (test.csv)" in err
+    assert "nothing was added" in err and train.read_text() == after
+
+    folder = root / "more" / "good"
+    folder.mkdir(parents=True)
+    (folder / "a.txt").write_text("works wonders\n")
+    assert "added 1 texts to reviews/unlabeled: {'good': 1}" in _finish(root, "data", "add", "more", "--split", "unlabeled")
+    assert (root / "data" / "reviews" / "unlabeled.csv").read_text() == "text,label\nworks wonders,good\n"
+
+
 def test_adabn_is_refused_for_a_transformer_with_the_reason() -> None:
     with pytest.raises(ConfigError, match="LayerNorm"):
         _config("finetune.methods=[adabn]")
@@ -289,6 +321,37 @@ def test_text_run_killed_with_sigkill_resumes_to_the_same_model_then_registers_a
     rows = json.loads(table)
     assert set(rows["class"].values()) <= {"bad", "good"} and len(rows["class"]) == 2
     assert all(abs(sum(json.loads(p).values()) - 1) < 1e-4 for p in rows["probabilities"].values())
+
+
+def test_text_pretrain_fine_tunes_the_encoder_on_the_source_and_the_target_run_starts_from_it(text_project: Path) -> None:
+    from adaptflow.text.encoder import load_text_checkpoint
+
+    root = text_project
+    source = root / "data" / "movies"
+    _csv(source / "train.csv", [("a fine film", "good"), ("a dull film", "bad"), ("loved every minute", "good"), ("a waste", "bad")])
+    _csv(source / "test.csv", [("great acting", "good"), ("boring plot", "bad")])
+    dump_params(_config("data.source=null"), root / "params.yaml")
+    with pytest.raises(DataValidationError, match="data.source.*empty: the text pretrain stage fine-tunes the encoder"):
+        validate(_config("data.source=null"), "pretrain")
+    refused = _stage(root, "pretrain", "pretrain.arch=resnet18", "data.source=movies", "pretrain.augment=false")
+    assert refused.wait(timeout=300) != 0 and "pretrain.arch 'resnet18' is an image model" in refused.stderr.read()
+
+    sourced = ["data.source=movies", "pretrain.arch=minilm_l6", "pretrain.augment=false", "pretrain.epochs=2", "pretrain.batch_size=4",
+               "pretrain.lr=0.01", "pretrain.output=models/source-text"]
+    published = json.loads(_finish(root, "pretrain", *sourced, "--json"))
+    model_file = root / "models" / "source-text" / "model.pt"
+    assert Path(published["path"]) == model_file and {"source_accuracy", "source_macro_f1"} <= set(published["metrics"])
+    assert (model_file.with_name("model.pt.sha256").read_text().split()[0] == published["sha256"])
+    _, meta, _ = load_text_checkpoint(model_file)
+    assert meta["classes"] == ("bad", "good") and meta["extra"]["domain"] == "movies"
+
+    start = [*sourced, "pretrained.uri=models/source-text/model.pt"]
+    _finish(root, "finetune", *start, "--run-dir", "from-source")
+    metrics = json.loads(_finish(root, "evaluate", *start, "--run-dir", "from-source", "--json"))
+    # the source model as it is, measured on the same target test split: what the fine-tune added to it
+    assert {"baseline_target_accuracy", "baseline_target_macro_f1", "source_accuracy"} <= set(metrics)
+    record = json.loads((root / "from-source" / "run.json").read_text())
+    assert record["pretrained"]["sha256"] == published["sha256"]
 
 
 def test_adaptation_methods_train_a_text_model_on_the_pooled_embedding(text_project: Path) -> None:

@@ -37,13 +37,14 @@ def data_version(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = N
 
 @data_app.command("add")
 def data_add(
-    source: Annotated[Path, typer.Argument(help="Folder of new labeled images: CLASS/IMAGE, or images/ and labels/ for detection")],
+    source: Annotated[Path, typer.Argument(help="Folder of new labeled images: CLASS/IMAGE, or images/ and labels/ for detection; "
+                                                "texts: a CSV or JSONL file (text, label) or a folder of LABEL/*.txt")],
     split: Annotated[Split, typer.Option(help="Split to add them to")] = Split.train,
     domain: Annotated[str | None, typer.Option(help="Domain folder to add them to (default: data.target; e.g. the source)")] = None,
     config: ConfigOption = DEFAULT_CONFIG,
     overrides: Overrides = None,
 ) -> None:
-    """Add new labeled images to a domain (the target by default), then announce it (a Prefect event that triggers retraining)."""
+    """Add new labeled images or texts to a domain (the target by default), then announce it (a Prefect event that triggers retraining)."""
     from adaptflow.data import split_dir
     from adaptflow.data.ingest import add_images
     from adaptflow.detection.ingest import add_detection_images
@@ -53,13 +54,18 @@ def data_add(
     target = cfg.data.target
     api = prefect_api(outcome="; nothing was added")  # first: a retry after a lost announcement would add nothing, and announce nothing
     dest = split_dir(cfg.data, target, split.value)
-    if cfg.task == "detection":
+    what = "texts" if cfg.task == "text_classification" else "images"
+    if cfg.task == "text_classification":
+        from adaptflow.text.ingest import add_texts
+
+        added = add_texts(source, cfg.data, target, split.value)
+    elif cfg.task == "detection":
         from adaptflow.detection.data import read_names
 
         added = add_detection_images(source, dest, len(read_names(dest.parent)))
     else:
         added = add_images(source, dest, cfg.data.window)
-    typer.echo(f"added {sum(added.values())} images to {target}/{split.value}: {added}")
+    typer.echo(f"added {sum(added.values())} {what} to {target}/{split.value}: {added}")
     if not added:
         return
     if api is None:

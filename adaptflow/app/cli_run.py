@@ -136,12 +136,13 @@ def demo(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> 
     typer.secho("1/3 the demo domains (MNIST -> UCI digits; digit scenes -> on photographs), built where missing", bold=True)
     built = ensure_domains(env.project_path(cfg.data.root), [*DEMO_DOMAINS, *filter(None, (cfg.data.source, cfg.data.target))])
     typer.echo(f"built {', '.join(built)}" if built else "present: kept as they are (`adaptflow data build` rebuilds them)")
-    if cfg.task == "text_classification":  # a pretrained encoder: no source model to train first
+    text = cfg.task == "text_classification"
+    if text and cfg.pretrained.uri.startswith("package:"):  # from the encoder itself: no source model to train first
         from adaptflow.text.report import demo_lines
 
         typer.secho(f"2/2 transfer flow from {cfg.pretrained.uri}: version data -> fetch -> fine-tune -> evaluate -> register", bold=True)
         result = _run_flow(Flow.transfer, cfg)
-        typer.echo("\n".join(demo_lines(cfg, result, time.perf_counter() - started)))
+        typer.echo("\n".join(demo_lines(cfg, None, result, time.perf_counter() - started)))
         return
     if cfg.data.source is None:  # start from the pretrained model: compare with the same network from scratch
         typer.secho(f"2/3 transfer flow from {cfg.pretrained.uri}: version data -> fetch -> fine-tune -> evaluate -> register", bold=True)
@@ -157,6 +158,11 @@ def demo(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> 
     source = _run_flow(Flow.pretrain, cfg)
     typer.secho("3/3 transfer flow: version data -> fetch -> fine-tune -> evaluate -> register", bold=True)
     result = _run_flow(Flow.transfer, cfg)
+    if text:
+        from adaptflow.text.report import demo_lines
+
+        typer.echo("\n".join(demo_lines(cfg, source, result, time.perf_counter() - started)))
+        return
     _print_results(cfg, source, result, time.perf_counter() - started)
 
 

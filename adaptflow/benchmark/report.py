@@ -55,21 +55,22 @@ def write_report(
     starts = (" Few-label strategies also start from pretrained weights: " + "; ".join(
         f"runs `{FewLabel('<strategy>', init=init).name}` from `{uri}` (its weights, a new head)" for init, uri in spec.pretrained.items())
         + "; runs named by the strategy alone start from the source model.") if spec.pretrained else ""
-    md += [
-        f"Architecture `{spec.arch}` at {spec.image_size} px, seeds {seeds}; values are target-test accuracy, mean ± std over seeds. "
-        f"Source models: {spec.source.epochs} epochs on the source {spec.source.describe_augmentation()} "
-        + ", ".join(f"{s['source']} seed {s['seed']}: {100 * s['source_accuracy']:.1f}% on source test" for s in sources) + ".",
-        "",
-        "Hyperparameters are the preset's, not searched: literature defaults (pseudo-label threshold "
-        f"{spec.pseudo_label_threshold}, adaptation weight {spec.adapt_weight}, layer-wise decay {spec.layer_lr_decay}, "
-        f"surgical blocks {spec.surgical_blocks}, MCC temperature 2.5, DANN's lambda schedule) and the project's training "
-        f"defaults; no hyperparameter was chosen on a target test set.{l2sp}{starts} Where a method is chosen per seed, the unsupervised validator `{spec.validator}` chooses it, from "
-        "unlabeled target images only; the label-based choice is shown beside it for comparison, not used. "
-        "A verdict 'helps' means the mean gain over source-only exceeds the seed standard deviation (and 1 point)."
-        + (" The few-label learning rate is also tried at the preset's lr_candidates, and the same validator picks it "
-           "(section 'Learning rate picked without target labels')." if spec.lr_candidates else ""),
-        "",
-    ]
+    if spec.pairs:  # the image grid's settings (a text-only or detection-only preset has none)
+        md += [
+            f"Architecture `{spec.arch}` at {spec.image_size} px, seeds {seeds}; values are target-test accuracy, mean ± std over seeds. "
+            f"Source models: {spec.source.epochs} epochs on the source {spec.source.describe_augmentation()} "
+            + ", ".join(f"{s['source']} seed {s['seed']}: {100 * s['source_accuracy']:.1f}% on source test" for s in sources) + ".",
+            "",
+            "Hyperparameters are the preset's, not searched: literature defaults (pseudo-label threshold "
+            f"{spec.pseudo_label_threshold}, adaptation weight {spec.adapt_weight}, layer-wise decay {spec.layer_lr_decay}, "
+            f"surgical blocks {spec.surgical_blocks}, MCC temperature 2.5, DANN's lambda schedule) and the project's training "
+            f"defaults; no hyperparameter was chosen on a target test set.{l2sp}{starts} Where a method is chosen per seed, the unsupervised validator `{spec.validator}` chooses it, from "
+            "unlabeled target images only; the label-based choice is shown beside it for comparison, not used. "
+            "A verdict 'helps' means the mean gain over source-only exceeds the seed standard deviation (and 1 point)."
+            + (" The few-label learning rate is also tried at the preset's lr_candidates, and the same validator picks it "
+               "(section 'Learning rate picked without target labels')." if spec.lr_candidates else ""),
+            "",
+        ]
     models: dict[str, tuple[Path, Path]] = {}
     for pair in spec.pairs:
         target = pair.target
@@ -114,7 +115,7 @@ def write_report(
         paths["time_to_accuracy"] = plot_time_to_accuracy(spec, results, output / "time_to_accuracy.png", spec.shots if spec.pretrained else (1,))
     if models and all(after.exists() for _, after in models.values()):
         paths["features"] = plot_features(spec, output / "features.png", models)
-    md += ["## Plots", ""]
+    md += ["## Plots", ""] if any(key in paths for key in ("label_efficiency", "time_to_accuracy", "features")) else []
     for key, title in (("label_efficiency", "Label efficiency: accuracy versus labels per class"),
                        ("time_to_accuracy", f"Time to accuracy with {_labels_per_class(spec.shots if spec.pretrained else [1])}"),
                        ("features", "Features before and after adaptation (PCA)")):

@@ -19,6 +19,7 @@ from adaptflow.config import (
     LAYERWISE_STRATEGIES, AdaptMethod, Arch, ConfigError, Strategy, TrackingConfig, TrainSettings, explain, folder_name_problem, setting,
 )
 from adaptflow.detection.benchmark import DetectionBenchmark
+from adaptflow.text.benchmark import TextBenchmark
 from adaptflow.execution import DaskAddressField, GpuPoolField, RayAddressField, RunnerField, check_addresses
 from adaptflow.io import content_digest, parse_yaml, read_text
 
@@ -163,6 +164,7 @@ class BenchmarkSpec(Spec):
     output: Path = Path("reports/benchmark")
     tracking: TrackingConfig = TrackingConfig(experiment="adaptflow-benchmark")
     detection: DetectionBenchmark | None = Field(None, description="The detection part (mAP50); empty: classification only")
+    text: TextBenchmark | None = Field(None, description="The text part (macro-F1 of a sentence encoder); empty: no text")
 
     @field_validator("methods", "semi_supervised")
     @classmethod
@@ -289,6 +291,8 @@ def domains(spec: BenchmarkSpec) -> list[str]:
     names = [d for p in spec.pairs for d in (p.source, p.target)]
     if spec.detection is not None:
         names += [spec.detection.source, spec.detection.target]
+    if spec.text is not None:
+        names += [spec.text.source, spec.text.target]
     return list(dict.fromkeys(names))
 
 

@@ -8,6 +8,7 @@ from prefect.runtime import flow_run
 
 from adaptflow.benchmark import BenchmarkSpec, plan_cells, source_jobs
 from adaptflow.console import progress
+from adaptflow.text import benchmark as text
 from adaptflow.orchestration.flows.runners import task_runner
 from adaptflow.tracking.runs import ended_on_failure
 from adaptflow.orchestration.tasks.benchmark import (
@@ -17,6 +18,8 @@ from adaptflow.orchestration.tasks.benchmark import (
     prepare_data_task,
     report_task,
     run_cell_task,
+    text_cell_task,
+    text_source_task,
     train_source_task,
 )
 
@@ -52,5 +55,9 @@ def benchmark(spec: BenchmarkSpec = BenchmarkSpec(), command: str = "") -> dict:
             for seed in spec.detection.seeds:
                 detection_source_task(spec, seed)
                 detection += [detection_cell_task(spec, seed, method, parent) for method in spec.detection.methods]
-        paths = report_task(spec, results, sources, parent, command, detection)
+        texts = []
+        if spec.text is not None:  # one at a time, like detection: a transformer uses every core it is given
+            texts = [text_source_task(spec, seed) for seed in spec.text.seeds]
+            texts += [text_cell_task(spec, seed, name, shots, parent) for seed, name, shots in text.cells(spec.text)]
+        paths = report_task(spec, results, sources, parent, command, detection, texts)
     return {"report": paths["report"], "cells": len(results), "mlflow_run_id": parent}

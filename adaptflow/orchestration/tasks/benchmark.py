@@ -17,6 +17,8 @@ from adaptflow.execution import gpu_pool_for
 from adaptflow.io import read_json, write_json
 from adaptflow.orchestration.tasks.common import NETWORK_RETRIES, NO_RESULT_CACHE, TRAINING_RETRY
 from adaptflow.orchestration.tasks.gpu import gpu_slot
+from adaptflow.text import benchmark as text
+from adaptflow.training import torch_threads
 
 
 @task(name="prepare-data", task_run_name="prepare demo data", **NO_RESULT_CACHE)
@@ -65,9 +67,29 @@ def detection_cell_task(spec: BenchmarkSpec, seed: int, method: str, parent_run_
     return result
 
 
+@task(name="text-source", task_run_name="text source seed {seed}", **TRAINING_RETRY, **NO_RESULT_CACHE)
+def text_source_task(spec: BenchmarkSpec, seed: int) -> dict:
+    """The text source model of one seed (reused when already trained): the encoder fine-tuned on the source labels."""
+    with torch_threads(spec.threads):
+        return text.source_model(spec.text, spec.data_root, cells.work_dir(spec), seed)
+
+
+@task(name="text-cell", task_run_name="text {name} k={shots} seed={seed}", **TRAINING_RETRY, **NO_RESULT_CACHE)
+def text_cell_task(spec: BenchmarkSpec, seed: int, name: str, shots: int | str, parent_run_id: str) -> dict:
+    """One text run on one seed, logged as a child run of the benchmark's run."""
+    with torch_threads(spec.threads):
+        result = text.run_cell(spec.text, spec.data_root, cells.work_dir(spec), seed, name, shots)
+    params = {"task": "text_classification", "run": name, "shots": shots, "seed": seed, "encoder": spec.text.encoder}
+    run_id = tracking.start_run(spec.tracking, f"text-{name}-k{shots}-seed{seed}", {"stage": "benchmark-cell", "kind": "text"},
+                                params, parent_run_id=parent_run_id)
+    tracking.log_metrics(spec.tracking, run_id, {k: v for k, v in result.items() if isinstance(v, float)})
+    tracking.finish_run(spec.tracking, run_id)
+    return result
+
+
 @task(name="benchmark-report", task_run_name="report {spec.name}", **NO_RESULT_CACHE)
 def report_task(spec: BenchmarkSpec, results: list[dict], sources: list[dict], parent_run_id: str, command: str,
-                detection_results: list[dict] = ()) -> dict[str, str]:
+                detection_results: list[dict] = (), text_results: list[dict] = ()) -> dict[str, str]:
     """report.md, PNG plots and metrics.json; attached to the parent run and shown as a Prefect artifact."""
     summary: dict = {}
 
@@ -75,11 +97,17 @@ def report_task(spec: BenchmarkSpec, results: list[dict], sources: list[dict], p
         markdown, summary["detection"] = detection.report_section(spec.detection, list(detection_results), output)
         return markdown
 
-    sections = [detection_section] if detection_results else []
+    def text_section(spec: BenchmarkSpec, _results: list[dict], output: Path) -> str:
+        markdown, summary["text"] = text.report_section(spec.text, list(text_results), output)
+        return markdown
+
+    sections = [*([detection_section] if detection_results else []), *([text_section] if text_results else [])]
     paths = report.write_report(spec, results, sources, Path(spec.output), cells.work_dir(spec), sections, command=command)
     if summary:
         write_json(paths["metrics"], read_json(paths["metrics"]) | summary)
-        paths["detection"] = Path(spec.output) / "detection_map50.png"
+    for key, plot in (("detection", "detection_map50.png"), ("text", "text_macro_f1.png")):
+        if key in summary and (Path(spec.output) / plot).exists():
+            paths[key] = Path(spec.output) / plot
     record.close_parent_run(spec, parent_run_id, paths, read_json(paths["metrics"]))
     markdown = paths["report"].read_text()
     create_markdown_artifact(markdown, key=f"benchmark-{spec.name.replace('_', '-').lower()}", description=f"Benchmark report ({spec.name})")
