@@ -11,14 +11,13 @@ JSON lines, read while the child runs; the parent stays the only process that ta
 
     python -m adaptflow.child CALL_FILE    # what the parent starts
 
-A caller that knows a call is coming can `prestart` its process: it imports what the call will need
-(`--preload module:function`) while the parent still checks its inputs, then waits for the call file.
-`call` takes that process only if the environment is still the one it was started with.
+A process that is the only user of those generators (a stage command: no orchestrator, no other thread)
+declares it with `in_this_process()`; `call` then runs the function in it, the same function with the
+same records, without starting and importing a second Python.
 """
 
 from __future__ import annotations
 
-import atexit
 import importlib
 import json
 import logging
@@ -27,7 +26,8 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,42 +37,19 @@ ERROR_KEY = "__error__"
 #: so that adaptflow's lines from the child reach wherever the parent's go (a Prefect flow run's log).
 LOG_KEY = "__log__"
 POLL_SECONDS = 0.2
-#: How often a pre-started child looks for its call file.
-WAIT_SECONDS = 0.02
-#: Processes `prestart` began, by call file, with the environment they were given.
-_STARTED: dict[Path, tuple[subprocess.Popen, dict[str, str]]] = {}
+_here = False
 
 
-def _call_path(folder: Path) -> Path:
-    return (folder / "child.call").resolve()
-
-
-def prestart(folder: Path, preload: str) -> None:
-    """Start the process of the next `call` into `folder` now: it runs `preload` ("module:function", e.g. the
-    import of a trainer) and then waits for the call. Stopped when this process exits, if no call took it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    call_path = _call_path(folder)
-    call_path.unlink(missing_ok=True)
-    environ = os.environ.copy()
-    process = subprocess.Popen([sys.executable, "-m", __name__, str(call_path), "--preload", preload], env=environ)
-    _STARTED[call_path] = (process, environ)
-
-
-@atexit.register
-def _stop_unused() -> None:
-    for process, _ in _STARTED.values():
-        if process.poll() is None:
-            kill(process)
-    _STARTED.clear()
-
-
-def _started_for(call_path: Path) -> subprocess.Popen | None:
-    """The pre-started process for `call_path`, if it still runs in this process's current environment."""
-    process, environ = _STARTED.pop(call_path, (None, None))
-    if process is not None and (process.poll() is not None or environ != dict(os.environ)):
-        kill(process)
-        return None
-    return process
+@contextmanager
+def in_this_process() -> Iterator[None]:
+    """Within it, `call` runs its function in this process: for a caller no other thread shares the
+    process-global generators with (a stage command), where a child would only add a second start."""
+    global _here
+    before, _here = _here, True
+    try:
+        yield
+    finally:
+        _here = before
 
 
 class ChildProcessError(RuntimeError):
@@ -86,14 +63,15 @@ def call(fn: Callable[..., Any], folder: Path, /, *, on_record: Callable[[dict],
     is stopped and the error propagates; if the child fails, `ChildProcessError` carries its
     traceback's last line and the full traceback follows on stderr.
     """
+    if _here:
+        return fn(**kwargs, emit=on_record or _ignore)
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)
     call_path, records_path, result_path = (folder / f"child.{name}" for name in ("call", "records.jsonl", "result"))
     result_path.unlink(missing_ok=True)
     records_path.write_text("")
-    process = _started_for(_call_path(folder))
-    partial = call_path.with_name(call_path.name + ".partial")  # a pre-started child reads it once it is complete
+    partial = call_path.with_name(call_path.name + ".partial")  # the child reads it once it is complete
     torch.save({"target": f"{fn.__module__}:{fn.__qualname__}", "kwargs": kwargs,
                 "records": str(records_path), "result": str(result_path)}, partial)
     partial.replace(call_path)
@@ -108,8 +86,7 @@ def call(fn: Callable[..., Any], folder: Path, /, *, on_record: Callable[[dict],
         elif on_record is not None:
             on_record(record)
 
-    if process is None:
-        process = subprocess.Popen([sys.executable, "-m", __name__, str(call_path)], env=os.environ.copy())
+    process = subprocess.Popen([sys.executable, "-m", __name__, str(call_path)], env=os.environ.copy())
     try:
         watch(process, Relay(records_path, receive), stop=kill)
     finally:
@@ -185,23 +162,13 @@ class Emitter:
             records.write(json.dumps(record) + "\n")
 
 
-def wait_for_call(call_path: str, preload: str) -> bool:
-    """Run `preload`, then wait until the call file exists; False if the parent exits first."""
-    module, _, name = preload.partition(":")
-    getattr(importlib.import_module(module), name)()
-    parent = os.getppid()
-    while not os.path.exists(call_path):
-        if os.getppid() != parent:
-            return False
-        time.sleep(WAIT_SECONDS)
-    return True
+def _ignore(record: dict) -> None:
+    pass
 
 
-def main(call_path: str, preload: str | None = None) -> int:
+def main(call_path: str) -> int:
     import torch
 
-    if preload is not None and not wait_for_call(call_path, preload):
-        return 1
     spec = torch.load(call_path, map_location="cpu", weights_only=False)  # noqa: S614 - written by `call`
     module, _, name = spec["target"].partition(":")
     fn = getattr(importlib.import_module(module), name)
@@ -222,4 +189,4 @@ def main(call_path: str, preload: str | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[3] if sys.argv[2:3] == ["--preload"] else None))
+    sys.exit(main(sys.argv[1]))

@@ -106,3 +106,15 @@ def test_the_network_guard_reaches_child_processes() -> None:
     assert result.returncode != 0 and "test network guard" in result.stderr
     assert any("192.0.2.1" in line for line in netguard.refused())
     netguard.reset()  # the attempt was this test's own
+
+
+def test_in_this_process_the_same_call_runs_here_with_the_same_records_and_no_files(tmp_path: Path) -> None:
+    """A stage command (no other thread) runs its trainer in its own process: no second Python to start."""
+    seen: list[dict] = []
+    with child.in_this_process():
+        result = child.call(count, tmp_path / "call", on_record=seen.append, n=3)
+        with pytest.raises(ValueError, match="batch size 0 is not a batch size"):
+            child.call(fail_after_one, tmp_path / "fails")
+    assert result == {"total": 3, "pid": os.getpid()} and [r["epoch"] for r in seen] == [1, 2, 3]
+    assert not (tmp_path / "call").exists() and not (tmp_path / "fails").exists()
+    assert child.call(count, tmp_path / "after", n=1)["pid"] != os.getpid(), "outside the block a child process again"

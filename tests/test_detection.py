@@ -154,9 +154,9 @@ def test_the_adapter_leaves_the_thread_count_of_later_processes_alone_and_keeps_
 
 
 def test_yolo_finetune_gives_the_losses_of_plain_ultralytics_on_the_same_data_weights_and_settings(scenes: Path) -> None:
-    """adaptflow's YOLO fine-tune (the trainer's process loads the detector file and writes the result) and
-    `YOLO(checkpoint).train(...)` from the same weights, images, settings and seed: identical per-epoch losses
-    (both train on the CPU with Ultralytics' deterministic mode, in processes of their own)."""
+    """adaptflow's YOLO fine-tune (the trainer's process loads the detector file and writes the result; and the
+    same in the stage's own process, as a stage command trains) and `YOLO(checkpoint).train(...)` from the same
+    weights, images, settings and seed: identical per-epoch losses (CPU, Ultralytics' deterministic mode)."""
     import json
 
     import torch
@@ -185,6 +185,13 @@ def test_yolo_finetune_gives_the_losses_of_plain_ultralytics_on_the_same_data_we
     plain = [{k.replace("/", "_"): v for k, v in row.items()} for row in json.loads(out.stdout.strip().splitlines()[-1])["losses"]]
     assert len(ours) == 2 and ours == plain
     assert all(v > 0 for row in ours for v in row.values())
+
+    from adaptflow import child
+
+    with child.in_this_process():
+        stages.finetune(cfg.finetune, cfg.data, fetch_pretrained(str(scenes / "start.pt")), scenes / "here")
+    here = [{k: row[k] for k in ("train_box_loss", "train_cls_loss", "train_dfl_loss")} for row in read_json(scenes / "here" / "history.json")]
+    assert here == plain
 
 
 def test_faster_rcnn_pretrains_finetunes_and_is_measured_by_the_same_map(scenes: Path) -> None:

@@ -22,14 +22,14 @@ from adaptflow.app.cli_common import (
 def pretrain(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None, run_dir: RunDir = Path("outputs"),
              as_json: JsonOption = False) -> None:
     """Stage: train the source model and publish it to pretrain.output (no orchestrator)."""
+    from adaptflow import child
     from adaptflow.pipeline import run_pretrain
-    from adaptflow.versioning import read_version
-
     from adaptflow.validate import validate
+    from adaptflow.versioning import read_version
 
     cfg = stage_config(config, overrides)
     validate(cfg, "pretrain")
-    with run_failures():
+    with run_failures(), child.in_this_process():  # a stage command: trainers need no process of their own
         published = run_pretrain(cfg, run_dir, read_version(cfg.data), origin="cli")
     show(published.to_dict(), as_json, "published source model")
 
@@ -38,21 +38,17 @@ def pretrain(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None,
 def finetune(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None, run_dir: RunDir = Path("outputs"),
              as_json: JsonOption = False) -> None:
     """Stage: fetch the pretrained model and fine-tune it on the target (no orchestrator)."""
-    cfg = stage_config(config, overrides)
-    if cfg.task == "detection" and cfg.finetune.arch.startswith("yolo"):
-        from adaptflow import child
-
-        env.apply()  # the environment the trainer's process would get, set before it starts
-        child.prestart(run_dir / "finetune", "adaptflow.detection.yolo:ultralytics")  # its imports overlap this one's and the checks
+    from adaptflow import child
     from adaptflow.pipeline import write_run_record
     from adaptflow.stages import RunStages
     from adaptflow.validate import validate
     from adaptflow.versioning import read_version
 
+    cfg = stage_config(config, overrides)
     validate(cfg, "finetune")
     stages = RunStages(cfg)
     pretrained = stages.fetch_pretrained()
-    with run_failures():
+    with run_failures(), child.in_this_process():  # a stage command: trainers need no process of their own
         write_run_record(cfg, read_version(cfg.data), pretrained, run_dir, origin="cli")
         model = stages.finetune(pretrained, run_dir)
     show(model.to_dict(), as_json, "fine-tuned model")
