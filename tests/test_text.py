@@ -245,6 +245,31 @@ def test_data_add_appends_checked_texts_to_a_split_once_and_refuses_a_test_text_
     assert (root / "data" / "reviews" / "unlabeled.csv").read_text() == "text,label\nworks wonders,good\n"
 
 
+def test_data_import_makes_split_files_of_texts_a_text_dataset_with_a_config_that_validates(text_project: Path, tmp_path: Path) -> None:
+    from adaptflow.text.data import read_split
+
+    root = text_project
+    theirs = tmp_path / "my-reviews"
+    _csv(theirs / "training.csv", _rows())
+    _csv(theirs / "testing.csv", _rows()[::2])
+    (theirs / "pool.jsonl").write_text('{"text": "no label yet"}\n')
+    (theirs / "notes.csv").write_text("not,a,split\n")  # a file that names no split is not the dataset's
+    out = _finish(root, "data", "import", str(theirs), "--name", "mine", "--split", "pool=unlabeled")
+    assert "mine: unlabeled 1, test 4, train 8 texts" in out and "adaptflow run transfer -c configs/mine.yaml" in out
+    assert sorted(p.name for p in (root / "data" / "mine").iterdir()) == ["test.csv", "train.csv", "unlabeled.jsonl"]
+    cfg = load_config(root / "configs" / "mine.yaml")
+    assert (cfg.task, cfg.finetune.arch, cfg.pretrained.uri, cfg.registry.model_name) == ("text_classification", "minilm_l6",
+                                                                                          "package:minilm_l6", "mine")
+    assert read_split(cfg.data, "mine", "train").labels == [label for _, label in _rows()]
+    _finish(root, "validate", "-c", "configs/mine.yaml", "--data-only")
+
+    _csv(theirs / "training.csv", _rows() + [("", "good")])  # an empty text: checked after the copy, nothing kept
+    refused = _stage(root, "data", "import", str(theirs), "--name", "broken", "--split", "pool=unlabeled")
+    err = refused.communicate(timeout=300)[1]
+    assert refused.returncode == 3 and "train.csv:10" in err and "empty text" in err and "nothing was imported" in err
+    assert not (root / "data" / "broken").exists() and not (root / "configs" / "broken.yaml").exists()
+
+
 def test_adabn_is_refused_for_a_transformer_with_the_reason() -> None:
     with pytest.raises(ConfigError, match="LayerNorm"):
         _config("finetune.methods=[adabn]")

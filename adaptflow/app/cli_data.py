@@ -84,10 +84,12 @@ def data_add(
 @data_app.command("import")
 def data_import(
     target: Annotated[Path, typer.Argument(help="Your dataset: split folders (train and test; also unlabeled, val; or names such as "
-                                                "train_labeled, testing) of class folders of images")],
+                                                "train_labeled, testing) of class folders of images; texts: split files "
+                                                "(train.csv, test.jsonl, ...: text and label columns) or folders of LABEL/*.txt")],
     name: Annotated[str, typer.Option(help="The dataset's name: its domain folder, its config (configs/NAME.yaml), its registered model")],
     source: Annotated[Path | None, typer.Option(help="A source domain's folder (labeled, the same classes): pretrain on it, then adapt; "
-                                                     "without it, runs start from ImageNet weights")] = None,
+                                                     "without it, runs start from ImageNet weights (texts: the packaged "
+                                                     "sentence encoder)")] = None,
     split: Annotated[list[str] | None, typer.Option(help="THEIRS=OURS maps a split folder (OURS: train, unlabeled, test, val)")] = None,
     overrides: Overrides = None,
 ) -> None:
@@ -103,7 +105,7 @@ def data_import(
         mapping[theirs] = ours
     imported = import_dataset(name, target, source, mapping, overrides or [])
     for domain, counts in imported.domains.items():
-        typer.echo(f"{domain}: " + ", ".join(f"{split} {n}" for split, n in counts.items()) + " images")
+        typer.echo(f"{domain}: " + ", ".join(f"{split} {n}" for split, n in counts.items()) + (" texts" if imported.text else " images"))
     config = imported.config.relative_to(env.project_root())
     typer.echo(f"config {config} (registered model: {name})\nnext:")
     if imported.source:

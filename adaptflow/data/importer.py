@@ -4,9 +4,13 @@ agree (the registered model named after the dataset, the source model's folder a
 
     adaptflow data import ~/scans --name scans                  # target only: starts from ImageNet weights
     adaptflow data import ~/scans --name scans --source ~/old   # a source domain too: pretrain on it, then adapt
+    adaptflow data import ~/reviews --name reviews              # texts: starts from the packaged sentence encoder
 
 Split folders are recognised by their usual names (`train_labeled`, `training` -> train; `train_unlabeled`
 -> unlabeled; `testing`, `eval` -> test; `valid`, `validation` -> val), or mapped with `--split THEIRS=OURS`.
+A folder whose splits are CSV or JSONL files (`train.csv`, `testing.jsonl`, ...; `text` and `label` columns),
+or folders of `.txt` files per label, is a text dataset: `task: text_classification`, from the packaged
+sentence encoder (or, with a source, the encoder fine-tuned on the source's labels first).
 Nothing is left half-done: the copy is staged beside the data root, checked (`validate`, data only), and
 only then renamed into place with its config.
 """
@@ -23,6 +27,7 @@ from adaptflow import env
 from adaptflow.config import RunConfig, dump_params, load_config
 from adaptflow.data.folders import IMAGE_SUFFIXES
 from adaptflow.errors import UserError
+from adaptflow.text.data import TEXT_FILE, TEXT_SUFFIXES
 
 #: The split names the pipeline reads, and the names datasets commonly give them.
 SPLIT_NAMES = {
@@ -34,6 +39,11 @@ SPLIT_NAMES = {
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 #: Where a dataset with no source domain starts: ImageNet weights that ship in a package.
 IMAGENET = {"pretrained.uri": "package:efficientnet_lite0", "arch": "efficientnet_lite0"}
+#: A text dataset's settings: the packaged sentence encoder, trained as the text benchmark found best (docs/text.md).
+TEXT = {"task": "text_classification", "finetune.arch": "minilm_l6", "pretrain.arch": "minilm_l6", "data.max_length": "128",
+        "finetune.batch_size": "16", "finetune.lr": "0.002", "finetune.backbone_lr_scale": "0.025", "finetune.weight_decay": "0.01",
+        "finetune.augment": "false", "finetune.epochs": "10", "pretrain.epochs": "2", "pretrain.batch_size": "16",
+        "pretrain.lr": "0.002", "pretrain.weight_decay": "0.01", "pretrain.augment": "false", "registry.metric": "target_macro_f1"}
 
 
 class DatasetImportError(UserError, ValueError):
@@ -48,23 +58,29 @@ class Imported:
     config: Path
     domains: dict[str, dict[str, int]] = field(default_factory=dict)
     source: str | None = None
+    text: bool = False
 
 
 def map_splits(folder: Path, mapping: dict[str, str]) -> dict[str, Path]:
-    """{the pipeline's split: the user's folder} for the sub-folders of `folder`; `mapping` ({theirs: ours})
-    overrides the usual names. A folder that maps to nothing, or two that map to one split, are errors."""
+    """{the pipeline's split: the user's folder or text file} for the sub-folders of `folder` and its CSV and JSONL
+    files named after a split; `mapping` ({theirs: ours}) overrides the usual names. A folder that maps to nothing,
+    or two that map to one split, are errors."""
     if not folder.is_dir():
         raise DatasetImportError(f"{folder}: no such folder")
     known = {alias: ours for ours, aliases in SPLIT_NAMES.items() for alias in aliases}
     found: dict[str, Path] = {}
     unknown = []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        ours = mapping.get(sub.name) or known.get(sub.name.lower())
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".") and (p.is_dir() or p.suffix in TEXT_SUFFIXES)]
+    for sub in sorted(entries):
+        theirs = sub.name if sub.is_dir() else sub.stem
+        ours = mapping.get(theirs) or known.get(theirs.lower())
+        if ours is None and sub.is_file():
+            continue  # a file that names no split (a README.csv, a label list): not the dataset's
         if ours is None:
-            unknown.append(sub.name)
+            unknown.append(theirs)
         elif ours in found:
-            raise DatasetImportError(f"{folder}: both {found[ours].name}/ and {sub.name}/ would be the {ours} split; "
-                               f"map one elsewhere with --split {sub.name}=SPLIT ({', '.join(SPLIT_NAMES)})")
+            raise DatasetImportError(f"{folder}: both {found[ours].name} and {sub.name} would be the {ours} split; "
+                               f"map one elsewhere with --split {theirs}=SPLIT ({', '.join(SPLIT_NAMES)})")
         else:
             found[ours] = sub
     bad = sorted(set(mapping.values()) - set(SPLIT_NAMES))
@@ -98,17 +114,18 @@ def import_dataset(
             raise DatasetImportError(f"{target if domain == name else source}: no {' or '.join(missing)} split among "
                                f"{sorted(p.name for p in found.values()) or 'its sub-folders'}; a domain needs labeled train and test "
                                "images (map a folder with --split THEIRS=train)")
-    config = _config(name, source_name, overrides)
+    text = any(is_text_split(p) for found in mapped.values() for p in found.values())
+    config = _config(name, source_name, overrides, text)
     data_root = env.project_path(config.data.root)
     taken = [p for p in (config_path, *(data_root / d for d in mapped)) if p.exists()]
     if taken:
         raise DatasetImportError(f"{taken[0]} exists; choose another --name, or remove it first")
     data_root.mkdir(parents=True, exist_ok=True)
-    imported = Imported(name, config_path, source=source_name)
+    imported = Imported(name, config_path, source=source_name, text=text)
     with tempfile.TemporaryDirectory(prefix=f".import-{name}-", dir=data_root) as tmp:
         staged = Path(tmp)
         for domain, found in mapped.items():
-            imported.domains[domain] = {split: _copy_images(folder, staged / domain / split) for split, folder in found.items()}
+            imported.domains[domain] = {split: _copy_split(folder, staged / domain, split) for split, folder in found.items()}
         _validate(config, staged)
         for domain in mapped:
             (staged / domain).rename(data_root / domain)
@@ -117,8 +134,19 @@ def import_dataset(
     return imported
 
 
-def _config(name: str, source: str | None, overrides: list[str] | tuple[str, ...]) -> RunConfig:
+def is_text_split(path: Path) -> bool:
+    """A CSV or JSONL file, or a folder holding `.txt` files (directly or one folder down): a split of texts."""
+    return path.suffix in TEXT_SUFFIXES if path.is_file() else any(path.glob(f"*{TEXT_FILE}")) or any(path.glob(f"*/*{TEXT_FILE}"))
+
+
+def _config(name: str, source: str | None, overrides: list[str] | tuple[str, ...], text: bool = False) -> RunConfig:
     """The dataset's config: its domains, a registered model of its own, and linked paths that agree."""
+    if text:
+        settings = {**TEXT, "data.target": name, "data.source": source or "", "data.labeled_per_class": "", "registry.model_name": name,
+                    "pretrain.output": f"models/{name}-source", "finetune.strategy": "finetune"}
+        output = dict(item.partition("=")[::2] for item in overrides).get("pretrain.output", settings["pretrain.output"])
+        settings |= {"pretrained.uri": f"{output}/model.pt"} if source else {"pretrained.uri": "package:minilm_l6", "registry.guard_metric": ""}
+        return load_config(None, [f"{k}={v}" for k, v in settings.items()] + list(overrides))
     arch = IMAGENET["arch"]
     given = dict(item.partition("=")[::2] for item in overrides)
     arch = given.get("finetune.arch", arch)
@@ -137,6 +165,20 @@ def _config(name: str, source: str | None, overrides: list[str] | tuple[str, ...
     return load_config(None, [f"{k}={v}" for k, v in settings.items()] + list(overrides))
 
 
+def _copy_split(theirs: Path, domain: Path, split: str) -> int:
+    """Copy one split into the staged domain under the pipeline's name for it: a text file as `<split>.csv|.jsonl`
+    (its rows counted), a folder as `<split>/` (its images or text files counted)."""
+    if theirs.is_file():
+        dest = domain / f"{split}{theirs.suffix}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(theirs, dest)
+        from adaptflow.data.checks import Report
+        from adaptflow.text.data import read_rows
+
+        return len(read_rows(dest, Report(), labeled=split != "unlabeled"))  # its problems are reported by the check after the copy
+    return _copy_images(theirs, domain / split)
+
+
 def _copy_images(folder: Path, dest: Path) -> int:
     """Copy the images under `folder` to `dest`, keeping their folders (validation then checks the layout);
     a link is refused: the copy would hold what it points to, from wherever that is."""
@@ -147,7 +189,7 @@ def _copy_images(folder: Path, dest: Path) -> int:
             continue
         if path.is_symlink():
             raise DatasetImportError(f"{path}: a link (to {path.resolve()}); copy the file itself there, or remove the link")
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        if path.is_file() and (path.suffix.lower() in IMAGE_SUFFIXES or path.suffix == TEXT_FILE):
             (dest / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, dest / relative)
             count += 1
@@ -157,9 +199,14 @@ def _copy_images(folder: Path, dest: Path) -> int:
 def _validate(config: RunConfig, staged: Path) -> None:
     """Check the staged copy as the pipeline will read it (data only: no model exists yet)."""
     from adaptflow.data.checks import DataValidationError, validate_images
+    from adaptflow.validate import validate
 
+    staged_config = config.model_copy(update={"data": config.data.model_copy(update={"root": staged})})
     try:
-        validate_images(config.model_copy(update={"data": config.data.model_copy(update={"root": staged})}))
+        if config.task == "text_classification":
+            validate(staged_config, "data")
+        else:
+            validate_images(staged_config)
     except DataValidationError as exc:
         message = str(exc).replace(str(staged), "(imported)").replace("nothing was trained or registered", "nothing was imported")
         raise DatasetImportError(message) from None
