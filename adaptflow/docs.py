@@ -221,8 +221,17 @@ TEXT_PRESET = "text"
 def text_table(root: Path = REPO) -> str:
     """The `text` preset: target macro-F1 at each k for TF-IDF and every transfer run, then source-only and the
     methods without target labels (means over seeds, in points), and whether each target was met."""
+    from adaptflow.benchmark import load_preset
+
     summary = _metrics(root, TEXT_PRESET)["text"]
-    few = summary["few_shot_macro_f1"]
+    spec = load_preset(TEXT_PRESET).text
+    order = ["tfidf", *spec.runs(), "source_only", *spec.methods]  # the preset's order (metrics.json sorts its keys)
+    rank = {name: i for i, name in enumerate(order)}
+
+    def ordered(table: dict) -> dict:
+        return dict(sorted(table.items(), key=lambda item: (rank.get(item[0], len(order)), item[0])))
+
+    few = ordered(summary["few_shot_macro_f1"])
     shots = sorted({k for by_k in few.values() for k in by_k}, key=_shots_key)
     best = {k: max((n for n in few if n != "tfidf" and k in few[n]), key=lambda n: few[n][k]) for k in shots}
     lines = ["| run (macro-F1, target test) | " + " | ".join(f"k = {k}" for k in shots) + " |", "|---" * (len(shots) + 1) + "|"]
@@ -230,7 +239,7 @@ def text_table(root: Path = REPO) -> str:
         label = "TF-IDF + logistic regression" if name == "tfidf" else f"`{name}`"
         cells = [(f"**{_pct(by_k[k])}**" if best[k] == name else _pct(by_k.get(k))) if k in by_k else "" for k in shots]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    unsupervised = summary.get("unsupervised", {})
+    unsupervised = ordered(summary.get("unsupervised", {}))
     if unsupervised:
         lines += ["", "| no target labels | macro-F1 | gain over source-only |", "|---|---|---|"]
         lines += [f"| {'source only' if n == 'source_only' else f'`{n}`'} | {_pct(m['target_macro_f1'])} | "

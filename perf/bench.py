@@ -17,7 +17,7 @@
    of loading it back from the decode cache, and the memory two processes take for one cached set,
    `load_image_folder` over a plain list-stack-permute decode and a whole-file cache read.
 5. Thread budget (`perf/threads.py`): the loop's images/s with `threads: auto` over torch's
-   default thread count, beside a CPU-bound neighbour process and without one.
+   default thread count, beside one and two CPU-bound neighbour processes and without one.
 6. Detector evaluation (`perf/detection_eval.py`): scoring a YOLO file on the demo's test sets
    as before (default threads, torchmetrics' per-class re-evaluations) against now.
 7. Deployment (`perf/deploy.py`): CPU throughput of the exported ONNX model over eager PyTorch for
@@ -26,6 +26,8 @@
 8. YOLO fixed cost (`perf/yolo_overhead.py`): `adaptflow finetune -c configs/detection.yaml` over plain
    Ultralytics `YOLO(weights).train(...)` with the same data, weights and settings, whole commands in fresh
    processes, 10 epochs. `--only yolo` runs this section alone.
+9. Text training loop (`perf/text_throughput.py`): sentences/s of `fit` on token ids over a bare
+   transformers + torch loop on the same encoder, texts, sequence length and batch size.
 
 The machine may be shared: on 2 cores one busy neighbour slows a 2-thread torch process
 several-fold. So every timed run records how much CPU other processes took meanwhile; a run
@@ -60,6 +62,8 @@ from perf.deploy import bench_deploy, report_lines
 from perf.image_cache import bench_image_cache
 from perf.detection_eval import bench_detection_eval, make_model
 from perf.detection_eval import summary as detection_summary
+from perf.text_throughput import bench_text
+from perf.text_throughput import summary as text_summary
 from perf.threads import bench_threads
 from perf.threads import summary as threads_summary
 from perf.yolo_overhead import bench_yolo_overhead
@@ -534,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary projects")
     args = parser.parse_args(argv)
 
-    for name in ("perf.bench", "perf.threads", "perf.detection_eval", "perf.yolo_overhead"):
+    for name in ("perf.bench", "perf.threads", "perf.detection_eval", "perf.yolo_overhead", "perf.text_throughput"):
         progress_log(logging.getLogger(name), "bench")
     started = time.perf_counter()
     measurer = Measurer(started + args.budget, args.quiet_wait, args.retries)
@@ -578,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         yolo_result = bench_yolo_overhead(base / "yolo", args.yolo_rounds)
         use_root(template)
         fit_result = bench_fit(template, measurer, args.fit_images, args.fit_epochs, args.fit_rounds)
+        text_result = bench_text(rounds=args.fit_rounds)
         layout_result = bench_layout(template, measurer, args.fit_images, args.fit_rounds)
         flow_result = bench_flow(Roots(base, template), measurer, args.flow_rounds)
         cache_result = bench_image_cache(base, args.cache_images)
@@ -595,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "flow_overhead": flow_result,
         "training_loop": fit_result,
+        "text_training_loop": text_result,
         "memory_layout": layout_result,
         "image_cache": cache_result,
         "thread_budget": threads_result,
@@ -631,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
           f"memory {c['decode_peak_ratio']:.2f} ({mib(c['ours']['decode_peak_growth_mib'])} against {mib(c['plain']['decode_peak_growth_mib'])}), "
           f"cached load time {c['cached_load_ratio']:.2f}, two processes' memory for one cached set {c['two_processes_ratio']:.2f} "
           f"({mib(c['ours']['two_processes_pss_mib'])} against {mib(c['plain']['two_processes_pss_mib'])})")
-    for line in [*threads_summary(threads_result), *detection_summary(detection_result), *yolo_summary(yolo_result), *report_lines(deploy_result)]:
+    for line in [*text_summary(text_result), *threads_summary(threads_result), *detection_summary(detection_result), *yolo_summary(yolo_result), *report_lines(deploy_result)]:
         print(line)
     kept = f["contended_runs"] + t["contended_runs"] + sum(layout_result[arch]["contended_runs"] for arch in LAYOUT_ARCHS)
     if measurer.discarded or kept:

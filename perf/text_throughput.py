@@ -48,12 +48,63 @@ def bare_loop(model, tokenizer, texts: list[str], labels: torch.Tensor, epochs: 
             optimizer.step()
 
 
-def main(argv: list[str] | None = None) -> int:
-    from adaptflow import env
+def bench_text(texts: int = 64, epochs: int = 1, rounds: int = 3, max_length: int = 64, batch_size: int = 16) -> dict:
+    """`rounds` rounds of both loops on the same model, texts and settings (the first side alternates); the ratio
+    of median sentences/s, ours / bare."""
     from adaptflow.data.folders import ImageSet
-    from adaptflow.weights import fetch_pretrained
     from adaptflow.text.encoder import encoder_from_pretrained, load_encoder_folder, text_classifier
     from adaptflow.training import TrainSettings, fit
+    from adaptflow.weights import fetch_pretrained
+
+    torch.set_flush_denormal(True)  # fit() sets it; the bare loop runs under the same flag
+    ref = fetch_pretrained("package:minilm_l6")
+    encoder, tokens = encoder_from_pretrained(ref.path, "minilm_l6", max_length)
+    _, hf_tokenizer = load_encoder_folder(ref.path.rsplit("/", 1)[0])
+    sentences, labels = texts_and_labels(texts)
+    classes = tuple(str(c) for c in sorted(set(labels)))
+    labels_t = torch.tensor(labels)
+    torch.manual_seed(0)
+    initial = copy.deepcopy(text_classifier(encoder, len(classes)).state_dict())
+
+    def fresh():  # noqa: ANN202
+        model = text_classifier(encoder_from_pretrained(ref.path, "minilm_l6", max_length)[0], len(classes))
+        model.load_state_dict(initial)
+        return model
+
+    def ours() -> float:
+        model = fresh()
+        started = time.perf_counter()
+        ids = tokens(sentences)  # adaptflow tokenizes a split once (and caches it): counted here all the same
+        settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=1e-4, strategy="finetune", device="cpu")
+        fit(model, ImageSet(ids, labels_t, classes), settings, progress=False)
+        return epochs * len(sentences) / (time.perf_counter() - started)
+
+    def bare() -> float:
+        model = fresh()
+        started = time.perf_counter()
+        bare_loop(model, hf_tokenizer, sentences, labels_t, epochs, batch_size, max_length, 1e-4)
+        return epochs * len(sentences) / (time.perf_counter() - started)
+
+    sides = {"ours": ours, "bare": bare}
+    runs: dict[str, list[float]] = {name: [] for name in sides}
+    for i in range(rounds):
+        for name in list(sides) if i % 2 == 0 else list(sides)[::-1]:
+            runs[name].append(sides[name]())
+            log.info("round %d/%d %s: %.1f sentences/s", i + 1, rounds, name, runs[name][-1])
+    median = {name: statistics.median(values) for name, values in runs.items()}
+    return {"ratio": median["ours"] / median["bare"], "ours_median": median["ours"], "bare_median": median["bare"], "runs": runs,
+            "texts": texts, "max_length": max_length, "batch_size": batch_size, "threads": torch.get_num_threads(), "rounds": rounds}
+
+
+def summary(r: dict) -> list[str]:
+    raw = "; ".join(f"{name} " + ", ".join(f"{v:.1f}" for v in values) for name, values in r["runs"].items())
+    return [f"text fine-tuning loop / bare transformers + torch loop (sentences/s): {r['ratio']:.3f}  (median ours "
+            f"{r['ours_median']:.1f}, bare {r['bare_median']:.1f}; raw rounds: {raw}; {r['texts']} texts, max_length "
+            f"{r['max_length']}, batch {r['batch_size']}, {r['threads']} threads)"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from adaptflow import env
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--texts", type=int, default=64)
@@ -64,44 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     env.apply()
-    torch.set_flush_denormal(True)  # fit() sets it; the bare loop runs under the same flag
-
-    ref = fetch_pretrained("package:minilm_l6")
-    encoder, tokens = encoder_from_pretrained(ref.path, "minilm_l6", args.max_length)
-    _, hf_tokenizer = load_encoder_folder(ref.path.rsplit("/", 1)[0])
-    texts, labels = texts_and_labels(args.texts)
-    labels_t = torch.tensor(labels)
-    torch.manual_seed(0)
-    initial = copy.deepcopy(text_classifier(encoder, 3).state_dict())
-
-    def fresh():  # noqa: ANN202
-        model = text_classifier(encoder_from_pretrained(ref.path, "minilm_l6", args.max_length)[0], 3)
-        model.load_state_dict(initial)
-        return model
-
-    def ours() -> float:
-        model = fresh()
-        started = time.perf_counter()
-        ids = tokens(texts)  # adaptflow tokenizes a split once (and caches it): counted here all the same
-        settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=1e-4, strategy="finetune", device="cpu")
-        fit(model, ImageSet(ids, labels_t, ("0", "1", "2")), settings, progress=False)
-        return args.epochs * len(texts) / (time.perf_counter() - started)
-
-    def bare() -> float:
-        model = fresh()
-        started = time.perf_counter()
-        bare_loop(model, hf_tokenizer, texts, labels_t, args.epochs, args.batch_size, args.max_length, 1e-4)
-        return args.epochs * len(texts) / (time.perf_counter() - started)
-
-    runs: dict[str, list[float]] = {"ours": [], "bare": []}
-    for i in range(args.rounds):
-        for name, run in (("ours", ours), ("bare", bare)):
-            runs[name].append(run())
-            log.info("round %d/%d %s: %.1f sentences/s", i + 1, args.rounds, name, runs[name][-1])
-    median = {name: statistics.median(values) for name, values in runs.items()}
-    print(f"text fine-tuning loop / bare transformers + torch loop (sentences/s): {median['ours'] / median['bare']:.3f}  "
-          f"(ours {median['ours']:.1f}, bare {median['bare']:.1f}; {args.texts} texts, max_length {args.max_length}, "
-          f"batch {args.batch_size}, {torch.get_num_threads()} threads, median of {args.rounds})")
+    print("\n".join(summary(bench_text(args.texts, args.epochs, args.rounds, args.max_length, args.batch_size))))
     return 0
 
 

@@ -312,7 +312,7 @@ def report_section(spec: TextBenchmark, results: list[dict], output: Path) -> tu
     summary = summarize(spec, results)
     md = [f"## Text: {spec.source} -> {spec.target} (`{spec.encoder}`, {spec.max_length} tokens, macro-F1 on the target test split)", "",
           f"Seeds {', '.join(map(str, spec.seeds))}; values are mean ± std over seeds, in points. The source model: the encoder "
-          f"fine-tuned {spec.source_epochs} epochs on the {spec.source} labels (the methods train the same way, plus their loss "
+          f"fine-tuned {spec.source_epochs} epoch{'s' if spec.source_epochs != 1 else ''} on the {spec.source} labels (the methods train the same way, plus their loss "
           f"on the unlabeled {spec.target} split). Few-label runs: about {spec.steps} optimizer steps of {spec.batch_size} rows "
           f"on k labeled {spec.target} rows per class, from the source model (named by the strategy) or from the encoder "
           f"(`{ENCODER}:`); TF-IDF + logistic regression trains on the same rows. Head lr {spec.lr:g}, encoder lr "
@@ -339,12 +339,16 @@ def report_section(spec: TextBenchmark, results: list[dict], output: Path) -> tu
         md.append("")
     if summary["unsupervised"]:
         md += ["### No target labels: the adaptation methods against source-only", "",
+               "A method's run also draws a batch of unlabeled target rows at every step, so its labeled batches come in "
+               "another order than the source model's: a method whose loss stays near zero (self-training that keeps no "
+               "pseudo-label) shows what that alone changes.", "",
                "| run | target macro-F1 | gain | target accuracy | source accuracy | pseudo-labels |", "|---|---|---|---|---|---|"]
         for name, m in summary["unsupervised"].items():
             mine = [r for r in results if r["name"] == name and r["shots"] == 0]
-            pseudo = [r for r in mine if "pseudo_label_fraction" in r]
-            note = (f"{100 * statistics.fmean(r['pseudo_label_fraction'] for r in pseudo):.0f}% kept, "
-                    f"{100 * statistics.fmean(r['pseudo_label_accuracy'] for r in pseudo):.0f}% right") if pseudo else ""
+            kept = [r["pseudo_label_fraction"] for r in mine if "pseudo_label_fraction" in r]
+            right = [r["pseudo_label_accuracy"] for r in mine if "pseudo_label_accuracy" in r]  # none when none was kept
+            note = ", ".join([*([f"{100 * statistics.fmean(kept):.0f}% kept"] if kept else []),
+                              *([f"{100 * statistics.fmean(right):.0f}% right"] if right else [])])
             gain = "" if name == SOURCE_ONLY else f"{100 * m['gain']:+.1f}"
             md.append(f"| {RUN_LABELS.get(name, name)} | {100 * m['target_macro_f1']:.1f} ± {100 * m['target_macro_f1_std']:.1f} | "
                       f"{gain} | {100 * m['target_accuracy']:.1f} | {100 * m['source_accuracy']:.1f} | {note} |")
