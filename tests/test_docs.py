@@ -29,7 +29,7 @@ def test_the_config_reference_lists_every_field_with_its_description() -> None:
 
 def test_a_changed_metrics_file_makes_the_benchmark_page_stale(tmp_path: Path) -> None:
     """The check reads the numbers, not a copy of them: a new benchmark result shows up as a stale page."""
-    for path in ("README.md", "docs/benchmark.md", docs.CONFIG_REFERENCE):
+    for path in ("README.md", "docs/benchmark.md", "docs/text.md", docs.CONFIG_REFERENCE):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / path, tmp_path / path)
     shutil.copytree(REPO / docs.BENCHMARK_DIR, tmp_path / docs.BENCHMARK_DIR)
@@ -42,6 +42,13 @@ def test_a_changed_metrics_file_makes_the_benchmark_page_stale(tmp_path: Path) -
     assert docs.write(tmp_path) == ["docs/benchmark.md", "README.md"]
     assert "| from scratch | 50.0 |" in (tmp_path / "README.md").read_text()
     assert docs.stale(tmp_path) == []
+
+    text_path = tmp_path / docs.BENCHMARK_DIR / "text" / "metrics.json"
+    text = json.loads(text_path.read_text())
+    text["text"]["few_shot_macro_f1"]["tfidf"]["20"] = 0.5
+    text_path.write_text(json.dumps(text))
+    assert docs.write(tmp_path) == ["docs/text.md"]
+    assert "| TF-IDF + logistic regression | 53.1 | 50.0 |" in (tmp_path / "docs/text.md").read_text()
 
 
 def test_a_page_without_its_markers_says_where_they_go(tmp_path: Path) -> None:
