@@ -208,24 +208,42 @@ def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = 
     return max(1, cpus)
 
 
-def busy_cores_elsewhere(window_s: float = 0.1, stat: Path = Path("/proc/stat")) -> float:
-    """Cores that other processes kept busy during the last `window_s` seconds (Linux /proc/stat,
-    minus this process's own CPU time); 0.0 where that cannot be read."""
+def _cpu_seconds(stat: Path) -> float | None:
+    """CPU seconds all processes have spent busy since boot (Linux /proc/stat), or None."""
+    try:
+        values = [int(v) for v in stat.read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
-    def busy() -> float | None:
-        try:
-            values = [int(v) for v in stat.read_text().split("\n", 1)[0].split()[1:9]]
-        except (OSError, ValueError):
-            return None
-        user, nice, system, _idle, _iowait, irq, softirq, steal = values
-        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
-    before, own_before, t0 = busy(), time.process_time(), time.perf_counter()
-    time.sleep(window_s)
-    after, own_after, elapsed = busy(), time.process_time(), time.perf_counter() - t0
-    if before is None or after is None:
+_STAT = Path("/proc/stat")
+#: The machine's and this process's CPU seconds at the last sample, and when: (busy, own, perf_counter).
+_last_sample: tuple[float, float, float] | None = None
+if (_at_import := _cpu_seconds(_STAT)) is not None:
+    _last_sample = (_at_import, time.process_time(), time.perf_counter())
+
+
+def busy_cores_elsewhere(window_s: float = 0.1, stat: Path = Path("/proc/stat"), max_age_s: float = 5.0) -> float:
+    """Cores that other processes kept busy lately (Linux /proc/stat, minus this process's own CPU time);
+    0.0 where that cannot be read. The window runs from this process's previous sample (taken when this
+    module was imported) when that is at least `window_s` and at most `max_age_s` old, so that a stage
+    starting up does not wait; otherwise from a fresh sample, `window_s` seconds long."""
+    global _last_sample
+    now = _cpu_seconds(stat), time.process_time(), time.perf_counter()
+    if now[0] is None:
         return 0.0
-    return max(0.0, (after - before - (own_after - own_before)) / elapsed)
+    before = _last_sample if stat == _STAT and _last_sample is not None and window_s <= now[2] - _last_sample[2] <= max_age_s else None
+    if before is None:
+        time.sleep(window_s)
+        before, now = now, (_cpu_seconds(stat), time.process_time(), time.perf_counter())
+        if now[0] is None:
+            return 0.0
+    if stat == _STAT:
+        _last_sample = now
+    busy, own, elapsed = now[0] - before[0], now[1] - before[1], now[2] - before[2]
+    return max(0.0, (busy - own) / elapsed)
 
 
 def resolve_threads(setting: int | str = "auto", *, cgroup_root: Path = Path("/sys/fs/cgroup"),

@@ -175,3 +175,22 @@ def test_a_run_records_the_budget_its_stage_applied_though_the_machine_got_busie
         assert env.threads_for("auto") == 1  # and auto after it is decided again, on the load now
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_busy_core_sample_reuses_a_recent_one_instead_of_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage starting up measures the machine's load since this module's import (a window it spent
+    importing anyway), not over a fresh 0.1 s wait; a sample too old or too recent means a fresh window."""
+    import time
+
+    slept: list[float] = []
+    real_sleep = time.sleep
+    monkeypatch.setattr(time, "sleep", lambda s: (slept.append(s), real_sleep(s)))
+    env.busy_cores_elsewhere()  # whatever came before: now there is a sample
+    real_sleep(0.15)
+    slept.clear()
+    assert env.busy_cores_elsewhere(window_s=0.1) >= 0.0 and slept == []  # 0.15 s old: reused
+    assert env.busy_cores_elsewhere(window_s=0.1) >= 0.0 and slept == [0.1]  # just taken: too short a window
+    real_sleep(0.15)
+    slept.clear()
+    env.busy_cores_elsewhere(window_s=0.1, max_age_s=0.1)
+    assert slept == [0.1]  # 0.15 s old but older than max_age_s: a fresh window
