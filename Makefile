@@ -35,7 +35,7 @@ DETECTION_CONFIG = $(if $(filter fasterrcnn,$(DETECTOR)),configs/detection-faste
 demo-detection: install  ## the detection demo: YOLO (DETECTOR=fasterrcnn: Faster R-CNN) adapted to photographs
 	$(BIN)/adaptflow demo -c $(DETECTION_CONFIG)
 
-demo-text: install  ## text: a pretrained sentence encoder fine-tuned on 20 drug reviews per class, against TF-IDF; registered
+demo-text: install  ## text: a sentence encoder fine-tuned on movie reviews, then on 20 drug reviews per class, against TF-IDF; registered
 	$(BIN)/adaptflow demo -c configs/text.yaml
 
 TEST_WORKERS ?= 2

@@ -129,7 +129,7 @@ def demo(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> 
     started = time.perf_counter()
     from adaptflow.data import DEMO_DOMAINS, ensure_domains
 
-    typer.secho("1/3 the demo domains (MNIST -> UCI digits; digit scenes -> on photographs), built where missing", bold=True)
+    typer.secho("1/3 the demo domains (MNIST -> UCI digits; digit scenes -> on photographs; movie -> drug reviews), built where missing", bold=True)
     built = ensure_domains(env.project_path(cfg.data.root), [*DEMO_DOMAINS, *filter(None, (cfg.data.source, cfg.data.target))])
     typer.echo(f"built {', '.join(built)}" if built else "present: kept as they are (`adaptflow data build` rebuilds them)")
     text = cfg.task == "text_classification"
