@@ -266,7 +266,7 @@ def test_data_import_makes_split_files_of_texts_a_text_dataset_with_a_config_tha
     _csv(theirs / "training.csv", _rows() + [("", "good")])  # an empty text: checked after the copy, nothing kept
     refused = _stage(root, "data", "import", str(theirs), "--name", "broken", "--split", "pool=unlabeled")
     err = refused.communicate(timeout=300)[1]
-    assert refused.returncode == 3 and "train.csv:10" in err and "empty text" in err and "nothing was imported" in err
+    assert refused.returncode == 3 and f"{theirs / 'training.csv'}:10" in err and "empty text" in err and "nothing was imported" in err
     assert not (root / "data" / "broken").exists() and not (root / "configs" / "broken.yaml").exists()
 
 

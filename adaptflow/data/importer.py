@@ -126,7 +126,9 @@ def import_dataset(
         staged = Path(tmp)
         for domain, found in mapped.items():
             imported.domains[domain] = {split: _copy_split(folder, staged / domain, split) for split, folder in found.items()}
-        _validate(config, staged)
+        origins = {staged / domain / (f"{split}{theirs.suffix}" if theirs.is_file() else split): theirs
+                   for domain, found in mapped.items() for split, theirs in found.items()}
+        _validate(config, staged, origins)
         for domain in mapped:
             (staged / domain).rename(data_root / domain)
     config_path.parent.mkdir(parents=True, exist_ok=True)
@@ -196,8 +198,9 @@ def _copy_images(folder: Path, dest: Path) -> int:
     return count
 
 
-def _validate(config: RunConfig, staged: Path) -> None:
-    """Check the staged copy as the pipeline will read it (data only: no model exists yet)."""
+def _validate(config: RunConfig, staged: Path, origins: dict[Path, Path]) -> None:
+    """Check the staged copy as the pipeline will read it (data only: no model exists yet); a problem names the
+    user's own file or folder (`origins`: staged copy -> where it came from)."""
     from adaptflow.data.checks import DataValidationError, validate_images
     from adaptflow.validate import validate
 
@@ -208,7 +211,10 @@ def _validate(config: RunConfig, staged: Path) -> None:
         else:
             validate_images(staged_config)
     except DataValidationError as exc:
-        message = str(exc).replace(str(staged), "(imported)").replace("nothing was trained or registered", "nothing was imported")
+        message = str(exc)
+        for copy in sorted(origins, key=lambda path: len(str(path)), reverse=True):  # the longest first: a folder's files before it
+            message = message.replace(str(copy), str(origins[copy]))
+        message = message.replace(str(staged), "(imported)").replace("nothing was trained or registered", "nothing was imported")
         raise DatasetImportError(message) from None
 
 
