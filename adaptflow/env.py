@@ -208,37 +208,39 @@ def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = 
     return max(1, cpus)
 
 
-def _cpu_seconds(stat: Path) -> float | None:
-    """CPU seconds all processes have spent busy since boot (Linux /proc/stat), or None."""
+_STAT = Path("/proc/stat")
+
+
+def _sample(stat: Path) -> tuple[float, float, float] | None:
+    """(CPU seconds all processes have spent busy since boot, this process's CPU seconds, perf_counter) now;
+    None where the Linux /proc/stat cannot be read."""
     try:
         values = [int(v) for v in stat.read_text().split("\n", 1)[0].split()[1:9]]
     except (OSError, ValueError):
         return None
     user, nice, system, _idle, _iowait, irq, softirq, steal = values
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    return busy, time.process_time(), time.perf_counter()
 
 
-_STAT = Path("/proc/stat")
-#: The machine's and this process's CPU seconds at the last sample, and when: (busy, own, perf_counter).
-_last_sample: tuple[float, float, float] | None = None
-if (_at_import := _cpu_seconds(_STAT)) is not None:
-    _last_sample = (_at_import, time.process_time(), time.perf_counter())
+#: The sample `busy_cores_elsewhere` took last in this process (the first at this module's import).
+_last_sample = _sample(_STAT)
 
 
-def busy_cores_elsewhere(window_s: float = 0.1, stat: Path = Path("/proc/stat"), max_age_s: float = 5.0) -> float:
+def busy_cores_elsewhere(window_s: float = 0.1, stat: Path = _STAT, max_age_s: float = 5.0) -> float:
     """Cores that other processes kept busy lately (Linux /proc/stat, minus this process's own CPU time);
     0.0 where that cannot be read. The window runs from this process's previous sample (taken when this
     module was imported) when that is at least `window_s` and at most `max_age_s` old, so that a stage
     starting up does not wait; otherwise from a fresh sample, `window_s` seconds long."""
     global _last_sample
-    now = _cpu_seconds(stat), time.process_time(), time.perf_counter()
-    if now[0] is None:
+    now = _sample(stat)
+    if now is None:
         return 0.0
     before = _last_sample if stat == _STAT and _last_sample is not None and window_s <= now[2] - _last_sample[2] <= max_age_s else None
     if before is None:
         time.sleep(window_s)
-        before, now = now, (_cpu_seconds(stat), time.process_time(), time.perf_counter())
-        if now[0] is None:
+        before, now = now, _sample(stat)
+        if now is None:
             return 0.0
     if stat == _STAT:
         _last_sample = now

@@ -49,6 +49,7 @@ def test_text_benchmark_flow_reports_runs_against_tfidf_and_source_only_and_reus
     from adaptflow.text.baseline import tfidf_report
     from adaptflow.text.data import load_text_split, read_split
     from adaptflow.text.encoder import load_text_checkpoint
+    from adaptflow.text.stages import training_sets
     from flows.benchmark import benchmark
 
     data = project / "data"
@@ -72,15 +73,16 @@ def test_text_benchmark_flow_reports_runs_against_tfidf_and_source_only_and_reus
     assert "## Plots" not in report and "Architecture" not in report  # no image grid in this preset
     summary = read_json(out / "metrics.json")["text"]
 
-    # TF-IDF trained on the rows the runs trained on: the seed's per-class draw of the target's train split
-    cfg = DataConfig(root=data, source="movies", target="drugs", max_length=16, labeled_per_class=None)
+    # TF-IDF trained on the rows the runs trained on, which are those a pipeline run with labeled_per_class=2 and the
+    # same seed trains on (its own selection, `training_sets`)
+    cfg = DataConfig(root=data, source="movies", target="drugs", max_length=16, labeled_per_class=2)
     _, _, tokens = load_text_checkpoint(source_dir(spec.text, spec.data_root, work_dir(spec), 0) / "model.pt")
     classes = ("negative", "positive")
-    rows, texts = labeled_rows(cfg, tokens, classes, 2, 0)
-    assert len(texts) == 4 and sorted(rows.labels.tolist()) == [0, 0, 1, 1]
-    assert set(texts) <= set(read_split(cfg, "drugs", "train").texts)
+    pipeline = training_sets(cfg, tokens, 0, (), False)
+    _, texts, labels = labeled_rows(cfg, classes, 2, 0)
+    assert texts == pipeline.texts and labels.tolist() == pipeline.train.labels.tolist() and sorted(labels.tolist()) == [0, 0, 1, 1]
     test = load_text_split(cfg, "drugs", "test", tokens, classes)
-    expected = tfidf_report(texts, rows.labels.tolist(), read_split(cfg, "drugs", "test").texts, test.labels, classes)
+    expected = tfidf_report(pipeline.texts, pipeline.train.labels.tolist(), read_split(cfg, "drugs", "test").texts, test.labels, classes)
     assert summary["few_shot_macro_f1"][TFIDF]["2"] == pytest.approx(expected["macro_f1"])
     f1 = summary["few_shot_macro_f1"]["lp_ft"]["2"]
     assert summary["transfer_vs_tfidf"]["gain"] == pytest.approx(f1 - expected["macro_f1"])

@@ -29,6 +29,14 @@ def log_cell(spec: BenchmarkSpec, parent_run_id: str, cell: Cell, result: dict) 
     return run_id
 
 
+def log_child_run(spec: BenchmarkSpec, parent_run_id: str, name: str, kind: str, params: dict, result: dict) -> str:
+    """A child run for a cell of a task's own part of the preset (detection, text): its params and its float metrics."""
+    run_id = tracking.start_run(spec.tracking, name, {"stage": "benchmark-cell", "kind": kind}, params, parent_run_id=parent_run_id)
+    tracking.log_metrics(spec.tracking, run_id, {k: v for k, v in result.items() if isinstance(v, float)})
+    tracking.finish_run(spec.tracking, run_id)
+    return run_id
+
+
 def close_parent_run(spec: BenchmarkSpec, parent_run_id: str, paths: dict[str, Path], metrics: dict) -> None:
     """Attach the report (markdown, PNGs, metrics) to the parent run and log its headline numbers."""
     tracking.log_artifacts(spec.tracking, parent_run_id, paths.values())

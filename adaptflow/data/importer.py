@@ -25,9 +25,10 @@ from pathlib import Path
 
 from adaptflow import env
 from adaptflow.config import RunConfig, dump_params, load_config
+from adaptflow.data.checks import DataValidationError, Report, validate_images
 from adaptflow.data.folders import IMAGE_SUFFIXES
 from adaptflow.errors import UserError
-from adaptflow.text.data import TEXT_FILE, TEXT_SUFFIXES
+from adaptflow.text.data import TEXT_FILE, TEXT_SUFFIXES, read_rows
 
 #: The split names the pipeline reads, and the names datasets commonly give them.
 SPLIT_NAMES = {
@@ -143,27 +144,21 @@ def is_text_split(path: Path) -> bool:
 
 def _config(name: str, source: str | None, overrides: list[str] | tuple[str, ...], text: bool = False) -> RunConfig:
     """The dataset's config: its domains, a registered model of its own, and linked paths that agree."""
-    if text:
-        settings = {**TEXT, "data.target": name, "data.source": source or "", "data.labeled_per_class": "", "registry.model_name": name,
-                    "pretrain.output": f"models/{name}-source", "finetune.strategy": "finetune"}
-        output = dict(item.partition("=")[::2] for item in overrides).get("pretrain.output", settings["pretrain.output"])
-        settings |= {"pretrained.uri": f"{output}/model.pt"} if source else {"pretrained.uri": "package:minilm_l6", "registry.guard_metric": ""}
-        return load_config(None, [f"{k}={v}" for k, v in settings.items()] + list(overrides))
-    arch = IMAGENET["arch"]
     given = dict(item.partition("=")[::2] for item in overrides)
-    arch = given.get("finetune.arch", arch)
-    settings = {
-        "data.target": name, "data.source": source or "", "data.image_size": "64", "data.labeled_per_class": "",
-        "registry.model_name": name, "finetune.arch": arch, "pretrain.arch": given.get("pretrain.arch", arch),
-        "finetune.strategy": "finetune", "finetune.epochs": "30", "finetune.backbone_lr_scale": "1.0",
-        "pretrain.output": f"models/{name}-source",
-    }
-    if source is None:
+    settings = {"data.target": name, "data.source": source or "", "data.labeled_per_class": "", "registry.model_name": name,
+                "finetune.strategy": "finetune", "pretrain.output": f"models/{name}-source"}
+    if text:
+        settings |= TEXT
+        start = "package:minilm_l6"
+    else:
+        arch = given.get("finetune.arch", IMAGENET["arch"])
+        settings |= {"data.image_size": "64", "finetune.arch": arch, "pretrain.arch": given.get("pretrain.arch", arch),
+                     "finetune.epochs": "30", "finetune.backbone_lr_scale": "1.0"}
         start = IMAGENET["pretrained.uri"] if arch == IMAGENET["arch"] else "scratch" if arch == "small_cnn" else f"torchvision:{arch}"
+    if source is None:
         settings |= {"pretrained.uri": start, "registry.guard_metric": ""}
     else:
-        output = given.get("pretrain.output", settings["pretrain.output"])
-        settings |= {"pretrained.uri": f"{output}/model.pt"}
+        settings |= {"pretrained.uri": f"{given.get('pretrain.output', settings['pretrain.output'])}/model.pt"}
     return load_config(None, [f"{k}={v}" for k, v in settings.items()] + list(overrides))
 
 
@@ -174,9 +169,6 @@ def _copy_split(theirs: Path, domain: Path, split: str) -> int:
         dest = domain / f"{split}{theirs.suffix}"
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(theirs, dest)
-        from adaptflow.data.checks import Report
-        from adaptflow.text.data import read_rows
-
         return len(read_rows(dest, Report(), labeled=split != "unlabeled"))  # its problems are reported by the check after the copy
     return _copy_images(theirs, domain / split)
 
@@ -201,7 +193,6 @@ def _copy_images(folder: Path, dest: Path) -> int:
 def _validate(config: RunConfig, staged: Path, origins: dict[Path, Path]) -> None:
     """Check the staged copy as the pipeline will read it (data only: no model exists yet); a problem names the
     user's own file or folder (`origins`: staged copy -> where it came from)."""
-    from adaptflow.data.checks import DataValidationError, validate_images
     from adaptflow.validate import validate
 
     staged_config = config.model_copy(update={"data": config.data.model_copy(update={"root": staged})})

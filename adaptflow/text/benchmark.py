@@ -179,26 +179,28 @@ def source_model(spec: TextBenchmark, root: Path, work: Path, seed: int) -> dict
     return result
 
 
-def labeled_rows(data: DataConfig, tokens, classes: tuple[str, ...], shots: int | str, seed: int):  # noqa: ANN001, ANN201
-    """(token ids and labels, texts) of k labeled target train rows per class (`all`: every one), drawn by `seed`."""
+def labeled_rows(data: DataConfig, classes: tuple[str, ...], shots: int | str, seed: int):  # noqa: ANN201
+    """(their indices in the target's train split, their texts, their class indices) of k labeled rows per class
+    (`all`: every one), drawn by `seed` as a run's `data.labeled_per_class` rows are."""
     import torch
 
     from adaptflow.data.folders import ImageSet
-    from adaptflow.text.data import load_text_split, read_split
+    from adaptflow.text.data import label_ids, read_split
 
-    train = load_text_split(data, data.target, "train", tokens, classes)
-    index = ImageSet(torch.arange(len(train)).unsqueeze(1), train.labels, classes)
-    chosen = index.per_class(None if shots == "all" else int(shots), seed=seed).images[:, 0]
-    texts = read_split(data, data.target, "train").texts
-    return ImageSet(train.images[chosen], train.labels[chosen], classes), [texts[i] for i in chosen.tolist()]
+    rows = read_split(data, data.target, "train")
+    labels = label_ids(rows, classes)
+    chosen = ImageSet(torch.arange(len(rows)).unsqueeze(1), labels, classes).per_class(None if shots == "all" else int(shots), seed=seed)
+    index = chosen.images[:, 0]
+    return index, [rows.texts[i] for i in index.tolist()], chosen.labels
 
 
 def run_cell(spec: TextBenchmark, root: Path, work: Path, seed: int, name: str, shots: int | str = 0) -> dict:
     """One run of the grid (`source_only`, a method, a strategy or `encoder:<strategy>` at k = `shots`, or
     `tfidf`), measured on the target and source test splits; kept in its folder, so a finished cell is not run again."""
+    from adaptflow.data.folders import ImageSet
     from adaptflow.io import read_json, write_json
     from adaptflow.text.baseline import tfidf_report
-    from adaptflow.text.data import load_text_split, read_split
+    from adaptflow.text.data import label_ids, load_text_split, read_split
     from adaptflow.text.encoder import load_text_checkpoint
     from adaptflow.training import backbone_blocks, fit, seed_everything
 
@@ -211,12 +213,10 @@ def run_cell(spec: TextBenchmark, root: Path, work: Path, seed: int, name: str, 
     classes = _classes(data)
     started = time.perf_counter()
     result: dict = {"seed": seed, "name": name, "shots": shots}
-    if name == TFIDF:
-        _, tokens = _encoder_start(spec, data, classes)
-        rows, texts = labeled_rows(data, tokens, classes, shots, seed)
+    if name == TFIDF:  # words only: no tokenizer, no encoder
+        _, texts, labels = labeled_rows(data, classes, shots, seed)
         test = read_split(data, data.target, "test")
-        labels = load_text_split(data, data.target, "test", tokens, classes).labels
-        report = tfidf_report(texts, rows.labels.tolist(), test.texts, labels, classes, seed=seed)
+        report = tfidf_report(texts, labels.tolist(), test.texts, label_ids(test, classes), classes, seed=seed)
         result |= {"target_macro_f1": report["macro_f1"], "target_accuracy": report["accuracy"]}
     elif name in spec.methods:
         seed_everything(seed)
@@ -234,7 +234,8 @@ def run_cell(spec: TextBenchmark, root: Path, work: Path, seed: int, name: str, 
             model, tokens = _encoder_start(spec, data, classes)
         else:
             model, _, tokens = load_text_checkpoint(source_dir(spec, root, work, seed) / "model.pt")
-        rows, _ = labeled_rows(data, tokens, classes, shots, seed)
+        index, _, labels = labeled_rows(data, classes, shots, seed)
+        rows = ImageSet(load_text_split(data, data.target, "train", tokens, classes).images[index], labels, classes)
         epochs = max(2, round(spec.steps / math.ceil(len(rows) / spec.batch_size)))
         blocks = len(backbone_blocks(model.backbone))
         fit(model, rows, _settings(spec, seed, epochs, strategy=strategy, lp_epochs=max(1, epochs // 3),

@@ -243,6 +243,21 @@ def _cache_key(path: Path, tokens: Tokens, classes: tuple[str, ...] | None, unla
     return digest.hexdigest()
 
 
+def label_ids(rows: TextRows, classes: tuple[str, ...], unlabeled: bool = False) -> torch.Tensor:
+    """Each row's index in `classes` (int64). A labeled row whose label is not among them is an error naming its
+    line; in the unlabeled split an unknown or missing label is -1."""
+    index = {name: i for i, name in enumerate(classes)}
+    if not unlabeled:
+        unknown = [(line, label) for line, label in zip(rows.lines, rows.labels, strict=True) if label not in index]
+        if unknown:
+            report = Report()
+            line, label = unknown[0]
+            report.error(rows.path, f"label '{label}' is not among the training labels {list(classes)} ({len(unknown)} row(s))",
+                         "fix the label, or add training examples of it", line)
+            raise DataValidationError(report)
+    return torch.tensor([index.get(label, -1) for label in rows.labels], dtype=torch.int64)
+
+
 def load_text_split(data: DataConfig, domain: str, split: str, tokens: Tokens, classes: tuple[str, ...] | None = None) -> ImageSet:
     """One split as token ids and labels (an `ImageSet`), from the on-disk cache when it can.
 
@@ -259,17 +274,7 @@ def load_text_split(data: DataConfig, domain: str, split: str, tokens: Tokens, c
         return ImageSet(blob["ids"], blob["labels"], tuple(blob["classes"]))
     rows = read_split(data, domain, split)
     classes = classes if classes is not None else class_names(rows.labels)
-    index = {name: i for i, name in enumerate(classes)}
-    if not unlabeled:
-        unknown = [(line, label) for line, label in zip(rows.lines, rows.labels, strict=True) if label not in index]
-        if unknown:
-            report = Report()
-            line, label = unknown[0]
-            report.error(path, f"label '{label}' is not among the training labels {list(classes)} ({len(unknown)} row(s))",
-                         "fix the label, or add training examples of it", line)
-            raise DataValidationError(report)
-    labels = torch.tensor([index.get(label, -1) for label in rows.labels], dtype=torch.int64)
-    result = ImageSet(tokens(rows.texts), labels, tuple(classes))
+    result = ImageSet(tokens(rows.texts), label_ids(rows, classes, unlabeled), tuple(classes))
     with atomic_write(cached) as tmp:
         torch.save({"ids": result.images, "labels": result.labels, "classes": list(classes)}, tmp)
     log.info("tokenized %d texts from %s", len(rows), path)

@@ -27,10 +27,10 @@ from adaptflow.pretrain import PublishedModel, publish
 from adaptflow.io import sha256_file, write_json
 from adaptflow.metrics import classification_report
 from adaptflow.models import Classifier
-from adaptflow.weights import SCRATCH, PretrainedRef
+from adaptflow.weights import SCRATCH, PretrainedRef, fetch_pretrained
 from adaptflow.text.baseline import tfidf_report
 from adaptflow.text.data import class_names, load_text_split, read_split, split_file
-from adaptflow.text.encoder import (Tokens, encoder_from_pretrained, is_text_checkpoint, load_text_checkpoint, save_text_checkpoint,
+from adaptflow.text.encoder import (TEXT_ARCHS, Tokens, encoder_from_pretrained, is_text_checkpoint, load_text_checkpoint, save_text_checkpoint,
                                     text_classifier)
 from adaptflow.training import EpochCallback, fit, phases, predict, seed_everything
 

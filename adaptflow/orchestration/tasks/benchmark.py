@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from adaptflow import env, tracking
+from adaptflow import env
 from adaptflow.benchmark import BenchmarkSpec, Cell
 from adaptflow.benchmark import cells, record, report
 from adaptflow.benchmark.spec import domains
@@ -60,10 +60,7 @@ def detection_cell_task(spec: BenchmarkSpec, seed: int, method: str, parent_run_
     """One detection method on one seed, logged as a child run of the benchmark's run."""
     result = detection.run_cell(spec.detection, spec.data_root, cells.work_dir(spec), seed, method)
     params = {"task": "detection", "method": method, "seed": seed, "arch": spec.detection.arch}
-    run_id = tracking.start_run(spec.tracking, f"detection-{method}-seed{seed}", {"stage": "benchmark-cell", "kind": "detection"},
-                                params, parent_run_id=parent_run_id)
-    tracking.log_metrics(spec.tracking, run_id, {k: v for k, v in result.items() if isinstance(v, float)})
-    tracking.finish_run(spec.tracking, run_id)
+    record.log_child_run(spec, parent_run_id, f"detection-{method}-seed{seed}", "detection", params, result)
     return result
 
 
@@ -80,10 +77,7 @@ def text_cell_task(spec: BenchmarkSpec, seed: int, name: str, shots: int | str, 
     with torch_threads(spec.threads):
         result = text.run_cell(spec.text, spec.data_root, cells.work_dir(spec), seed, name, shots)
     params = {"task": "text_classification", "run": name, "shots": shots, "seed": seed, "encoder": spec.text.encoder}
-    run_id = tracking.start_run(spec.tracking, f"text-{name}-k{shots}-seed{seed}", {"stage": "benchmark-cell", "kind": "text"},
-                                params, parent_run_id=parent_run_id)
-    tracking.log_metrics(spec.tracking, run_id, {k: v for k, v in result.items() if isinstance(v, float)})
-    tracking.finish_run(spec.tracking, run_id)
+    record.log_child_run(spec, parent_run_id, f"text-{name}-k{shots}-seed{seed}", "text", params, result)
     return result
 
 
